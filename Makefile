@@ -1,0 +1,44 @@
+# pgwebhooks. `make test` and `make demo` set up everything they need on a fresh Debian machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := postgresql-15 postgresql-plpython3-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
+
+.PHONY: test demo bench lint sql deps venv clean
+
+test: deps venv
+	$(VENV)/bin/ruff check runner plpython tests bench
+	$(VENV)/bin/pytest -q
+
+demo: deps venv
+	$(PY) -m pgwebhooks.demo
+
+bench: deps venv
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check runner plpython tests bench
+
+# Regenerate sql/002_plpython.sql from plpython/*.py (a test fails while it is stale).
+sql: venv
+	$(VENV)/bin/pgwebhooks render-plpython
+
+# Debian packages, installed only when missing (apt-get update first, as root or through sudo).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,185 @@
+-- pgwebhooks 006: what the runner calls. claim() hands out leased, fully signed requests;
+-- complete() applies the delivery policy to their results; release() hands back unsent work.
+-- The runner holds no secret and no policy: both live here.
+
+CREATE OR REPLACE FUNCTION webhooks.version()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '0.1.0' $$;
+
+-- How long to wait before attempt `attempts` + 1: exponential from the webhook's backoff,
+-- capped at a day, with ±25% jitter so that a burst of failures does not retry in lockstep.
+-- A Retry-After from a 429 or 503 is honoured instead (capped at a day as well).
+CREATE OR REPLACE FUNCTION webhooks._retry_delay(
+    backoff_seconds integer, attempts integer, status_code integer, retry_after_seconds integer)
+RETURNS interval
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT make_interval(secs => CASE
+        WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
+            THEN least(greatest(retry_after_seconds, 0), 86400)
+        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)), 86400) * (0.75 + random() * 0.5)
+    END)
+$$;
+
+-- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
+-- token complete() checks), the exact body and every header already signed. A lease lasts the
+-- webhook's timeout plus `lease_margin_seconds`; when it runs out, the delivery is due again.
+CREATE OR REPLACE FUNCTION webhooks.claim(batch_size integer DEFAULT 100, lease_margin_seconds integer DEFAULT 30)
+RETURNS TABLE (
+    delivery_id bigint,
+    attempt integer,
+    webhook_id uuid,
+    url text,
+    body text,
+    headers jsonb,
+    timeout_seconds integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
+    PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
+    RETURN QUERY
+    WITH due AS (
+        SELECT d.id, d.status AS previous_status
+        FROM webhooks.deliveries d
+        JOIN webhooks.webhooks w ON w.id = d.webhook_id AND w.enabled
+        WHERE d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT batch_size
+        FOR UPDATE OF d SKIP LOCKED
+    ),
+    leased AS (
+        UPDATE webhooks.deliveries d
+        SET status = 'leased',
+            attempts = d.attempts + 1,
+            next_attempt_at = now() + make_interval(secs => w.timeout_seconds + lease_margin_seconds)
+        FROM due, webhooks.webhooks w
+        WHERE d.id = due.id AND w.id = d.webhook_id
+        RETURNING d.id, d.attempts, d.event_id, d.webhook_id, due.previous_status
+    ),
+    -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
+    expired AS (
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
+        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)'
+        FROM leased l
+        WHERE l.previous_status = 'leased'
+    )
+    SELECT l.id, l.attempts, w.id, w.url, p.body,
+           w.headers
+           || jsonb_build_object('Content-Type', 'application/json',
+                                 'User-Agent', 'pgwebhooks/' || webhooks.version())
+           || webhooks._sign_headers(e.uid::text, extract(epoch FROM now())::bigint, p.body, k.secrets),
+           w.timeout_seconds
+    FROM leased l
+    JOIN webhooks.webhooks w ON w.id = l.webhook_id
+    JOIN webhooks.events e ON e.id = l.event_id
+    CROSS JOIN LATERAL (
+        SELECT json_build_object(
+            'id', e.uid,
+            'event', e.operation,
+            'table', e.table_name,
+            'schema', e.schema_name,
+            'record', e.record,
+            'old_record', CASE WHEN e.operation = 'DELETE' THEN e.record ELSE e.old_record END,
+            'timestamp', to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            'webhook_id', w.id)::text AS body
+    ) p
+    CROSS JOIN LATERAL (
+        SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
+        FROM webhooks.secrets s
+        WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
+    ) k
+    ORDER BY l.id;
+END
+$$;
+
+-- Apply the results of attempts, a JSON array of
+--   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
+--    "error": null, "latency_ms": 12, "retry_after_seconds": null}
+-- A result is accepted only under the lease it was claimed with: same attempt number, lease not
+-- expired. Returns each delivery's new status, or 'refused'.
+CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
+RETURNS TABLE (delivery_id bigint, attempt integer, status text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF results IS NULL OR jsonb_typeof(results) <> 'array' THEN
+        PERFORM webhooks._fail('WH013', 'results', 'must be a JSON array of attempt results');
+    END IF;
+    RETURN QUERY
+    WITH result AS (
+        SELECT *
+        FROM jsonb_to_recordset(results) AS r(
+            delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
+            error text, latency_ms integer, retry_after_seconds integer)
+    ),
+    outcome AS (
+        SELECT r.*, w.id AS webhook_id,
+               CASE
+                   WHEN r.status_code BETWEEN 200 AND 299 THEN 'delivered'
+                   WHEN r.status_code = 410 THEN 'failed'
+                   WHEN d.attempts > w.max_retries THEN 'failed'
+                   ELSE 'pending'
+               END AS new_status,
+               webhooks._retry_delay(w.retry_backoff_seconds, d.attempts, r.status_code,
+                                     r.retry_after_seconds) AS delay
+        FROM result r
+        JOIN webhooks.deliveries d ON d.id = r.delivery_id
+        JOIN webhooks.webhooks w ON w.id = d.webhook_id
+    ),
+    applied AS (
+        UPDATE webhooks.deliveries d
+        SET status = o.new_status,
+            next_attempt_at = CASE WHEN o.new_status = 'pending' THEN now() + o.delay ELSE d.next_attempt_at END,
+            completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
+        FROM outcome o
+        WHERE d.id = o.delivery_id
+          AND d.status = 'leased'
+          AND d.attempts = o.attempt
+          AND d.next_attempt_at > now()
+        RETURNING d.id, d.status
+    ),
+    logged AS (
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms)
+        SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
+               CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
+               greatest(o.latency_ms, 0)
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+    ),
+    gone AS (
+        UPDATE webhooks.webhooks w
+        SET enabled = false,
+            disabled_reason = format('the endpoint answered 410 Gone at %s', now()),
+            updated_at = now()
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        WHERE w.id = o.webhook_id AND o.status_code = 410 AND w.enabled
+    )
+    SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused')
+    FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
+    ORDER BY r.delivery_id;
+END
+$$;
+
+-- Hand leased deliveries back unsent (a runner shutting down): they are due again at once and
+-- the attempt does not count. `leases` is a JSON array of {"delivery_id": 1, "attempt": 1}.
+CREATE OR REPLACE FUNCTION webhooks.release(leases jsonb)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    released integer;
+BEGIN
+    IF leases IS NULL OR jsonb_typeof(leases) <> 'array' THEN
+        PERFORM webhooks._fail('WH013', 'leases', 'must be a JSON array of {"delivery_id", "attempt"}');
+    END IF;
+    UPDATE webhooks.deliveries d
+    SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = now()
+    FROM jsonb_to_recordset(leases) AS l(delivery_id bigint, attempt integer)
+    WHERE d.id = l.delivery_id AND d.status = 'leased' AND d.attempts = l.attempt;
+    GET DIAGNOSTICS released = ROW_COUNT;
+    RETURN released;
+END
+$$;

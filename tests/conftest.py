@@ -1,0 +1,99 @@
+"""Test harness: one real PostgreSQL per session, one fresh database per test.
+
+The server is, in order of preference: the one `PGWEBHOOKS_TEST_DSN` points at (a superuser
+connection), a throwaway local server started with initdb/pg_ctl in a temporary directory, or a
+testcontainers PostgreSQL when no local binaries exist and a Docker engine is reachable.
+The schema is installed once into a template database; each test gets `CREATE DATABASE ...
+TEMPLATE` of it, which is fast and keeps tests independent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgwebhooks import migrations
+from pgwebhooks.localpg import LocalPostgres, find_bindir
+
+TEMPLATE_DB = "pgwebhooks_template"
+
+
+@dataclass
+class Server:
+    admin_dsn: str
+    local: LocalPostgres | None = None  # set when the tests own the server (restart tests need it)
+
+    def dsn_for(self, dbname: str, **overrides: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=dbname, **overrides)
+
+
+def _start_server(tmp: Path) -> Iterator[Server]:
+    if dsn := os.environ.get("PGWEBHOOKS_TEST_DSN"):
+        yield Server(dsn)
+        return
+    try:
+        find_bindir()
+    except RuntimeError:
+        from testcontainers.postgres import PostgresContainer  # only where Docker is the way
+
+        image = os.environ.get("PGWEBHOOKS_TEST_IMAGE", "postgres:15")
+        with PostgresContainer(image, driver=None) as container:
+            yield Server(container.get_connection_url())
+        return
+    local = LocalPostgres(tmp / "pgdata").start()
+    try:
+        yield Server(local.dsn, local)
+    finally:
+        local.destroy()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    # Not under pytest's tmp_path: that is private to us, and as root the server runs as the
+    # postgres OS user, who must reach its data directory.
+    base = Path(tempfile.mkdtemp(prefix="pgwebhooks-test-"))
+    os.chmod(base, 0o755)
+    gen = _start_server(base)
+    srv = next(gen)
+    with psycopg.connect(srv.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    template_dsn = srv.dsn_for(TEMPLATE_DB)
+    migrations.migrate(template_dsn)
+    with psycopg.connect(template_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pgtap")
+    yield srv
+    gen.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def db(server: Server) -> Iterator[str]:
+    """The DSN (superuser) of a fresh database with the schema installed."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    try:
+        yield server.dsn_for(name)
+    finally:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def conn(db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(db, autocommit=True) as c:
+        yield c
+
+
+def dsn_params(dsn: str) -> dict[str, str]:
+    return {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
