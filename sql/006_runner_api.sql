@@ -23,9 +23,18 @@ AS $$
 $$;
 
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
--- token complete() checks), the exact body and every header already signed. A lease lasts the
--- webhook's timeout plus `lease_margin_seconds`; when it runs out, the delivery is due again.
-CREATE OR REPLACE FUNCTION webhooks.claim(batch_size integer DEFAULT 100, lease_margin_seconds integer DEFAULT 30)
+-- token complete() checks), the exact body and every header already signed.
+--
+-- `per_webhook_limit` caps how many deliveries of one webhook a call returns and `skip_webhooks`
+-- leaves out webhooks the caller has no room for, so a slow endpoint's backlog cannot fill a
+-- runner's batch. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
+-- request of its webhook to finish first) plus `lease_margin_seconds`; when it runs out, the
+-- delivery is due again.
+CREATE OR REPLACE FUNCTION webhooks.claim(
+    batch_size integer DEFAULT 100,
+    lease_margin_seconds integer DEFAULT 30,
+    per_webhook_limit integer DEFAULT NULL,
+    skip_webhooks uuid[] DEFAULT '{}')
 RETURNS TABLE (
     delivery_id bigint,
     attempt integer,
@@ -40,21 +49,34 @@ AS $$
 BEGIN
     PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
     PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
+    IF per_webhook_limit IS NOT NULL THEN
+        PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
+    END IF;
     RETURN QUERY
-    WITH due AS (
-        SELECT d.id, d.status AS previous_status
+    WITH candidate AS (
+        SELECT d.id, d.webhook_id, d.status, d.next_attempt_at
         FROM webhooks.deliveries d
         JOIN webhooks.webhooks w ON w.id = d.webhook_id AND w.enabled
         WHERE d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+          AND d.webhook_id <> ALL (coalesce(skip_webhooks, '{}'))
         ORDER BY d.next_attempt_at
-        LIMIT batch_size
+        -- Look further ahead when some candidates may be set aside by the per-webhook cap.
+        LIMIT CASE WHEN per_webhook_limit IS NULL THEN batch_size ELSE batch_size * 4 END
         FOR UPDATE OF d SKIP LOCKED
+    ),
+    due AS (
+        SELECT c.id, c.status AS previous_status
+        FROM (SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS nth
+              FROM candidate c) c
+        WHERE per_webhook_limit IS NULL OR c.nth <= per_webhook_limit
+        ORDER BY c.next_attempt_at
+        LIMIT batch_size
     ),
     leased AS (
         UPDATE webhooks.deliveries d
         SET status = 'leased',
             attempts = d.attempts + 1,
-            next_attempt_at = now() + make_interval(secs => w.timeout_seconds + lease_margin_seconds)
+            next_attempt_at = now() + make_interval(secs => 2 * w.timeout_seconds + lease_margin_seconds)
         FROM due, webhooks.webhooks w
         WHERE d.id = due.id AND w.id = d.webhook_id
         RETURNING d.id, d.attempts, d.event_id, d.webhook_id, due.previous_status

@@ -26,7 +26,7 @@ GRANT EXECUTE ON FUNCTION
 TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION
-    webhooks.claim(integer, integer),
+    webhooks.claim(integer, integer, integer, uuid[]),
     webhooks.complete(jsonb),
     webhooks.release(jsonb),
     webhooks.version()

@@ -63,7 +63,7 @@ def test_changed_applied_migration_is_refused(empty_db: str, monkeypatch: pytest
     migrations.migrate(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("UPDATE webhooks._migrations SET checksum = 'tampered' WHERE name = '001_schema.sql'")
-    with pytest.raises(migrations.MigrationError, match="001_schema.sql was applied with checksum"):
+    with pytest.raises(migrations.MigrationError, match=r"001_schema\.sql was applied with checksum"):
         migrations.migrate(empty_db)
 
 
