@@ -69,13 +69,15 @@ def render_plpython() -> None:
 @click.option("--batch-size", default=200, show_default=True, help="Deliveries leased per claim.")
 @click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY comes.")
 @click.option("--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight sends get on SIGTERM.")
+@click.option("--lease-margin", default=30, show_default=True,
+              help="Seconds a lease outlasts twice the webhook's timeout; after it, another runner takes over.")
 @click.option("--allow-private-networks", is_flag=True, help="Allow loopback, private and link-local destinations.")
 @click.option("--allow-cidr", "allowed_cidrs", multiple=True, help="Allow destinations in this CIDR (repeatable).")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
-    shutdown_grace: float, allow_private_networks: bool, allowed_cidrs: tuple[str, ...], log_format: str,
+    shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...], log_format: str,
     log_level: str,
 ) -> None:
     """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C."""
@@ -85,6 +87,7 @@ def run(
     config = RunnerConfig(
         dsn=dsn, concurrency=concurrency, per_webhook_concurrency=per_webhook_concurrency,
         batch_size=batch_size, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+        lease_margin_seconds=lease_margin,
         allow_private_networks=allow_private_networks, allowed_cidrs=allowed_cidrs,
     )
 

@@ -1,0 +1,348 @@
+"""The runner end to end: real PostgreSQL, real runner, real HTTP receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from standardwebhooks.webhooks import Webhook
+
+from conftest import Server
+from pgwebhooks.worker import Runner, RunnerConfig
+from receivers import Reply, ScriptedReceiver
+
+PLAIN_SECRET = "a-plain-string-secret-for-tests"
+
+
+def create_table(dsn: str, name: str = "items") -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, label text, qty int DEFAULT 0)")
+
+
+def create_webhook(dsn: str, url: str, table: str = "items", **options: Any) -> dict[str, Any]:
+    args = {"name": f"hook-{os.urandom(4).hex()}", "url": url, "events": Jsonb([{"table": table}]), **options}
+    named = ", ".join(f"{k} => %({k})s" for k in args)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(f"SELECT * FROM webhooks.create_webhook({named})", args).fetchone()
+    assert row is not None
+    return row
+
+
+def insert(dsn: str, count: int, table: str = "items") -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} (label) SELECT 'item ' || g FROM generate_series(1, %s) g", (count,))
+
+
+def query(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_config(dsn: str, **overrides: Any) -> RunnerConfig:
+    settings: dict[str, Any] = {
+        "dsn": dsn, "poll_interval": 0.2, "allowed_cidrs": ("127.0.0.1/32",),
+        "reconnect_min": 0.05, "reconnect_max": 0.5, "shutdown_grace": 5.0,
+    }
+    settings.update(overrides)
+    return RunnerConfig(**settings)
+
+
+@asynccontextmanager
+async def running(config: RunnerConfig) -> AsyncIterator[Runner]:
+    runner = Runner(config)
+    task = asyncio.create_task(runner.run())
+    try:
+        yield runner
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@asynccontextmanager
+async def receiver(script: list[Reply] | None = None) -> AsyncIterator[ScriptedReceiver]:
+    r = await ScriptedReceiver(script).start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(interval)
+    return check()
+
+
+def attempts_of(dsn: str, webhook_id: Any) -> list[dict[str, Any]]:
+    return query(
+        dsn,
+        "SELECT a.* FROM webhooks.deliveries d JOIN LATERAL webhooks.get_delivery_attempts(d.id) a ON true"
+        " WHERE d.webhook_id = %s ORDER BY a.attempt",
+        webhook_id,
+    )
+
+
+def verify_legacy(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    parts = [p.split("=", 1) for p in headers["X-Webhook-Signature"].split(",")]
+    timestamp = next(v for k, v in parts if k == "t")
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(k == "v1" and hmac.compare_digest(v, expected) for k, v in parts)
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+async def test_changes_arrive_signed_and_rollbacks_send_nothing(db: str) -> None:
+    create_table(db)
+    async with receiver() as rx:
+        generated = create_webhook(db, rx.url, name="generated-secret")
+        plain = create_webhook(db, rx.url, name="plain-secret", secret=PLAIN_SECRET)
+        async with running(test_config(db)):
+            with psycopg.connect(db, autocommit=True) as conn:
+                conn.execute("INSERT INTO items (label) VALUES ('apple')")
+                conn.execute("UPDATE items SET qty = 5 WHERE label = 'apple'")
+                conn.execute("DELETE FROM items WHERE label = 'apple'")
+                with conn.transaction(force_rollback=True):
+                    conn.execute("INSERT INTO items (label) VALUES ('never')")
+            requests = await rx.wait_for(6, timeout=15)
+            await asyncio.sleep(0.5)  # room for anything that should not come
+
+    assert len(rx.requests) == 6
+    secrets = {str(generated["id"]): generated["secret"], str(plain["id"]): PLAIN_SECRET}
+    seen = Counter()
+    for req in requests:
+        payload = req.payload
+        secret = secrets[payload["webhook_id"]]
+        standard_secret = secret if secret.startswith("whsec_") else base64.b64encode(secret.encode()).decode()
+        Webhook(standard_secret).verify(req.body, req.headers)  # raises if not verified
+        assert verify_legacy(secret, req.headers, req.body)
+        assert req.headers["webhook-id"] == payload["id"]
+        assert req.headers["Content-Type"] == "application/json"
+        assert req.headers["User-Agent"].startswith("pgwebhooks/")
+        assert payload["table"] == "items" and payload["schema"] == "public"
+        event = payload["event"]
+        seen[event] += 1
+        if event == "INSERT":
+            assert payload["record"]["label"] == "apple" and payload["old_record"] is None
+        elif event == "UPDATE":
+            assert (payload["old_record"]["qty"], payload["record"]["qty"]) == (0, 5)
+        else:
+            assert payload["record"] == payload["old_record"] and payload["record"]["qty"] == 5
+    assert seen == {"INSERT": 2, "UPDATE": 2, "DELETE": 2}
+    assert all(r.payload["record"]["label"] != "never" for r in requests)
+
+
+# -- retry policy ----------------------------------------------------------------------------
+
+
+async def test_failing_twice_then_succeeding_takes_three_logged_attempts(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(500, "boom"), Reply(502, "bad gateway"), Reply(200)]) as rx:
+        hook = create_webhook(db, rx.url, retry_backoff_seconds=1)
+        async with running(test_config(db)):
+            insert(db, 1)
+            await rx.wait_for(3, timeout=20)
+            await eventually(lambda: len(attempts_of(db, hook["id"])) == 3, timeout=5)
+    attempts = attempts_of(db, hook["id"])
+    assert [a["status_code"] for a in attempts] == [500, 502, 200]
+    assert attempts[0]["response_excerpt"] == "boom"
+    assert all(a["latency_ms"] is not None and a["latency_ms"] >= 0 for a in attempts)
+    assert len({r.headers["webhook-id"] for r in rx.requests}) == 1  # stable across retries
+    delivery = query(db, "SELECT status, attempts FROM webhooks.get_deliveries(%s)", hook["id"])
+    assert delivery == [{"status": "delivered", "attempts": 3}]
+
+
+async def test_retry_after_is_honoured(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(429, "slow down", headers={"Retry-After": "3"}), Reply(200)]) as rx:
+        create_webhook(db, rx.url, retry_backoff_seconds=1)
+        async with running(test_config(db)):
+            insert(db, 1)
+            requests = await rx.wait_for(2, timeout=20)
+    assert len(requests) == 2
+    # The webhook's own backoff would retry after at most 1.25 s.
+    assert requests[1].at - requests[0].at >= 2.9
+
+
+async def test_timeout_is_an_attempt_with_an_error_and_retries_end_dead(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(200, delay=3)]) as rx:
+        hook = create_webhook(db, rx.url, timeout_seconds=1, max_retries=1, retry_backoff_seconds=1)
+        async with running(test_config(db)):
+            insert(db, 1)
+            await eventually(
+                lambda: query(db, "SELECT status FROM webhooks.get_deliveries(%s)", hook["id"])[0]["status"]
+                == "failed",
+                timeout=20,
+            )
+    attempts = attempts_of(db, hook["id"])
+    assert len(attempts) == 2  # the first try and max_retries = 1 retry
+    assert all(a["status_code"] is None and "timeout" in a["error"] for a in attempts)
+
+
+async def test_gone_disables_the_webhook(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(410, "gone")]) as rx:
+        hook = create_webhook(db, rx.url)
+        async with running(test_config(db)):
+            insert(db, 1)
+            await eventually(
+                lambda: not query(db, "SELECT enabled FROM webhooks.get_webhook(%s)", hook["id"])[0]["enabled"],
+                timeout=15,
+            )
+            insert(db, 3)  # a disabled webhook gets no new deliveries
+            await asyncio.sleep(0.5)
+    info = query(db, "SELECT enabled, disabled_reason FROM webhooks.get_webhook(%s)", hook["id"])[0]
+    assert info["enabled"] is False and "410" in info["disabled_reason"]
+    assert len(rx.requests) == 1
+    assert query(db, "SELECT status FROM webhooks.get_deliveries(%s)", hook["id"]) == [{"status": "failed"}]
+
+
+# -- many runners, crashes, restarts -----------------------------------------------------------
+
+
+async def test_two_runners_share_the_outbox_without_sending_twice(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(200, delay=0.005)]) as rx:
+        create_webhook(db, rx.url)
+        async with running(test_config(db, concurrency=20)), running(test_config(db, concurrency=20)):
+            insert(db, 400)
+            await rx.wait_for(400, timeout=60)
+            await asyncio.sleep(0.3)
+    counts = Counter(rx.event_ids())
+    assert len(counts) == 400
+    assert max(counts.values()) == 1
+
+
+def start_runner_process(dsn: str, *extra: str) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("pgwebhooks")
+    return subprocess.Popen(
+        [str(exe), "run", "--dsn", dsn, "--allow-cidr", "127.0.0.1/32", "--poll-interval", "0.2",
+         "--lease-margin", "1", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+async def test_kill_9_loses_nothing(db: str) -> None:
+    create_table(db)
+    total = 300
+    async with receiver([Reply(200, delay=0.05)]) as rx:
+        create_webhook(db, rx.url, timeout_seconds=1)
+        insert(db, total)
+        first = start_runner_process(db, "--concurrency", "20")
+        try:
+            await rx.wait_for(40, timeout=30)
+            assert first.poll() is None
+            first.kill()  # SIGKILL: no chance to release or report anything
+            first.wait(timeout=10)
+            in_flight = query(db, "SELECT count(*) AS n FROM webhooks.deliveries WHERE status = 'leased'")[0]["n"]
+            second = start_runner_process(db, "--concurrency", "50")
+            try:
+                done = await eventually(lambda: len(set(rx.event_ids())) >= total, timeout=60)
+                assert done, f"only {len(set(rx.event_ids()))} of {total} delivered"
+                await eventually(
+                    lambda: query(db, "SELECT count(*) AS n FROM webhooks.deliveries"
+                                      " WHERE status <> 'delivered'")[0]["n"] == 0, timeout=15)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(timeout=30) == 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert in_flight > 0, "the kill should have caught deliveries in flight"
+    assert len(set(rx.event_ids())) == total  # duplicates allowed, losses not
+    assert query(db, "SELECT count(*) AS n FROM webhooks.deliveries WHERE status <> 'delivered'")[0]["n"] == 0
+
+
+async def test_runner_survives_a_database_restart(db: str, server: Server) -> None:
+    create_table(db)
+    async with receiver() as rx:
+        create_webhook(db, rx.url)
+        async with running(test_config(db)) as runner:
+            insert(db, 100)
+            await rx.wait_for(100, timeout=20)
+            if server.local is not None:
+                server.local.restart()
+            else:  # a server we do not own: kill the runner's connections instead
+                query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            inserted = await eventually(lambda: _try_insert(db, 100), timeout=30, interval=0.5)
+            assert inserted
+            await rx.wait_for(200, timeout=30)
+    assert len(set(rx.event_ids())) == 200
+    assert runner.stats.reconnects >= 1
+
+
+def _try_insert(dsn: str, count: int) -> bool:
+    try:
+        insert(dsn, count)
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+async def test_sigterm_finishes_in_flight_work_and_leaves_nothing_leased(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(200, delay=0.5)]) as rx:
+        create_webhook(db, rx.url, timeout_seconds=5)
+        insert(db, 100)
+        proc = start_runner_process(db, "--concurrency", "10", "--shutdown-grace", "5")
+        try:
+            await rx.wait_for(5, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0
+    states = {r["status"]: r["n"] for r in query(
+        db, "SELECT status, count(*) AS n FROM webhooks.deliveries GROUP BY status")}
+    assert "leased" not in states
+    assert states.get("delivered", 0) >= 5 and states.get("pending", 0) > 0
+
+
+# -- destinations ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "[::1]", "localhost"])
+async def test_private_destinations_are_refused_by_default(db: str, host: str) -> None:
+    create_table(db)
+    async with receiver() as rx:
+        url = rx.url.replace("127.0.0.1", host)
+        hook = create_webhook(db, url, max_retries=0)
+        async with running(test_config(db, allowed_cidrs=())):
+            insert(db, 1)
+            await eventually(lambda: len(attempts_of(db, hook["id"])) == 1, timeout=15)
+    attempts = attempts_of(db, hook["id"])
+    assert len(attempts) == 1
+    assert attempts[0]["status_code"] is None and "not allowed" in attempts[0]["error"]
+    assert rx.requests == []
+
+
+async def test_loopback_is_delivered_once_allowed(db: str) -> None:
+    create_table(db)
+    async with receiver() as rx:
+        create_webhook(db, rx.url.replace("127.0.0.1", "localhost"))
+        async with running(test_config(db, allowed_cidrs=(), allow_private_networks=True)):
+            insert(db, 2)
+            requests = await rx.wait_for(2, timeout=15)
+    assert len(requests) == 2
