@@ -304,11 +304,11 @@ BEGIN
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
     RETURN QUERY
-    SELECT d.id, e.uid, e.operation, format('%I.%I', e.schema_name, e.table_name), d.status, d.attempts,
-           a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at, a.attempted_at,
-           CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
+    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), c.operation, format('%I.%I', c.schema_name, c.table_name),
+           d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+           a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
     FROM webhooks.deliveries d
-    JOIN webhooks.events e ON e.id = d.event_id
+    JOIN webhooks.captures c ON c.id = d.capture_id
     LEFT JOIN LATERAL (
         SELECT * FROM webhooks.delivery_attempts x
         WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1

@@ -22,6 +22,53 @@ AS $$
     END)
 $$;
 
+-- The public id of an event: stable across retries (receivers deduplicate on it), unique across
+-- installations thanks to the installation's random salt.
+CREATE OR REPLACE FUNCTION webhooks._event_uid(capture_id bigint, n integer)
+RETURNS uuid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._installation i
+$$;
+
+-- Turn captured changes into deliveries, about `budget` of them: one per changed row per
+-- subscribed webhook that is enabled now. Runs inside claim(), so the writer never pays for it;
+-- a large capture is fanned out over several calls.
+CREATE OR REPLACE FUNCTION webhooks._fan_out(budget integer)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    hooks uuid[];
+    take integer;
+    created integer := 0;
+BEGIN
+    FOR c IN
+        SELECT id, webhook_ids, row_count, fanned_out FROM webhooks.captures
+        WHERE fanned_out < row_count
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        EXIT WHEN created >= budget;
+        SELECT array_agg(w.id ORDER BY w.id) INTO hooks
+        FROM webhooks.webhooks w WHERE w.id = ANY (c.webhook_ids) AND w.enabled;
+        IF hooks IS NULL THEN
+            take := c.row_count - c.fanned_out;  -- nobody to deliver to: done at once
+        ELSE
+            take := least(c.row_count - c.fanned_out, ceil((budget - created)::numeric / cardinality(hooks))::integer);
+            INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+            SELECT c.id, g, hook
+            FROM generate_series(c.fanned_out + 1, c.fanned_out + take) AS g, unnest(hooks) AS hook
+            ORDER BY g, hook;
+            created := created + take * cardinality(hooks);
+        END IF;
+        UPDATE webhooks.captures SET fanned_out = fanned_out + take WHERE id = c.id;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
 -- token complete() checks), the exact body and every header already signed.
 --
@@ -52,6 +99,7 @@ BEGIN
     IF per_webhook_limit IS NOT NULL THEN
         PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
     END IF;
+    PERFORM webhooks._fan_out(batch_size);
     RETURN QUERY
     WITH candidate AS (
         SELECT d.id, d.webhook_id, d.status, d.next_attempt_at
@@ -79,7 +127,7 @@ BEGIN
             next_attempt_at = now() + make_interval(secs => 2 * w.timeout_seconds + lease_margin_seconds)
         FROM due, webhooks.webhooks w
         WHERE d.id = due.id AND w.id = d.webhook_id
-        RETURNING d.id, d.attempts, d.event_id, d.webhook_id, due.previous_status
+        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, due.previous_status
     ),
     -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
     expired AS (
@@ -92,20 +140,22 @@ BEGIN
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
-           || webhooks._sign_headers(e.uid::text, extract(epoch FROM now())::bigint, p.body, k.secrets),
+           || webhooks._sign_headers(p.uid::text, extract(epoch FROM now())::bigint, p.body, k.secrets),
            w.timeout_seconds
     FROM leased l
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
-    JOIN webhooks.events e ON e.id = l.event_id
+    JOIN webhooks.captures c ON c.id = l.capture_id
+    JOIN webhooks.events e ON e.capture_id = l.capture_id AND e.n = l.n
+    CROSS JOIN LATERAL (SELECT webhooks._event_uid(l.capture_id, l.n) AS uid) u
     CROSS JOIN LATERAL (
-        SELECT json_build_object(
-            'id', e.uid,
-            'event', e.operation,
-            'table', e.table_name,
-            'schema', e.schema_name,
+        SELECT u.uid, json_build_object(
+            'id', u.uid,
+            'event', c.operation,
+            'table', c.table_name,
+            'schema', c.schema_name,
             'record', e.record,
-            'old_record', CASE WHEN e.operation = 'DELETE' THEN e.record ELSE e.old_record END,
-            'timestamp', to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            'old_record', CASE WHEN c.operation = 'DELETE' THEN e.record ELSE e.old_record END,
+            'timestamp', to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             'webhook_id', w.id)::text AS body
     ) p
     CROSS JOIN LATERAL (
