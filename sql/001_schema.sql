@@ -82,8 +82,9 @@ CREATE INDEX secrets_webhook_id ON webhooks.secrets (webhook_id);
 -- The outbox is written in two steps so that the writer's transaction pays as little as possible.
 --
 -- 1. Capture (in the writer's transaction): one `captures` row per statement (table, operation,
---    the webhooks subscribed when it ran) and one `events` row per changed row, holding only the
---    row image. Nothing per webhook yet, and no sequence call per row.
+--    the webhooks subscribed when it ran) and, for statements that change several rows, one
+--    `events` row per changed row holding only the row image. Nothing per webhook yet, and no
+--    sequence call per row.
 -- 2. Fan-out (in claim(), off the writer's path): each capture becomes one `deliveries` row per
 --    changed row per webhook that is enabled at that moment.
 CREATE TABLE webhooks._installation (
@@ -105,8 +106,13 @@ CREATE TABLE webhooks.captures (
     row_count   integer NOT NULL,
     fanned_out  integer NOT NULL DEFAULT 0,
     occurred_at timestamptz NOT NULL DEFAULT statement_timestamp(),
+    -- The change of a single-row statement is kept here rather than in `events`: most OLTP writes
+    -- change one row, and one INSERT fewer per transaction is a third of the capture's cost.
+    record      json,
+    old_record  json,
     CONSTRAINT captures_operation_valid CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE', 'TEST')),
-    CONSTRAINT captures_fanned_out_range CHECK (fanned_out BETWEEN 0 AND row_count)
+    CONSTRAINT captures_fanned_out_range CHECK (fanned_out BETWEEN 0 AND row_count),
+    CONSTRAINT captures_inline_only_single_row CHECK (row_count = 1 OR (record IS NULL AND old_record IS NULL))
 );
 -- Captures still to fan out: a small, hot index.
 CREATE INDEX captures_fan_out_pending ON webhooks.captures (id) WHERE fanned_out < row_count;

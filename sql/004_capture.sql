@@ -26,37 +26,74 @@ AS $$
     WHERE i.indrelid = relid AND i.indisprimary
 $$;
 
+-- Both capture functions run inside every watched write, so they skip `SET search_path` (it
+-- costs a GUC save and restore per call, a third of a single-row insert's time) and instead
+-- name everything with its schema, operators included: as SECURITY DEFINER functions they must
+-- not resolve anything through the caller's search_path.
 CREATE OR REPLACE FUNCTION webhooks._capture_statement()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
-    this_capture bigint := nextval('webhooks.captures_id_seq');
-    captured integer;
+    this_capture pg_catalog.int8;
+    captured pg_catalog.int4;
+    key_join pg_catalog.text;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO webhooks.events (capture_id, n, record)
-        SELECT this_capture, row_number() OVER (), row_to_json(new_row.*) FROM new_rows new_row;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO webhooks.events (capture_id, n, record)
-        SELECT this_capture, row_number() OVER (), row_to_json(old_row.*) FROM old_rows old_row;
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        SELECT pg_catalog.count(*) INTO captured FROM old_rows;
     ELSE
-        -- An UPDATE that changes the primary key itself finds no partner: it is still sent,
-        -- with old_record null, rather than lost.
-        EXECUTE format(
-            'INSERT INTO webhooks.events (capture_id, n, record, old_record)'
-            ' SELECT $1, row_number() OVER (), row_to_json(new_row.*), row_to_json(old_row.*)'
-            ' FROM new_rows new_row LEFT JOIN old_rows old_row ON %s',
-            coalesce(webhooks._primary_key_join(TG_RELID), 'false'))
-        USING this_capture;
+        SELECT pg_catalog.count(*) INTO captured FROM new_rows;
     END IF;
-    GET DIAGNOSTICS captured = ROW_COUNT;
-    IF captured > 0 THEN
+    IF captured OPERATOR(pg_catalog.=) 0 THEN
+        RETURN NULL;
+    END IF;
+    this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+
+    IF captured OPERATOR(pg_catalog.=) 1 THEN
+        -- The common single-row write: the row image travels inline in the capture.
+        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+                   pg_catalog.row_to_json(new_row.*)
+            FROM new_rows new_row;
+        ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+                   pg_catalog.row_to_json(old_row.*)
+            FROM old_rows old_row;
+        ELSE
+            -- One row on each side: they are the same row, whatever its key did.
+            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                           record, old_record)
+            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+                   pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
+            FROM new_rows new_row, old_rows old_row;
+        END IF;
+    ELSE
+        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+            INSERT INTO webhooks.events (capture_id, n, record)
+            SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*)
+            FROM new_rows new_row;
+        ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+            INSERT INTO webhooks.events (capture_id, n, record)
+            SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(old_row.*)
+            FROM old_rows old_row;
+        ELSE
+            -- Pair old and new rows by primary key. A row whose key itself changed finds no
+            -- partner: it is still sent, with old_record null, rather than lost.
+            key_join := coalesce(webhooks._primary_key_join(TG_RELID), 'false');
+            EXECUTE pg_catalog.format(
+                'INSERT INTO webhooks.events (capture_id, n, record, old_record)'
+                ' SELECT $1, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*),'
+                ' pg_catalog.row_to_json(old_row.*)'
+                ' FROM new_rows new_row LEFT JOIN old_rows old_row ON %s', key_join)
+            USING this_capture;
+        END IF;
         INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
-        VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::uuid[], captured);
-        -- Identical notifications in one transaction are folded into one, sent at commit.
-        PERFORM pg_notify('webhooks', '');
+        VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], captured);
     END IF;
+    -- Identical notifications in one transaction are folded into one, sent at commit.
+    PERFORM pg_catalog.pg_notify('webhooks', '');
     RETURN NULL;
 END
 $$;
@@ -64,16 +101,15 @@ $$;
 -- UPDATE on a table without a primary key: old and new rows can only be paired row by row.
 CREATE OR REPLACE FUNCTION webhooks._capture_row()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER
 AS $$
-DECLARE
-    this_capture bigint := nextval('webhooks.captures_id_seq');
 BEGIN
-    INSERT INTO webhooks.events (capture_id, n, record, old_record)
-    VALUES (this_capture, 1, row_to_json(NEW), row_to_json(OLD));
-    INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
-    VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::uuid[], 1);
-    PERFORM pg_notify('webhooks', '');
+    INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   record, old_record)
+    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, TG_RELID,
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+            pg_catalog.row_to_json(NEW), pg_catalog.row_to_json(OLD));
+    PERFORM pg_catalog.pg_notify('webhooks', '');
     RETURN NULL;
 END
 $$;

@@ -156,6 +156,13 @@ BEGIN
     IF jsonb_typeof(value) <> expected AND NOT (jsonb_typeof(value) = 'null' AND field = 'description') THEN
         PERFORM webhooks._fail('WH012', field, format('expected a JSON %s, got %s', expected, value));
     END IF;
+    -- Every number field is an integer column: say so rather than fail the cast later.
+    IF expected = 'number' AND (value::text::numeric % 1 <> 0
+                                OR value::text::numeric NOT BETWEEN -2147483648 AND 2147483647) THEN
+        PERFORM webhooks._fail('WH012', field, format('expected an integer, got %s', value));
+    ELSIF expected = 'number' THEN
+        RETURN to_jsonb(value::text::numeric::integer);  -- 2.0 -> 2
+    END IF;
     RETURN value;
 END
 $$;

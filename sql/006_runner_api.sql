@@ -145,7 +145,7 @@ BEGIN
     FROM leased l
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
-    JOIN webhooks.events e ON e.capture_id = l.capture_id AND e.n = l.n
+    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
     CROSS JOIN LATERAL (SELECT webhooks._event_uid(l.capture_id, l.n) AS uid) u
     CROSS JOIN LATERAL (
         SELECT u.uid, json_build_object(
@@ -153,8 +153,9 @@ BEGIN
             'event', c.operation,
             'table', c.table_name,
             'schema', c.schema_name,
-            'record', e.record,
-            'old_record', CASE WHEN c.operation = 'DELETE' THEN e.record ELSE e.old_record END,
+            'record', coalesce(e.record, c.record),
+            'old_record', CASE WHEN c.operation = 'DELETE' THEN coalesce(e.record, c.record)
+                               ELSE coalesce(e.old_record, c.old_record) END,
             'timestamp', to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             'webhook_id', w.id)::text AS body
     ) p
