@@ -77,8 +77,8 @@ def render_plpython() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
-    shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...], log_format: str,
-    log_level: str,
+    shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
+    log_format: str, log_level: str,
 ) -> None:
     """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C."""
     from pgwebhooks.worker import Runner, RunnerConfig
@@ -334,3 +334,47 @@ def deliveries(dsn: str, webhook_id: str, limit: int, offset: int, delivery_id: 
     columns = ("delivery_id", "event", "table", "status", "attempts", "response_status", "latency_ms",
                "error", "created_at")
     emit(rows, as_json, None if as_json else columns)
+
+
+@webhooks_group.command("test")
+@DSN
+@click.argument("webhook_id")
+def send_test(dsn: str, webhook_id: str) -> None:
+    """Queue a TEST event for a webhook (checks the endpoint and its signature verification)."""
+    with sql_api(dsn) as conn:
+        row = conn.execute("SELECT webhooks.send_test(%s::uuid) AS delivery_id", (webhook_id,)).fetchone()
+    assert row is not None
+    click.echo(f"queued test delivery {row['delivery_id']}")
+
+
+@main.command()
+@DSN
+@click.argument("delivery_id", type=int, required=False)
+@click.option("--failed-of", "webhook_id", help="Replay every failed delivery of this webhook instead.")
+@click.option("--since", help="With --failed-of: only failures completed since this timestamp.")
+def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None) -> None:
+    """Send a delivery again (same event id), or all failed deliveries of a webhook."""
+    if (delivery_id is None) == (webhook_id is None):
+        raise click.UsageError("give either DELIVERY_ID or --failed-of WEBHOOK_ID")
+    with sql_api(dsn) as conn:
+        if webhook_id is not None:
+            row = conn.execute(
+                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz) AS n", (webhook_id, since)
+            ).fetchone()
+            assert row is not None
+            click.echo(f"queued {row['n']} replay(s)")
+            return
+        row = conn.execute("SELECT webhooks.replay(%s) AS id", (delivery_id,)).fetchone()
+    assert row is not None
+    click.echo(f"queued delivery {row['id']}")
+
+
+@main.command()
+@DSN
+@click.option("--older-than", default="7 days", show_default=True, help="Keep finished work younger than this.")
+def purge(dsn: str, older_than: str) -> None:
+    """Delete finished deliveries and captured changes older than the window."""
+    with sql_api(dsn) as conn:
+        row = conn.execute("SELECT * FROM webhooks.purge(%s::interval)", (older_than,)).fetchone()
+    assert row is not None
+    click.echo(f"purged {row['deliveries']} deliveries and {row['captures']} captured statements")
