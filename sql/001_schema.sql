@@ -32,6 +32,14 @@ BEGIN
     CREATE ROLE webhooks_runner NOLOGIN;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
+-- Owns the capture trigger functions, which run inside other roles' writes. It may only add to
+-- the outbox: whatever code a watched table makes them run (a cast to json of the table owner's
+-- own type, say) runs with this role's rights, not the installer's.
+DO $$
+BEGIN
+    CREATE ROLE webhooks_capture NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $$;
 
 CREATE TABLE webhooks.webhooks (
     id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),

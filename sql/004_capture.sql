@@ -11,18 +11,29 @@
 -- by _sync_triggers() whenever subscriptions change: capturing needs no lookup at all. Whether a
 -- webhook is enabled is decided later, at fan-out (see claim()).
 --
--- The trigger functions are SECURITY DEFINER: application roles write to their tables and the
--- outbox fills, but they have no privilege on the outbox itself.
+-- The trigger functions are SECURITY DEFINER, owned by webhooks_capture: application roles write
+-- to their tables and the outbox fills, but they have no privilege on the outbox itself, and the
+-- functions can do nothing but add to it.
 
--- "new_row.id = old_row.id AND ..." for the primary key of `relid`, or NULL without one.
--- Read at fire time so that a key changed by ALTER TABLE is followed.
+-- "new_row.id OPERATOR(pg_catalog.=) old_row.id AND ..." for the primary key of `relid`, or NULL
+-- without one. Each column is compared with the equality operator of its index's operator class,
+-- named with its schema, so the caller's search_path cannot substitute another. Read at fire time
+-- so that a key changed by ALTER TABLE is followed.
 CREATE OR REPLACE FUNCTION webhooks._primary_key_join(relid oid)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT string_agg(format('new_row.%1$I = old_row.%1$I', a.attname), ' AND ' ORDER BY a.attnum)
+    SELECT string_agg(format('new_row.%1$I OPERATOR(%2$I.%3$s) old_row.%1$I', a.attname, ns.nspname, op.oprname),
+                      ' AND ' ORDER BY k.ord)
     FROM pg_index i
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+    CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    JOIN pg_opclass oc ON oc.oid = k.opclass
+    JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
+                   AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
+                   AND ao.amopmethod = oc.opcmethod
+    JOIN pg_operator op ON op.oid = ao.amopopr
+    JOIN pg_namespace ns ON ns.oid = op.oprnamespace
     WHERE i.indrelid = relid AND i.indisprimary
 $$;
 
@@ -113,6 +124,9 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
+ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
 -- carrying the subscribed webhooks, none for the others. Called by every management function

@@ -99,7 +99,9 @@ BEGIN
     IF per_webhook_limit IS NOT NULL THEN
         PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
     END IF;
-    PERFORM webhooks._fan_out(batch_size);
+    -- Fan out ahead of this batch, so that other runners find committed work too while this one
+    -- holds a large capture.
+    PERFORM webhooks._fan_out(batch_size * 4);
     RETURN QUERY
     WITH candidate AS (
         SELECT d.id, d.webhook_id, d.status, d.next_attempt_at
@@ -140,7 +142,7 @@ BEGIN
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
-           || webhooks._sign_headers(p.uid::text, extract(epoch FROM now())::bigint, p.body, k.secrets),
+           || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
            w.timeout_seconds
     FROM leased l
     JOIN webhooks.webhooks w ON w.id = l.webhook_id

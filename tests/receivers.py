@@ -7,6 +7,7 @@ with its exact body and headers so tests can check what arrived and verify signa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -76,10 +77,8 @@ class ScriptedReceiver:
     async def wait_for(self, count: int, timeout: float) -> list[Received]:
         """The requests so far, once there are at least `count` (or the timeout passed)."""
         async with self._arrived:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests) >= count), timeout)
-            except TimeoutError:
-                pass
         return list(self.requests)
 
     def event_ids(self) -> list[str]:

@@ -21,11 +21,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from receivers import Reply, ScriptedReceiver
 from standardwebhooks.webhooks import Webhook
 
 from conftest import Server
 from pgwebhooks.worker import Runner, RunnerConfig
-from receivers import Reply, ScriptedReceiver
 
 PLAIN_SECRET = "a-plain-string-secret-for-tests"
 
