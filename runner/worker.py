@@ -172,6 +172,14 @@ class Runner:
                     conn = None
                     await _first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
                     continue
+                except psycopg.Error as exc:
+                    # Not a lost connection: the schema may be missing or mid-upgrade, or the role
+                    # lack a grant. Say so plainly and keep trying; there is nothing to lose.
+                    delay = backoff.next()
+                    log.error("claim failed", extra={"error": str(exc).strip(), "sqlstate": exc.sqlstate,
+                                                     "retry_in_s": round(delay, 2)})
+                    await _first_of(self._stopping, timeout=delay)
+                    continue
                 for job in jobs:
                     self._start(sender, job)
                 if len(jobs) < wanted:

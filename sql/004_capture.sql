@@ -23,8 +23,14 @@ CREATE OR REPLACE FUNCTION webhooks._primary_key_join(relid oid)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT string_agg(format('new_row.%1$I OPERATOR(%2$I.%3$s) old_row.%1$I', a.attname, ns.nspname, op.oprname),
-                      ' AND ' ORDER BY k.ord)
+    SELECT string_agg(CASE
+               WHEN has_schema_privilege(ns.oid, 'USAGE')
+               THEN format('new_row.%1$I OPERATOR(%2$I.%3$s) old_row.%1$I', a.attname, ns.nspname, op.oprname)
+               -- The operator's schema is out of the capture role's reach (say citext installed in
+               -- a locked-down schema): compare text forms rather than fail the application's UPDATE.
+               ELSE format('new_row.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) old_row.%1$I::pg_catalog.text',
+                           a.attname)
+           END, ' AND ' ORDER BY k.ord)
     FROM pg_index i
     CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum

@@ -186,7 +186,15 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH result AS (
-        SELECT *
+        -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
+        -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
+        SELECT r.delivery_id, r.attempt,
+               CASE WHEN r.status_code BETWEEN 100 AND 599 THEN r.status_code END AS status_code,
+               r.response_excerpt,
+               CASE WHEN r.status_code NOT BETWEEN 100 AND 599
+                    THEN concat_ws('; ', format('invalid HTTP status %s', r.status_code), r.error)
+                    ELSE r.error END AS error,
+               r.latency_ms, r.retry_after_seconds
         FROM jsonb_to_recordset(results) AS r(
             delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
             error text, latency_ms integer, retry_after_seconds integer)
