@@ -7,17 +7,17 @@ DEB_PACKAGES := postgresql-15 postgresql-plpython3-15 postgresql-15-pgtap libtap
 .PHONY: test demo bench lint sql deps venv clean
 
 test: deps venv
-	$(VENV)/bin/ruff check runner plpython tests bench
+	$(VENV)/bin/ruff check runner plpython tests
 	$(VENV)/bin/pytest -q
 
 demo: deps venv
 	$(PY) -m pgwebhooks.demo
 
 bench: deps venv
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check runner plpython tests bench
+	$(VENV)/bin/ruff check runner plpython tests
 
 # Regenerate sql/002_plpython.sql from plpython/*.py (a test fails while it is stale).
 sql: venv
