@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Reply:
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # header names are case-insensitive on the wire
     body: bytes
     at: float
 
@@ -53,7 +54,7 @@ class ScriptedReceiver:
         body = await request.read()
         reply = self.script[min(self._served, len(self.script) - 1)]
         self._served += 1
-        self.requests.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        self.requests.append(Received(request.path, CIMultiDict(request.headers), body, time.monotonic()))
         async with self._arrived:
             self._arrived.notify_all()
         if reply.delay:
