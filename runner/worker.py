@@ -183,10 +183,12 @@ class Runner:
                 for job in jobs:
                     self._start(sender, job)
                 if len(jobs) < wanted:
-                    # Caught up. Sleep until a commit notifies us, the poll interval passes (in
-                    # case a notification was lost), or, when some webhooks were at their limit,
-                    # one of their sends finishes.
-                    wake_on = (self._wake, self._stopping, self._room) if saturated else (self._wake, self._stopping)
+                    # Caught up, or held back by the per-webhook limit. Sleep until a commit
+                    # notifies us, the poll interval passes (in case a notification was lost), or,
+                    # when some webhook is at its limit (before or after this claim), one of its
+                    # sends finishes: a short claim then says nothing about the backlog.
+                    limited = saturated or any(n >= cfg.per_webhook_concurrency for n in self._in_flight.values())
+                    wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
                     await _first_of(*wake_on, timeout=cfg.poll_interval * random.uniform(0.8, 1.2))
         finally:
             await self._close(conn)
