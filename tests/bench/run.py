@@ -1,0 +1,135 @@
+"""`make bench`: pgwebhooks' benchmark suite, one table of side-by-side ratios and a JSON file.
+
+    .venv/bin/python tests/bench/run.py [--quick] [--only pgbench,latency] [--json bench-results.json]
+
+Everything runs against one throwaway PostgreSQL (default durability: fsync on) started in a
+temporary directory, a fresh database per measurement, and local receivers in processes of
+their own. Everything is torn down at the end, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import delivery
+import psycopg
+import write_path
+from common import BenchError, Env, install_exit_handlers
+from report import Result, failed, machine, render, write_json
+
+MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal")
+TITLES = {
+    "pgbench": "1 write path, one row per transaction",
+    "bulk": "2 write path, bulk",
+    "throughput": "3 delivery throughput",
+    "slow": "4 slow endpoints",
+    "latency": "5 latency",
+    "backlog": "6 backlog",
+    "horizontal": "7 horizontal",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs (a smoke test)")
+    parser.add_argument("--rows", type=int, help="rows per bulk write (default 100000; quick 20000)")
+    parser.add_argument("--deliveries", type=int, help="backlog of the throughput test (default 20000; quick 5000)")
+    parser.add_argument("--backlog", type=int, help="pending deliveries of the backlog test (default 100000; "
+                        "quick 20000; try 1000000)")
+    parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
+    parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
+    parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where to write results")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (server and process logs)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {"rows": 20_000 if quick else 100_000, "deliveries": 5_000 if quick else 20_000,
+                "backlog": 20_000 if quick else 100_000, "seconds": 2 if quick else 5,
+                "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.selected = [m.strip() for m in args.only.split(",") if m.strip()] or list(MEASUREMENTS)
+    unknown = sorted(set(args.selected) - set(MEASUREMENTS))
+    if unknown:
+        parser.error(f"unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="pgwebhooks-bench-"))
+    env = Env(workdir)
+    install_exit_handlers(env)
+    results: list[Result] = []
+    timings: dict[str, float] = {}
+    ceiling: float | None = None  # the runner's rate against a fast receiver: its CPU ceiling
+    slow_rows = 250 if args.quick else 500  # x 20 webhooks
+    horizontal_rows = 100 if args.quick else 200
+
+    steps: dict[str, Callable[[], list[Result]]] = {
+        "pgbench": lambda: write_path.bench_single_row(env, args.seconds, args.rounds),
+        "bulk": lambda: write_path.bench_bulk(env, args.rows, args.rounds),
+        "slow": lambda: delivery.bench_slow(env, ceiling, slow_rows),
+        "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
+        "backlog": lambda: delivery.bench_backlog(env, args.backlog),
+        "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
+    }
+    started = time.monotonic()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    print(f"pgwebhooks benchmarks in {workdir}: {', '.join(args.selected)}", flush=True)
+    try:
+        env.start()
+        meta_machine = machine(env.server.bindir)
+        for name in MEASUREMENTS:
+            if name not in args.selected:
+                continue
+            print(f"-- {TITLES[name]} ...", flush=True)
+            began = time.monotonic()
+            try:
+                if name == "throughput":
+                    rows, ceiling = delivery.bench_throughput(env, args.deliveries)
+                else:
+                    rows = steps[name]()
+            except (BenchError, psycopg.Error, OSError, AssertionError, KeyError, ValueError) as exc:
+                # One broken measurement must not hide the others: report it and go on.
+                traceback.print_exc()
+                rows = [failed(TITLES[name], "measurement failed", f"{type(exc).__name__}: {exc}")]
+            timings[name] = time.monotonic() - began
+            for r in rows:
+                print(f"   {r.name}: {r.measured} (target {r.target or '-'}) {r.detail}", flush=True)
+            print(f"   ({timings[name]:.0f}s)", flush=True)
+            results += rows
+    finally:
+        env.stop()
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.monotonic() - started
+    print()
+    print(render(results))
+    print(f"total {total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    meta = {
+        "started_at": started_at,
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": meta_machine,
+        "seconds": total,
+        "timings": timings,
+    }
+    write_json(args.json, results, meta)
+    print(f"results written to {args.json}")
+    return 1 if any(r.measured == "ERROR" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

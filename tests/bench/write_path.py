@@ -1,0 +1,195 @@
+"""What capture costs the writer: one row per transaction (pgbench) and bulk writes.
+
+No runner runs here: the writer's cost is the capture trigger and the outbox rows it writes, and
+fan-out to deliveries happens later, in claim(). Webhook URLs are therefore never contacted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from common import BenchError, Env, create_orders, create_webhook, median
+from report import Result, ratio
+
+UNUSED_URL = "http://127.0.0.1:9/never-contacted"
+
+PGBENCH_SCRIPT = """\\set cid random(1, 10000)
+\\set cents random(100, 1000000)
+INSERT INTO {table} (customer_id, amount, status) VALUES (:cid, :cents / 100.0, 'new');
+"""
+
+# A naive capture as most event-trigger systems write it: a row-level trigger building a
+# json_build_object event and handing it to a PL/pgSQL helper that inserts into an event log.
+NAIVE_CAPTURE = """
+CREATE TABLE event_log (
+    id         bigserial PRIMARY KEY,
+    table_name text NOT NULL,
+    operation  text NOT NULL,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE FUNCTION log_event(table_name text, operation text, payload jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_log (table_name, operation, payload) VALUES (table_name, operation, payload);
+END
+$$;
+CREATE FUNCTION naive_capture() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM log_event(TG_TABLE_NAME, TG_OP, json_build_object(
+        'event', TG_OP, 'table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA,
+        'record', row_to_json(NEW), 'old_record', NULL, 'timestamp', now())::jsonb);
+    RETURN NULL;
+END
+$$;
+"""
+
+TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def _dbname(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[1]
+
+
+def _pgbench(env: Env, dbname: str, script: Path, seconds: float) -> float:
+    server = env.server
+    args = [str(server.bindir / "pgbench"), "-n", "-M", "prepared", "-c", "2", "-j", "2", "-T", str(int(seconds)),
+            "-f", str(script), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", dbname]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"pgbench did not finish within {seconds + 60:.0f}s") from exc
+    found = TPS.search(proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise BenchError(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return float(found.group(1))
+
+
+def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
+    section = "1 write path, one row per transaction (pgbench -c 2 -j 2, synchronous_commit=off)"
+    dsn = env.fresh_db("pgbench")
+    dbname = _dbname(dsn)
+    variants = {"none": "orders_none", "1 webhook": "orders_hook1", "3 webhooks": "orders_hook3"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in variants.values():
+            create_orders(conn, table)
+        create_webhook(conn, "pgbench-one", UNUSED_URL, "orders_hook1")
+        for i in range(3):
+            create_webhook(conn, f"pgbench-three-{i}", UNUSED_URL, "orders_hook3")
+        # For the pgbench sessions only: the server itself keeps default durability.
+        conn.execute(f"ALTER DATABASE {dbname} SET synchronous_commit = off")
+    scripts = {}
+    for label, table in variants.items():
+        scripts[label] = env.workdir / f"pgbench-{table}.sql"
+        scripts[label].write_text(PGBENCH_SCRIPT.format(table=table))
+
+    def checkpoint() -> None:
+        # Each run starts from a clean checkpoint, so none pays for another's dirty buffers.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
+    for label in variants:  # warm-up: prepared plans, table files, caches; not recorded
+        _pgbench(env, dbname, scripts[label], 1)
+    tps: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(rounds):
+        for label in variants:  # interleaved A, B, C, A, B, C...: drift in the machine hits all alike
+            checkpoint()
+            tps[label].append(_pgbench(env, dbname, scripts[label], seconds))
+    med = {label: median(v) for label, v in tps.items()}
+    env.drop_db(dsn)
+    results = []
+    for label, limit in (("1 webhook", 0.85), ("3 webhooks", 0.75)):
+        results.append(ratio(
+            section, f"tps {label} / no webhook", med[label] / med["none"], limit, True,
+            f"{med[label]:.0f} vs {med['none']:.0f} tps (median of {rounds}x{seconds:g}s)",
+            tps=tps, median_tps=med,
+        ))
+    return results
+
+
+def _bulk_rows(rows: int) -> bytes:
+    # COPY text format, the same values INSERT ... SELECT generates.
+    return "".join(
+        f"{g % 10000 + 1}\t{(g % 100000) / 100:.2f}\t{'refunded' if g % 10 == 0 else 'paid'}\n"
+        for g in range(1, rows + 1)
+    ).encode()
+
+
+def bench_bulk(env: Env, rows: int, repeats: int) -> list[Result]:
+    section = f"2 write path, bulk ({rows:,} rows in one statement)"
+    dsn = env.fresh_db("bulk")
+    variants = {"none": "bulk_none", "pgwebhooks": "bulk_pgwebhooks", "naive": "bulk_naive"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in variants.values():
+            create_orders(conn, table)
+        create_webhook(conn, "bulk-one", UNUSED_URL, "bulk_pgwebhooks")
+        conn.execute(NAIVE_CAPTURE)
+        conn.execute("CREATE TRIGGER naive_capture AFTER INSERT ON bulk_naive FOR EACH ROW "
+                     "EXECUTE FUNCTION naive_capture()")
+    copy_data = _bulk_rows(rows)
+    insert_sql = (
+        "INSERT INTO {table} (customer_id, amount, status)"
+        " SELECT g %% 10000 + 1, (g %% 100000) / 100.0, CASE WHEN g %% 10 = 0 THEN 'refunded' ELSE 'paid' END"
+        " FROM generate_series(1, %s) g"
+    )
+    tables = ", ".join(variants.values())
+
+    def reset(conn: psycopg.Connection[Any]) -> None:
+        # Every run starts from empty tables and outbox and a fresh checkpoint.
+        conn.execute(f"TRUNCATE {tables}, event_log, webhooks.captures, webhooks.events, webhooks.deliveries "
+                     "RESTART IDENTITY")
+        conn.execute("CHECKPOINT")
+
+    def timed(conn: psycopg.Connection[Any], method: str, table: str) -> float:
+        started = time.perf_counter()
+        with conn.transaction():
+            if method == "INSERT ... SELECT":
+                conn.execute(insert_sql.format(table=table), (rows,))
+            else:
+                with conn.cursor() as cur, cur.copy(f"COPY {table} (customer_id, amount, status) FROM STDIN") as cp:
+                    cp.write(copy_data)
+        return time.perf_counter() - started  # the commit (a WAL flush) included
+
+    def check(conn: psycopg.Connection[Any], label: str) -> None:
+        # The run must really have captured every row, or the comparison means nothing.
+        row = conn.execute("SELECT (SELECT count(*) FROM event_log),"
+                           " (SELECT coalesce(sum(row_count), 0) FROM webhooks.captures)").fetchone()
+        expected = {"none": (0, 0), "pgwebhooks": (0, rows), "naive": (rows, 0)}[label]
+        if row is None or tuple(row) != expected:
+            raise BenchError(f"{label}: captured (event_log, captures) = {row}, expected {expected}")
+
+    methods = ("INSERT ... SELECT", "COPY")
+    seconds: dict[str, dict[str, list[float]]] = {m: {v: [] for v in variants} for m in methods}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for method in methods:  # warm-up, not recorded: plan and function caches, relation files
+            for table in variants.values():
+                reset(conn)
+                timed(conn, method, table)
+        for _ in range(repeats):
+            for method in methods:
+                for label, table in variants.items():
+                    reset(conn)
+                    seconds[method][label].append(timed(conn, method, table))
+                    check(conn, label)
+    env.drop_db(dsn)
+    results = []
+    for method in methods:
+        med = {label: median(v) for label, v in seconds[method].items()}
+        overhead = (med["pgwebhooks"] - med["none"]) / max(med["naive"] - med["none"], 1e-9)
+        results.append(ratio(
+            section, f"{method}: 1 webhook / no webhook", med["pgwebhooks"] / med["none"], 2.5, False,
+            f"{med['pgwebhooks']:.3f}s vs {med['none']:.3f}s (median of {repeats})",
+            seconds=seconds[method], median_seconds=med,
+        ))
+        results.append(ratio(
+            section, f"{method}: pgwebhooks / naive row trigger", med["pgwebhooks"] / med["naive"], 0.25, False,
+            f"{med['pgwebhooks']:.3f}s vs {med['naive']:.3f}s; capture overhead {overhead:.2f}x the naive one's",
+            overhead_ratio=overhead,
+        ))
+    return results
