@@ -63,6 +63,7 @@ class RunnerStats:
     delivered: int = 0
     failed_attempts: int = 0
     refused: int = 0
+    unreported: int = 0  # results the database would not take; retried after their leases expire
     released: int = 0
     reconnects: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -316,6 +317,7 @@ class Runner:
                     del self._results[: len(batch)]
                     backoff.reset()
                 except psycopg.OperationalError as exc:
+                    # Checked before psycopg.Error below: a lost connection keeps the batch for later.
                     if self._stopping.is_set():
                         give_up_at = give_up_at or time.monotonic() + cfg.shutdown_grace
                         if time.monotonic() > give_up_at:
@@ -325,6 +327,17 @@ class Runner:
                     await self._close(conn)
                     conn = None
                     await asyncio.sleep(self._lost_connection("complete", exc, backoff))
+                except psycopg.Error as exc:
+                    # The database refused the batch itself (a schema mid-upgrade, a missing grant).
+                    # Retrying it could block every later result, so let it go: those leases expire
+                    # and the deliveries are sent again, late but not lost.
+                    del self._results[: len(batch)]
+                    self.stats.unreported += len(batch)
+                    delay = backoff.next()
+                    log.error("could not report results; those deliveries will be retried when their leases expire",
+                              extra={"count": len(batch), "error": str(exc).strip(), "sqlstate": exc.sqlstate,
+                                     "retry_in_s": round(delay, 2)})
+                    await asyncio.sleep(delay)
         finally:
             await self._close(conn)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from receivers import Reply, ScriptedReceiver
@@ -346,3 +347,39 @@ async def test_loopback_is_delivered_once_allowed(db: str) -> None:
             insert(db, 2)
             requests = await rx.wait_for(2, timeout=15)
     assert len(requests) == 2
+
+
+# -- the database refusing a report ------------------------------------------------------------
+
+
+async def test_a_refused_report_is_retried_through_lease_expiry_not_lost(db: str) -> None:
+    """complete() failing with a non-connection error (here: a revoked grant) must neither stop
+    the runner nor block later results; the unreported deliveries go out again after their lease."""
+    create_table(db)
+    role = f"runner_{os.urandom(3).hex()}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
+        conn.execute("REVOKE EXECUTE ON FUNCTION webhooks.complete(jsonb) FROM webhooks_runner")
+    runner_dsn = make_conninfo(db, user=role)
+    try:
+        async with receiver() as rx:
+            hook = create_webhook(db, rx.url, timeout_seconds=1)
+            async with running(runner_config(runner_dsn, lease_margin_seconds=1)) as runner:
+                insert(db, 3)
+                await rx.wait_for(3, timeout=15)
+                assert await eventually(lambda: runner.stats.unreported == 3, timeout=10)
+                with psycopg.connect(db, autocommit=True) as conn:
+                    conn.execute("GRANT EXECUTE ON FUNCTION webhooks.complete(jsonb) TO webhooks_runner")
+                delivered = await eventually(
+                    lambda: [r["status"] for r in query(db, "SELECT status FROM webhooks.get_deliveries(%s)",
+                                                        hook["id"])] == ["delivered"] * 3,
+                    timeout=30,
+                )
+            assert delivered
+            assert len(set(rx.event_ids())) == 3 and len(rx.requests) >= 6  # sent again after the lease ran out
+            assert runner.stats.delivered >= 6
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION webhooks.complete(jsonb) TO webhooks_runner")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
