@@ -60,18 +60,21 @@ def failed(section: str, name: str, error: str) -> Result:
 
 def render(results: list[Result]) -> str:
     headers = ("measurement", "target", "measured", "met?", "numbers")
-    rows: list[tuple[str, ...]] = []
+    rows: list[tuple[str, ...] | str] = []  # a str is a section title, printed on a line of its own
     section = None
     for r in results:
         if r.section != section:
             section = r.section
-            rows.append((f"[{section}]", "", "", "", ""))
+            rows.append(f"[{section}]")
         met = "-" if r.met is None else ("yes" if r.met else "NO")
         rows.append((f"  {r.name}", r.target, r.measured, met, r.detail))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
+    cells = [row for row in rows if isinstance(row, tuple)]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    widths[-1] = len(headers[-1])  # the last column is not padded: long details run on
+    line = "  ".join("-" * w for w in widths[:-1]) + "  " + "-" * 40
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out += [row if isinstance(row, str) else "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
     judged = [r for r in results if r.met is not None]
     out += [line, f"{sum(1 for r in judged if r.met)}/{len(judged)} targets met"]
     return "\n".join(out)
