@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,7 +130,8 @@ async def demo() -> int:
             print(f"    runner exited with {code}")
         await receiver.stop()
         pg.destroy()
-        print("    receiver and PostgreSQL stopped, .demo/ cleaned up")
+        shutil.rmtree(DEMO_DIR, ignore_errors=True)
+        print("    receiver and PostgreSQL stopped, .demo/ removed")
 
 
 def main() -> None:

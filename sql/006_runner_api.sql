@@ -1,9 +1,12 @@
 -- pgwebhooks 006: what the runner calls. claim() hands out leased, fully signed requests;
 -- complete() applies the delivery policy to their results; release() hands back unsent work.
 -- The runner holds no secret and no policy: both live here.
--- These functions run with jit = off: their plans are small, but row estimates for
--- generate_series and unnest make the planner's costs look large enough to JIT-compile them,
--- which took ~400 ms per call against ~10 ms of work (see `make bench`).
+-- Plans here are pinned rather than left to statistics. A queue's tables churn faster than
+-- autovacuum analyzes them, and a plan made while `deliveries` looked empty (sequential scans,
+-- bitmap scans of a webhook's whole history) grew with every delivery ever kept; with
+-- enable_seqscan and enable_bitmapscan off, claim() walks `deliveries_due` in order and stops
+-- at its limit, whatever the statistics say. jit is off: row estimates for generate_series and
+-- unnest make small plans look expensive enough to JIT-compile (~400 ms a call for ~10 ms of work).
 
 CREATE OR REPLACE FUNCTION webhooks.version()
 RETURNS text
@@ -109,7 +112,8 @@ RETURNS TABLE (
     body text,
     headers jsonb,
     timeout_seconds integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -199,7 +203,8 @@ $$;
 -- expired. Returns each delivery's new status, or 'refused'.
 CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
 RETURNS TABLE (delivery_id bigint, attempt integer, status text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -272,7 +277,8 @@ $$;
 -- the attempt does not count. `leases` is a JSON array of {"delivery_id": 1, "attempt": 1}.
 CREATE OR REPLACE FUNCTION webhooks.release(leases jsonb)
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 DECLARE
     released integer;
