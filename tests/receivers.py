@@ -45,6 +45,8 @@ class ScriptedReceiver:
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.max_concurrent: dict[str, int] = {}  # per path: the most requests open at once
+        self._open: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -57,8 +59,13 @@ class ScriptedReceiver:
         self.requests.append(Received(request.path, CIMultiDict(request.headers), body, time.monotonic()))
         async with self._arrived:
             self._arrived.notify_all()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        self._open[request.path] = self._open.get(request.path, 0) + 1
+        self.max_concurrent[request.path] = max(self.max_concurrent.get(request.path, 0), self._open[request.path])
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        finally:
+            self._open[request.path] -= 1
         return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
 
     async def start(self) -> ScriptedReceiver:

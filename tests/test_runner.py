@@ -383,3 +383,46 @@ async def test_a_refused_report_is_retried_through_lease_expiry_not_lost(db: str
             conn.execute("GRANT EXECUTE ON FUNCTION webhooks.complete(jsonb) TO webhooks_runner")
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+# -- concurrency limits and claimed-but-waiting work ---------------------------------------------
+
+
+async def test_per_webhook_limit_holds_with_work_claimed_ahead(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(200, delay=0.2)]) as slow, receiver() as fast:
+        create_table(db, "other")
+        create_webhook(db, slow.url, table="items")
+        create_webhook(db, fast.url, table="other")
+        async with running(runner_config(db, concurrency=10, per_webhook_concurrency=3)):
+            insert(db, 15)
+            insert(db, 30, table="other")
+            await fast.wait_for(30, timeout=15)
+            fast_done = time.monotonic()
+            await slow.wait_for(15, timeout=20)
+    assert slow.max_concurrent["/hook"] == 3  # the limit, reached and never passed
+    # The slow endpoint's backlog (15 x 0.2 s / 3 = 1 s at best) did not hold the other one up.
+    assert fast_done < slow.requests[-1].at
+    assert len(set(slow.event_ids())) == 15 and len(set(fast.event_ids())) == 30
+
+
+async def test_work_that_waited_past_its_lease_is_handed_back_not_sent_late(db: str) -> None:
+    """A job claimed ahead waits for a slot; if the slots stay busy past the point where its send
+    could still finish inside the lease, it is released and claimed again, never sent late."""
+    create_table(db)
+    create_table(db, "other")
+    async with receiver([Reply(200, delay=4)]) as slow, receiver() as quick:
+        create_webhook(db, slow.url, table="items", timeout_seconds=10)
+        quick_hook = create_webhook(db, quick.url, table="other", timeout_seconds=1)
+        config = runner_config(db, concurrency=2, per_webhook_concurrency=2, lease_margin_seconds=1)
+        async with running(config) as runner:
+            insert(db, 2)  # both slots busy for 4 s
+            await slow.wait_for(2, timeout=10)
+            insert(db, 1, table="other")  # claimed ahead; may start until 1.5 s after its claim
+            await quick.wait_for(1, timeout=20)
+            await eventually(lambda: query(db, "SELECT status FROM webhooks.get_deliveries(%s)", quick_hook["id"])
+                             == [{"status": "delivered"}], timeout=10)
+        assert runner.stats.released >= 1
+    attempts = attempts_of(db, quick_hook["id"])
+    assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 200)]  # the release did not count
+    assert len(quick.requests) == 1
