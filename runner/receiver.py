@@ -91,10 +91,8 @@ class Receiver:
         app.router.add_route("POST", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = self._runner.addresses[0][1]  # the port the system chose when asked for 0
         return self
 
     async def stop(self) -> None:
