@@ -8,6 +8,7 @@ fixture records every connect and refuses non-loopback ones before they reach th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pgwebhooks.localpg import free_port
 from pgwebhooks.sender import Sender, parse_retry_after
 
 HINT = "allow it with --allow-private-networks or --allow-cidr"
@@ -306,17 +308,18 @@ def test_retry_after_absent_or_absurd() -> None:
     ],
 )
 async def test_loopback_refused_without_connecting(serve, connects, host, listen_on, kind_of, address) -> None:
-    if listen_on == "::1" and not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
+    # A listener makes a wrongly allowed request visible at the receiving end too; on a machine
+    # without IPv6 loopback there is none, and `connects` alone shows that nothing was attempted.
+    server = None
+    with contextlib.suppress(OSError):
         server = await serve(host=listen_on)
-    except OSError:
-        pytest.skip(f"cannot listen on {listen_on}")
+    url = server.url(host=host) if server else f"http://{host}:{free_port()}/"
     async with Sender() as sender:
-        result = await sender.send(server.url(host=host), b"{}", {}, 5)
+        result = await sender.send(url, b"{}", {}, 5)
     assert result.status_code is None and result.response_excerpt is None
     assert result.error == f"destination {address} is {kind_of} address; {HINT}"
-    assert server.connections == 0 and connects == []
+    assert connects == []
+    assert server is None or server.connections == 0
 
 
 @pytest.mark.parametrize(
