@@ -14,7 +14,8 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -22,8 +23,10 @@ from aiohttp import web
 
 from pgwebhooks.signatures import SignatureError, verify_legacy, verify_standard
 
+Verify = Callable[[bytes, Mapping[str, str], list[str]], None]
 
-def _verdict(check: Any, body: bytes, headers: dict[str, str], secrets: list[str]) -> tuple[bool, str]:
+
+def _verdict(check: Verify, body: bytes, headers: Mapping[str, str], secrets: list[str]) -> tuple[bool, str]:
     if not secrets:
         return False, "not checked (no --secret)"
     try:
@@ -36,11 +39,14 @@ def _verdict(check: Any, body: bytes, headers: dict[str, str], secrets: list[str
 class Receiver:
     """An HTTP server that keeps, verifies and prints every webhook POSTed to it."""
 
-    def __init__(self, secrets: Iterable[str] = (), status: int = 200, out: TextIO | None = None) -> None:
+    def __init__(
+        self, secrets: Iterable[str] = (), status: int = 200, out: TextIO | None = None, keep: int | None = None
+    ) -> None:
         self.secrets = list(secrets)
         self.status = status
         self.out = out
-        self.events: list[dict[str, Any]] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=keep)  # the latest `keep` (all when None)
+        self.received = 0
         self.port = 0
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -67,6 +73,7 @@ class Receiver:
             "received_at": time.time(),
         }
         self.events.append(event)
+        self.received += 1
         if self.out is not None:
             self._print(event, standard_note, legacy_note)
         async with self._arrived:
@@ -104,7 +111,7 @@ class Receiver:
         """The events so far, once there are at least `count` of them or `timeout` has passed."""
         async with self._arrived:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.events) >= count), timeout)
+                await asyncio.wait_for(self._arrived.wait_for(lambda: self.received >= count), timeout)
         return list(self.events)
 
 
@@ -112,7 +119,7 @@ def run_listener(host: str, port: int, secrets: Iterable[str], status: int, out:
     """Serve until interrupted (Ctrl-C or SIGTERM)."""
 
     async def serve() -> None:
-        receiver = Receiver(secrets, status, out)
+        receiver = Receiver(secrets, status, out, keep=100)  # it prints them; a long session must not grow
         await receiver.start(host, port)
         checking = "verifying signatures" if receiver.secrets else "NOT verifying signatures (no --secret)"
         out.write(f"listening on http://{host}:{receiver.port}/ ({checking}), answering {status}; Ctrl-C to stop\n")
@@ -125,6 +132,6 @@ def run_listener(host: str, port: int, secrets: Iterable[str], status: int, out:
             await stop.wait()
         finally:
             await receiver.stop()
-        out.write(f"stopped after {len(receiver.events)} events\n")
+        out.write(f"stopped after {receiver.received} events\n")
 
     asyncio.run(serve())
