@@ -19,7 +19,7 @@ bench: deps venv
 lint: venv
 	$(VENV)/bin/ruff check runner plpython tests
 
-# Regenerate sql/002_plpython.sql from plpython/*.py (a test fails while it is stale).
+# Regenerate sql/functions/020_plpython.sql from plpython/*.py (a test fails while it is stale).
 sql: venv
 	$(VENV)/bin/pgwebhooks render-plpython
 

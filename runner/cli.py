@@ -54,7 +54,7 @@ def print_sql() -> None:
 
 @main.command("render-plpython", hidden=True)
 def render_plpython() -> None:
-    """Regenerate sql/002_plpython.sql from plpython/*.py."""
+    """Regenerate sql/functions/020_plpython.sql from plpython/*.py."""
     migrations.PLPYTHON_SQL.write_text(migrations.render_plpython())
     click.echo(f"wrote {migrations.PLPYTHON_SQL}")
 

@@ -1,11 +1,19 @@
-"""The SQL install: files in `sql/`, applied in name order.
+"""The SQL install: `sql/migrations/` run once, then `sql/functions/` re-applied every time.
 
-`sql/` is plain SQL so psql and external migration tools can apply it as it stands. The one
-generated file, `sql/002_plpython.sql`, wraps the PL/Python bodies whose single source is
-`plpython/*.py`; `render_plpython()` writes it and a test checks it is up to date.
+`sql/migrations/*.sql` are frozen, numbered files for tables and data: each is applied once and
+must never change after a release (a changed checksum is refused). `sql/functions/*.sql` hold
+every function, view and grant as idempotent `CREATE OR REPLACE` statements: there is one
+definition of each function, and every `migrate` re-applies them all, so an upgrade is "run
+the new migrations, then the current functions". A function whose signature changes drops its
+old signature at the top of its file.
 
-`migrate()` adds bookkeeping (`webhooks._migrations`: name and checksum of each applied file)
-and a transaction-scoped advisory lock, so two runners starting at once apply everything once.
+All of it is plain SQL so psql and external migration tools can apply it as it stands. The one
+generated file, `sql/functions/020_plpython.sql`, wraps the PL/Python bodies whose single source
+is `plpython/*.py`; `render_plpython()` writes it and a test checks it is up to date.
+
+`migrate()` adds bookkeeping (`webhooks._migrations`: name and checksum of each applied
+migration) and a transaction-scoped advisory lock, so two runners starting at once apply
+everything once.
 """
 
 from __future__ import annotations
@@ -18,8 +26,12 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+FUNCTIONS_DIR = SQL_DIR / "functions"
 PLPYTHON_DIR = ROOT / "plpython"
-PLPYTHON_SQL = SQL_DIR / "002_plpython.sql"
+PLPYTHON_SQL = FUNCTIONS_DIR / "020_plpython.sql"
+# Release 0.1.0 kept every file in sql/ as a run-once migration; its tables are 0001 now.
+LEGACY_BASE = {"001_schema.sql": "0001_tables.sql"}
 # Any constant will do, as long as it is ours: pg_advisory_xact_lock takes a bigint.
 MIGRATION_LOCK_KEY = 0x7067_7768_6F6F_6B73  # "pgwhooks"
 
@@ -39,13 +51,19 @@ class Migration:
 
 
 def migrations() -> list[Migration]:
-    return [Migration(p.name, p.read_text()) for p in sorted(SQL_DIR.glob("*.sql"))]
+    """The run-once migrations, in order."""
+    return [Migration(p.name, p.read_text()) for p in sorted(MIGRATIONS_DIR.glob("*.sql"))]
+
+
+def functions() -> list[Migration]:
+    """The idempotent files (functions, views, grants), in order; re-applied by every migrate."""
+    return [Migration(p.name, p.read_text()) for p in sorted(FUNCTIONS_DIR.glob("*.sql"))]
 
 
 def install_script() -> str:
-    """Every migration in order, as one script for tools that want a single file."""
-    parts = ["-- pgwebhooks install script: every file of sql/ in order.\n"]
-    parts += [f"\n-- ===== {m.name} =====\n{m.sql}" for m in migrations()]
+    """Every migration, then every functions file, as one script for tools that want one file."""
+    parts = ["-- pgwebhooks install script: sql/migrations/ then sql/functions/, in order.\n"]
+    parts += [f"\n-- ===== {m.name} =====\n{m.sql}" for m in [*migrations(), *functions()]]
     return "".join(parts)
 
 
@@ -56,8 +74,9 @@ def render_plpython() -> str:
     (the statement that returns the function's result); the rest is the body.
     """
     out = [
-        "-- pgwebhooks 002: PL/Python functions.\n",
+        "-- pgwebhooks: PL/Python functions.\n",
         "-- GENERATED from plpython/*.py by `make sql`; edit those files, not this one.\n",
+        "\nCREATE EXTENSION IF NOT EXISTS plpython3u;\n",
     ]
     for path in sorted(PLPYTHON_DIR.glob("*.py")):
         lines = path.read_text().splitlines()
@@ -87,6 +106,13 @@ def migrate(dsn: str) -> list[str]:
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
         done = dict(conn.execute("SELECT name, checksum FROM webhooks._migrations").fetchall())
+        for legacy, current in LEGACY_BASE.items():
+            if legacy in done and current not in done:
+                base = next(m for m in migrations() if m.name == current)
+                conn.execute(
+                    "INSERT INTO webhooks._migrations (name, checksum) VALUES (%s, %s)", (base.name, base.checksum)
+                )
+                done[current] = base.checksum
         for m in migrations():
             if m.name in done:
                 if done[m.name] != m.checksum:
@@ -103,6 +129,11 @@ def migrate(dsn: str) -> list[str]:
                 "INSERT INTO webhooks._migrations (name, checksum) VALUES (%s, %s)", (m.name, m.checksum)
             )
             applied_now.append(m.name)
+        for f in functions():
+            try:
+                conn.execute(f.sql.encode())
+            except psycopg.Error as exc:
+                raise MigrationError(f"{f.name}: {exc}") from exc
         conn.execute("REVOKE ALL ON webhooks._migrations FROM PUBLIC")
         conn.commit()
     return applied_now

@@ -13,15 +13,15 @@ from pgwebhooks import migrations
 
 def test_generated_plpython_sql_is_up_to_date() -> None:
     assert migrations.PLPYTHON_SQL.read_text() == migrations.render_plpython(), (
-        "sql/002_plpython.sql is stale: run `make sql`"
+        "sql/functions/020_plpython.sql is stale: run `make sql`"
     )
 
 
 def test_install_script_contains_every_migration_in_order() -> None:
     script = migrations.install_script()
-    positions = [script.index(f"===== {m.name} =====") for m in migrations.migrations()]
+    positions = [script.index(f"===== {m.name} =====") for m in [*migrations.migrations(), *migrations.functions()]]
     assert positions == sorted(positions)
-    assert len(positions) >= 7
+    assert len(positions) >= 8
 
 
 @pytest.fixture
@@ -62,8 +62,8 @@ def test_two_concurrent_migrations_apply_everything_once(empty_db: str) -> None:
 def test_changed_applied_migration_is_refused(empty_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     migrations.migrate(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("UPDATE webhooks._migrations SET checksum = 'tampered' WHERE name = '001_schema.sql'")
-    with pytest.raises(migrations.MigrationError, match=r"001_schema\.sql was applied with checksum"):
+        conn.execute("UPDATE webhooks._migrations SET checksum = 'tampered' WHERE name = '0001_tables.sql'")
+    with pytest.raises(migrations.MigrationError, match=r"0001_tables\.sql was applied with checksum"):
         migrations.migrate(empty_db)
 
 

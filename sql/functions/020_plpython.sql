@@ -1,5 +1,7 @@
--- pgwebhooks 002: PL/Python functions.
+-- pgwebhooks: PL/Python functions.
 -- GENERATED from plpython/*.py by `make sql`; edit those files, not this one.
+
+CREATE EXTENSION IF NOT EXISTS plpython3u;
 
 -- from plpython/generate_secret.py
 CREATE OR REPLACE FUNCTION webhooks._generate_secret() RETURNS text

@@ -1,4 +1,5 @@
--- pgwebhooks 001: schema, roles and tables.
+-- pgwebhooks migration 0001: schema, roles and tables (release 0.1.0). Frozen: never edit a
+-- released migration; add the next numbered file instead.
 --
 -- Delivery state machine (deliveries.status):
 --
@@ -14,8 +15,6 @@
 -- The outbox tables (captures, events, deliveries, delivery_attempts) carry no foreign keys on purpose:
 -- a row-level RI check per captured row would dominate the cost of bulk writes. The management
 -- functions keep them consistent (delete_webhook removes a webhook's deliveries).
-
-CREATE EXTENSION IF NOT EXISTS plpython3u;
 
 CREATE SCHEMA IF NOT EXISTS webhooks;
 COMMENT ON SCHEMA webhooks IS 'pgwebhooks: row changes as signed HTTP webhooks';
