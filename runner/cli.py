@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, logs, migrations
+from pgwebhooks import __version__, logs, migrations, roles
 
 DSN = click.option(
     "--dsn", envvar="PGWEBHOOKS_DSN", required=True, show_envvar=True, help="PostgreSQL connection string."
@@ -27,6 +27,9 @@ AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON inste
 @click.version_option(__version__, prog_name="pgwebhooks")
 def main() -> None:
     """PostgreSQL row changes as signed HTTP webhooks."""
+
+
+main.add_command(roles.roles)
 
 
 # -- install ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ CREATE OR REPLACE FUNCTION webhooks._event_uid(capture_id bigint, n integer)
 RETURNS uuid
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._installation i
+    SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._salt_for(capture_id) i
 $$;
 
 -- Turn captured changes into deliveries, about `budget` of them: one per changed row per
@@ -124,6 +124,7 @@ BEGIN
     END IF;
     -- Fan out ahead of this batch, so that other runners find committed work too while this one
     -- holds a large capture.
+    PERFORM webhooks._ensure_identity();  -- a restored copy gets new event ids (045_restore.sql)
     PERFORM webhooks._fan_out(batch_size * 4);
     RETURN QUERY
     WITH candidate AS (
@@ -173,7 +174,7 @@ BEGIN
     LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
     -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
     CROSS JOIN LATERAL (
-        SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._installation i
+        SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
     ) u
     CROSS JOIN LATERAL (
         SELECT u.uid, json_build_object(

@@ -11,6 +11,7 @@ DECLARE
     delivery bigint;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._ensure_identity();  -- before creating a delivery (045_restore.sql)
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    fanned_out, record)
     VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
