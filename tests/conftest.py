@@ -32,6 +32,9 @@ from pgwebhooks.localpg import LocalPostgres, find_bindir
 TEMPLATE_DB = "pgwebhooks_template"
 TEST_PG = os.environ.get("PGWEBHOOKS_TEST_PG")
 TEST_SIGNER = os.environ.get("PGWEBHOOKS_TEST_SIGNER")
+# pytest's exit status when the asked-for signer cannot be installed (`make test-matrix` reports
+# that major as not run). EX_TEMPFAIL: none of pytest's own codes (0-5).
+SIGNER_UNAVAILABLE = 75
 
 
 @dataclass
@@ -110,7 +113,8 @@ def install_schema(dsn: str, signer: str) -> None:
     elif signer == "plpython":
         migrations.migrate(dsn)
     else:
-        pytest.exit(f"signer {signer!r} asked for, but this checkout's migrate() installs PL/Python only", 3)
+        pytest.exit(f"signer {signer!r} asked for, but this checkout's migrate() installs PL/Python only",
+                    SIGNER_UNAVAILABLE)
 
 
 @pytest.fixture
