@@ -185,7 +185,7 @@ def test_roles_sql_creates_the_roles_migration_0001_creates() -> None:
 
 def test_a_copy_changes_salt_once_and_the_original_never(server: Server, conn: psycopg.Connection) -> None:
     latest = "SELECT first_capture_id, salt FROM webhooks._salts ORDER BY first_capture_id DESC LIMIT 1"
-    conn.execute("SELECT * FROM webhooks.claim()")  # a test database is a copy of the template
+    conn.execute("SELECT * FROM webhooks.claim()")  # settled already by the db fixture
     before = conn.execute(latest).fetchone()
     with psycopg.connect(conn.info.dsn, autocommit=True) as again:
         again.execute("SELECT * FROM webhooks.claim()")
