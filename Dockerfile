@@ -21,7 +21,8 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.12-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin pgwebhooks
+RUN groupadd --system --gid 10001 pgwebhooks \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin pgwebhooks
 # The wheels are bind-mounted, not copied, so they add no layer to the image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels /wheels/pgwebhooks-*.whl
