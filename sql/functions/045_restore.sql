@@ -87,7 +87,9 @@ UPDATE webhooks._installation SET identity = webhooks._database_identity() WHERE
 UPDATE webhooks._salts SET identity = (SELECT i.identity FROM webhooks._installation i) WHERE identity IS NULL;
 
 -- pg_dump as the database's owner, no superuser needed: it must read every table and sequence
--- here (webhooks_admin may read the tables already; the sequences let a member dump them too).
+-- here. So the owner can read the secrets and the captured rows (even of tables it may not read
+-- itself), as any role that takes complete backups must; webhooks_admin still reads neither.
+-- Where the owner installed pgwebhooks it owns all of this and the grants change nothing.
 DO $$
 DECLARE
     owner text := (SELECT pg_get_userbyid(d.datdba) FROM pg_database d WHERE d.datname = current_database());
@@ -97,7 +99,6 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA webhooks TO %I', owner);
 END
 $$;
-GRANT SELECT ON ALL SEQUENCES IN SCHEMA webhooks TO webhooks_admin;
 
 COMMENT ON FUNCTION webhooks._ensure_identity() IS
     'Starts a new event-id salt when the database is a restored or cloned copy; called before deliveries are created';

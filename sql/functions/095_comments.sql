@@ -9,7 +9,7 @@ COMMENT ON TABLE webhooks.subscriptions IS
 COMMENT ON TABLE webhooks.secrets IS
     'Signing secrets; several are valid while a secret is rotated. Readable by the installer only: secrets never leave the database.';
 COMMENT ON TABLE webhooks._installation IS
-    'One row: the random salt that makes event ids unique across installations.';
+    'One row: the first event-id salt and where the database lives (a copy elsewhere starts a new salt in _salts).';
 COMMENT ON TABLE webhooks.captures IS
     'Outbox, step 1: one row per captured statement (single-row changes inline), written in the writer''s transaction.';
 COMMENT ON TABLE webhooks.events IS
