@@ -23,6 +23,7 @@ bench: deps venv
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 # The suite against each of $(PG_MAJORS): a summary line per major, non-zero if any ran and failed.
+# MATRIX_TESTS=tests/test_runner.py (say) limits the files.
 # A major whose build has no plpython3u needs the pgcrypto signer; a checkout whose migrate()
 # cannot install it yet reports that major as "not run" (pytest exit 75 from tests/conftest.py).
 test-matrix: deps deps-matrix venv
