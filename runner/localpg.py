@@ -16,16 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def find_bindir(major: int | None = None) -> Path:
-    """The directory of `pg_ctl`: $PG_BINDIR, else /usr/lib/postgresql/<major>/bin (the newest
-    installed major when none is asked for), else PATH."""
+def find_bindir() -> Path:
+    """The directory of `pg_ctl`: $PG_BINDIR, else the newest /usr/lib/postgresql/*/bin, else PATH."""
     if env := os.environ.get("PG_BINDIR"):
         return Path(env)
-    if major is not None:
-        path = Path("/usr/lib/postgresql") / str(major) / "bin"
-        if not (path / "pg_ctl").exists():
-            raise RuntimeError(f"PostgreSQL {major} server binaries not found in {path}")
-        return path
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -34,7 +28,7 @@ def find_bindir(major: int | None = None) -> Path:
         return candidates[-1]
     if found := shutil.which("pg_ctl"):
         return Path(found).parent
-    raise RuntimeError("PostgreSQL server binaries not found; install postgresql-N (make deps) or set PG_BINDIR")
+    raise RuntimeError("PostgreSQL server binaries not found; install postgresql-15 or set PG_BINDIR")
 
 
 def free_port() -> int:
