@@ -13,6 +13,10 @@ test: deps venv
 demo: deps venv
 	$(PY) -m pgwebhooks.demo
 
+# Crashes, restarts, connection storms and hostile receivers (a few minutes; not part of `make test`).
+test-chaos: deps venv
+	$(VENV)/bin/pytest -q -o addopts="-ra" tests/chaos
+
 bench: deps venv
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
