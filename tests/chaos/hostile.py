@@ -1,8 +1,10 @@
 """A loopback HTTP receiver that misbehaves on purpose, written on raw sockets so it can break HTTP.
 
-Each request is counted by the changed row it carries (`record.id`); its first `hostile_attempts`
-requests get the hostile answer, later ones a plain 200. An event counts as received once a
-complete 2xx status line and headers have been written for it.
+Each request is counted by the changed row it carries (`record.id`). The hostile answer is given
+for the first `storm_seconds` after start (then a plain 200: the endpoint recovers), or always when
+`storm_seconds` is None. A storm by time, not by attempts per event, is what a real outage looks
+like, and what a circuit breaker must ride out. An event counts as received once a complete 2xx
+status line and headers have been written for it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 from collections import Counter
 
 MODES = ("ok", "500", "hang", "reset", "truncated", "huge", "nul", "bad-utf8", "drip-body", "drip-head")
@@ -22,12 +25,13 @@ BODIES = {"ok": b"ok", "nul": b'{"note": "a\x00b"}\x00', "bad-utf8": b"\xff\xfe\
 
 class HostileReceiver:
     def __init__(
-        self, mode: str = "ok", hostile_attempts: int = 1, hang_seconds: float = 3.0, delay: float = 0.0,
+        self, mode: str = "ok", storm_seconds: float | None = None, hang_seconds: float = 3.0, delay: float = 0.0,
     ) -> None:
         assert mode in MODES, mode
         self.mode = mode
+        self.storm_seconds = storm_seconds
+        self._storm_until = 0.0
         self.delay = delay  # before every answer: a slow endpoint keeps a backlog in the outbox
-        self.hostile_attempts = hostile_attempts
         self.hang_seconds = hang_seconds
         self.requests: Counter[int] = Counter()  # record id -> requests that arrived
         self.accepted: Counter[int] = Counter()  # record id -> complete 2xx answers sent
@@ -40,6 +44,7 @@ class HostileReceiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def start(self) -> HostileReceiver:
+        self._storm_until = time.monotonic() + (self.storm_seconds or 0.0)
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -69,7 +74,7 @@ class HostileReceiver:
                 except (ValueError, KeyError, TypeError):
                     record_id = -1
                 self.requests[record_id] += 1
-                hostile = self.requests[record_id] <= self.hostile_attempts
+                hostile = self.storm_seconds is None or time.monotonic() < self._storm_until
                 if not await self._answer(self.mode if hostile else "ok", record_id, writer):
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):

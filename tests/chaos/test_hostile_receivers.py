@@ -17,17 +17,19 @@ from scenario import RUNNER_ROLE, Chaos
 EVENTS = 60
 NEEDS_QUEUE = pytest.mark.xfail(strict=True, reason="needs branch queue")  # issue 7 item 1; remove on merge
 
-# mode, how many of each event's first attempts get the hostile answer, drain deadline
+# mode, how long the storm lasts (None: every answer is hostile), drain deadline. The answers that
+# are failures (5xx, no response) come as a storm that ends, as outages do; the odd answers that
+# still carry a 2xx status (truncated, huge, dripping, NUL, bad UTF-8) come forever.
 SCENARIOS = [
-    pytest.param("500", 3, 40.0, id="500-storm"),
-    pytest.param("hang", 1, 30.0, id="hang-past-timeout"),
-    pytest.param("reset", 2, 30.0, id="connection-reset"),
-    pytest.param("truncated", 1000, 30.0, id="truncated-body"),
-    pytest.param("huge", 1000, 40.0, id="huge-body"),
-    pytest.param("drip-body", 1000, 30.0, id="slow-drip-body"),
-    pytest.param("drip-head", 1, 40.0, id="slow-drip-status"),
-    pytest.param("nul", 1000, 20.0, id="nul-in-body", marks=NEEDS_QUEUE),
-    pytest.param("bad-utf8", 1000, 20.0, id="invalid-utf8-body"),
+    pytest.param("500", 4.0, 45.0, id="500-storm"),
+    pytest.param("hang", 3.0, 45.0, id="hang-past-timeout"),
+    pytest.param("reset", 3.0, 45.0, id="connection-reset"),
+    pytest.param("drip-head", 3.0, 45.0, id="slow-drip-status"),
+    pytest.param("truncated", None, 30.0, id="truncated-body"),
+    pytest.param("huge", None, 30.0, id="huge-body"),
+    pytest.param("drip-body", None, 30.0, id="slow-drip-body"),
+    pytest.param("nul", None, 20.0, id="nul-in-body", marks=NEEDS_QUEUE),
+    pytest.param("bad-utf8", None, 20.0, id="invalid-utf8-body"),
 ]
 
 
@@ -40,9 +42,9 @@ async def chaos(db: str, tmp_path: Path) -> AsyncIterator[Chaos]:
         c.stop_runners()
 
 
-@pytest.mark.parametrize(("mode", "hostile_attempts", "deadline"), SCENARIOS)
-async def test_hostile_receiver(chaos: Chaos, mode: str, hostile_attempts: int, deadline: float) -> None:
-    hostile = await HostileReceiver(mode, hostile_attempts, hang_seconds=3.0).start()
+@pytest.mark.parametrize(("mode", "storm_seconds", "deadline"), SCENARIOS)
+async def test_hostile_receiver(chaos: Chaos, mode: str, storm_seconds: float | None, deadline: float) -> None:
+    hostile = await HostileReceiver(mode, storm_seconds, hang_seconds=3.0).start()
     neighbour = await HostileReceiver("ok").start()
     try:
         chaos.add_webhook(hostile.url)
@@ -60,5 +62,5 @@ async def test_hostile_receiver(chaos: Chaos, mode: str, hostile_attempts: int, 
         assert report.lost == 0, report.line()
         assert report.duplicates == 0, report.line()
     assert drained and reports[0].undelivered == 0, f"{reports[0].line()}\n{chaos.runner_logs()}"
-    if hostile_attempts < 1000:
-        assert min(hostile.requests[i] for i in chaos.committed_ids()) > hostile_attempts  # it was hostile
+    if storm_seconds is not None:
+        assert sum(hostile.requests.values()) > EVENTS, "no request met the storm"
