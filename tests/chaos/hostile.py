@@ -118,6 +118,8 @@ class HostileReceiver:
             self._accept(record_id)
             chunk = b"x" * (1024 * 1024)
             for _ in range(HUGE_BYTES // len(chunk)):  # the runner stops reading after its cap
+                if writer.transport.is_closing():
+                    break
                 writer.write(chunk)
                 await writer.drain()
             return False
@@ -126,6 +128,8 @@ class HostileReceiver:
             await writer.drain()
             self._accept(record_id)
             for _ in range(40):
+                if writer.transport.is_closing():  # the runner hung up at its timeout
+                    break
                 writer.write(b"x")
                 await writer.drain()
                 await asyncio.sleep(0.1)
@@ -133,6 +137,8 @@ class HostileReceiver:
         if mode == "drip-head":
             response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             for i in range(len(response)):
+                if writer.transport.is_closing():
+                    break
                 writer.write(response[i:i + 1])
                 await writer.drain()
                 await asyncio.sleep(0.1)  # 4 s for the whole status line and headers: past the timeout
