@@ -28,7 +28,8 @@ GRANT EXECUTE ON FUNCTION
     webhooks.delete_webhook(uuid),
     webhooks.get_deliveries(uuid, integer, integer),
     webhooks.get_delivery_attempts(bigint),
-    webhooks.version()
+    webhooks.version(),
+    webhooks.signer()
 TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION
