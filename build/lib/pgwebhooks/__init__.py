@@ -1,0 +1,3 @@
+"""pgwebhooks: PostgreSQL row changes as signed HTTP webhooks."""
+
+__version__ = "0.1.0"

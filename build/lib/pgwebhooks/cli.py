@@ -1,0 +1,356 @@
+"""The `pgwebhooks` command. Every management command calls the SQL API; none re-implements it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgwebhooks import __version__, cli_install, logs
+
+DSN = click.option(
+    "--dsn", envvar="PGWEBHOOKS_DSN", required=True, show_envvar=True, help="PostgreSQL connection string."
+)
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pgwebhooks")
+def main() -> None:
+    """PostgreSQL row changes as signed HTTP webhooks."""
+
+
+# -- install (migrate, sql, uninstall: see cli_install.py) --------------------------------------
+
+for _command in cli_install.COMMANDS:
+    main.add_command(_command)
+
+
+# -- runner and receiver -----------------------------------------------------------------------
+
+
+@main.command()
+@DSN
+@click.option("--concurrency", default=200, show_default=True, help="Requests in flight at most.")
+@click.option("--per-webhook-concurrency", default=20, show_default=True, help="Requests in flight per webhook.")
+@click.option("--batch-size", default=200, show_default=True, help="Deliveries leased per claim.")
+@click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY comes.")
+@click.option("--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight sends get on SIGTERM.")
+@click.option("--lease-margin", default=30, show_default=True,
+              help="Seconds a lease outlasts twice the webhook's timeout; after it, another runner takes over.")
+@click.option("--allow-private-networks", is_flag=True, help="Allow loopback, private and link-local destinations.")
+@click.option("--allow-cidr", "allowed_cidrs", multiple=True, help="Allow destinations in this CIDR (repeatable).")
+@click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True)
+def run(
+    dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
+    shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
+    log_format: str, log_level: str,
+) -> None:
+    """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C."""
+    from pgwebhooks.worker import Runner, RunnerConfig
+
+    logs.configure(log_format, log_level)
+    config = RunnerConfig(
+        dsn=dsn, concurrency=concurrency, per_webhook_concurrency=per_webhook_concurrency,
+        batch_size=batch_size, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+        lease_margin_seconds=lease_margin,
+        allow_private_networks=allow_private_networks, allowed_cidrs=allowed_cidrs,
+    )
+
+    async def serve() -> None:
+        runner = Runner(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.request_stop)
+        await runner.run()
+
+    asyncio.run(serve())
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--secret", "secrets", multiple=True, help="Verify signatures with this secret (repeatable).")
+@click.option("--status", default=200, show_default=True, help="HTTP status to answer with.")
+def listen(port: int, host: str, secrets: tuple[str, ...], status: int) -> None:
+    """Receive webhooks locally, verify their signatures and print them."""
+    from pgwebhooks.receiver import run_listener
+
+    run_listener(host, port, secrets, status, sys.stdout)
+
+
+# -- management ------------------------------------------------------------------------------
+
+
+@contextmanager
+def sql_api(dsn: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A connection for calling the SQL API; its errors become one readable line."""
+    try:
+        with psycopg.connect(dsn, row_factory=dict_row, autocommit=True) as conn:
+            yield conn
+    except psycopg.Error as exc:
+        code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        message = exc.diag.message_primary or str(exc)
+        hint = f"\nhint: {exc.diag.message_hint}" if exc.diag.message_hint else ""
+        raise click.ClickException(f"{message}{code}{hint}") from exc
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def emit_record(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(row, default=str, indent=2))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value)}")
+
+
+def parse_events(tables: Sequence[str], events_json: str | None) -> Any:
+    """`--table users:INSERT,UPDATE` options (or raw `--events` JSON) as the SQL API's `events`."""
+    if events_json is not None:
+        try:
+            return json.loads(events_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--events") from exc
+    events = []
+    for spec in tables:
+        table, _, ops = spec.partition(":")
+        entry: dict[str, Any] = {"table": table}
+        if ops:
+            entry["operations"] = [o.strip() for o in ops.split(",") if o.strip()]
+        events.append(entry)
+    return events
+
+
+def parse_headers(pairs: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--header")
+        headers[name.strip()] = value
+    return headers
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Create, list, change and delete webhooks."""
+
+
+SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "timeout_seconds")
+
+
+@webhooks_group.command("create")
+@DSN
+@click.argument("name")
+@click.argument("url")
+@click.option("--table", "tables", multiple=True, metavar="TABLE[:OPS]",
+              help="Watch TABLE (schema.table allowed) for OPS, e.g. users:INSERT,UPDATE (repeatable).")
+@click.option("--events", "events_json", help='Raw events JSON, e.g. [{"table": "users"}].')
+@click.option("--secret", help="Signing secret (default: a new whsec_ secret, shown once).")
+@click.option("--description")
+@click.option("--disabled", is_flag=True, help="Create it disabled.")
+@click.option("--max-retries", type=int, default=3, show_default=True)
+@click.option("--timeout", "timeout_seconds", type=int, default=30, show_default=True)
+@click.option("--backoff", "retry_backoff_seconds", type=int, default=5, show_default=True)
+@click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
+@AS_JSON
+def create(
+    dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
+    description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
+    header_pairs: tuple[str, ...], as_json: bool,
+) -> None:
+    """Create a webhook that POSTs changes of the given tables to URL."""
+    if not tables and events_json is None:
+        raise click.UsageError("give at least one --table (or --events)")
+    with sql_api(dsn) as conn:
+        row = conn.execute(
+            "SELECT * FROM webhooks.create_webhook(name => %s, url => %s, events => %s, secret => %s,"
+            " description => %s, enabled => %s, max_retries => %s, timeout_seconds => %s,"
+            " retry_backoff_seconds => %s, headers => %s)",
+            (name, url, Jsonb(parse_events(tables, events_json)), secret, description, not disabled,
+             max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs))),
+        ).fetchone()
+    assert row is not None
+    emit_record(row, as_json)
+    if not as_json:
+        click.echo("\nKeep the secret: it is shown only now.", err=True)
+
+
+@webhooks_group.command("list")
+@DSN
+@AS_JSON
+def list_webhooks(dsn: str, as_json: bool) -> None:
+    """List webhooks (secrets are never shown)."""
+    with sql_api(dsn) as conn:
+        rows = conn.execute("SELECT * FROM webhooks.list_webhooks()").fetchall()
+    emit(rows, as_json, None if as_json else SUMMARY_COLUMNS)
+
+
+@webhooks_group.command("get")
+@DSN
+@click.argument("webhook_id")
+@AS_JSON
+def get(dsn: str, webhook_id: str, as_json: bool) -> None:
+    """Show one webhook."""
+    with sql_api(dsn) as conn:
+        row = conn.execute("SELECT * FROM webhooks.get_webhook(%s::uuid)", (webhook_id,)).fetchone()
+    assert row is not None
+    emit_record(row, as_json)
+
+
+@webhooks_group.command("update")
+@DSN
+@click.argument("webhook_id")
+@click.option("--name")
+@click.option("--url")
+@click.option("--table", "tables", multiple=True, metavar="TABLE[:OPS]", help="Replace the watched tables.")
+@click.option("--events", "events_json", help="Replace the watched tables with this events JSON.")
+@click.option("--secret", help="Replace the secret at once (see rotate-secret for a gentle switch).")
+@click.option("--description")
+@click.option("--enable/--disable", "enabled", default=None, help="Resume or pause deliveries.")
+@click.option("--max-retries", type=int)
+@click.option("--timeout", "timeout_seconds", type=int)
+@click.option("--backoff", "retry_backoff_seconds", type=int)
+@click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Replace the extra headers.")
+@AS_JSON
+def update(dsn: str, webhook_id: str, tables: tuple[str, ...], events_json: str | None,
+           header_pairs: tuple[str, ...], as_json: bool, **fields: Any) -> None:
+    """Change fields of a webhook; what is not given stays as it is."""
+    changes = {k: v for k, v in fields.items() if v is not None}
+    if tables or events_json is not None:
+        changes["events"] = parse_events(tables, events_json)
+    if header_pairs:
+        changes["headers"] = parse_headers(header_pairs)
+    if not changes:
+        raise click.UsageError("nothing to change")
+    with sql_api(dsn) as conn:
+        row = conn.execute(
+            "SELECT * FROM webhooks.update_webhook(%s::uuid, %s)", (webhook_id, Jsonb(changes))
+        ).fetchone()
+    assert row is not None
+    emit_record(row, as_json)
+
+
+@webhooks_group.command("rotate-secret")
+@DSN
+@click.argument("webhook_id")
+@click.option("--secret", help="The new secret (default: generated).")
+@click.option("--grace", default="24 hours", show_default=True, help="How long the old secret keeps signing.")
+@AS_JSON
+def rotate_secret(dsn: str, webhook_id: str, secret: str | None, grace: str, as_json: bool) -> None:
+    """Start signing with a new secret; the old one stays valid for the grace period."""
+    with sql_api(dsn) as conn:
+        row = conn.execute(
+            "SELECT * FROM webhooks.rotate_secret(%s::uuid, %s, %s::interval)", (webhook_id, secret, grace)
+        ).fetchone()
+    assert row is not None
+    emit_record(row, as_json)
+
+
+@webhooks_group.command("delete")
+@DSN
+@click.argument("webhook_id")
+def delete(dsn: str, webhook_id: str) -> None:
+    """Delete a webhook, its deliveries, and any capture trigger no longer needed."""
+    with sql_api(dsn) as conn:
+        conn.execute("SELECT webhooks.delete_webhook(%s::uuid)", (webhook_id,))
+    click.echo(f"deleted {webhook_id}")
+
+
+@main.command()
+@DSN
+@click.argument("webhook_id")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+@click.option("--attempts", "delivery_id", type=int, help="Show every attempt of this delivery instead.")
+@AS_JSON
+def deliveries(dsn: str, webhook_id: str, limit: int, offset: int, delivery_id: int | None, as_json: bool) -> None:
+    """Show a webhook's deliveries, newest first."""
+    with sql_api(dsn) as conn:
+        if delivery_id is not None:
+            rows = conn.execute("SELECT * FROM webhooks.get_delivery_attempts(%s)", (delivery_id,)).fetchall()
+            emit(rows, as_json)
+            return
+        rows = conn.execute(
+            "SELECT * FROM webhooks.get_deliveries(%s::uuid, %s, %s)", (webhook_id, limit, offset)
+        ).fetchall()
+    columns = ("delivery_id", "event", "table", "status", "attempts", "response_status", "latency_ms",
+               "error", "created_at")
+    emit(rows, as_json, None if as_json else columns)
+
+
+@webhooks_group.command("test")
+@DSN
+@click.argument("webhook_id")
+def send_test(dsn: str, webhook_id: str) -> None:
+    """Queue a TEST event for a webhook (checks the endpoint and its signature verification)."""
+    with sql_api(dsn) as conn:
+        row = conn.execute("SELECT webhooks.send_test(%s::uuid) AS delivery_id", (webhook_id,)).fetchone()
+    assert row is not None
+    click.echo(f"queued test delivery {row['delivery_id']}")
+
+
+@main.command()
+@DSN
+@click.argument("delivery_id", type=int, required=False)
+@click.option("--failed-of", "webhook_id", help="Replay every failed delivery of this webhook instead.")
+@click.option("--since", help="With --failed-of: only failures completed since this timestamp.")
+def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None) -> None:
+    """Send a delivery again (same event id), or all failed deliveries of a webhook."""
+    if (delivery_id is None) == (webhook_id is None):
+        raise click.UsageError("give either DELIVERY_ID or --failed-of WEBHOOK_ID")
+    with sql_api(dsn) as conn:
+        if webhook_id is not None:
+            row = conn.execute(
+                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz) AS n", (webhook_id, since)
+            ).fetchone()
+            assert row is not None
+            click.echo(f"queued {row['n']} replay(s)")
+            return
+        row = conn.execute("SELECT webhooks.replay(%s) AS id", (delivery_id,)).fetchone()
+    assert row is not None
+    click.echo(f"queued delivery {row['id']}")
+
+
+@main.command()
+@DSN
+@click.option("--older-than", default="7 days", show_default=True, help="Keep finished work younger than this.")
+def purge(dsn: str, older_than: str) -> None:
+    """Delete finished deliveries and captured changes older than the window."""
+    with sql_api(dsn) as conn:
+        row = conn.execute("SELECT * FROM webhooks.purge(%s::interval)", (older_than,)).fetchone()
+    assert row is not None
+    click.echo(f"purged {row['deliveries']} deliveries and {row['captures']} captured statements")

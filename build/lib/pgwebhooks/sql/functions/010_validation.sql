@@ -1,0 +1,223 @@
+-- pgwebhooks 003: input validation shared by create_webhook and update_webhook.
+--
+-- Every bad input raises before anything is written, with an SQLSTATE of class WH and a
+-- message that starts with the offending field:
+--
+--   WH001 invalid name           WH008 setting out of range (retries, timeout, backoff)
+--   WH002 duplicate name         WH009 invalid headers
+--   WH003 invalid url            WH010 header reserved for pgwebhooks
+--   WH004 malformed events       WH011 invalid secret
+--   WH005 unknown schema         WH012 unknown or mistyped field in changes
+--   WH006 unknown table          WH013 invalid argument (limit, offset, batch size, ...)
+--   WH007 invalid operation      WH404 no such webhook / delivery
+
+CREATE OR REPLACE FUNCTION webhooks._fail(code text, field text, message text, hint text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = code, MESSAGE = format('%s: %s', field, message), COLUMN = field;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = format('%s: %s', field, message), COLUMN = field,
+        HINT = hint;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_name(name text, except_id uuid DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        PERFORM webhooks._fail('WH001', 'name', 'must not be empty');
+    ELSIF length(name) > 200 THEN
+        PERFORM webhooks._fail('WH001', 'name', format('is %s characters long; at most 200 are allowed', length(name)));
+    ELSIF EXISTS (SELECT 1 FROM webhooks.webhooks w
+                  WHERE w.name = _check_name.name AND w.id IS DISTINCT FROM except_id) THEN
+        PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_url(url text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    port text;
+BEGIN
+    IF url IS NULL OR url = '' THEN
+        PERFORM webhooks._fail('WH003', 'url', 'must not be empty');
+    END IF;
+    IF url !~* '^https?://' THEN
+        PERFORM webhooks._fail('WH003', 'url', format('%L is not an http:// or https:// URL', url));
+    END IF;
+    IF length(url) > 2048 THEN
+        PERFORM webhooks._fail('WH003', 'url', format('is %s characters long; at most 2048 are allowed', length(url)));
+    END IF;
+    -- scheme://[userinfo@]host[:port][/path][?query][#fragment], host a name or [IPv6]
+    IF url !~* '^https?://([^/?#\s@]+@)?(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)(:[0-9]{1,5})?([/?#]\S*)?$' THEN
+        PERFORM webhooks._fail('WH003', 'url', format('%L is not a well-formed URL', url));
+    END IF;
+    port := substring(url FROM '^https?://(?:[^/?#@]+@)?(?:\[[^]]+\]|[^/?#:]+):([0-9]+)');
+    IF port IS NOT NULL AND (port::int < 1 OR port::int > 65535) THEN
+        PERFORM webhooks._fail('WH003', 'url', format('port %s in %L is out of range 1-65535', port, url));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_range(field text, value integer, low integer, high integer)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value IS NULL OR value < low OR value > high THEN
+        PERFORM webhooks._fail('WH008', field,
+            format('%s is out of range; expected an integer from %s to %s', coalesce(value::text, 'null'), low, high));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_headers(headers jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    h record;
+BEGIN
+    IF headers IS NULL OR jsonb_typeof(headers) <> 'object' THEN
+        PERFORM webhooks._fail('WH009', 'headers',
+            format('must be a JSON object of header names to strings, got %s', coalesce(headers::text, 'null')));
+    END IF;
+    FOR h IN SELECT key, value FROM jsonb_each(headers) LOOP
+        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            PERFORM webhooks._fail('WH009', 'headers', format('%L is not a valid header name', h.key));
+        ELSIF jsonb_typeof(h.value) <> 'string' THEN
+            PERFORM webhooks._fail('WH009', 'headers', format('value of %L must be a string, got %s', h.key, h.value));
+        ELSIF h.value #>> '{}' ~ '[\r\n\x00]' THEN
+            PERFORM webhooks._fail('WH009', 'headers', format('value of %L contains a line break', h.key));
+        ELSIF lower(h.key) = ANY (ARRAY['content-type', 'user-agent', 'webhook-id', 'webhook-timestamp',
+                'webhook-signature', 'x-webhook-signature', 'host', 'content-length',
+                'transfer-encoding', 'connection']) THEN
+            PERFORM webhooks._fail('WH010', 'headers',
+                format('%L is set by pgwebhooks and cannot be overridden', h.key));
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_secret(secret text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    key bytea;
+BEGIN
+    IF secret LIKE 'whsec\_%' THEN
+        BEGIN
+            key := decode(substr(secret, 7), 'base64');
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM webhooks._fail('WH011', 'secret', 'the part after whsec_ is not valid base64');
+        END;
+        IF length(key) < 24 OR length(key) > 64 THEN
+            PERFORM webhooks._fail('WH011', 'secret',
+                format('a whsec_ secret must decode to 24-64 bytes, this one has %s', length(key)));
+        END IF;
+    ELSIF secret IS NULL OR length(secret) < 16 THEN
+        PERFORM webhooks._fail('WH011', 'secret', 'must be at least 16 characters long',
+            'omit the secret to have a strong one generated');
+    END IF;
+END
+$$;
+
+-- `events` as given by the user, checked and resolved to table oids:
+-- [{"table": "users" | "schema.table", "operations": ["INSERT", "UPDATE", "DELETE"]}, ...]
+-- Operations default to all three.
+CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
+RETURNS TABLE (relid oid, operations text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    item jsonb;
+    i int := 0;
+    field text;
+    parts text[];
+    schema_name text;
+    table_name text;
+    ops text[];
+    op text;
+    seen oid[] := '{}';
+BEGIN
+    IF events IS NULL OR jsonb_typeof(events) <> 'array' OR jsonb_array_length(events) = 0 THEN
+        PERFORM webhooks._fail('WH004', 'events',
+            format('must be a non-empty JSON array like [{"table": "users", "operations": ["INSERT"]}], got %s',
+                   coalesce(events::text, 'null')));
+    END IF;
+    FOR item IN SELECT value FROM jsonb_array_elements(events) LOOP
+        field := format('events[%s]', i);
+        IF jsonb_typeof(item) <> 'object' THEN
+            PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
+        END IF;
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k WHERE k NOT IN ('table', 'operations')) THEN
+            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table" and "operations"', item));
+        END IF;
+        IF jsonb_typeof(item -> 'table') IS DISTINCT FROM 'string' OR btrim(item ->> 'table') = '' THEN
+            PERFORM webhooks._fail('WH004', field || '.table', 'must be a non-empty string');
+        END IF;
+        BEGIN
+            parts := parse_ident(item ->> 'table');
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM webhooks._fail('WH006', field || '.table', format('%L is not a valid table name', item ->> 'table'));
+        END;
+        IF cardinality(parts) = 1 THEN
+            schema_name := 'public';
+            table_name := parts[1];
+        ELSIF cardinality(parts) = 2 THEN
+            schema_name := parts[1];
+            table_name := parts[2];
+        ELSE
+            PERFORM webhooks._fail('WH006', field || '.table',
+                format('%L is not a table name; use "table" or "schema.table"', item ->> 'table'));
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema_name) THEN
+            PERFORM webhooks._fail('WH005', field || '.table', format('schema %I does not exist', schema_name));
+        END IF;
+        SELECT c.oid INTO relid
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
+        IF relid IS NULL THEN
+            PERFORM webhooks._fail('WH006', field || '.table', format('table %I.%I does not exist', schema_name, table_name));
+        END IF;
+        IF schema_name = 'webhooks' THEN
+            PERFORM webhooks._fail('WH006', field || '.table', 'the webhooks schema cannot be watched');
+        END IF;
+        IF relid = ANY (seen) THEN
+            PERFORM webhooks._fail('WH004', field || '.table',
+                format('table %I.%I is listed twice; give all its operations in one entry', schema_name, table_name));
+        END IF;
+        seen := seen || relid;
+
+        IF NOT item ? 'operations' THEN
+            ops := ARRAY['INSERT', 'UPDATE', 'DELETE'];
+        ELSIF jsonb_typeof(item -> 'operations') <> 'array' OR jsonb_array_length(item -> 'operations') = 0 THEN
+            PERFORM webhooks._fail('WH007', field || '.operations',
+                format('must be a non-empty array of "INSERT", "UPDATE", "DELETE", got %s', item -> 'operations'));
+        ELSE
+            ops := '{}';
+            FOR op IN SELECT value #>> '{}' FROM jsonb_array_elements(item -> 'operations') LOOP
+                IF upper(op) NOT IN ('INSERT', 'UPDATE', 'DELETE') OR op IS NULL THEN
+                    PERFORM webhooks._fail('WH007', field || '.operations',
+                        format('%s is not an operation; expected INSERT, UPDATE or DELETE', coalesce(to_json(op)::text, 'null')));
+                END IF;
+                IF NOT upper(op) = ANY (ops) THEN
+                    ops := ops || upper(op);
+                END IF;
+            END LOOP;
+        END IF;
+        operations := ops;
+        RETURN NEXT;
+        i := i + 1;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,345 @@
+-- pgwebhooks 005: the management API. Functions run as their owner (SECURITY DEFINER) because
+-- they create triggers on watched tables; webhooks_admin is granted EXECUTE on them.
+
+-- How a webhook is shown: everything but its secrets.
+CREATE OR REPLACE VIEW webhooks._webhook_view AS
+SELECT
+    w.id,
+    w.name,
+    w.url,
+    w.description,
+    w.enabled,
+    w.disabled_reason,
+    coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'table', coalesce(format('%I.%I', n.nspname, c.relname), s.relid::text),
+                   'operations', to_jsonb(s.operations))
+               ORDER BY n.nspname, c.relname)
+        FROM webhooks.subscriptions s
+        LEFT JOIN pg_catalog.pg_class c ON c.oid = s.relid
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE s.webhook_id = w.id
+    ), '[]') AS events,
+    w.max_retries,
+    w.timeout_seconds,
+    w.retry_backoff_seconds,
+    w.headers,
+    w.created_at,
+    w.updated_at
+FROM webhooks.webhooks w;
+
+-- create_webhook's result: the webhook and, this once, its secret.
+CREATE OR REPLACE VIEW webhooks._new_webhook AS
+SELECT v.*, NULL::text AS secret FROM webhooks._webhook_view v;
+
+CREATE OR REPLACE FUNCTION webhooks._check_settings(
+    name text, url text, max_retries integer, timeout_seconds integer,
+    retry_backoff_seconds integer, headers jsonb, description text, except_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._check_name(name, except_id);
+    PERFORM webhooks._check_url(url);
+    PERFORM webhooks._check_range('max_retries', max_retries, 0, 50);
+    PERFORM webhooks._check_range('timeout_seconds', timeout_seconds, 1, 300);
+    PERFORM webhooks._check_range('retry_backoff_seconds', retry_backoff_seconds, 1, 86400);
+    PERFORM webhooks._check_headers(headers);
+    IF length(description) > 2000 THEN
+        PERFORM webhooks._fail('WH013', 'description',
+            format('is %s characters long; at most 2000 are allowed', length(description)));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._webhook_exists(id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF id IS NULL OR NOT EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = _webhook_exists.id) THEN
+        PERFORM webhooks._fail('WH404', 'id', format('no webhook with id %s', coalesce(id::text, 'null')));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._replace_subscriptions(webhook_id uuid, events jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parsed record;
+    touched oid[];
+BEGIN
+    SELECT array_agg(s.relid) INTO touched FROM webhooks.subscriptions s
+    WHERE s.webhook_id = _replace_subscriptions.webhook_id;
+    DELETE FROM webhooks.subscriptions s WHERE s.webhook_id = _replace_subscriptions.webhook_id;
+    FOR parsed IN SELECT * FROM webhooks._parse_events(events) LOOP
+        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations)
+        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations);
+        touched := touched || parsed.relid;
+    END LOOP;
+    PERFORM webhooks._sync_triggers(r) FROM (SELECT DISTINCT unnest(touched) AS r) t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.create_webhook(
+    name text,
+    url text,
+    events jsonb,
+    secret text DEFAULT NULL,
+    description text DEFAULT NULL,
+    enabled boolean DEFAULT true,
+    max_retries integer DEFAULT 3,
+    timeout_seconds integer DEFAULT 30,
+    retry_backoff_seconds integer DEFAULT 5,
+    headers jsonb DEFAULT '{}')
+RETURNS SETOF webhooks._new_webhook
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid;
+    signing_secret text;
+BEGIN
+    PERFORM webhooks._check_settings(name, url, max_retries, timeout_seconds,
+                                     retry_backoff_seconds, headers, description, NULL);
+    IF secret IS NOT NULL THEN
+        PERFORM webhooks._check_secret(secret);
+    END IF;
+    IF enabled IS NULL THEN
+        PERFORM webhooks._fail('WH013', 'enabled', 'must be true or false');
+    END IF;
+    signing_secret := coalesce(secret, webhooks._generate_secret());
+
+    BEGIN
+        INSERT INTO webhooks.webhooks (name, url, description, enabled, max_retries, timeout_seconds,
+                                       retry_backoff_seconds, headers)
+        VALUES (create_webhook.name, create_webhook.url, create_webhook.description, create_webhook.enabled,
+                create_webhook.max_retries, create_webhook.timeout_seconds,
+                create_webhook.retry_backoff_seconds, create_webhook.headers)
+        RETURNING id INTO new_id;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
+    END;
+    INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (new_id, signing_secret);
+    PERFORM webhooks._replace_subscriptions(new_id, events);
+
+    RETURN QUERY SELECT v.*, signing_secret FROM webhooks._webhook_view v WHERE v.id = new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.list_webhooks()
+RETURNS SETOF webhooks._webhook_view
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM webhooks._webhook_view ORDER BY created_at, name
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.get_webhook(id uuid)
+RETURNS SETOF webhooks._webhook_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    RETURN QUERY SELECT * FROM webhooks._webhook_view v WHERE v.id = get_webhook.id;
+END
+$$;
+
+-- A field of update_webhook's `changes`, checked for its JSON type.
+CREATE OR REPLACE FUNCTION webhooks._change(changes jsonb, field text, expected text)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    value jsonb := changes -> field;
+BEGIN
+    IF jsonb_typeof(value) <> expected AND NOT (jsonb_typeof(value) = 'null' AND field = 'description') THEN
+        PERFORM webhooks._fail('WH012', field, format('expected a JSON %s, got %s', expected, value));
+    END IF;
+    -- Every number field is an integer column: say so rather than fail the cast later.
+    IF expected = 'number' AND (value::text::numeric % 1 <> 0
+                                OR value::text::numeric NOT BETWEEN -2147483648 AND 2147483647) THEN
+        PERFORM webhooks._fail('WH012', field, format('expected an integer, got %s', value));
+    ELSIF expected = 'number' THEN
+        RETURN to_jsonb(value::text::numeric::integer);  -- 2.0 -> 2
+    END IF;
+    RETURN value;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.update_webhook(id uuid, changes jsonb)
+RETURNS SETOF webhooks._webhook_view
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current webhooks.webhooks;
+    unknown text;
+    new_enabled boolean;
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    IF changes IS NULL OR jsonb_typeof(changes) <> 'object' THEN
+        PERFORM webhooks._fail('WH012', 'changes',
+            format('must be a JSON object of fields to change, got %s', coalesce(changes::text, 'null')));
+    END IF;
+    SELECT k INTO unknown FROM jsonb_object_keys(changes) k
+    WHERE k NOT IN ('name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
+                    'timeout_seconds', 'retry_backoff_seconds', 'headers')
+    LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        PERFORM webhooks._fail('WH012', unknown, 'is not a field of a webhook',
+            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers');
+    END IF;
+
+    SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
+    IF changes ? 'name' THEN current.name := webhooks._change(changes, 'name', 'string') #>> '{}'; END IF;
+    IF changes ? 'url' THEN current.url := webhooks._change(changes, 'url', 'string') #>> '{}'; END IF;
+    IF changes ? 'description' THEN
+        current.description := webhooks._change(changes, 'description', 'string') #>> '{}';
+    END IF;
+    IF changes ? 'max_retries' THEN
+        current.max_retries := webhooks._change(changes, 'max_retries', 'number') #>> '{}';
+    END IF;
+    IF changes ? 'timeout_seconds' THEN
+        current.timeout_seconds := webhooks._change(changes, 'timeout_seconds', 'number') #>> '{}';
+    END IF;
+    IF changes ? 'retry_backoff_seconds' THEN
+        current.retry_backoff_seconds := webhooks._change(changes, 'retry_backoff_seconds', 'number') #>> '{}';
+    END IF;
+    IF changes ? 'headers' THEN current.headers := changes -> 'headers'; END IF;
+    IF changes ? 'enabled' THEN
+        new_enabled := (webhooks._change(changes, 'enabled', 'boolean') #>> '{}')::boolean;
+        IF new_enabled THEN
+            current.disabled_reason := NULL;
+        ELSIF current.enabled THEN
+            current.disabled_reason := 'disabled by update_webhook';
+        END IF;
+        current.enabled := new_enabled;
+    END IF;
+
+    PERFORM webhooks._check_settings(current.name, current.url, current.max_retries, current.timeout_seconds,
+                                     current.retry_backoff_seconds, current.headers, current.description, id);
+    IF changes ? 'secret' THEN
+        PERFORM webhooks._check_secret(webhooks._change(changes, 'secret', 'string') #>> '{}');
+    END IF;
+
+    UPDATE webhooks.webhooks w SET
+        name = current.name, url = current.url, description = current.description,
+        enabled = current.enabled, disabled_reason = current.disabled_reason,
+        max_retries = current.max_retries, timeout_seconds = current.timeout_seconds,
+        retry_backoff_seconds = current.retry_backoff_seconds, headers = current.headers,
+        updated_at = now()
+    WHERE w.id = update_webhook.id;
+    IF changes ? 'events' THEN
+        PERFORM webhooks._replace_subscriptions(id, changes -> 'events');
+    END IF;
+    IF changes ? 'secret' THEN
+        -- A replaced secret stops signing at once; rotate_secret() is the gentle way.
+        DELETE FROM webhooks.secrets s WHERE s.webhook_id = update_webhook.id;
+        INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (id, changes ->> 'secret');
+    END IF;
+
+    RETURN QUERY SELECT * FROM webhooks._webhook_view v WHERE v.id = update_webhook.id;
+END
+$$;
+
+-- Start signing with a new secret while the current ones stay valid for `grace_period`, so
+-- receivers can switch over without a failed delivery. Returns the new secret.
+CREATE OR REPLACE FUNCTION webhooks.rotate_secret(
+    id uuid, new_secret text DEFAULT NULL, grace_period interval DEFAULT '24 hours')
+RETURNS TABLE (secret text, previous_secrets_expire_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    signing_secret text := coalesce(new_secret, webhooks._generate_secret());
+    expiry timestamptz := now() + grace_period;
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    IF new_secret IS NOT NULL THEN
+        PERFORM webhooks._check_secret(new_secret);
+    END IF;
+    IF grace_period IS NULL OR grace_period < interval '0' OR grace_period > interval '30 days' THEN
+        PERFORM webhooks._fail('WH013', 'grace_period',
+            format('%s is out of range; expected 0 to 30 days', coalesce(grace_period::text, 'null')));
+    END IF;
+    DELETE FROM webhooks.secrets s WHERE s.webhook_id = rotate_secret.id AND s.expires_at <= now();
+    UPDATE webhooks.secrets s SET expires_at = least(coalesce(s.expires_at, expiry), expiry)
+    WHERE s.webhook_id = rotate_secret.id;
+    INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (rotate_secret.id, signing_secret);
+    RETURN QUERY SELECT signing_secret, expiry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.delete_webhook(id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relids oid[];
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    SELECT array_agg(s.relid) INTO relids FROM webhooks.subscriptions s WHERE s.webhook_id = delete_webhook.id;
+    DELETE FROM webhooks.delivery_attempts a
+    USING webhooks.deliveries d
+    WHERE d.webhook_id = delete_webhook.id AND a.delivery_id = d.id;
+    DELETE FROM webhooks.deliveries d WHERE d.webhook_id = delete_webhook.id;
+    DELETE FROM webhooks.webhooks w WHERE w.id = delete_webhook.id;  -- subscriptions, secrets cascade
+    PERFORM webhooks._sync_triggers(r) FROM unnest(relids) AS r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.get_deliveries(id uuid, "limit" integer DEFAULT 50, "offset" integer DEFAULT 0)
+RETURNS TABLE (
+    delivery_id bigint,
+    event_id uuid,
+    event text,
+    "table" text,
+    status text,
+    attempts integer,
+    response_status integer,
+    response_excerpt text,
+    error text,
+    latency_ms integer,
+    created_at timestamptz,
+    last_attempt_at timestamptz,
+    next_attempt_at timestamptz,
+    completed_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_range('limit', "limit", 1, 1000);
+    PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
+    RETURN QUERY
+    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), c.operation, format('%I.%I', c.schema_name, c.table_name),
+           d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+           a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
+    FROM webhooks.deliveries d
+    JOIN webhooks.captures c ON c.id = d.capture_id
+    LEFT JOIN LATERAL (
+        SELECT * FROM webhooks.delivery_attempts x
+        WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
+    ) a ON true
+    WHERE d.webhook_id = get_deliveries.id
+    ORDER BY d.id DESC
+    LIMIT "limit" OFFSET "offset";
+END
+$$;
+
+-- Every attempt of one delivery, oldest first.
+CREATE OR REPLACE FUNCTION webhooks.get_delivery_attempts(delivery_id bigint)
+RETURNS TABLE (attempt integer, status_code integer, response_excerpt text, error text,
+               latency_ms integer, attempted_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.id = get_delivery_attempts.delivery_id) THEN
+        PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
+    END IF;
+    RETURN QUERY
+    SELECT a.attempt, a.status_code, a.response_excerpt, a.error, a.latency_ms, a.attempted_at
+    FROM webhooks.delivery_attempts a
+    WHERE a.delivery_id = get_delivery_attempts.delivery_id
+    ORDER BY a.attempt, a.id;
+END
+$$;

@@ -1,0 +1,111 @@
+-- pgwebhooks 008: day-to-day operations: test events, replay, and keeping the outbox bounded.
+
+-- Queue a TEST event for one webhook, whatever tables it watches: the way to check an endpoint
+-- and its signature verification. Returns the delivery id (see get_deliveries).
+CREATE OR REPLACE FUNCTION webhooks.send_test(id uuid)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    capture bigint;
+    delivery bigint;
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   fanned_out, record)
+    VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
+            json_build_object('message', 'test event from pgwebhooks', 'sent_at', now()))
+    RETURNING captures.id INTO capture;
+    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id) VALUES (capture, 1, id)
+    RETURNING deliveries.id INTO delivery;
+    PERFORM pg_notify('webhooks', '');
+    RETURN delivery;
+END
+$$;
+
+-- Send a delivery again as a new delivery of the same event (same webhook-id, so a receiver
+-- that already processed it can tell). The old delivery and its attempts stay in the log.
+CREATE OR REPLACE FUNCTION webhooks.replay(delivery_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    replayed bigint;
+BEGIN
+    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+    SELECT d.capture_id, d.n, d.webhook_id FROM webhooks.deliveries d WHERE d.id = replay.delivery_id
+    RETURNING id INTO replayed;
+    IF replayed IS NULL THEN
+        PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
+    END IF;
+    PERFORM pg_notify('webhooks', '');
+    RETURN replayed;
+END
+$$;
+
+-- Replay every failed delivery of a webhook (completed since `since`, if given): the way back
+-- after an endpoint's outage outlasted its retries. Returns how many were queued.
+CREATE OR REPLACE FUNCTION webhooks.replay_failed(id uuid, since timestamptz DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    queued integer;
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+    SELECT d.capture_id, d.n, d.webhook_id
+    FROM webhooks.deliveries d
+    WHERE d.webhook_id = replay_failed.id AND d.status = 'failed'
+      AND (since IS NULL OR d.completed_at >= since)
+    ORDER BY d.id;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM pg_notify('webhooks', '');
+    END IF;
+    RETURN queued;
+END
+$$;
+
+-- Delete what is finished and older than `older_than`: delivered and failed deliveries with
+-- their attempts, then captures (and their events) that no delivery needs any more. Run it
+-- from cron, pg_cron or `pgwebhooks purge`; it keeps the outbox as large as its window.
+CREATE OR REPLACE FUNCTION webhooks.purge(older_than interval DEFAULT '7 days')
+RETURNS TABLE (deliveries bigint, captures bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    cutoff timestamptz := now() - older_than;
+    gone_deliveries bigint;
+    gone_captures bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        PERFORM webhooks._fail('WH013', 'older_than', format('%s is not a positive interval', coalesce(older_than::text, 'null')));
+    END IF;
+    WITH finished AS (
+        DELETE FROM webhooks.deliveries d
+        WHERE d.status IN ('delivered', 'failed') AND d.completed_at < cutoff
+        RETURNING d.id
+    ), attempts AS (
+        DELETE FROM webhooks.delivery_attempts a USING finished f WHERE a.delivery_id = f.id
+    )
+    SELECT count(*) INTO gone_deliveries FROM finished;
+
+    WITH unneeded AS (
+        DELETE FROM webhooks.captures c
+        WHERE c.occurred_at < cutoff AND c.fanned_out = c.row_count
+          AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
+        RETURNING c.id
+    ), events AS (
+        DELETE FROM webhooks.events e USING unneeded u WHERE e.capture_id = u.id
+    )
+    SELECT count(*) INTO gone_captures FROM unneeded;
+    RETURN QUERY SELECT gone_deliveries, gone_captures;
+END
+$$;
+
+REVOKE ALL ON FUNCTION webhooks.send_test(uuid), webhooks.replay(bigint),
+    webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.send_test(uuid), webhooks.replay(bigint),
+    webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) TO webhooks_admin;

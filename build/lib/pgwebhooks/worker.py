@@ -1,0 +1,431 @@
+"""The runner: carries signed requests from `webhooks.claim()` to the network and reports back.
+
+Three connections, each with one job: the claim loop leases work, the reporter hands results to
+`webhooks.complete()` in batches, and the listener turns NOTIFY into a wake-up. Any of them may
+lose its connection (a database restart, a killed backend); it reconnects with backoff and
+nothing is lost, because every lease the runner cannot report on simply expires and the work is
+claimed again. The runner holds no secret and no retry policy: both live in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgwebhooks.sender import Sender, SendResult
+
+log = logging.getLogger("pgwebhooks.runner")
+
+NOTIFY_CHANNEL = "webhooks"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    dsn: str
+    concurrency: int = 200
+    per_webhook_concurrency: int = 20
+    batch_size: int = 200
+    poll_interval: float = 5.0
+    shutdown_grace: float = 10.0
+    lease_margin_seconds: int = 30
+    report_batch_size: int = 500
+    allow_private_networks: bool = False
+    allowed_cidrs: tuple[str, ...] = ()
+    # Reconnect backoff: from `reconnect_min` doubling up to `reconnect_max` seconds.
+    reconnect_min: float = 0.2
+    reconnect_max: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    delivery_id: int
+    attempt: int
+    webhook_id: UUID
+    url: str
+    body: str
+    headers: dict[str, str]
+    timeout_seconds: int
+    # Local clock: past this, a send could not finish within the lease claim() granted
+    # (2 x timeout + margin from the claim), so the job is handed back instead of sent.
+    start_by: float = 0.0
+
+
+@dataclass
+class RunnerStats:
+    claimed: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    refused: int = 0
+    unreported: int = 0  # results the database would not take; retried after their leases expire
+    released: int = 0
+    reconnects: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Backoff:
+    """Exponential reconnect delay with full jitter, reset after a success."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high, self.current = low, high, low
+
+    def next(self) -> float:
+        delay = random.uniform(self.low, self.current)
+        self.current = min(self.current * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.low
+
+
+async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Return when any event is set or the timeout passes."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+class Runner:
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self.stats = RunnerStats()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # a send finished: there may be room to claim again
+        self._in_flight: dict[UUID, int] = {}
+        self._tasks: dict[asyncio.Task[None], Job] = {}
+        # Claimed but not yet started: a slot that frees up starts the next job at once instead
+        # of waiting a claim's round trip (which left a third of the slots idle against 50 ms
+        # endpoints). Bounded by `prefetch`, and per webhook by its concurrency limit.
+        self._ready: deque[Job] = deque()
+        self._expired: list[Job] = []  # waited too long in `_ready`; released by the claim loop
+        self._sender: Sender | None = None
+        self.prefetch = max(1, min(config.batch_size, config.concurrency // 2))
+        self._results: list[dict[str, Any]] = []
+        self._results_ready = asyncio.Event()
+        self._reporter_idle = asyncio.Event()
+        self._reporter_idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight sends get `shutdown_grace` seconds to finish."""
+        if not self._stopping.is_set():
+            log.info("shutdown requested: no new claims, finishing in-flight deliveries",
+                     extra={"in_flight": len(self._tasks)})
+            self._stopping.set()
+
+    async def run(self) -> RunnerStats:
+        cfg = self.config
+        log.info("runner started", extra={
+            "concurrency": cfg.concurrency, "per_webhook": cfg.per_webhook_concurrency,
+            "private_networks": "allowed" if cfg.allow_private_networks else "refused",
+        })
+        async with Sender(
+            allow_private_networks=cfg.allow_private_networks,
+            allowed_cidrs=cfg.allowed_cidrs,
+            max_connections=cfg.concurrency,
+        ) as sender:
+            listener = asyncio.create_task(self._listen(), name="listener")
+            reporter = asyncio.create_task(self._report_loop(), name="reporter")
+            try:
+                await self._claim_loop(sender)
+                await self._drain_in_flight()
+            finally:
+                listener.cancel()
+                self._results_ready.set()
+                await reporter
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+        elapsed = time.monotonic() - self.stats.started_at
+        log.info("runner stopped", extra={
+            "delivered": self.stats.delivered, "failed_attempts": self.stats.failed_attempts,
+            "released": self.stats.released, "uptime_s": round(elapsed, 1),
+        })
+        return self.stats
+
+    # -- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self, sender: Sender) -> None:
+        cfg = self.config
+        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        conn: psycopg.AsyncConnection[Any] | None = None
+        self._sender = sender
+        try:
+            while not self._stopping.is_set():
+                room = cfg.concurrency + self.prefetch - len(self._tasks) - len(self._ready)
+                idle_slots = len(self._tasks) + len(self._ready) < cfg.concurrency
+                # With slots busy and jobs waiting, top up only once half the prefetch is used:
+                # one claim per finished send would be a round trip per delivery.
+                if room <= 0 or (room < self.prefetch // 2 and not idle_slots):
+                    self._room.clear()
+                    await _first_of(self._room, self._stopping)
+                    continue
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    if self._expired:
+                        expired, self._expired = self._expired, []
+                        await self._release(expired, conn)
+                    self._wake.clear()
+                    self._room.clear()
+                    saturated = self._saturated()
+                    wanted = min(room, cfg.batch_size)
+                    jobs = await self._claim(conn, wanted, saturated)
+                    backoff.reset()
+                except psycopg.OperationalError as exc:
+                    await self._close(conn)
+                    conn = None
+                    await _first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
+                    continue
+                except psycopg.Error as exc:
+                    # Not a lost connection: the schema may be missing or mid-upgrade, or the role
+                    # lack a grant. Say so plainly and keep trying; there is nothing to lose.
+                    delay = backoff.next()
+                    log.error("claim failed", extra={"error": str(exc).strip(), "sqlstate": exc.sqlstate,
+                                                     "retry_in_s": round(delay, 2)})
+                    await _first_of(self._stopping, timeout=delay)
+                    continue
+                self._ready.extend(jobs)
+                self._dispatch()
+                if len(jobs) < wanted:
+                    # Caught up, or held back by the per-webhook limit. Sleep until a commit
+                    # notifies us, the poll interval passes (in case a notification was lost), or,
+                    # when some webhook is at its limit (before or after this claim), one of its
+                    # sends finishes: a short claim then says nothing about the backlog.
+                    limited = bool(saturated or self._saturated())
+                    wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
+                    await _first_of(*wake_on, timeout=cfg.poll_interval * random.uniform(0.8, 1.2))
+        finally:
+            await self._close(conn)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True, connect_timeout=10)
+
+    def _lost_connection(self, role: str, exc: Exception, backoff: Backoff) -> float:
+        """Log a lost connection; returns how long to wait before reconnecting."""
+        delay = backoff.next()
+        self.stats.reconnects += 1
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("database connection lost, reconnecting",
+                    extra={"connection": role, "error": reason, "retry_in_s": round(delay, 2)})
+        return delay
+
+    @staticmethod
+    async def _close(conn: psycopg.AsyncConnection[Any] | None) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _claim(self, conn: psycopg.AsyncConnection[Any], wanted: int, saturated: list[UUID]) -> list[Job]:
+        cfg = self.config
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds"
+                " FROM webhooks.claim(%s, %s, %s, %s::uuid[])",
+                (wanted, cfg.lease_margin_seconds, cfg.per_webhook_concurrency, saturated),
+            )
+            rows = await cur.fetchall()
+        self.stats.claimed += len(rows)
+        now = time.monotonic()
+        # Half the margin is left for reporting the result before the lease runs out.
+        return [Job(**row, start_by=now + row["timeout_seconds"] + cfg.lease_margin_seconds / 2) for row in rows]
+
+    def _saturated(self) -> list[UUID]:
+        """Webhooks whose sends in flight and waiting already fill their concurrency limit."""
+        limit = self.config.per_webhook_concurrency
+        load = Counter(self._in_flight)
+        load.update(job.webhook_id for job in self._ready)
+        return [webhook for webhook, n in load.items() if n >= limit]
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs while there are free slots, in claim order, skipping webhooks at
+        their limit; hand back any that waited past the point where their lease would run out."""
+        if self._stopping.is_set() or self._sender is None:
+            return
+        cfg = self.config
+        now = time.monotonic()
+        held: deque[Job] = deque()
+        while self._ready and len(self._tasks) < cfg.concurrency:
+            job = self._ready.popleft()
+            if now > job.start_by:
+                self._expired.append(job)
+                self._room.set()  # the claim loop releases them
+            elif self._in_flight.get(job.webhook_id, 0) >= cfg.per_webhook_concurrency:
+                held.append(job)
+            else:
+                self._start(self._sender, job)
+        held.extend(self._ready)
+        self._ready = held
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _start(self, sender: Sender, job: Job) -> None:
+        self._in_flight[job.webhook_id] = self._in_flight.get(job.webhook_id, 0) + 1
+        task = asyncio.create_task(self._send(sender, job))
+        self._tasks[task] = job
+        task.add_done_callback(self._finished)
+
+    async def _send(self, sender: Sender, job: Job) -> None:
+        result = await sender.send(job.url, job.body, job.headers, float(job.timeout_seconds))
+        self._record(job, result)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        job = self._tasks.pop(task)
+        left = self._in_flight[job.webhook_id] - 1
+        if left:
+            self._in_flight[job.webhook_id] = left
+        else:
+            del self._in_flight[job.webhook_id]
+        self._dispatch()
+        self._room.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Sender.send never raises for network trouble; this is a bug worth a loud line.
+            log.error("send crashed", extra={"delivery_id": job.delivery_id, "error": repr(exc)})
+
+    def _record(self, job: Job, result: SendResult) -> None:
+        ok = result.status_code is not None and 200 <= result.status_code < 300
+        if ok:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed_attempts += 1
+            log.warning("delivery attempt failed", extra={
+                "delivery_id": job.delivery_id, "attempt": job.attempt, "url": job.url,
+                "status": result.status_code, "error": result.error, "latency_ms": result.latency_ms,
+            })
+        self._results.append({
+            "delivery_id": job.delivery_id,
+            "attempt": job.attempt,
+            "status_code": result.status_code,
+            "response_excerpt": result.response_excerpt,
+            "error": result.error,
+            "latency_ms": result.latency_ms,
+            "retry_after_seconds": result.retry_after_seconds,
+        })
+        self._results_ready.set()
+
+    async def _drain_in_flight(self) -> None:
+        """Hand back what was claimed but never started, give in-flight sends the grace
+        period, then hand back the ones that did not finish."""
+        waiting = [*self._ready, *self._expired]
+        self._ready.clear()
+        self._expired.clear()
+        if waiting:
+            await self._release(waiting)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.config.shutdown_grace)
+        unsent = list(self._tasks.items())
+        for task, _ in unsent:
+            task.cancel()
+        if unsent:
+            await asyncio.gather(*(t for t, _ in unsent), return_exceptions=True)
+            await self._release([job for _, job in unsent])
+
+    async def _release(self, jobs: list[Job], conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+        leases = Jsonb([{"delivery_id": j.delivery_id, "attempt": j.attempt} for j in jobs])
+        try:
+            if conn is None:
+                async with await self._connect() as own:
+                    cur = await own.execute("SELECT webhooks.release(%s)", (leases,))
+                    row = await cur.fetchone()
+            else:
+                cur = await conn.execute("SELECT webhooks.release(%s)", (leases,))
+                row = await cur.fetchone()
+            self.stats.released += row[0] if row else 0
+            log.info("released unsent deliveries", extra={"count": len(jobs)})
+        except psycopg.Error as exc:
+            # Their leases will expire and they will be claimed again: late, never lost.
+            log.warning("could not release unsent deliveries; their leases will expire",
+                        extra={"count": len(jobs), "error": str(exc).strip()})
+
+    # -- reporting -------------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Send results to complete() in batches until stopped and everything is reported."""
+        cfg = self.config
+        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        conn: psycopg.AsyncConnection[Any] | None = None
+        give_up_at: float | None = None
+        try:
+            while True:
+                if not self._results:
+                    if self._stopping.is_set() and not self._tasks:
+                        return
+                    self._results_ready.clear()
+                    await _first_of(self._results_ready, timeout=0.5)
+                    continue
+                batch = self._results[: cfg.report_batch_size]
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    await self._complete(conn, batch)
+                    del self._results[: len(batch)]
+                    backoff.reset()
+                except psycopg.OperationalError as exc:
+                    # Checked before psycopg.Error below: a lost connection keeps the batch for later.
+                    if self._stopping.is_set():
+                        give_up_at = give_up_at or time.monotonic() + cfg.shutdown_grace
+                        if time.monotonic() > give_up_at:
+                            log.error("could not report results before shutting down; "
+                                      "those deliveries will be retried", extra={"count": len(self._results)})
+                            return
+                    await self._close(conn)
+                    conn = None
+                    await asyncio.sleep(self._lost_connection("complete", exc, backoff))
+                except psycopg.Error as exc:
+                    # The database refused the batch itself (a schema mid-upgrade, a missing grant).
+                    # Retrying it could block every later result, so let it go: those leases expire
+                    # and the deliveries are sent again, late but not lost.
+                    del self._results[: len(batch)]
+                    self.stats.unreported += len(batch)
+                    delay = backoff.next()
+                    log.error("could not report results; those deliveries will be retried when their leases expire",
+                              extra={"count": len(batch), "error": str(exc).strip(), "sqlstate": exc.sqlstate,
+                                     "retry_in_s": round(delay, 2)})
+                    await asyncio.sleep(delay)
+        finally:
+            await self._close(conn)
+
+    async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
+        cur = await conn.execute(
+            "SELECT delivery_id, attempt FROM webhooks.complete(%s) WHERE status = 'refused'", (Jsonb(batch),)
+        )
+        refused = await cur.fetchall()
+        if refused:
+            self.stats.refused += len(refused)
+            log.warning("results refused: their leases had expired (the deliveries were or will be retried)",
+                        extra={"count": len(refused), "delivery_ids": [r[0] for r in refused[:10]]})
+
+    # -- waking ----------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
+        while True:
+            conn = None
+            try:
+                conn = await self._connect()
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                backoff.reset()
+                self._wake.set()  # anything committed while we were not listening
+                async for _ in conn.notifies():
+                    self._wake.set()
+            except psycopg.OperationalError as exc:
+                await self._close(conn)
+                conn = None
+                await asyncio.sleep(self._lost_connection("listen", exc, backoff))
+            finally:
+                await self._close(conn)
+
