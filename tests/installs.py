@@ -47,7 +47,7 @@ def schema_shape(dsn: str) -> dict[str, list[str]]:
     of the webhooks schema: two installs with equal shapes behave alike."""
     q = {
         "functions": """SELECT p.oid::regprocedure::text || ' -> ' || pg_get_function_result(p.oid)
-                          || ' ' || l.lanname || ' ' || p.provolatile
+                          || ' ' || l.lanname || ' ' || p.provolatile::text
                           || CASE WHEN p.prosecdef THEN ' definer' ELSE '' END
                           || ' owner=' || p.proowner::regrole::text || ' ' || coalesce(p.proconfig::text, '')
                         FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
