@@ -179,3 +179,27 @@ def test_migrate_reports_a_failing_file_by_name(empty_db: str, monkeypatch: pyte
         migrations.migrate(empty_db)
     with psycopg.connect(empty_db) as conn:  # all or nothing
         assert conn.execute("SELECT to_regnamespace('webhooks')").fetchone() == (None,)
+
+
+def test_uninstall_drops_triggers_and_schema_and_keeps_roles(empty_db: str) -> None:
+    from click.testing import CliRunner
+
+    from pgwebhooks.cli import main
+
+    migrations.migrate(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE watched (id int PRIMARY KEY)")
+        conn.execute("""SELECT webhooks.create_webhook('w', 'https://example.com/h', '[{"table": "watched"}]')""")
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'watched'::regclass").fetchone()[0] > 0
+    refused = CliRunner().invoke(main, ["uninstall", "--dsn", empty_db])
+    assert refused.exit_code != 0 and "--yes" in refused.output
+    result = CliRunner().invoke(main, ["uninstall", "--dsn", empty_db, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "1 table(s)" in result.output
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regnamespace('webhooks')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'watched'::regclass").fetchone() == (0,)
+        conn.execute("INSERT INTO watched VALUES (1)")  # the table works without pgwebhooks
+        roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'webhooks\\_%'").fetchone()
+        assert roles == (3,)
+    assert migrations.migrate(empty_db) == [m.name for m in migrations.migrations()]  # and installs again
