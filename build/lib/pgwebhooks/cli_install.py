@@ -19,9 +19,10 @@ SIGNER = click.option(
     help="How signatures are computed: plpython (plpython3u) or pgcrypto (managed PostgreSQL)."
     " Default: the installed one, else plpython where plpython3u can be created, else pgcrypto.",
 )
-# Formats for migration tools that need markers in their files; `plain` suits psql, yoyo,
-# Alembic's op.execute and sqitch deploy scripts as they stand.
-FORMATS = ("plain", "dbmate")
+# Formats for migration tools: `plain` suits psql, yoyo and Alembic's op.execute as it stands;
+# `sqitch` is a deploy script (its own BEGIN/COMMIT, as sqitch expects); `dbmate` a migration
+# file with dbmate's -- migrate:up / -- migrate:down markers, written into --out.
+FORMATS = ("plain", "sqitch", "dbmate")
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -53,7 +54,8 @@ def migrate(dsn: str, signer: str | None) -> None:
 @click.option("--pending", is_flag=True, help="Only what the database at --dsn still lacks.")
 @click.option("--dsn", envvar="PGWEBHOOKS_DSN", help="With --pending: the database to compare with.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="plain", show_default=True,
-              help="dbmate: write a migration file with -- migrate:up / -- migrate:down markers into --out.")
+              help="sqitch: a deploy script in its own transaction; dbmate: a migration file with"
+                   " -- migrate:up / -- migrate:down markers, written into --out.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the migration file into (required with --format dbmate).")
 def print_sql(signer: str | None, pending: bool, dsn: str | None, fmt: str, out_dir: Path | None) -> None:
@@ -67,7 +69,9 @@ def print_sql(signer: str | None, pending: bool, dsn: str | None, fmt: str, out_
             script = migrations.install_script(signer or migrations.DEFAULT_SIGNER)
     except (migrations.MigrationError, psycopg.Error) as exc:
         raise _fail(exc) from exc
-    if fmt == "plain" and out_dir is None:
+    if fmt == "sqitch":
+        script = f"BEGIN;\n{script}\nCOMMIT;\n"
+    if fmt in ("plain", "sqitch") and out_dir is None:
         click.echo(script, nl=False)
         return
     if out_dir is None:

@@ -56,7 +56,9 @@ BEGIN
     IF length(url) > 2048 THEN
         PERFORM webhooks._fail('WH003', 'url', format('is %s characters long; at most 2048 are allowed', length(url)));
     END IF;
-    -- scheme://[userinfo@]host[:port][/path][?query][#fragment], host a name or [IPv6]
+    -- scheme, ://, optional userinfo@, host (a name or [IPv6]), optional colon and port, then
+    -- optional path, ?query and #fragment. (No colon before a word in SQL text: Alembic's
+    -- op.execute would read it as a bind parameter.)
     IF url !~* '^https?://([^/?#\s@]+@)?(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)(:[0-9]{1,5})?([/?#]\S*)?$' THEN
         PERFORM webhooks._fail('WH003', 'url', format('%L is not a well-formed URL', url));
     END IF;
