@@ -45,6 +45,8 @@ migration-tools: .tools/node_modules/.bin/dbmate
 	fi
 
 .tools/node_modules/.bin/dbmate:
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq npm; }
 	mkdir -p .tools && npm install --silent --no-audit --no-fund --prefix .tools dbmate@2
 
 venv: $(VENV)/.installed

@@ -27,6 +27,23 @@ def empty_database(server: Server, prefix: str = "inst") -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def available_extensions(dsn: str) -> set[str]:
+    """Extensions this PostgreSQL build could create (plpython3u is missing from many builds)."""
+    with psycopg.connect(dsn) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
+
+
+SIGNER_EXTENSIONS = {"plpython": "plpython3u", "pgcrypto": "pgcrypto"}
+
+
+def skip_unless_signer_available(dsn: str, signer: str) -> None:
+    """A signer whose extension this server build lacks cannot be tested on it; say so."""
+    import pytest
+
+    if SIGNER_EXTENSIONS[signer] not in available_extensions(dsn):
+        pytest.skip(f"this PostgreSQL build has no {SIGNER_EXTENSIONS[signer]} (the {signer} signer)")
+
+
 def query(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         cur = conn.execute(sql, params)
