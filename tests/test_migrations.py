@@ -203,3 +203,19 @@ def test_uninstall_drops_triggers_and_schema_and_keeps_roles(empty_db: str) -> N
         roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'webhooks\\_%'").fetchone()
         assert roles == (3,)
     assert migrations.migrate(empty_db) == [m.name for m in migrations.migrations()]  # and installs again
+
+
+def test_cli_migrate_forces_and_reports_the_signer(empty_db: str) -> None:
+    from click.testing import CliRunner
+
+    from pgwebhooks.cli import main
+
+    first = CliRunner().invoke(main, ["migrate", "--dsn", empty_db, "--signer", "pgcrypto"])
+    assert first.exit_code == 0, first.output
+    assert "applied" in first.output and "signer: pgcrypto" in first.output
+    again = CliRunner().invoke(main, ["migrate", "--dsn", empty_db])
+    assert again.exit_code == 0 and "schema is up to date" in again.output and "signer: pgcrypto" in again.output
+    pending = CliRunner().invoke(main, ["sql", "--pending", "--dsn", empty_db])
+    assert pending.exit_code == 0 and "up to date (pgcrypto signer); nothing to apply" in pending.output
+    wrong = CliRunner().invoke(main, ["migrate", "--dsn", empty_db, "--signer", "rot13"])
+    assert wrong.exit_code != 0 and "rot13" in wrong.output
