@@ -27,21 +27,42 @@ def empty_database(server: Server, prefix: str = "inst") -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def available_extensions(dsn: str) -> set[str]:
-    """Extensions this PostgreSQL build could create (plpython3u is missing from many builds)."""
-    with psycopg.connect(dsn) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM pg_available_extensions").fetchall()}
-
-
 SIGNER_EXTENSIONS = {"plpython": "plpython3u", "pgcrypto": "pgcrypto"}
+
+
+def signer_available(dsn: str, signer: str) -> bool:
+    """Whether this server build can create the signer's extension. Listed is not enough: some
+    builds list plpython3u but cannot load it (linked against a Python this machine lacks)."""
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute(f"CREATE EXTENSION IF NOT EXISTS {SIGNER_EXTENSIONS[signer]}")
+        except psycopg.Error:
+            return False
+        finally:
+            conn.rollback()
+    return True
+
+
+_BUILD_SIGNERS: dict[str, str] = {}
+
+
+def build_signer(server: Server) -> str:
+    """The signer the suite's template database was installed with: plpython where this server
+    build can create plpython3u, else pgcrypto (or what PGWEBHOOKS_TEST_SIGNER asked for)."""
+    if server.admin_dsn not in _BUILD_SIGNERS:
+        with psycopg.connect(server.dsn_for("pgwebhooks_template")) as conn:
+            row = conn.execute("SELECT webhooks.signer()").fetchone()
+        assert row is not None and row[0] in ("plpython", "pgcrypto")
+        _BUILD_SIGNERS[server.admin_dsn] = row[0]
+    return _BUILD_SIGNERS[server.admin_dsn]
 
 
 def skip_unless_signer_available(dsn: str, signer: str) -> None:
     """A signer whose extension this server build lacks cannot be tested on it; say so."""
     import pytest
 
-    if SIGNER_EXTENSIONS[signer] not in available_extensions(dsn):
-        pytest.skip(f"this PostgreSQL build has no {SIGNER_EXTENSIONS[signer]} (the {signer} signer)")
+    if not signer_available(dsn, signer):
+        pytest.skip(f"this PostgreSQL build cannot create {SIGNER_EXTENSIONS[signer]} (the {signer} signer)")
 
 
 def query(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:

@@ -32,6 +32,12 @@ def owner_db(server: Server) -> Iterator[tuple[str, str]]:
         conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE NOSUPERUSER")
         conn.execute(f"CREATE DATABASE {dbname} OWNER {owner}")
         conn.execute(f"REVOKE CREATE ON DATABASE {dbname} FROM PUBLIC")
+        if conn.info.server_version >= 160000:
+            # From 16 a CREATEROLE login may grant only roles it holds WITH ADMIN, which it gets by
+            # creating them. Here the superuser who built the template created the three roles
+            # first; give the owner exactly what creating them would have given it.
+            conn.execute(f"GRANT webhooks_admin, webhooks_runner, webhooks_capture TO {owner}"
+                         " WITH ADMIN TRUE, INHERIT FALSE, SET FALSE")
     try:
         yield server.dsn_for(dbname, user=owner), server.dsn_for(dbname)
     finally:

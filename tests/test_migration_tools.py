@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import empty_database, query, schema_shape
+from installs import build_signer, empty_database, query, schema_shape
 from psycopg.conninfo import conninfo_to_dict
 from standardwebhooks.webhooks import Webhook
 
@@ -26,6 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DBMATE = REPO / ".tools" / "node_modules" / ".bin" / "dbmate"
 MISSING = "not installed: run `make migration-tools` (make test does)"
+
+
+@pytest.fixture(scope="module")
+def signer(server: Server) -> str:
+    return build_signer(server)
 
 
 @pytest.fixture
@@ -50,10 +55,10 @@ def pgwebhooks(*args: str | Path) -> str:
     return run(BIN / "pgwebhooks", *args)
 
 
-def assert_installed_and_usable(dsn: str) -> None:
+def assert_installed_and_usable(dsn: str, signer: str) -> None:
     """Recorded as current (migrate has nothing to do) and working end to end."""
     assert migrations.migrate(dsn) == []
-    assert "nothing to apply" in pgwebhooks("sql", "--pending", "--dsn", dsn)
+    assert "nothing to apply" in pgwebhooks("sql", "--signer", signer, "--pending", "--dsn", dsn)
     query(dsn, "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY)")
     hook = query(dsn, "SELECT * FROM webhooks.create_webhook(name => 'h' || (SELECT count(*) FROM webhooks.webhooks),"
                       " url => 'https://example.com/h', events => '[{\"table\": \"items\"}]')")[0]
@@ -63,27 +68,27 @@ def assert_installed_and_usable(dsn: str) -> None:
     Webhook(hook["secret"]).verify(claimed[0]["body"], claimed[0]["headers"])
 
 
-def test_psql_single_transaction_on_error_stop(dsn: str, tmp_path: Path) -> None:
+def test_psql_single_transaction_on_error_stop(dsn: str, tmp_path: Path, signer: str) -> None:
     script = tmp_path / "pgwebhooks.sql"
-    script.write_text(pgwebhooks("sql"))
+    script.write_text(pgwebhooks("sql", "--signer", signer))
     for _ in range(2):  # the second run is a no-op, not an error
         run(shutil.which("psql") or "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", script, "-d", dsn)
-    assert_installed_and_usable(dsn)
+    assert_installed_and_usable(dsn, signer)
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
-def test_yoyo_migrations(dsn: str, tmp_path: Path, scheme: str) -> None:
+def test_yoyo_migrations(dsn: str, tmp_path: Path, scheme: str, signer: str) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
-    (folder / "0001_pgwebhooks.sql").write_text(pgwebhooks("sql"))
+    (folder / "0001_pgwebhooks.sql").write_text(pgwebhooks("sql", "--signer", signer))
     yoyo = [BIN / "yoyo", "apply", "--batch", "--no-config-file", "--database", url(dsn, scheme), folder]
     run(*yoyo)
     shape = schema_shape(dsn)
     # An upgrade as yoyo users would do it: the next release's script as a new migration file.
-    (folder / "0002_pgwebhooks.sql").write_text(pgwebhooks("sql"))
+    (folder / "0002_pgwebhooks.sql").write_text(pgwebhooks("sql", "--signer", signer))
     run(*yoyo)
     assert schema_shape(dsn) == shape
-    assert_installed_and_usable(dsn)
+    assert_installed_and_usable(dsn, signer)
 
 
 ALEMBIC_REVISION = '''
@@ -106,28 +111,28 @@ def downgrade() -> None:
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
-def test_alembic_op_execute(dsn: str, tmp_path: Path, driver: str) -> None:
+def test_alembic_op_execute(dsn: str, tmp_path: Path, driver: str, signer: str) -> None:
     run(BIN / "alembic", "init", "alembic", cwd=tmp_path)
     versions = tmp_path / "alembic" / "versions"
-    (versions / "a1_pgwebhooks.py").write_text(ALEMBIC_REVISION.format(rev="a1", down=None, signer="plpython"))
-    # A later revision that switches the signer (and would carry the next release's upgrade).
+    (versions / "a1_pgwebhooks.py").write_text(ALEMBIC_REVISION.format(rev="a1", down=None, signer=signer))
+    # A later revision (as the next release's upgrade would be) that also switches to pgcrypto.
     (versions / "a2_pgwebhooks.py").write_text(ALEMBIC_REVISION.format(rev="a2", down="a1", signer="pgcrypto"))
     env = {"PYTHONPATH": str(tmp_path)}
     sqlalchemy_url = url(dsn, f"postgresql+{driver}")
     ini = tmp_path / "alembic.ini"
     ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", sqlalchemy_url))
     run(BIN / "alembic", "upgrade", "a1", cwd=tmp_path, env=env)
-    assert query(dsn, "SELECT webhooks.signer() AS s")[0]["s"] == "plpython"
+    assert query(dsn, "SELECT webhooks.signer() AS s")[0]["s"] == signer
     run(BIN / "alembic", "upgrade", "head", cwd=tmp_path, env=env)
     assert query(dsn, "SELECT webhooks.signer() AS s")[0]["s"] == "pgcrypto"
-    assert_installed_and_usable(dsn)
+    assert_installed_and_usable(dsn, "pgcrypto")
 
 
-def test_dbmate(dsn: str, tmp_path: Path) -> None:
+def test_dbmate(dsn: str, tmp_path: Path, signer: str) -> None:
     assert DBMATE.exists(), f"dbmate {MISSING}"
     folder = tmp_path / "db" / "migrations"
-    assert "wrote" in pgwebhooks("sql", "--format", "dbmate", "--out", folder)
-    assert "already has" in pgwebhooks("sql", "--format", "dbmate", "--out", folder)
+    assert "wrote" in pgwebhooks("sql", "--signer", signer, "--format", "dbmate", "--out", folder)
+    assert "already has" in pgwebhooks("sql", "--signer", signer, "--format", "dbmate", "--out", folder)
     (written,) = folder.glob("*.sql")
     assert written.read_text().startswith("-- migrate:up\n")
     dbmate = [DBMATE, "--url", url(dsn, "postgres") + "?sslmode=disable", "--migrations-dir", folder,
@@ -140,19 +145,20 @@ def test_dbmate(dsn: str, tmp_path: Path) -> None:
     run(*dbmate, "up")
     assert schema_shape(dsn) == shape
     assert "99991231235959" in run(*dbmate, "status")
-    assert_installed_and_usable(dsn)
+    assert_installed_and_usable(dsn, signer)
 
 
-def test_sqitch(dsn: str, tmp_path: Path) -> None:
+def test_sqitch(dsn: str, tmp_path: Path, signer: str) -> None:
     sqitch = shutil.which("sqitch")
     assert sqitch, f"sqitch {MISSING}"
     env = {"HOME": str(tmp_path), "SQITCH_FULLNAME": "Test", "SQITCH_EMAIL": "test@example.invalid"}
     target = "db:pg://" + url(dsn).split("://", 1)[1]
     run(sqitch, "init", "app", "--engine", "pg", "--target", target, cwd=tmp_path, env=env)
     run(sqitch, "add", "pgwebhooks_0_1_0", "-n", "pgwebhooks 0.1.0", cwd=tmp_path, env=env)
-    (tmp_path / "deploy" / "pgwebhooks_0_1_0.sql").write_text(pgwebhooks("sql", "--format", "sqitch"))
+    deploy = pgwebhooks("sql", "--signer", signer, "--format", "sqitch")
+    (tmp_path / "deploy" / "pgwebhooks_0_1_0.sql").write_text(deploy)
     run(sqitch, "deploy", cwd=tmp_path, env=env)
     assert "pgwebhooks_0_1_0" in run(sqitch, "status", cwd=tmp_path, env=env)
-    assert_installed_and_usable(dsn)
+    assert_installed_and_usable(dsn, signer)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sqitch.changes").fetchone() == (1,)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import schema_shape
+from installs import build_signer, schema_shape
 
 from conftest import Server
 from pgwebhooks import migrations
@@ -28,6 +28,12 @@ def test_install_script_contains_every_migration_in_order() -> None:
     positions = [script.index(f"===== {m.name} =====") for m in [*migrations.migrations(), *migrations.functions()]]
     assert positions == sorted(positions)
     assert len(positions) >= 8
+
+
+@pytest.fixture(scope="module")
+def signer(server: Server) -> str:
+    """The signer this server build allows (see installs.build_signer)."""
+    return build_signer(server)
 
 
 @pytest.fixture
@@ -73,10 +79,10 @@ def test_changed_applied_migration_is_refused(empty_db: str, monkeypatch: pytest
         migrations.migrate(empty_db)
 
 
-def test_install_script_applies_with_psql_semantics(empty_db: str) -> None:
+def test_install_script_applies_with_psql_semantics(empty_db: str, signer: str) -> None:
     """`pgwebhooks sql` is one script a migration tool can run as is."""
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute(migrations.install_script().encode())
+        conn.execute(migrations.install_script(signer).encode())
         count = conn.execute(
             "SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhooks'::regnamespace"
         ).fetchone()
@@ -100,31 +106,31 @@ def records(dsn: str) -> dict[str, str]:
         return migrations.recorded(conn)
 
 
-def test_printed_script_applied_twice_with_psql_changes_nothing(empty_db: str, tmp_path: Path) -> None:
-    first = psql_file(empty_db, migrations.install_script(), tmp_path)
+def test_printed_script_applied_twice_with_psql_changes_nothing(empty_db: str, tmp_path: Path, signer: str) -> None:
+    first = psql_file(empty_db, migrations.install_script(signer), tmp_path)
     assert first.returncode == 0, first.stderr
     shape, recorded_once = schema_shape(empty_db), records(empty_db)
     assert set(recorded_once) == {m.name for m in migrations.migrations()} | {migrations.FUNCTIONS_RECORD}
-    second = psql_file(empty_db, migrations.install_script(), tmp_path)
+    second = psql_file(empty_db, migrations.install_script(signer), tmp_path)
     assert second.returncode == 0, second.stderr
     assert schema_shape(empty_db) == shape
     assert records(empty_db) == recorded_once
     assert migrations.migrate(empty_db) == []  # and migrate agrees there is nothing to do
 
 
-def test_printed_script_refuses_a_changed_migration_in_one_line(empty_db: str, tmp_path: Path) -> None:
-    assert psql_file(empty_db, migrations.install_script(), tmp_path).returncode == 0
+def test_printed_script_refuses_a_changed_migration_in_one_line(empty_db: str, tmp_path: Path, signer: str) -> None:
+    assert psql_file(empty_db, migrations.install_script(signer), tmp_path).returncode == 0
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("UPDATE webhooks._migrations SET checksum = 'tampered' WHERE name = '0001_tables.sql'")
-    proc = psql_file(empty_db, migrations.install_script(), tmp_path)
+    proc = psql_file(empty_db, migrations.install_script(signer), tmp_path)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if "ERROR:" in line]
     assert len(errors) == 1 and "0001_tables.sql was applied with checksum tampered" in errors[0], proc.stderr
 
 
-def test_migrate_adopts_an_install_made_from_the_bare_files(empty_db: str, tmp_path: Path) -> None:
+def test_migrate_adopts_an_install_made_from_the_bare_files(empty_db: str, tmp_path: Path, signer: str) -> None:
     """A tool that applied sql/migrations/*.sql and sql/functions/*.sql itself, with no bookkeeping."""
-    bare = "".join(m.sql for m in [*migrations.migrations(), *migrations.functions()])
+    bare = "".join(m.sql for m in [*migrations.migrations(), *migrations.functions(signer)])
     assert psql_file(empty_db, bare, tmp_path).returncode == 0
     assert records(empty_db) == {}
     with psycopg.connect(empty_db, autocommit=True) as conn:
@@ -138,7 +144,7 @@ def test_migrate_adopts_an_install_made_from_the_bare_files(empty_db: str, tmp_p
     assert migrations.migrate(empty_db) == []
 
 
-def test_pending_prints_only_what_the_database_lacks(empty_db: str, tmp_path: Path) -> None:
+def test_pending_prints_only_what_the_database_lacks(empty_db: str, tmp_path: Path, signer: str) -> None:
     everything = migrations.pending_script(empty_db)
     assert all(f"===== {m.name} =====" in everything for m in migrations.migrations())
     assert psql_file(empty_db, everything, tmp_path).returncode == 0
@@ -149,13 +155,13 @@ def test_pending_prints_only_what_the_database_lacks(empty_db: str, tmp_path: Pa
                      (migrations.FUNCTIONS_RECORD,))
     upgrade = migrations.pending_script(empty_db)
     assert not any(f"===== {m.name} =====" in upgrade for m in migrations.migrations())
-    assert all(f"===== {f.name} =====" in upgrade for f in migrations.functions())
+    assert all(f"===== {f.name} =====" in upgrade for f in migrations.functions(signer))
     assert psql_file(empty_db, upgrade, tmp_path).returncode == 0
     assert "nothing to apply" in migrations.pending_script(empty_db)
 
 
-def test_pending_for_a_bare_install_adopts_instead_of_recreating(empty_db: str, tmp_path: Path) -> None:
-    bare = "".join(m.sql for m in [*migrations.migrations(), *migrations.functions()])
+def test_pending_for_a_bare_install_adopts_instead_of_recreating(empty_db: str, tmp_path: Path, signer: str) -> None:
+    bare = "".join(m.sql for m in [*migrations.migrations(), *migrations.functions(signer)])
     assert psql_file(empty_db, bare, tmp_path).returncode == 0
     pending = migrations.pending_script(empty_db)
     assert "===== 0001_tables.sql =====" not in pending

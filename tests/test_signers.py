@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import SIGNER_EXTENSIONS, available_extensions, skip_unless_signer_available
+from installs import signer_available, skip_unless_signer_available
 
-from conftest import Server
+from conftest import TEMPLATE_DB, Server
 from pgwebhooks import migrations
 
 PLPYTHON = Path(__file__).resolve().parent.parent / "plpython"
@@ -35,12 +35,12 @@ CASES = [
 @pytest.fixture(scope="module")
 def signer_dbs(server: Server) -> Iterator[dict[str, str]]:
     dsns = {}
-    available = available_extensions(server.admin_dsn)
+    available = [s for s in migrations.SIGNERS if signer_available(server.dsn_for(TEMPLATE_DB), s)]
     assert "pgcrypto" in available, "pgcrypto is part of every supported PostgreSQL build"
     with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-        for signer in [s for s in migrations.SIGNERS if SIGNER_EXTENSIONS[s] in available]:
+        for signer in available:
             conn.execute(f"DROP DATABASE IF EXISTS signer_{signer} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE signer_{signer} TEMPLATE pgwebhooks_template")
+            conn.execute(f"CREATE DATABASE signer_{signer} TEMPLATE {TEMPLATE_DB}")
             dsns[signer] = server.dsn_for(f"signer_{signer}")
             migrations.migrate(dsns[signer], signer=signer)
     yield dsns

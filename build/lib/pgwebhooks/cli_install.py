@@ -103,6 +103,8 @@ def write_tool_file(out_dir: Path, fmt: str, script: str) -> Path | None:
 @click.command("render-plpython", hidden=True)
 def render_plpython() -> None:
     """Regenerate sql/functions/020_plpython.sql from plpython/*.py."""
+    if not migrations.PLPYTHON_SQL.parent.is_dir():
+        raise click.ClickException("render-plpython rewrites the checkout's sql/; run it from an editable install")
     migrations.PLPYTHON_SQL.write_text(migrations.render_plpython(), encoding="utf-8")
     click.echo(f"wrote {migrations.PLPYTHON_SQL}")
 

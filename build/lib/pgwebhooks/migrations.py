@@ -18,6 +18,10 @@ Two signers implement `_sign_headers()` and `_generate_secret()` with byte-ident
 bookkeeping (`webhooks._migrations`, name and checksum of each applied migration) inside guarded
 DO blocks under a transaction-scoped advisory lock, so psql, any migration tool and `migrate`
 can take turns on one database, and running the script on an up-to-date database changes nothing.
+A run-once migration therefore runs through EXECUTE inside a DO block: it may hold several
+statements and DO blocks of its own, but no transaction control, no CREATE INDEX CONCURRENTLY,
+no VACUUM. A tool that applied the bare files leaves no record; only 0001 is recognised by its
+tables (ADOPT_PROBE), so later migrations should use IF NOT EXISTS where they can.
 """
 
 from __future__ import annotations

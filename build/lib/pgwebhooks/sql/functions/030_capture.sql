@@ -15,20 +15,36 @@
 -- to their tables and the outbox fills, but they have no privilege on the outbox itself, and the
 -- functions can do nothing but add to it.
 
--- "new_row.id OPERATOR(pg_catalog.=) old_row.id AND ..." for the primary key of `relid`, or NULL
--- without one. Each column is compared with the equality operator of its index's operator class,
+-- "(n.new_row).id OPERATOR(pg_catalog.=) (o.old_row).id AND ..." for the key of `relid` that pairs the old
+-- and new rows of an UPDATE, or NULL without one. The key is the primary key or, without one, a
+-- unique index over plain NOT NULL columns (what logical replication accepts as an identity), so a
+-- table whose primary key was dropped keeps exact pre-change rows while it has such an index.
+-- Each column is compared with the equality operator of its index's operator class,
 -- named with its schema, so the caller's search_path cannot substitute another. Read at fire time
 -- so that a key changed by ALTER TABLE is followed.
+CREATE OR REPLACE FUNCTION webhooks._pairing_index(relid oid)
+RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT i.indexrelid
+    FROM pg_index i
+    WHERE i.indrelid = relid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = relid AND a.attnum = ANY (i.indkey::int2[]) AND NOT a.attnotnull)
+    ORDER BY i.indisprimary DESC, i.indexrelid
+    LIMIT 1
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._primary_key_join(relid oid)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT string_agg(CASE
                WHEN has_schema_privilege(ns.oid, 'USAGE')
-               THEN format('new_row.%1$I OPERATOR(%2$I.%3$s) old_row.%1$I', a.attname, ns.nspname, op.oprname)
+               THEN format('(n.new_row).%1$I OPERATOR(%2$I.%3$s) (o.old_row).%1$I', a.attname, ns.nspname, op.oprname)
                -- The operator's schema is out of the capture role's reach (say citext installed in
                -- a locked-down schema): compare text forms rather than fail the application's UPDATE.
-               ELSE format('new_row.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) old_row.%1$I::pg_catalog.text',
+               ELSE format('(n.new_row).%1$I::pg_catalog.text OPERATOR(pg_catalog.=) (o.old_row).%1$I::pg_catalog.text',
                            a.attname)
            END, ' AND ' ORDER BY k.ord)
     FROM pg_index i
@@ -40,7 +56,21 @@ AS $$
                    AND ao.amopmethod = oc.opcmethod
     JOIN pg_operator op ON op.oid = ao.amopopr
     JOIN pg_namespace ns ON ns.oid = op.oprnamespace
-    WHERE i.indrelid = relid AND i.indisprimary
+    WHERE i.indexrelid = webhooks._pairing_index(relid)
+$$;
+
+-- Row images are taken by the function below, which runs read-only (SET
+-- transaction_read_only = on; leaving the function restores the caller's read-write state).
+-- Taking an image can run code the table's owner wrote: row_to_json uses a cast to json of a
+-- column's type when its owner created one. That code runs with the capture role's rights,
+-- which may append to the outbox; read-only, it can append nothing, so no one can forge a
+-- signed event from inside a capture (issue: "a table owner can forge signed events").
+CREATE OR REPLACE FUNCTION webhooks._row_images(rows anyarray)
+RETURNS pg_catalog.json[]
+LANGUAGE sql STABLE SET transaction_read_only = on
+AS $$
+    SELECT pg_catalog.array_agg(pg_catalog.to_json(rows[i]) ORDER BY i)
+    FROM pg_catalog.generate_subscripts(rows, 1) AS i
 $$;
 
 -- Both capture functions run inside every watched write, so they skip `SET search_path` (it
@@ -52,60 +82,57 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
-    this_capture pg_catalog.int8 := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+    this_capture pg_catalog.int8;
+    images pg_catalog.json[];
+    old_images pg_catalog.json[];
     captured pg_catalog.int4;
     key_join pg_catalog.text;
 BEGIN
-    -- The common single-row write first, in one statement: the row image travels inline in the
-    -- capture, and the statement inserts nothing unless exactly one row changed. (A separate
-    -- count, then an insert, cost 7% of a one-row transaction's throughput.)
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(new_row.*)
-        FROM new_rows new_row
-        WHERE (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1;
+        images := webhooks._row_images((SELECT pg_catalog.array_agg(new_row) FROM new_rows new_row));
+        captured := pg_catalog.cardinality(images);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(old_row.*)
-        FROM old_rows old_row
-        WHERE (SELECT pg_catalog.count(*) FROM old_rows) OPERATOR(pg_catalog.=) 1;
+        images := webhooks._row_images((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
+        captured := pg_catalog.cardinality(images);
     ELSE
-        -- One row on each side: they are the same row, whatever its key did.
+        captured := (SELECT pg_catalog.count(*) FROM new_rows);  -- images below, paired
+    END IF;
+    IF captured IS NULL OR captured OPERATOR(pg_catalog.=) 0 THEN
+        RETURN NULL;  -- an empty statement: nothing to send, no wake-up
+    END IF;
+    this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+
+    IF captured OPERATOR(pg_catalog.=) 1 THEN
+        -- The common single-row write: the row image travels inline in the capture. An UPDATE's
+        -- one old and one new row are the same row, whatever its key did.
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+            images := webhooks._row_images((SELECT pg_catalog.array_agg(new_row) FROM new_rows new_row));
+            old_images := webhooks._row_images((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
+        END IF;
         INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
                                        record, old_record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
-        FROM new_rows new_row, old_rows old_row
-        WHERE (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1;
-    END IF;
-    GET DIAGNOSTICS captured = ROW_COUNT;
-
-    IF captured OPERATOR(pg_catalog.=) 0 THEN
-        -- No row, or several: one events row per changed row, then the capture that counts them.
-        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-            INSERT INTO webhooks.events (capture_id, n, record)
-            SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*)
-            FROM new_rows new_row;
-        ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-            INSERT INTO webhooks.events (capture_id, n, record)
-            SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(old_row.*)
-            FROM old_rows old_row;
-        ELSE
-            -- Pair old and new rows by primary key. A row whose key itself changed finds no
-            -- partner: it is still sent, with old_record null, rather than lost.
+        VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+                images[1], old_images[1]);
+    ELSE
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+            -- Pair old and new rows by primary key (or another unique key of NOT NULL columns).
+            -- A row whose key itself changed finds no partner: it is still sent, with
+            -- old_record null, rather than lost.
             key_join := coalesce(webhooks._primary_key_join(TG_RELID), 'false');
             EXECUTE pg_catalog.format(
-                'INSERT INTO webhooks.events (capture_id, n, record, old_record)'
-                ' SELECT $1, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*),'
-                ' pg_catalog.row_to_json(old_row.*)'
-                ' FROM new_rows new_row LEFT JOIN old_rows old_row ON %s', key_join)
-            USING this_capture;
-        END IF;
-        GET DIAGNOSTICS captured = ROW_COUNT;
-        IF captured OPERATOR(pg_catalog.=) 0 THEN
-            RETURN NULL;  -- an empty statement: nothing to send, no wake-up
+                'WITH n AS (SELECT pg_catalog.row_number() OVER () AS ord, new_row FROM new_rows new_row),'
+                ' o AS (SELECT old_row FROM old_rows old_row)'
+                ' SELECT webhooks._row_images(pg_catalog.array_agg(n.new_row ORDER BY n.ord)),'
+                ' webhooks._row_images(pg_catalog.array_agg(o.old_row ORDER BY n.ord))'
+                ' FROM n LEFT JOIN o ON %s', key_join)
+            INTO images, old_images;
+            INSERT INTO webhooks.events (capture_id, n, record, old_record)
+            SELECT this_capture, i.n, i.record, i.old_record
+            FROM ROWS FROM (pg_catalog.unnest(images), pg_catalog.unnest(old_images)) WITH ORDINALITY AS i(record, old_record, n);
+        ELSE
+            INSERT INTO webhooks.events (capture_id, n, record)
+            SELECT this_capture, i.n, i.record
+            FROM pg_catalog.unnest(images) WITH ORDINALITY AS i(record, n);
         END IF;
         INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
         VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], captured);
@@ -116,17 +143,38 @@ BEGIN
 END
 $$;
 
--- UPDATE on a table without a primary key: old and new rows can only be paired row by row.
+-- Row by row, where statements cannot be used: UPDATE on a table without a usable key (old and
+-- new rows can only be paired row by row), and partitioned tables. A partitioned table's
+-- statement triggers do not fire for writes made straight into a partition, while its row
+-- triggers are cloned to every partition, attached later ones included; TG_ARGV[1] = 'root'
+-- then reports the change under the partitioned table the webhook watches.
 CREATE OR REPLACE FUNCTION webhooks._capture_row()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
+DECLARE
+    images pg_catalog.json[];
+    relid pg_catalog.oid := TG_RELID;
+    schema_name pg_catalog.name := TG_TABLE_SCHEMA;
+    table_name pg_catalog.name := TG_TABLE_NAME;
 BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        images := webhooks._row_images(ARRAY[NEW]);
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        images := webhooks._row_images(ARRAY[OLD]);
+    ELSE
+        images := webhooks._row_images(ARRAY[NEW, OLD]);
+    END IF;
+    IF TG_NARGS OPERATOR(pg_catalog.>) 1 AND TG_ARGV[1] OPERATOR(pg_catalog.=) 'root' THEN
+        relid := pg_catalog.pg_partition_root(TG_RELID::pg_catalog.regclass);
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+        WHERE c.oid OPERATOR(pg_catalog.=) relid;
+    END IF;
     INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    record, old_record)
-    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, TG_RELID,
-            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-            pg_catalog.row_to_json(NEW), pg_catalog.row_to_json(OLD));
+    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, relid,
+            schema_name, table_name, TG_ARGV[0]::pg_catalog.uuid[], 1, images[1], images[2]);
     PERFORM pg_catalog.pg_notify('webhooks', '');
     RETURN NULL;
 END
@@ -149,7 +197,12 @@ REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
 -- carrying the subscribed webhooks, none for the others. Called by every management function
--- that changes subscriptions.
+-- that changes subscriptions and by every migrate (refresh_triggers); a trigger that already
+-- matches is left alone, so a re-sync takes no lock on a table whose triggers are current.
+--
+-- The kind of trigger: FOR EACH STATEMENT with transition tables, except FOR EACH ROW for
+-- partitioned tables (cloned to every partition, so writes made straight into a partition are
+-- captured too) and for UPDATE on a table without a key to pair old and new rows by.
 CREATE OR REPLACE FUNCTION webhooks._sync_triggers(relid oid)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -159,31 +212,47 @@ DECLARE
     trigger_name text;
     hooks uuid[];
     has_key boolean;
+    partitioned boolean;
+    by_row boolean;
+    fn text;
+    args text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid) THEN
+    SELECT c.relkind = 'p' INTO partitioned FROM pg_class c WHERE c.oid = relid;
+    IF NOT FOUND THEN
         RETURN;  -- the table was dropped, and its triggers with it
     END IF;
-    has_key := EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = relid AND i.indisprimary);
+    has_key := webhooks._pairing_index(relid) IS NOT NULL;
     FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
         trigger_name := 'webhooks_capture_' || lower(op);
         SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
         FROM webhooks.subscriptions s
         WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
+        by_row := partitioned OR (op = 'UPDATE' AND NOT has_key);
+        fn := CASE WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
+        args := CASE WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
+        IF hooks IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_trigger t
+            WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name AND NOT t.tgisinternal
+              AND t.tgfoid = format('webhooks.%s()', fn)::regprocedure
+              AND ((t.tgtype & 1) = 1) = by_row
+              AND encode(t.tgargs, 'escape') = array_to_string(args, '\000') || '\000'
+        ) THEN
+            CONTINUE;  -- already what it should be
+        END IF;
         IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name) THEN
             EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, relid::regclass);
         END IF;
         IF hooks IS NOT NULL THEN
             EXECUTE format(
-                'CREATE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION webhooks.%s(%L)',
+                'CREATE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION webhooks.%s(%s)',
                 trigger_name, op, relid::regclass,
                 CASE
+                    WHEN by_row THEN 'FOR EACH ROW'
                     WHEN op = 'INSERT' THEN 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
                     WHEN op = 'DELETE' THEN 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
-                    WHEN has_key THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
-                    ELSE 'FOR EACH ROW'
+                    ELSE 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
                 END,
-                CASE WHEN op = 'UPDATE' AND NOT has_key THEN '_capture_row' ELSE '_capture_statement' END,
-                hooks::text);
+                fn, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(args) a));
         END IF;
     END LOOP;
 END
