@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("wheel")
     assert REPO not in base.parents
+    # Built from a copy of what the build reads: setuptools leaves a build/ directory in the
+    # source tree, and a stale one there could slip files into the wheel that no longer exist.
+    source = base / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("runner", "sql", "plpython"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     wheels = list((base / "dist").glob("pgwebhooks-*.whl"))
