@@ -113,11 +113,13 @@ def test_upgraded_0_1_0_and_fresh_install_have_the_same_schema(server: Server) -
         assert migrations.migrate(upgraded) == []
 
 
-def test_upgraded_0_1_0_can_switch_to_pgcrypto(server: Server) -> None:
-    with empty_database(server, "switch") as dsn:
+def test_upgraded_0_1_0_switched_to_pgcrypto_matches_a_fresh_pgcrypto_install(server: Server) -> None:
+    with empty_database(server, "switch") as dsn, empty_database(server, "freshpgc") as fresh:
         install_0_1_0(dsn)
         migrations.migrate(dsn, signer="pgcrypto")
         assert query(dsn, "SELECT webhooks.signer() AS s")[0]["s"] == "pgcrypto"
+        migrations.migrate(fresh, signer="pgcrypto")
+        assert schema_shape(dsn) == schema_shape(fresh)
 
 
 def test_printed_script_upgrades_0_1_0_too(server: Server) -> None:
