@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PLPYTHON_SQL = ROOT / "sql" / "functions" / "020_plpython.sql"
 SIGNERS = {"plpython": "020_plpython.sql", "pgcrypto": "020_pgcrypto.sql"}
 DEFAULT_SIGNER = "plpython"
-# Release 0.1.0 kept every file in sql/ as a run-once migration; its tables are 0001 now.
-LEGACY_BASE = {"001_schema.sql": "0001_tables.sql"}
-# A table only 0001 creates: its presence without a record means a tool installed the schema.
+# A table 0001 creates: there without a record of 0001, the schema was installed another way and
+# is adopted as it stands. That covers release 0.1.0, which recorded its files by their old
+# names (001_schema.sql ... 008_operations.sql; its tables are 0001 now), and any tool that
+# applied the bare files.
 ADOPT_PROBE = {"0001_tables.sql": "webhooks.deliveries"}
 # The row that records which function files (and signer) the database last received.
 FUNCTIONS_RECORD = "(functions)"
@@ -116,15 +117,12 @@ def _quote(sql: str, tag: str) -> str:
 
 def _prelude() -> str:
     adopt = "\n".join(
-        f"    IF NOT EXISTS (SELECT FROM webhooks._migrations WHERE name = '{name}')\n"
-        f"       AND (to_regclass('{probe}') IS NOT NULL\n"
-        f"            OR EXISTS (SELECT FROM webhooks._migrations WHERE name IN "
-        f"({', '.join(repr(k) for k, v in LEGACY_BASE.items() if v == name) or 'NULL'}))) THEN\n"
-        f"        INSERT INTO webhooks._migrations (name, checksum) VALUES ('{name}', '{m.checksum}');\n"
-        f"    END IF;"
+        f"    IF to_regclass('{ADOPT_PROBE[m.name]}') IS NOT NULL\n"
+        f"       AND NOT EXISTS (SELECT FROM webhooks._migrations WHERE name = '{m.name}') THEN\n"
+        f"        INSERT INTO webhooks._migrations (name, checksum) VALUES ('{m.name}', '{m.checksum}');\n"
+        "    END IF;"
         for m in migrations()
-        for name, probe in ADOPT_PROBE.items()
-        if m.name == name
+        if m.name in ADOPT_PROBE
     )
     return (
         f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n"
