@@ -353,3 +353,27 @@ def test_huge_intervals_are_refused_with_wh013(conn: psycopg.Connection, call: s
     with pytest.raises(psycopg.Error) as err:
         conn.execute(call, params)
     assert err.value.sqlstate == "WH013"
+
+
+def test_guarded_capture_pairs_bulk_updates_like_the_direct_path(conn: psycopg.Connection) -> None:
+    """A table with a user-defined type takes its images read-only; multi-row statements still pair."""
+    conn.execute("CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'glad')")
+    conn.execute("CREATE TABLE public.g (id int PRIMARY KEY, m public.mood, v int)")
+    _create(conn, "g", "g")
+    conn.execute("INSERT INTO public.g SELECT i, 'ok', i FROM generate_series(1, 50) i")
+    conn.execute("UPDATE public.g SET v = v * 10, m = 'glad' WHERE id <= 20")
+    conn.execute("UPDATE public.g SET id = id + 1000 WHERE id = 50")  # a changed key finds no partner
+    conn.execute("DELETE FROM public.g WHERE id > 40")
+    bodies = _claimed(conn)
+    by_event: dict[str, list[dict]] = {}
+    for b in bodies:
+        by_event.setdefault(b["event"], []).append(b)
+    assert len(by_event["INSERT"]) == 50
+    assert len(by_event["UPDATE"]) == 21
+    for b in by_event["UPDATE"]:
+        if b["record"]["id"] == 1050:
+            assert b["old_record"] == {"id": 50, "m": "ok", "v": 50}
+        else:
+            assert b["old_record"] == {"id": b["record"]["id"], "m": "ok", "v": b["record"]["v"] // 10}
+    assert sorted(b["record"]["id"] for b in by_event["DELETE"]) == [*range(41, 50), 1050]
+    assert all(b["old_record"] == b["record"] for b in by_event["DELETE"])

@@ -19,7 +19,8 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
-    webhooks._row_images(anyarray)
+    webhooks._row_images(anyarray), webhooks._needs_guarded_images(oid),
+    webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
 TO webhooks_capture;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
