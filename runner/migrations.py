@@ -156,6 +156,8 @@ def _guarded(m: Migration) -> str:
 def _epilogue(signer: str) -> str:
     return (
         "REVOKE ALL ON webhooks._migrations FROM PUBLIC;\n"
+        "COMMENT ON TABLE webhooks._migrations IS 'pgwebhooks bookkeeping: each run-once migration applied "
+        f"(name, sha256), and {FUNCTIONS_RECORD}: the checksum of the function files last applied';\n"
         f"INSERT INTO webhooks._migrations (name, checksum) VALUES ('{FUNCTIONS_RECORD}', "
         f"'{functions_checksum(signer)}')\n"
         "    ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now();\n"
