@@ -25,7 +25,19 @@ from pgwebhooks import migrations
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DBMATE = REPO / ".tools" / "node_modules" / ".bin" / "dbmate"
-MISSING = "not installed: run `make migration-tools` (make test does)"
+
+
+@pytest.fixture(scope="module")
+def tools() -> dict[str, Path]:
+    """dbmate and sqitch, installed through the project's own `make migration-tools` if missing
+    (so a bare `pytest` or a matrix run that skipped `make test` gets them the same way)."""
+    if not (DBMATE.exists() and shutil.which("sqitch")):
+        proc = subprocess.run(["make", "-s", "-C", str(REPO), "migration-tools"], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"make migration-tools failed:\n{proc.stdout}\n{proc.stderr}"
+    sqitch = shutil.which("sqitch")
+    assert DBMATE.exists() and sqitch, "make migration-tools did not install dbmate and sqitch"
+    return {"dbmate": DBMATE, "sqitch": Path(sqitch)}
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +140,13 @@ def test_alembic_op_execute(dsn: str, tmp_path: Path, driver: str, signer: str) 
     assert_installed_and_usable(dsn, "pgcrypto")
 
 
-def test_dbmate(dsn: str, tmp_path: Path, signer: str) -> None:
-    assert DBMATE.exists(), f"dbmate {MISSING}"
+def test_dbmate(dsn: str, tmp_path: Path, signer: str, tools: dict[str, Path]) -> None:
     folder = tmp_path / "db" / "migrations"
     assert "wrote" in pgwebhooks("sql", "--signer", signer, "--format", "dbmate", "--out", folder)
     assert "already has" in pgwebhooks("sql", "--signer", signer, "--format", "dbmate", "--out", folder)
     (written,) = folder.glob("*.sql")
     assert written.read_text().startswith("-- migrate:up\n")
-    dbmate = [DBMATE, "--url", url(dsn, "postgres") + "?sslmode=disable", "--migrations-dir", folder,
+    dbmate = [tools["dbmate"], "--url", url(dsn, "postgres") + "?sslmode=disable", "--migrations-dir", folder,
               "--no-dump-schema"]
     run(*dbmate, "up")
     shape = schema_shape(dsn)
@@ -148,9 +159,8 @@ def test_dbmate(dsn: str, tmp_path: Path, signer: str) -> None:
     assert_installed_and_usable(dsn, signer)
 
 
-def test_sqitch(dsn: str, tmp_path: Path, signer: str) -> None:
-    sqitch = shutil.which("sqitch")
-    assert sqitch, f"sqitch {MISSING}"
+def test_sqitch(dsn: str, tmp_path: Path, signer: str, tools: dict[str, Path]) -> None:
+    sqitch = tools["sqitch"]
     env = {"HOME": str(tmp_path), "SQITCH_FULLNAME": "Test", "SQITCH_EMAIL": "test@example.invalid"}
     target = "db:pg://" + url(dsn).split("://", 1)[1]
     run(sqitch, "init", "app", "--engine", "pg", "--target", target, cwd=tmp_path, env=env)
