@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, logs, migrations
+from pgwebhooks import __version__, cli_install, logs
 
 
 def _resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
@@ -43,34 +43,10 @@ def main() -> None:
     """PostgreSQL row changes as signed HTTP webhooks."""
 
 
-# -- install ---------------------------------------------------------------------------------
+# -- install (migrate, sql, uninstall: see cli_install.py) --------------------------------------
 
-
-@main.command()
-@DSN
-def migrate(dsn: str) -> None:
-    """Install or upgrade the webhooks schema (safe to run concurrently)."""
-    try:
-        applied = migrations.migrate(dsn)
-    except (migrations.MigrationError, psycopg.Error) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if applied:
-        click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
-    else:
-        click.echo("schema is up to date")
-
-
-@main.command("sql")
-def print_sql() -> None:
-    """Print the complete install script (for psql and migration tools)."""
-    click.echo(migrations.install_script(), nl=False)
-
-
-@main.command("render-plpython", hidden=True)
-def render_plpython() -> None:
-    """Regenerate sql/functions/020_plpython.sql from plpython/*.py."""
-    migrations.PLPYTHON_SQL.write_text(migrations.render_plpython())
-    click.echo(f"wrote {migrations.PLPYTHON_SQL}")
+for _command in cli_install.COMMANDS:
+    main.add_command(_command)
 
 
 # -- runner and receiver -----------------------------------------------------------------------

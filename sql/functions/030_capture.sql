@@ -277,8 +277,20 @@ BEGIN
 END
 $$;
 
+-- A non-superuser installer (a managed platform's database owner with CREATEROLE) may only give
+-- a function to a role it belongs to, and that role must be allowed to create in the schema:
+-- join webhooks_capture (CREATEROLE may grant it), and lend it CREATE for the two statements.
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'webhooks_capture', 'USAGE') THEN
+        EXECUTE format('GRANT webhooks_capture TO %I', current_user);
+    END IF;
+END
+$$;
+GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
+REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
 -- carrying the subscribed webhooks, none for the others. Called by every management function

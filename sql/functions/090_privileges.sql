@@ -36,7 +36,8 @@ GRANT EXECUTE ON FUNCTION
     webhooks.get_deliveries(uuid, integer, integer),
     webhooks.get_delivery_attempts(bigint),
     webhooks.refresh_triggers(),
-    webhooks.version()
+    webhooks.version(),
+    webhooks.signer()
 TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION
