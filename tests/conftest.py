@@ -12,7 +12,6 @@ TEMPLATE` of it, which is fast and keeps tests independent.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -32,9 +31,6 @@ from pgwebhooks.localpg import LocalPostgres, find_bindir
 TEMPLATE_DB = "pgwebhooks_template"
 TEST_PG = os.environ.get("PGWEBHOOKS_TEST_PG")
 TEST_SIGNER = os.environ.get("PGWEBHOOKS_TEST_SIGNER")
-# pytest's exit status when the asked-for signer cannot be installed (`make test-matrix` reports
-# that major as not run). EX_TEMPFAIL: none of pytest's own codes (0-5).
-SIGNER_UNAVAILABLE = 75
 
 
 @dataclass
@@ -108,13 +104,7 @@ def _can_create_plpython(dsn: str) -> bool:
 
 def install_schema(dsn: str, signer: str) -> None:
     """Install the schema with `signer`: the suite's one switch between the two signers."""
-    if "signer" in inspect.signature(migrations.migrate).parameters:
-        migrations.migrate(dsn, signer=signer)  # type: ignore[call-arg]
-    elif signer == "plpython":
-        migrations.migrate(dsn)
-    else:
-        pytest.exit(f"signer {signer!r} asked for, but this checkout's migrate() installs PL/Python only",
-                    SIGNER_UNAVAILABLE)
+    migrations.migrate(dsn, signer=signer)
 
 
 @pytest.fixture

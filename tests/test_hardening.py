@@ -310,6 +310,7 @@ BAD_CREATE = [
     ({"url": "http://256.1.1.1/"}, "WH003"),
     ({"url": "http://a..b/"}, "WH003"),
     ({"url": "http://[not-v6]/"}, "WH003"),
+    ({"url": "http://127.0.0.1./"}, "WH003"),
     ({"headers": {"X-Name": "caf\u00e9"}}, "WH009"),
     ({"headers": {"X-Bell": "\x07"}}, "WH009"),
     ({"headers": {"X-Big": "a" * 1_000_000}}, "WH009"),

@@ -118,14 +118,15 @@ BEGIN
             PERFORM webhooks._fail('WH003', 'url', format('%s in %L is not an IPv6 address', host, url));
         END;
     ELSE
-        host := rtrim(host, '.');  -- a fully qualified name may end in a dot
         -- HTTP clients read a host whose last label is a number as an IPv4 address, and
-        -- accept shorthand for it (127.1, 2130706433, 0177.0.0.1, 0x7f.1); only the canonical
-        -- dotted quad is accepted, so that what is stored is what the runner connects to.
-        IF host ~ '(^|\.)(0x[0-9a-f]*|[0-9]+)$' AND host !~ '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$' THEN
+        -- accept shorthand for it (127.1, 2130706433, 0177.0.0.1, 0x7f.1, 127.0.0.1.); only
+        -- the canonical dotted quad is accepted, so that what is stored is what the runner
+        -- connects to. A name (not an address) may end in a dot.
+        IF host ~ '(^|\.)(0x[0-9a-f]*|[0-9]+)\.?$' AND host !~ '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$' THEN
             PERFORM webhooks._fail('WH003', 'url',
                 format('host %s in %L is not a dotted-quad IPv4 address (like 192.0.2.10) or a name', host, url));
         END IF;
+        host := rtrim(host, '.');
         IF length(host) > 253 OR host !~ '^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$' THEN
             PERFORM webhooks._fail('WH003', 'url', format('host %s in %L is not a valid host name', host, url));
         END IF;

@@ -64,16 +64,14 @@ $$;
 -- type's owner created one. In a capture trigger that code would run with the capture role's
 -- rights, which may append to the outbox: a table owner could forge signed events for any
 -- webhook. So the capture checks (per statement, one index probe of pg_attribute) whether the
--- table has a column of a type that is not built in, and if so takes its images here, read-only
--- (SET transaction_read_only = on; leaving the function restores the caller's read-write state),
--- where such code can write nothing. Built-in types cannot get new casts (CREATE CAST needs the
+-- table has a column of a type that is not built in, and if so takes its images read-only: in a
+-- subtransaction that sets transaction_read_only and is then rolled back on purpose (SQLSTATE
+-- WHR00), which restores read-write while the images stay in PL/pgSQL variables. Code run
+-- meanwhile can write nothing. (A function-level SET transaction_read_only would be simpler;
+-- PostgreSQL 16 and later refuse it.) Built-in types cannot get new casts (CREATE CAST needs the
 -- type's owner), so tables of built-in types keep the direct, faster path.
-CREATE OR REPLACE FUNCTION webhooks._row_images(rows anyarray)
-RETURNS pg_catalog.json
-LANGUAGE sql STABLE SET transaction_read_only = on
-AS $$ SELECT pg_catalog.to_json(rows) $$;
 
--- Whether a capture of `relid` must take its images through _row_images (see above). PL/pgSQL,
+-- Whether a capture of `relid` must take its images read-only (see above). PL/pgSQL,
 -- not SQL: its plan is cached for the session (a SQL function is planned on every call, which
 -- cost a one-row insert two thirds of its throughput).
 CREATE OR REPLACE FUNCTION webhooks._needs_guarded_images(relid oid)
@@ -106,22 +104,28 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attnum OPERATOR(pg_catalog.>) 0
                  AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) THEN
-        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-            new_images := webhooks._row_images((SELECT pg_catalog.array_agg(new_row) FROM new_rows new_row));
-        ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-            old_images := webhooks._row_images((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
-        ELSE
-            -- Paired as below; the one row of a single-row UPDATE pairs with itself.
-            key_join := CASE WHEN (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1 THEN 'true'
-                             ELSE coalesce(webhooks._primary_key_join(TG_RELID), 'false') END;
-            EXECUTE pg_catalog.format(
-                'WITH n AS (SELECT pg_catalog.row_number() OVER () AS ord, new_row FROM new_rows new_row),'
-                ' o AS (SELECT old_row FROM old_rows old_row)'
-                ' SELECT webhooks._row_images(pg_catalog.array_agg(n.new_row ORDER BY n.ord)),'
-                ' webhooks._row_images(pg_catalog.array_agg(o.old_row ORDER BY n.ord))'
-                ' FROM n LEFT JOIN o ON %s', key_join)
-            INTO new_images, old_images;
-        END IF;
+        BEGIN
+            PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
+            IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+                new_images := pg_catalog.to_json((SELECT pg_catalog.array_agg(new_row) FROM new_rows new_row));
+            ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+                old_images := pg_catalog.to_json((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
+            ELSE
+                -- Paired as below; the one row of a single-row UPDATE pairs with itself.
+                key_join := CASE WHEN (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1 THEN 'true'
+                                 ELSE coalesce(webhooks._primary_key_join(TG_RELID), 'false') END;
+                EXECUTE pg_catalog.format(
+                    'WITH n AS (SELECT pg_catalog.row_number() OVER () AS ord, new_row FROM new_rows new_row),'
+                    ' o AS (SELECT old_row FROM old_rows old_row)'
+                    ' SELECT pg_catalog.to_json(pg_catalog.array_agg(n.new_row ORDER BY n.ord)),'
+                    ' pg_catalog.to_json(pg_catalog.array_agg(o.old_row ORDER BY n.ord))'
+                    ' FROM n LEFT JOIN o ON %s', key_join)
+                INTO new_images, old_images;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'WHR00';
+        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
+            NULL;  -- read-write again; the images are kept
+        END;
         PERFORM webhooks._capture_guarded(this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0],
                                           new_images, old_images);
         RETURN NULL;
@@ -243,7 +247,13 @@ DECLARE
     table_name pg_catalog.name := TG_TABLE_NAME;
 BEGIN
     IF webhooks._needs_guarded_images(TG_RELID) THEN
-        images := webhooks._row_images(ARRAY[NEW, OLD]);
+        BEGIN  -- read-only while the owner's code may run; see _capture_statement
+            PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
+            images := pg_catalog.to_json(ARRAY[NEW, OLD]);
+            RAISE EXCEPTION USING ERRCODE = 'WHR00';
+        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
+            NULL;
+        END;
         record := images OPERATOR(pg_catalog.->) CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN 1 ELSE 0 END;
         old_record := images OPERATOR(pg_catalog.->) 1;
     ELSE
@@ -267,8 +277,20 @@ BEGIN
 END
 $$;
 
+-- A non-superuser installer (a managed platform's database owner with CREATEROLE) may only give
+-- a function to a role it belongs to, and that role must be allowed to create in the schema:
+-- join webhooks_capture (CREATEROLE may grant it), and lend it CREATE for the two statements.
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'webhooks_capture', 'USAGE') THEN
+        EXECUTE format('GRANT webhooks_capture TO %I', current_user);
+    END IF;
+END
+$$;
+GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
+REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
 -- carrying the subscribed webhooks, none for the others. Called by every management function

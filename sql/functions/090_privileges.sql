@@ -19,7 +19,7 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
-    webhooks._row_images(anyarray), webhooks._needs_guarded_images(oid),
+    webhooks._needs_guarded_images(oid),
     webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
 TO webhooks_capture;
 
@@ -36,7 +36,8 @@ GRANT EXECUTE ON FUNCTION
     webhooks.get_deliveries(uuid, integer, integer),
     webhooks.get_delivery_attempts(bigint),
     webhooks.refresh_triggers(),
-    webhooks.version()
+    webhooks.version(),
+    webhooks.signer()
 TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION
