@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from pgwebhooks.redact import clean_result, origin, scrub
 from pgwebhooks.sender import Sender, SendResult
 
 log = logging.getLogger("pgwebhooks.runner")
@@ -86,6 +87,16 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.low
+
+
+# Stored instead of a response excerpt (or error) the database refused to store.
+_UNSTORABLE = "the response could not be stored (refused by the database)"
+
+
+def _is_data_error(exc: psycopg.Error) -> bool:
+    """A refusal caused by what a result contains (class 22, data exception; 23, integrity), not by
+    the database's state: retrying the results one by one can then get the others through."""
+    return (exc.sqlstate or "")[:2] in ("22", "23")
 
 
 async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
@@ -303,10 +314,11 @@ class Runner:
         else:
             self.stats.failed_attempts += 1
             log.warning("delivery attempt failed", extra={
-                "delivery_id": job.delivery_id, "attempt": job.attempt, "url": job.url,
-                "status": result.status_code, "error": result.error, "latency_ms": result.latency_ms,
+                "delivery_id": job.delivery_id, "attempt": job.attempt, "url": origin(job.url),
+                "status": result.status_code, "error": scrub(result.error, job.url),
+                "latency_ms": result.latency_ms,
             })
-        self._results.append({
+        self._results.append(clean_result({
             "delivery_id": job.delivery_id,
             "attempt": job.attempt,
             "status_code": result.status_code,
@@ -314,7 +326,7 @@ class Runner:
             "error": result.error,
             "latency_ms": result.latency_ms,
             "retry_after_seconds": result.retry_after_seconds,
-        })
+        }))
         self._results_ready.set()
 
     async def _drain_in_flight(self) -> None:
@@ -386,10 +398,19 @@ class Runner:
                     conn = None
                     await asyncio.sleep(self._lost_connection("complete", exc, backoff))
                 except psycopg.Error as exc:
+                    del self._results[: len(batch)]
+                    if _is_data_error(exc):
+                        # Something in one result the database will not take: report the others one
+                        # by one rather than let one hostile response resend the whole batch forever.
+                        lost = await self._complete_one_by_one(conn, batch)
+                        if lost is None:  # the connection went meanwhile: keep them all for later
+                            self._results[:0] = batch
+                            await self._close(conn)
+                            conn = None
+                        continue
                     # The database refused the batch itself (a schema mid-upgrade, a missing grant).
                     # Retrying it could block every later result, so let it go: those leases expire
                     # and the deliveries are sent again, late but not lost.
-                    del self._results[: len(batch)]
                     self.stats.unreported += len(batch)
                     delay = backoff.next()
                     log.error("could not report results; those deliveries will be retried when their leases expire",
@@ -398,6 +419,30 @@ class Runner:
                     await asyncio.sleep(delay)
         finally:
             await self._close(conn)
+
+    async def _complete_one_by_one(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]
+    ) -> int | None:
+        """Report each result alone; one the database still refuses goes again without its
+        response excerpt, then is given up on (its lease expires). Returns how many were given
+        up on, or None if the connection was lost (nothing is dropped then)."""
+        lost = 0
+        for result in batch:
+            for attempt in (result, {**result, "response_excerpt": None, "error": _UNSTORABLE}):
+                try:
+                    await self._complete(conn, [attempt])
+                    break
+                except psycopg.OperationalError:
+                    return None
+                except psycopg.Error as exc:
+                    log.warning("result refused by the database", extra={
+                        "delivery_id": result.get("delivery_id"), "sqlstate": exc.sqlstate,
+                        "error": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    })
+            else:
+                lost += 1
+        self.stats.unreported += lost
+        return lost
 
     async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
         cur = await conn.execute(

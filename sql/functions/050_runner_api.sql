@@ -14,7 +14,7 @@ LANGUAGE sql IMMUTABLE
 AS $$ SELECT '0.1.0' $$;
 
 -- How long to wait before attempt `attempts` + 1: exponential from the webhook's backoff,
--- capped at a day, with ±25% jitter so that a burst of failures does not retry in lockstep.
+-- with ±25% jitter so that a burst of failures does not retry in lockstep, capped at a day.
 -- A Retry-After from a 429 or 503 is honoured instead (capped at a day as well).
 CREATE OR REPLACE FUNCTION webhooks._retry_delay(
     backoff_seconds integer, attempts integer, status_code integer, retry_after_seconds integer)
@@ -24,7 +24,8 @@ AS $$
     SELECT make_interval(secs => CASE
         WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
             THEN least(greatest(retry_after_seconds, 0), 86400)
-        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)), 86400) * (0.75 + random() * 0.5)
+        -- The jitter goes inside the cap: applied after it, a day's cap became up to 30 hours.
+        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)) * (0.75 + random() * 0.5), 86400)
     END)
 $$;
 
@@ -35,6 +36,52 @@ RETURNS uuid
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._installation i
+$$;
+
+-- Check a JSON array of objects against `spec`, {"key": ["integer", low, high, required] or
+-- ["string", null, null, required]}, and raise WH013 naming the first offending element and
+-- key. The runner API takes its input as JSON; a wrong type or an out-of-range number must be
+-- the caller's WH013, not a cast error (22P02, 22003) from deep inside a query.
+CREATE OR REPLACE FUNCTION webhooks._check_json_array(value jsonb, field text, spec jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF value IS NULL OR jsonb_typeof(value) <> 'array' THEN
+        PERFORM webhooks._fail('WH013', field, format('must be a JSON array of objects, not %s',
+                                                      coalesce(jsonb_typeof(value), 'null')));
+    END IF;
+    SELECT format('%s[%s]%s: %s', field, e.ord - 1, coalesce('.' || k.key, ''), k.why) INTO problem
+    FROM jsonb_array_elements(value) WITH ORDINALITY AS e(v, ord)
+    CROSS JOIN LATERAL (
+        SELECT NULL::text AS key, format('must be an object, not %s', jsonb_typeof(e.v)) AS why
+        WHERE jsonb_typeof(e.v) <> 'object'
+        UNION ALL
+        SELECT s.key, CASE
+            WHEN coalesce(jsonb_typeof(e.v -> s.key), 'null') = 'null' THEN
+                CASE WHEN (s.rule ->> 3)::boolean THEN 'is required' END
+            WHEN s.rule ->> 0 = 'string' THEN
+                CASE WHEN jsonb_typeof(e.v -> s.key) <> 'string'
+                     THEN format('must be a string, not %s', left((e.v -> s.key)::text, 40)) END
+            WHEN jsonb_typeof(e.v -> s.key) <> 'number' THEN
+                format('must be an integer, not %s', left((e.v -> s.key)::text, 40))
+            WHEN (e.v ->> s.key)::numeric <> trunc((e.v ->> s.key)::numeric)
+              OR (e.v ->> s.key)::numeric NOT BETWEEN (s.rule ->> 1)::numeric AND (s.rule ->> 2)::numeric THEN
+                format('%s is out of range; expected an integer from %s to %s',
+                       left((e.v -> s.key)::text, 40), s.rule ->> 1, s.rule ->> 2)
+        END
+        FROM jsonb_each(spec) AS s(key, rule)
+        WHERE jsonb_typeof(e.v) = 'object'
+    ) k
+    WHERE k.why IS NOT NULL
+    ORDER BY e.ord, k.key
+    LIMIT 1;
+    IF problem IS NOT NULL THEN
+        PERFORM webhooks._fail('WH013', field, substr(problem, length(field) + 1));
+    END IF;
+END
 $$;
 
 -- Turn captured changes into deliveries, about `budget` of them: one per changed row per
@@ -57,8 +104,12 @@ AS $$
         SELECT l.*, h.hooks, coalesce(cardinality(h.hooks), 0) AS hook_count
         FROM locked l
         CROSS JOIN LATERAL (
-            SELECT array_agg(w.id ORDER BY w.id) AS hooks
-            FROM webhooks.webhooks w WHERE w.id = ANY (l.webhook_ids) AND w.enabled
+            -- FOR KEY SHARE: a delete_webhook() running now waits for this fan-out to commit (and
+            -- then deletes what it created), or, having deleted first, leaves nothing to fan out to.
+            -- Without it, deliveries were created for a webhook deleted meanwhile, orphans forever.
+            SELECT array_agg(x.id ORDER BY x.id) AS hooks
+            FROM (SELECT w.id FROM webhooks.webhooks w WHERE w.id = ANY (l.webhook_ids) AND w.enabled
+                  FOR KEY SHARE OF w) x
         ) h
     ), priced AS (
         -- A capture nobody receives any more is closed at once and costs one unit.
@@ -127,7 +178,7 @@ BEGIN
     PERFORM webhooks._fan_out(batch_size * 4);
     RETURN QUERY
     WITH candidate AS (
-        SELECT d.id, d.webhook_id, d.status, d.next_attempt_at
+        SELECT d.id, d.webhook_id, d.status, d.next_attempt_at, d.attempts, d.capture_id, w.max_retries
         FROM webhooks.deliveries d
         JOIN webhooks.webhooks w ON w.id = d.webhook_id AND w.enabled
         WHERE d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
@@ -137,10 +188,35 @@ BEGIN
         LIMIT CASE WHEN per_webhook_limit IS NULL THEN batch_size ELSE batch_size * 4 END
         FOR UPDATE OF d SKIP LOCKED
     ),
+    -- What can never be sent is failed here rather than leased again and again: an event purged
+    -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
+    -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
+    judged AS (
+        SELECT c.*, CASE
+            WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
+                THEN 'not sent: the event was purged before it could be delivered'
+            WHEN c.attempts > c.max_retries AND c.status = 'leased'
+                THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
+            WHEN c.attempts > c.max_retries
+                THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
+        END AS fatal
+        FROM candidate c
+    ),
+    doomed AS (
+        UPDATE webhooks.deliveries d
+        SET status = 'failed', completed_at = now()
+        FROM judged j
+        WHERE d.id = j.id AND j.fatal IS NOT NULL
+        RETURNING d.id, d.attempts, j.fatal
+    ),
+    doomed_logged AS (
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
+        SELECT x.id, greatest(x.attempts, 1), x.fatal FROM doomed x
+    ),
     due AS (
         SELECT c.id, c.status AS previous_status
         FROM (SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS nth
-              FROM candidate c) c
+              FROM judged c WHERE c.fatal IS NULL) c
         WHERE per_webhook_limit IS NULL OR c.nth <= per_webhook_limit
         ORDER BY c.next_attempt_at
         LIMIT batch_size
@@ -208,9 +284,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    IF results IS NULL OR jsonb_typeof(results) <> 'array' THEN
-        PERFORM webhooks._fail('WH013', 'results', 'must be a JSON array of attempt results');
-    END IF;
+    PERFORM webhooks._check_json_array(results, 'results', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true],
+        "status_code": ["integer", -2147483648, 2147483647, false],
+        "latency_ms": ["integer", -2147483648, 2147483647, false],
+        "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
+        "response_excerpt": ["string", null, null, false],
+        "error": ["string", null, null, false]}');
     RETURN QUERY
     WITH result AS (
         -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
@@ -283,9 +364,9 @@ AS $$
 DECLARE
     released integer;
 BEGIN
-    IF leases IS NULL OR jsonb_typeof(leases) <> 'array' THEN
-        PERFORM webhooks._fail('WH013', 'leases', 'must be a JSON array of {"delivery_id", "attempt"}');
-    END IF;
+    PERFORM webhooks._check_json_array(leases, 'leases', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true]}');
     UPDATE webhooks.deliveries d
     SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = now()
     FROM jsonb_to_recordset(leases) AS l(delivery_id bigint, attempt integer)
