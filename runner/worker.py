@@ -57,6 +57,9 @@ class Job:
     body: str
     headers: dict[str, str]
     timeout_seconds: int
+    # The webhook's concurrency limit (its max_concurrency, else --per-webhook-concurrency),
+    # counted by claim() across all runners; kept here for this runner's own dispatching.
+    concurrency: int | None
     # Local clock: past this, a send could not finish within the lease claim() granted
     # (2 x timeout + margin from the claim), so the job is handed back instead of sent.
     start_by: float = 0.0
@@ -117,6 +120,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # a send finished: there may be room to claim again
         self._in_flight: dict[UUID, int] = {}
+        self._limits: dict[UUID, int] = {}  # each webhook's concurrency limit, as claim() last said
         self._tasks: dict[asyncio.Task[None], Job] = {}
         # Claimed but not yet started: a slot that frees up starts the next job at once instead
         # of waiting a claim's round trip (which left a third of the slots idle against 50 ms
@@ -213,13 +217,20 @@ class Runner:
                 self._ready.extend(jobs)
                 self._dispatch()
                 if len(jobs) < wanted:
-                    # Caught up, or held back by the per-webhook limit. Sleep until a commit
-                    # notifies us, the poll interval passes (in case a notification was lost), or,
-                    # when some webhook is at its limit (before or after this claim), one of its
-                    # sends finishes: a short claim then says nothing about the backlog.
+                    # Caught up, or held back by a limit. Sleep until a commit notifies us, the
+                    # next retry, lease end, probe or rate-limit token the database knows of is
+                    # due, the poll interval passes (in case a notification was lost), or, when
+                    # some webhook is at its limit (before or after this claim), one of its sends
+                    # finishes: a short claim then says nothing about the backlog.
                     limited = bool(saturated or self._saturated())
                     wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
-                    await _first_of(*wake_on, timeout=cfg.poll_interval * random.uniform(0.8, 1.2))
+                    timeout = cfg.poll_interval * random.uniform(0.8, 1.2)
+                    due_in = await self._next_due_in(conn, saturated)
+                    if due_in is not None:
+                        # A little past the due time, so the claim's now() has reached it; and
+                        # never a busy loop when the database says "now" but had nothing for us.
+                        timeout = min(timeout, max(due_in + 0.002, 0.02))
+                    await _first_of(*wake_on, timeout=timeout)
         finally:
             await self._close(conn)
 
@@ -245,22 +256,38 @@ class Runner:
         cfg = self.config
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds"
+                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, concurrency"
                 " FROM webhooks.claim(%s, %s, %s, %s::uuid[])",
                 (wanted, cfg.lease_margin_seconds, cfg.per_webhook_concurrency, saturated),
             )
             rows = await cur.fetchall()
         self.stats.claimed += len(rows)
+        for row in rows:
+            self._limits[row["webhook_id"]] = row["concurrency"] or cfg.per_webhook_concurrency
+        if len(self._limits) > 10_000:  # webhooks come and go; keep it bounded
+            self._limits = {k: v for k, v in self._limits.items() if k in self._in_flight}
         now = time.monotonic()
         # Half the margin is left for reporting the result before the lease runs out.
         return [Job(**row, start_by=now + row["timeout_seconds"] + cfg.lease_margin_seconds / 2) for row in rows]
 
+    async def _next_due_in(self, conn: psycopg.AsyncConnection[Any], saturated: list[UUID]) -> float | None:
+        try:
+            cur = await conn.execute("SELECT webhooks.next_due_in(%s, %s::uuid[])",
+                                     (self.config.per_webhook_concurrency, saturated))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:  # an older schema, a lost connection: poll as before
+            log.debug("next_due_in failed", extra={"error": str(exc).strip()})
+            return None
+        return float(row[0]) if row and row[0] is not None else None
+
     def _saturated(self) -> list[UUID]:
         """Webhooks whose sends in flight and waiting already fill their concurrency limit."""
-        limit = self.config.per_webhook_concurrency
         load = Counter(self._in_flight)
         load.update(job.webhook_id for job in self._ready)
-        return [webhook for webhook, n in load.items() if n >= limit]
+        return [webhook for webhook, n in load.items() if n >= self._limit(webhook)]
+
+    def _limit(self, webhook: UUID) -> int:
+        return self._limits.get(webhook, self.config.per_webhook_concurrency)
 
     def _dispatch(self) -> None:
         """Start waiting jobs while there are free slots, in claim order, skipping webhooks at
@@ -275,7 +302,7 @@ class Runner:
             if now > job.start_by:
                 self._expired.append(job)
                 self._room.set()  # the claim loop releases them
-            elif self._in_flight.get(job.webhook_id, 0) >= cfg.per_webhook_concurrency:
+            elif self._in_flight.get(job.webhook_id, 0) >= (job.concurrency or cfg.per_webhook_concurrency):
                 held.append(job)
             else:
                 self._start(self._sender, job)

@@ -4,9 +4,13 @@
 -- Plans here are pinned rather than left to statistics. A queue's tables churn faster than
 -- autovacuum analyzes them, and a plan made while `deliveries` looked empty (sequential scans,
 -- bitmap scans of a webhook's whole history) grew with every delivery ever kept; with
--- enable_seqscan and enable_bitmapscan off, claim() walks `deliveries_due` in order and stops
--- at its limit, whatever the statistics say. jit is off: row estimates for generate_series and
--- unnest make small plans look expensive enough to JIT-compile (~400 ms a call for ~10 ms of work).
+-- enable_seqscan and enable_bitmapscan off, claim() walks each webhook's `deliveries_webhook_due`
+-- in order and stops at its limit, whatever the statistics say. jit is off: row estimates for
+-- generate_series and unnest make small plans look expensive enough to JIT-compile (~400 ms a
+-- call for ~10 ms of work).
+
+-- claim() returns each webhook's concurrency limit since 0.2 (a new result column).
+DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
 
 CREATE OR REPLACE FUNCTION webhooks.version()
 RETURNS text
@@ -142,12 +146,58 @@ AS $$
     SELECT count(*)::integer FROM created
 $$;
 
+-- The circuit breaker's settings: this many failures in a row open an endpoint's circuit, for a
+-- cooldown that doubles with each opening in a row (1 s, 2 s, 4 s ... at most 30 s) so that a
+-- dead endpoint sees a probe every half minute, not one request per delivery.
+CREATE OR REPLACE FUNCTION webhooks._circuit_failure_threshold()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 5 $$;
+
+CREATE OR REPLACE FUNCTION webhooks._circuit_cooldown(times_opened integer)
+RETURNS interval
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT make_interval(secs => least(power(2, least(greatest(times_opened, 0), 10)), 30)) $$;
+
+-- A rate limit's tokens now: refilled at `rate` a second since `tokens_at`, at most one second's worth.
+CREATE OR REPLACE FUNCTION webhooks._tokens(rate integer, tokens double precision, tokens_at timestamptz)
+RETURNS double precision
+LANGUAGE sql STABLE
+AS $$ SELECT least(rate::float8, tokens + rate * extract(epoch FROM now() - tokens_at)::float8) $$;
+
+-- How many more deliveries of a webhook may be leased now: what its concurrency limit leaves
+-- beside the leases in flight (across all runners), one probe at a time while its circuit is
+-- not closed, and whole tokens of its rate limit. Only meaningful under the endpoints row lock.
+CREATE OR REPLACE FUNCTION webhooks._room(
+    webhook_id uuid, concurrency integer, rate integer, circuit text, tokens double precision,
+    tokens_at timestamptz)
+RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT greatest(0, least(
+        concurrency - f.n,
+        CASE WHEN circuit = 'closed' THEN concurrency ELSE 1 - f.n END,
+        CASE WHEN rate IS NULL THEN concurrency
+             ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
+    FROM (SELECT count(*)::integer AS n FROM webhooks.deliveries d
+          WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased' AND d.next_attempt_at > now()) f
+$$;
+
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
--- token complete() checks), the exact body and every header already signed.
+-- token complete() checks), the exact body and every header already signed, and the webhook's
+-- concurrency limit (for the runner's own bookkeeping).
 --
--- `per_webhook_limit` caps how many deliveries of one webhook a call returns and `skip_webhooks`
--- leaves out webhooks the caller has no room for, so a slow endpoint's backlog cannot fill a
--- runner's batch. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
+-- Work is chosen per webhook, never by walking all due work in time order: for each webhook
+-- with due work (least recently served first), claim() takes its endpoints row lock (SKIP
+-- LOCKED: another runner is serving it right now), works out its room (concurrency limit minus
+-- what is in flight across all runners, one probe while its circuit is not closed, its rate
+-- limit's tokens) and takes that many of its oldest due deliveries from `deliveries_webhook_due`.
+-- A claim therefore costs O(batch + webhooks with due work), whatever one webhook has queued; a
+-- webhook whose circuit is open, or a paused one, is not looked at.
+--
+-- `per_webhook_limit` is the concurrency limit of webhooks without `max_concurrency` (the
+-- runner's --per-webhook-concurrency); `skip_webhooks` leaves out webhooks the caller has no
+-- room for. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
 -- request of its webhook to finish first) plus `lease_margin_seconds`; when it runs out, the
 -- delivery is due again.
 CREATE OR REPLACE FUNCTION webhooks.claim(
@@ -162,11 +212,14 @@ RETURNS TABLE (
     url text,
     body text,
     headers jsonb,
-    timeout_seconds integer)
+    timeout_seconds integer,
+    concurrency integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    serving uuid[];
 BEGIN
     PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
     PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
@@ -176,17 +229,48 @@ BEGIN
     -- Fan out ahead of this batch, so that other runners find committed work too while this one
     -- holds a large capture.
     PERFORM webhooks._fan_out(batch_size * 4);
+    INSERT INTO webhooks.endpoints (webhook_id)
+    SELECT w.id FROM webhooks.webhooks w
+    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
+    ON CONFLICT DO NOTHING;
+    -- The webhooks to serve, locked in a statement of their own: the next one's snapshot then
+    -- sees every lease other runners made for them, so their limits hold across runners.
+    SELECT array_agg(s.webhook_id ORDER BY s.last_claimed_at NULLS FIRST, s.webhook_id) INTO serving
+    FROM (
+        SELECT e.webhook_id, e.last_claimed_at
+        FROM webhooks.endpoints e
+        JOIN webhooks.webhooks w ON w.id = e.webhook_id
+        WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+          AND (e.circuit <> 'open' OR e.retry_at <= now())
+          AND EXISTS (SELECT 1 FROM webhooks.deliveries d
+                      WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now())
+        FOR NO KEY UPDATE OF e SKIP LOCKED
+    ) s;
+    IF serving IS NULL THEN
+        RETURN;
+    END IF;
     RETURN QUERY
-    WITH candidate AS (
-        SELECT d.id, d.webhook_id, d.status, d.next_attempt_at, d.attempts, d.capture_id, w.max_retries
-        FROM webhooks.deliveries d
-        JOIN webhooks.webhooks w ON w.id = d.webhook_id AND w.enabled
-        WHERE d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
-          AND d.webhook_id <> ALL (coalesce(skip_webhooks, '{}'))
-        ORDER BY d.next_attempt_at
-        -- Look further ahead when some candidates may be set aside by the per-webhook cap.
-        LIMIT CASE WHEN per_webhook_limit IS NULL THEN batch_size ELSE batch_size * 4 END
-        FOR UPDATE OF d SKIP LOCKED
+    WITH hook AS (
+        SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
+               coalesce(w.max_concurrency, per_webhook_limit) AS concurrency,
+               webhooks._room(w.id, coalesce(w.max_concurrency, per_webhook_limit, 1000000),
+                              w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) AS room
+        FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+        JOIN webhooks.webhooks w ON w.id = s.id
+        JOIN webhooks.endpoints e ON e.webhook_id = s.id
+    ),
+    candidate AS (
+        SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id, h.max_retries
+        FROM (SELECT h.* FROM hook h WHERE h.room > 0 ORDER BY h.ord) h
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id
+            FROM webhooks.deliveries d
+            WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT least(h.room, batch_size)
+            FOR UPDATE OF d SKIP LOCKED
+        ) d
+        LIMIT batch_size
     ),
     -- What can never be sent is failed here rather than leased again and again: an event purged
     -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
@@ -213,22 +297,14 @@ BEGIN
         INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
         SELECT x.id, greatest(x.attempts, 1), x.fatal FROM doomed x
     ),
-    due AS (
-        SELECT c.id, c.status AS previous_status
-        FROM (SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS nth
-              FROM judged c WHERE c.fatal IS NULL) c
-        WHERE per_webhook_limit IS NULL OR c.nth <= per_webhook_limit
-        ORDER BY c.next_attempt_at
-        LIMIT batch_size
-    ),
     leased AS (
         UPDATE webhooks.deliveries d
         SET status = 'leased',
             attempts = d.attempts + 1,
-            next_attempt_at = now() + make_interval(secs => 2 * w.timeout_seconds + lease_margin_seconds)
-        FROM due, webhooks.webhooks w
-        WHERE d.id = due.id AND w.id = d.webhook_id
-        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, due.previous_status
+            next_attempt_at = now() + make_interval(secs => 2 * h.timeout_seconds + lease_margin_seconds)
+        FROM judged j, hook h
+        WHERE d.id = j.id AND j.fatal IS NULL AND h.id = d.webhook_id
+        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, j.status AS previous_status
     ),
     -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
     expired AS (
@@ -236,14 +312,33 @@ BEGIN
         SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)'
         FROM leased l
         WHERE l.previous_status = 'leased'
+    ),
+    -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
+    served AS (
+        UPDATE webhooks.endpoints e
+        SET last_claimed_at = now(),
+            tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
+            tokens_at = now(),
+            circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
+            circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
+            circuit_reason = CASE WHEN e.circuit <> 'closed'
+                                  THEN format('probing with delivery %s, attempt %s', t.probe, t.probe_attempt)
+                                  ELSE e.circuit_reason END,
+            probe_delivery_id = CASE WHEN e.circuit <> 'closed' THEN t.probe END,
+            probe_attempt = CASE WHEN e.circuit <> 'closed' THEN t.probe_attempt END
+        FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
+              FROM leased l GROUP BY l.webhook_id) t
+        JOIN hook h ON h.id = t.webhook_id
+        WHERE e.webhook_id = t.webhook_id
     )
     SELECT l.id, l.attempts, w.id, w.url, p.body,
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
-           w.timeout_seconds
+           w.timeout_seconds, h.concurrency
     FROM leased l
+    JOIN hook h ON h.id = l.webhook_id
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
     LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
@@ -272,11 +367,52 @@ BEGIN
 END
 $$;
 
+-- Seconds until claim() may have something new to hand out, for a runner deciding how long to
+-- sleep (NOTIFY aside): 0 while some webhook has due work and room, else the earliest of a
+-- scheduled retry, a lease running out, a circuit's probe and a rate limit's next token. NULL
+-- when nothing is scheduled; a webhook at its concurrency limit counts only once a send of it
+-- ends, which the runner holding that send knows first.
+CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
+                                                skip_webhooks uuid[] DEFAULT '{}')
+RETURNS double precision
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
+        ELSE (SELECT greatest(min(extract(epoch FROM x.due - now())::float8), 0) FROM (
+            SELECT CASE
+                WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
+                WHEN n.first_due > now() THEN n.first_due
+                WHEN webhooks._room(w.id, coalesce(w.max_concurrency, per_webhook_limit, 1000000), NULL,
+                                    e.circuit, 0, now()) <= 0 THEN NULL
+                WHEN w.rate_limit_per_second IS NOT NULL
+                     AND webhooks._tokens(w.rate_limit_per_second, e.tokens, e.tokens_at) < 1
+                    THEN now() + make_interval(secs => (1 - webhooks._tokens(w.rate_limit_per_second, e.tokens,
+                                                        e.tokens_at)) / w.rate_limit_per_second)
+                ELSE now()
+            END AS due
+            FROM webhooks.webhooks w
+            JOIN webhooks.endpoints e ON e.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
+                WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
+                ORDER BY d.next_attempt_at LIMIT 1
+            ) n
+            WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+        ) x)
+    END
+$$;
+
 -- Apply the results of attempts, a JSON array of
 --   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
 --    "error": null, "latency_ms": 12, "retry_after_seconds": null}
 -- A result is accepted only under the lease it was claimed with: same attempt number, lease not
 -- expired. Returns each delivery's new status, or 'refused'.
+--
+-- Each webhook's circuit learns from the accepted results (see webhooks.endpoints): no response
+-- or a 5xx is a failure, any other response shows the endpoint alive and closes the circuit.
+-- A failed probe is logged but does not count against its delivery, which waits for the circuit.
 CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
 RETURNS TABLE (delivery_id bigint, attempt integer, status text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -292,6 +428,14 @@ BEGIN
         "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
         "response_excerpt": ["string", null, null, false],
         "error": ["string", null, null, false]}');
+    -- The circuits of the webhooks reported on, locked in one order before anything else, so two
+    -- runners' reports cannot deadlock (claim() only ever skips a locked one).
+    PERFORM 1 FROM webhooks.endpoints e
+    WHERE e.webhook_id IN (SELECT d.webhook_id
+                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint)
+                           JOIN webhooks.deliveries d ON d.id = r.delivery_id)
+    ORDER BY e.webhook_id
+    FOR NO KEY UPDATE;
     RETURN QUERY
     WITH result AS (
         -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
@@ -307,24 +451,37 @@ BEGIN
             delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
             error text, latency_ms integer, retry_after_seconds integer)
     ),
-    outcome AS (
-        SELECT r.*, w.id AS webhook_id,
-               CASE
-                   WHEN r.status_code BETWEEN 200 AND 299 THEN 'delivered'
-                   WHEN r.status_code = 410 THEN 'failed'
-                   WHEN d.attempts > w.max_retries THEN 'failed'
-                   ELSE 'pending'
-               END AS new_status,
-               webhooks._retry_delay(w.retry_backoff_seconds, d.attempts, r.status_code,
-                                     r.retry_after_seconds) AS delay
+    judged AS (
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, d.attempts,
+               (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
+               coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
+                        false) AS probe
         FROM result r
         JOIN webhooks.deliveries d ON d.id = r.delivery_id
         JOIN webhooks.webhooks w ON w.id = d.webhook_id
+        LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    ),
+    outcome AS (
+        SELECT j.*,
+               CASE
+                   WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
+                   WHEN j.status_code = 410 THEN 'failed'
+                   WHEN j.probe AND j.endpoint_failed THEN 'pending'
+                   WHEN j.attempts > j.max_retries THEN 'failed'
+                   ELSE 'pending'
+               END AS new_status,
+               j.probe AND j.endpoint_failed AS refund,
+               webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code,
+                                     j.retry_after_seconds) AS delay
+        FROM judged j
     ),
     applied AS (
         UPDATE webhooks.deliveries d
         SET status = o.new_status,
-            next_attempt_at = CASE WHEN o.new_status = 'pending' THEN now() + o.delay ELSE d.next_attempt_at END,
+            attempts = CASE WHEN o.refund THEN d.attempts - 1 ELSE d.attempts END,
+            next_attempt_at = CASE WHEN o.refund THEN now()
+                                   WHEN o.new_status = 'pending' THEN now() + o.delay
+                                   ELSE d.next_attempt_at END,
             completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
         FROM outcome o
         WHERE d.id = o.delivery_id
@@ -333,12 +490,63 @@ BEGIN
           AND d.next_attempt_at > now()
         RETURNING d.id, d.status
     ),
+    -- Each webhook's verdict over this batch, and what it does to the circuit.
+    verdict AS (
+        SELECT o.webhook_id, bool_or(NOT o.endpoint_failed) AS alive,
+               count(*) FILTER (WHERE o.endpoint_failed)::integer AS failures,
+               bool_or(o.probe) AS probed,
+               max(o.delivery_id) FILTER (WHERE o.endpoint_failed) AS last_failed
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        GROUP BY o.webhook_id
+    ),
+    transition AS (
+        SELECT v.*, e.circuit AS old_circuit, e.times_opened,
+               e.consecutive_failures + v.failures AS failures_now,
+               CASE
+                   WHEN v.alive THEN 'closed'
+                   WHEN e.circuit = 'half_open' AND v.probed THEN 'open'
+                   WHEN e.circuit = 'closed'
+                        AND e.consecutive_failures + v.failures >= webhooks._circuit_failure_threshold() THEN 'open'
+                   ELSE e.circuit
+               END AS new_circuit
+        FROM verdict v JOIN webhooks.endpoints e ON e.webhook_id = v.webhook_id
+    ),
+    circuit AS (
+        UPDATE webhooks.endpoints e
+        SET consecutive_failures = CASE WHEN t.alive THEN 0 ELSE t.failures_now END,
+            circuit = t.new_circuit,
+            times_opened = CASE WHEN t.alive THEN 0
+                                WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' THEN t.times_opened + 1
+                                ELSE t.times_opened END,
+            retry_at = CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open'
+                            THEN now() + webhooks._circuit_cooldown(t.times_opened)
+                            WHEN t.new_circuit = 'open' THEN e.retry_at END,
+            probe_delivery_id = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_delivery_id END,
+            probe_attempt = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_attempt END,
+            circuit_changed_at = CASE WHEN t.new_circuit <> t.old_circuit THEN now() ELSE e.circuit_changed_at END,
+            circuit_reason = CASE
+                WHEN t.new_circuit = t.old_circuit THEN e.circuit_reason
+                WHEN t.new_circuit = 'closed' THEN 'closed: the endpoint answered'
+                ELSE format('opened for %s s after %s consecutive failures',
+                            extract(epoch FROM webhooks._circuit_cooldown(t.times_opened)), t.failures_now)
+            END
+        FROM transition t
+        WHERE e.webhook_id = t.webhook_id
+    ),
     logged AS (
         INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms)
         SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
-               CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
+               nullif(concat_ws('; ',
+                   CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
+                   CASE WHEN o.refund THEN 'circuit probe failed: this attempt does not count' END,
+                   CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed
+                        THEN format('circuit opened for %s s after %s consecutive failures',
+                                    extract(epoch FROM webhooks._circuit_cooldown(t.times_opened)), t.failures_now)
+                   END), ''),
                greatest(o.latency_ms, 0)
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM outcome o
+        JOIN applied a ON a.id = o.delivery_id
+        LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
     gone AS (
         UPDATE webhooks.webhooks w

@@ -15,7 +15,8 @@ SELECT has_table('webhooks', 'delivery_attempts', 'table webhooks.delivery_attem
 
 SELECT columns_are('webhooks', 'webhooks', ARRAY[
     'id', 'name', 'url', 'description', 'enabled', 'disabled_reason', 'max_retries',
-    'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at'],
+    'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at',
+    'max_concurrency', 'rate_limit_per_second'],
     'webhooks.webhooks holds no secret column');
 SELECT col_is_pk('webhooks', 'webhooks', 'id', 'webhooks.id is the primary key');
 SELECT col_type_is('webhooks', 'webhooks', 'id', 'uuid', 'webhook ids are uuids');
