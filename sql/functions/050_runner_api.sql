@@ -380,7 +380,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
-        ELSE (SELECT greatest(min(extract(epoch FROM x.due - now())::float8), 0) FROM (
+        -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
+        ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
+                          THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
             SELECT CASE
                 WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
                 WHEN n.first_due > now() THEN n.first_due
@@ -528,7 +530,7 @@ BEGIN
                 WHEN t.new_circuit = t.old_circuit THEN e.circuit_reason
                 WHEN t.new_circuit = 'closed' THEN 'closed: the endpoint answered'
                 ELSE format('opened for %s s after %s consecutive failures',
-                            extract(epoch FROM webhooks._circuit_cooldown(t.times_opened)), t.failures_now)
+                            extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
             END
         FROM transition t
         WHERE e.webhook_id = t.webhook_id
@@ -541,7 +543,7 @@ BEGIN
                    CASE WHEN o.refund THEN 'circuit probe failed: this attempt does not count' END,
                    CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed
                         THEN format('circuit opened for %s s after %s consecutive failures',
-                                    extract(epoch FROM webhooks._circuit_cooldown(t.times_opened)), t.failures_now)
+                                    extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
                    END), ''),
                greatest(o.latency_ms, 0)
         FROM outcome o

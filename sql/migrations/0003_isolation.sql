@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS webhooks.endpoints (
     -- Token bucket for rate_limit_per_second: `tokens` as of `tokens_at`, refilled at the rate,
     -- holding at most one second's worth.
     tokens               double precision NOT NULL DEFAULT 0,
-    tokens_at            timestamptz NOT NULL DEFAULT now(),
+    tokens_at            timestamptz NOT NULL DEFAULT '1970-01-01 00:00:00+00',  -- a new bucket starts full
     last_claimed_at      timestamptz,                 -- round robin across webhooks
     CONSTRAINT endpoints_circuit_valid CHECK (circuit IN ('closed', 'open', 'half_open')),
     CONSTRAINT endpoints_open_has_retry_at CHECK (circuit <> 'open' OR retry_at IS NOT NULL),
