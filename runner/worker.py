@@ -473,9 +473,14 @@ class Runner:
 
     async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
         cur = await conn.execute(
-            "SELECT delivery_id, attempt FROM webhooks.complete(%s) WHERE status = 'refused'", (Jsonb(batch),)
+            "SELECT delivery_id, attempt, status FROM webhooks.complete(%s) WHERE status IN ('refused', 'pending')",
+            (Jsonb(batch),),
         )
-        refused = await cur.fetchall()
+        rows = await cur.fetchall()
+        if any(r[2] == "pending" for r in rows):
+            # A retry was scheduled: the claim loop may be asleep until later than it is due.
+            self._wake.set()
+        refused = [r for r in rows if r[2] == "refused"]
         if refused:
             self.stats.refused += len(refused)
             log.warning("results refused: their leases had expired (the deliveries were or will be retried)",
