@@ -1,0 +1,186 @@
+"""Isolation between webhooks (issue 9): a noisy neighbour, claim cost beside a deep backlog, and
+retry punctuality. The runner runs with its default flags throughout: that is what production
+gets, and where one saturated webhook used to slow every other one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import psycopg
+from common import PROCS, BenchError, Env, Receiver, create_orders, create_webhook, median, tail
+from delivery import bulk_backlog, claim_seconds
+from report import Result, info, ratio, threshold
+
+from pgwebhooks.localpg import free_port
+
+
+def _delivered(conn: psycopg.Connection[Any], webhook_id: str) -> int:
+    row = conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE webhook_id = %s AND status = 'delivered'",
+                       (webhook_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _attempts(conn: psycopg.Connection[Any], webhook_id: str) -> int:
+    row = conn.execute("SELECT count(*) FROM webhooks.delivery_attempts a JOIN webhooks.deliveries d"
+                       " ON d.id = a.delivery_id WHERE d.webhook_id = %s", (webhook_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _drain_one(env: Env, dsn: str, name: str, webhook_id: str, expected: int, receiver: Receiver,
+               dead_id: str | None) -> dict[str, Any]:
+    """Run one default runner until `webhook_id` has `expected` deliveries delivered (bounded)."""
+    timeout = max(60.0, expected / 100)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        proc = env.start_runner(dsn, name)
+        try:
+            deadline = time.monotonic() + timeout
+            while _delivered(conn, webhook_id) < expected:
+                if proc.poll() is not None:
+                    raise BenchError(f"runner exited with {proc.returncode}:\n{tail(env.log(f'runner-{name}'))}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name}: {_delivered(conn, webhook_id)} of {expected} delivered "
+                                     f"after {timeout:.0f}s")
+                time.sleep(0.1)
+            dead_attempts = _attempts(conn, dead_id) if dead_id else 0
+        finally:
+            PROCS.stop(proc)
+        row = conn.execute("SELECT extract(epoch FROM max(completed_at))::float8 FROM webhooks.deliveries"
+                           " WHERE webhook_id = %s", (webhook_id,)).fetchone()
+        circuit = conn.execute("SELECT circuit FROM webhooks.endpoints WHERE webhook_id = %s",
+                               (dead_id,)).fetchone() if dead_id else None
+    assert row is not None
+    first = receiver.stats().get("first")
+    if not first:
+        raise BenchError(f"{name}: the receiver saw nothing")
+    seconds = float(row[0]) - first
+    return {"rate": expected / seconds, "seconds": seconds, "dead_attempts": dead_attempts,
+            "circuit": circuit[0] if circuit else None}
+
+
+def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int) -> list[Result]:
+    section = (f"8 isolation: noisy neighbour ({deliveries:,}-delivery drain of a healthy webhook; neighbour: "
+               f"{neighbour:,} due deliveries to a port nobody listens on; runner with default flags)")
+    receiver = env.start_receiver("neighbour")
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for label, backlog in (("alone", 0), ("neighbour", neighbour)):
+            dsn = env.fresh_db(f"neighbour_{label}")
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    dead_id = None
+                    if backlog:
+                        create_orders(conn, "dead_orders")
+                        dead_id = create_webhook(conn, "dead", f"http://127.0.0.1:{free_port()}/hook", "dead_orders")
+                        bulk_backlog(conn, "dead_orders", backlog)
+                    create_orders(conn, "orders")
+                    healthy_id = create_webhook(conn, "healthy", receiver.url("hook"), "orders")
+                    bulk_backlog(conn, "orders", deliveries)
+                    conn.execute("ANALYZE")
+                receiver.reset()
+                runs[label] = _drain_one(env, dsn, f"neighbour-{label}", healthy_id, deliveries, receiver, dead_id)
+            finally:
+                env.drop_db(dsn)
+    finally:
+        PROCS.stop(receiver.proc)
+    alone, noisy = runs["alone"], runs["neighbour"]
+    return [
+        ratio(section, "healthy drain rate: with neighbour / alone", noisy["rate"] / alone["rate"], 0.8, True,
+              f"{noisy['rate']:.0f}/s vs {alone['rate']:.0f}/s", alone=alone, neighbour=noisy),
+        info(section, "attempts at the dead endpoint meanwhile", f"{noisy['dead_attempts']:,}",
+             f"of {neighbour:,} due deliveries, over {noisy['seconds']:.1f}s; circuit {noisy['circuit']}",
+             attempts=noisy["dead_attempts"], seconds=noisy["seconds"]),
+    ]
+
+
+def bench_claim_isolation(env: Env, backlog: int, repeats: int = 15) -> list[Result]:
+    section = (f"8 isolation: claim(200) cost beside another webhook's {backlog:,} due deliveries "
+               "(200 due for the webhook being served)")
+    dsn = env.fresh_db("claim_isolation")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create_orders(conn, "orders")
+            create_orders(conn, "big_orders")
+            create_webhook(conn, "served", "http://127.0.0.1:9/hook", "orders")
+            big = create_webhook(conn, "big", "http://127.0.0.1:9/big", "big_orders")
+            bulk_backlog(conn, "orders", 200)
+            # claim() adds missing endpoints rows; claim_seconds() rolls back, so add them for good.
+            conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks"
+                         " ON CONFLICT DO NOTHING")
+            conn.execute("ANALYZE")
+            empty = claim_seconds(conn, repeats)
+            bulk_backlog(conn, "big_orders", backlog)
+            conn.execute("ANALYZE")
+            # Saturated: the big webhook has max_concurrency deliveries in flight already.
+            conn.execute("UPDATE webhooks.webhooks SET max_concurrency = 20 WHERE id = %s", (big,))
+            served = conn.execute("SELECT array_agg(id) FROM webhooks.webhooks WHERE id <> %s", (big,)).fetchone()
+            assert served is not None
+            conn.execute("SELECT count(*) FROM webhooks.claim(20, 3600, NULL, %s::uuid[])", (served[0],))
+            saturated = claim_seconds(conn, repeats)
+            conn.execute("UPDATE webhooks.webhooks SET enabled = false WHERE id = %s", (big,))
+            paused = claim_seconds(conn, repeats)
+            conn.execute("UPDATE webhooks.webhooks SET enabled = true WHERE id = %s", (big,))
+            conn.execute("UPDATE webhooks.endpoints SET circuit = 'open', retry_at = now() + interval '1 hour'"
+                         " WHERE webhook_id = %s", (big,))
+            opened = claim_seconds(conn, repeats)
+    finally:
+        env.drop_db(dsn)
+    return [
+        ratio(section, "claim: beside a saturated backlog / empty outbox", saturated / empty, 2.0, False,
+              f"{saturated * 1000:.1f} ms vs {empty * 1000:.1f} ms; "
+              f"paused webhook's backlog {paused * 1000:.1f} ms; open circuit's {opened * 1000:.1f} ms",
+              empty_ms=empty * 1000, saturated_ms=saturated * 1000, paused_ms=paused * 1000,
+              open_circuit_ms=opened * 1000),
+        ratio(section, "claim: beside a paused webhook's backlog / empty outbox", paused / empty, 2.0, False,
+              f"{paused * 1000:.1f} ms vs {empty * 1000:.1f} ms"),
+    ]
+
+
+def bench_retry_punctuality(env: Env, events: int = 200, rate: float = 50.0) -> list[Result]:
+    section = (f"8 isolation: retry punctuality ({events} events at {rate:.0f}/s, each answered 503 "
+               "Retry-After: 1 once; runner with default flags, poll interval 5 s)")
+    receiver = env.start_receiver("punctuality", fail_first=True)
+    dsn = env.fresh_db("punctuality")
+    runner = None
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create_orders(conn, "orders")
+            hook = create_webhook(conn, "punctual", receiver.url("hook"), "orders")
+            runner = env.start_runner(dsn, "punctuality")
+            time.sleep(1.5)  # up and listening
+            insert = "INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'new')"
+            begin = time.perf_counter()
+            for i in range(events):
+                pause = begin + i / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                conn.execute(insert, prepare=True)
+            deadline = time.monotonic() + 60
+            while _delivered(conn, hook) < events:
+                if runner.poll() is not None:
+                    raise BenchError(f"runner exited with {runner.returncode}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{_delivered(conn, hook)} of {events} delivered after 60s")
+                time.sleep(0.1)
+            # When each retry was due: the first attempt's complete() time plus the Retry-After.
+            due = dict(conn.execute(
+                "SELECT webhooks._event_uid(d.capture_id, d.n)::text,"
+                "       extract(epoch FROM a.attempted_at)::float8 + 1"
+                " FROM webhooks.deliveries d JOIN webhooks.delivery_attempts a"
+                "   ON a.delivery_id = d.id AND a.attempt = 1"
+                " WHERE d.webhook_id = %s", (hook,)).fetchall())
+        arrivals = receiver.arrivals()
+    finally:
+        if runner is not None:
+            PROCS.stop(runner)
+        PROCS.stop(receiver.proc)
+        env.drop_db(dsn)
+    late = sorted((times[1] - due[uid]) * 1000 for uid, times in arrivals.items() if len(times) > 1 and uid in due)
+    if len(late) < events:
+        raise BenchError(f"{len(late)} of {events} retries seen")
+    cuts = statistics.quantiles(late, n=100, method="inclusive")
+    return [threshold(section, "p99 retry sent after its due time", cuts[98], 200, "ms", False,
+                      f"p50 {cuts[49]:.0f} ms, max {late[-1]:.0f} ms, min {late[0]:.0f} ms; {len(late)} retries",
+                      p50=cuts[49], p99=cuts[98], max=late[-1], median=median(late))]
