@@ -225,7 +225,8 @@ class Runner:
                     limited = bool(saturated or self._saturated())
                     wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
                     timeout = cfg.poll_interval * random.uniform(0.8, 1.2)
-                    due_in = await self._next_due_in(conn, saturated)
+                    # Busy at a limit, the loop wakes as sends end anyway: spare the round trip.
+                    due_in = None if limited and jobs else await self._next_due_in(conn, saturated)
                     if due_in is not None:
                         # A little past the due time, so the claim's now() has reached it; and
                         # never a busy loop when the database says "now" but had nothing for us.
@@ -477,8 +478,11 @@ class Runner:
             (Jsonb(batch),),
         )
         rows = await cur.fetchall()
+        # Reported leases no longer count against their webhook's max_concurrency in claim(): a
+        # claim loop held back by a limit may go on. A retry may have been scheduled sooner than
+        # the claim loop means to wake: it looks again.
+        self._room.set()
         if any(r[2] == "pending" for r in rows):
-            # A retry was scheduled: the claim loop may be asleep until later than it is due.
             self._wake.set()
         refused = [r for r in rows if r[2] == "refused"]
         if refused:

@@ -165,22 +165,25 @@ RETURNS double precision
 LANGUAGE sql STABLE
 AS $$ SELECT least(rate::float8, tokens + rate * extract(epoch FROM now() - tokens_at)::float8) $$;
 
--- How many more deliveries of a webhook may be leased now: what its concurrency limit leaves
--- beside the leases in flight (across all runners), one probe at a time while its circuit is
--- not closed, and whole tokens of its rate limit. Only meaningful under the endpoints row lock.
+-- How many more deliveries of a webhook may be leased now. A webhook's `max_concurrency` is
+-- counted against the leases in flight across all runners (only meaningful under its endpoints
+-- row lock); without one, `runner_limit` (the runner's --per-webhook-concurrency, which the
+-- runner counts against its own sends) caps one claim. One probe at a time while its circuit is
+-- not closed; whole tokens of its rate limit.
 CREATE OR REPLACE FUNCTION webhooks._room(
-    webhook_id uuid, concurrency integer, rate integer, circuit text, tokens double precision,
-    tokens_at timestamptz)
+    webhook_id uuid, max_concurrency integer, runner_limit integer, rate integer, circuit text,
+    tokens double precision, tokens_at timestamptz)
 RETURNS integer
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT greatest(0, least(
-        concurrency - f.n,
-        CASE WHEN circuit = 'closed' THEN concurrency ELSE 1 - f.n END,
-        CASE WHEN rate IS NULL THEN concurrency
-             ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
-    FROM (SELECT count(*)::integer AS n FROM webhooks.deliveries d
-          WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased' AND d.next_attempt_at > now()) f
+        CASE WHEN max_concurrency IS NULL THEN coalesce(runner_limit, 1000000) ELSE max_concurrency - f.n END,
+        CASE WHEN circuit = 'closed' THEN 1000000 ELSE 1 - f.n END,
+        CASE WHEN rate IS NULL THEN 1000000 ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
+    FROM (SELECT CASE WHEN max_concurrency IS NULL AND circuit = 'closed' THEN 0  -- no need to count
+                      ELSE (SELECT count(*)::integer FROM webhooks.deliveries d
+                            WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased'
+                              AND d.next_attempt_at > now()) END AS n) f
 $$;
 
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
@@ -189,15 +192,15 @@ $$;
 --
 -- Work is chosen per webhook, never by walking all due work in time order: for each webhook
 -- with due work (least recently served first), claim() takes its endpoints row lock (SKIP
--- LOCKED: another runner is serving it right now), works out its room (concurrency limit minus
--- what is in flight across all runners, one probe while its circuit is not closed, its rate
--- limit's tokens) and takes that many of its oldest due deliveries from `deliveries_webhook_due`.
+-- LOCKED: another runner is serving it right now), works out its room (see _room: its
+-- max_concurrency minus what is in flight across all runners, one probe while its circuit is
+-- not closed, its rate limit's tokens) and takes that many of its oldest due deliveries from `deliveries_webhook_due`.
 -- A claim therefore costs O(batch + webhooks with due work), whatever one webhook has queued; a
 -- webhook whose circuit is open, or a paused one, is not looked at.
 --
--- `per_webhook_limit` is the concurrency limit of webhooks without `max_concurrency` (the
--- runner's --per-webhook-concurrency); `skip_webhooks` leaves out webhooks the caller has no
--- room for. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
+-- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
+-- runner's --per-webhook-concurrency, which it counts against its own sends); `skip_webhooks`
+-- leaves out webhooks the caller has no room for. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
 -- request of its webhook to finish first) plus `lease_margin_seconds`; when it runs out, the
 -- delivery is due again.
 CREATE OR REPLACE FUNCTION webhooks.claim(
@@ -253,7 +256,7 @@ BEGIN
     WITH hook AS (
         SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
                coalesce(w.max_concurrency, per_webhook_limit) AS concurrency,
-               webhooks._room(w.id, coalesce(w.max_concurrency, per_webhook_limit, 1000000),
+               webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
                               w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) AS room
         FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
         JOIN webhooks.webhooks w ON w.id = s.id
@@ -386,8 +389,8 @@ AS $$
             SELECT CASE
                 WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
                 WHEN n.first_due > now() THEN n.first_due
-                WHEN webhooks._room(w.id, coalesce(w.max_concurrency, per_webhook_limit, 1000000), NULL,
-                                    e.circuit, 0, now()) <= 0 THEN NULL
+                WHEN webhooks._room(w.id, w.max_concurrency, per_webhook_limit, NULL, e.circuit, 0, now())
+                     <= 0 THEN NULL
                 WHEN w.rate_limit_per_second IS NOT NULL
                      AND webhooks._tokens(w.rate_limit_per_second, e.tokens, e.tokens_at) < 1
                     THEN now() + make_interval(secs => (1 - webhooks._tokens(w.rate_limit_per_second, e.tokens,
@@ -430,12 +433,17 @@ BEGIN
         "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
         "response_excerpt": ["string", null, null, false],
         "error": ["string", null, null, false]}');
-    -- The circuits of the webhooks reported on, locked in one order before anything else, so two
-    -- runners' reports cannot deadlock (claim() only ever skips a locked one).
+    -- The circuits this report changes, locked in one order before anything else, so two runners'
+    -- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
+    -- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
+    -- and locking it for every report made claims come back empty half the time.
     PERFORM 1 FROM webhooks.endpoints e
     WHERE e.webhook_id IN (SELECT d.webhook_id
-                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint)
-                           JOIN webhooks.deliveries d ON d.id = r.delivery_id)
+                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
+                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
+                           WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0)
     ORDER BY e.webhook_id
     FOR NO KEY UPDATE;
     RETURN QUERY
@@ -512,6 +520,7 @@ BEGIN
                    ELSE e.circuit
                END AS new_circuit
         FROM verdict v JOIN webhooks.endpoints e ON e.webhook_id = v.webhook_id
+        WHERE NOT (v.alive AND e.circuit = 'closed' AND e.consecutive_failures = 0)
     ),
     circuit AS (
         UPDATE webhooks.endpoints e

@@ -11,8 +11,9 @@ which names the webhook, is part of the key. GET /_stats returns the counters, P
 them, GET /_tokens returns [token, receipt time] pairs when `--record-tokens` is on (the body's
 record.token, with time.time() taken as the request arrives: the latency benchmark compares it
 with the inserter's commit time on the same clock). With `--fail-first`, the first request of each
-(path, webhook-id) is answered 503 with `Retry-After: 1`, and GET /_arrivals returns every
-request's arrival time per webhook-id (the retry punctuality benchmark).
+(path, webhook-id) is answered 429 with `Retry-After: 1` (an answer, not a failure of the endpoint:
+its circuit stays closed), and GET /_arrivals returns every request's arrival time per webhook-id
+(the retry punctuality benchmark).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def make_app(delay: float, record_tokens: bool, fail_first: bool = False) -> web
             first_time = key[1] not in counters.arrivals
             counters.arrivals.setdefault(key[1], []).append(now)
             if first_time:
-                return web.Response(status=503, body=b"try again", headers={"Retry-After": "1"})
+                return web.Response(status=429, body=b"slow down", headers={"Retry-After": "1"})
         if key in counters.seen:
             counters.duplicates += 1
         else:
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     parser.add_argument("--record-tokens", action="store_true")
-    parser.add_argument("--fail-first", action="store_true", help="answer each event's first request 503")
+    parser.add_argument("--fail-first", action="store_true", help="answer each event's first request 429")
     args = parser.parse_args()
     # A large backlog: 200+ keep-alive connections open at once when a sender starts.
     web.run_app(make_app(args.delay, args.record_tokens, args.fail_first), host="127.0.0.1", port=args.port,

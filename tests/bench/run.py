@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
         "backlog": lambda: delivery.bench_backlog(env, args.backlog),
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
-        "isolation": lambda: (isolation.bench_noisy_neighbour(env, args.deliveries, args.neighbour)
-                              + isolation.bench_claim_isolation(env, args.neighbour)
-                              + isolation.bench_retry_punctuality(env)),
+        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
