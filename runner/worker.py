@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgwebhooks.redact import clean_result, origin, scrub
+from pgwebhooks.reporting import Backoff, ReportingMixin, first_of
 from pgwebhooks.sender import Sender, SendResult
 
 log = logging.getLogger("pgwebhooks.runner")
@@ -77,42 +78,7 @@ class RunnerStats:
     started_at: float = field(default_factory=time.monotonic)
 
 
-class Backoff:
-    """Exponential reconnect delay with full jitter, reset after a success."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self.current = low, high, low
-
-    def next(self) -> float:
-        delay = random.uniform(self.low, self.current)
-        self.current = min(self.current * 2, self.high)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.low
-
-
-# Stored instead of a response excerpt (or error) the database refused to store.
-_UNSTORABLE = "the response could not be stored (refused by the database)"
-
-
-def _is_data_error(exc: psycopg.Error) -> bool:
-    """A refusal caused by what a result contains (class 22, data exception; 23, integrity), not by
-    the database's state: retrying the results one by one can then get the others through."""
-    return (exc.sqlstate or "")[:2] in ("22", "23")
-
-
-async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Return when any event is set or the timeout passes."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-class Runner:
+class Runner(ReportingMixin):
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.stats = RunnerStats()
@@ -187,7 +153,7 @@ class Runner:
                 # one claim per finished send would be a round trip per delivery.
                 if room <= 0 or (room < self.prefetch // 2 and not idle_slots):
                     self._room.clear()
-                    await _first_of(self._room, self._stopping)
+                    await first_of(self._room, self._stopping)
                     continue
                 try:
                     if conn is None or conn.closed:
@@ -204,7 +170,7 @@ class Runner:
                 except psycopg.OperationalError as exc:
                     await self._close(conn)
                     conn = None
-                    await _first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
+                    await first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
                     continue
                 except psycopg.Error as exc:
                     # Not a lost connection: the schema may be missing or mid-upgrade, or the role
@@ -212,7 +178,7 @@ class Runner:
                     delay = backoff.next()
                     log.error("claim failed", extra={"error": str(exc).strip(), "sqlstate": exc.sqlstate,
                                                      "retry_in_s": round(delay, 2)})
-                    await _first_of(self._stopping, timeout=delay)
+                    await first_of(self._stopping, timeout=delay)
                     continue
                 self._ready.extend(jobs)
                 self._dispatch()
@@ -231,7 +197,7 @@ class Runner:
                         # A little past the due time, so the claim's now() has reached it; and
                         # never a busy loop when the database says "now" but had nothing for us.
                         timeout = min(timeout, max(due_in + 0.002, 0.02))
-                    await _first_of(*wake_on, timeout=timeout)
+                    await first_of(*wake_on, timeout=timeout)
         finally:
             await self._close(conn)
 
@@ -390,105 +356,6 @@ class Runner:
             # Their leases will expire and they will be claimed again: late, never lost.
             log.warning("could not release unsent deliveries; their leases will expire",
                         extra={"count": len(jobs), "error": str(exc).strip()})
-
-    # -- reporting -------------------------------------------------------------------------
-
-    async def _report_loop(self) -> None:
-        """Send results to complete() in batches until stopped and everything is reported."""
-        cfg = self.config
-        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
-        conn: psycopg.AsyncConnection[Any] | None = None
-        give_up_at: float | None = None
-        try:
-            while True:
-                if not self._results:
-                    if self._stopping.is_set() and not self._tasks:
-                        return
-                    self._results_ready.clear()
-                    await _first_of(self._results_ready, timeout=0.5)
-                    continue
-                batch = self._results[: cfg.report_batch_size]
-                try:
-                    if conn is None or conn.closed:
-                        conn = await self._connect()
-                    await self._complete(conn, batch)
-                    del self._results[: len(batch)]
-                    backoff.reset()
-                except psycopg.OperationalError as exc:
-                    # Checked before psycopg.Error below: a lost connection keeps the batch for later.
-                    if self._stopping.is_set():
-                        give_up_at = give_up_at or time.monotonic() + cfg.shutdown_grace
-                        if time.monotonic() > give_up_at:
-                            log.error("could not report results before shutting down; "
-                                      "those deliveries will be retried", extra={"count": len(self._results)})
-                            return
-                    await self._close(conn)
-                    conn = None
-                    await asyncio.sleep(self._lost_connection("complete", exc, backoff))
-                except psycopg.Error as exc:
-                    del self._results[: len(batch)]
-                    if _is_data_error(exc):
-                        # Something in one result the database will not take: report the others one
-                        # by one rather than let one hostile response resend the whole batch forever.
-                        lost = await self._complete_one_by_one(conn, batch)
-                        if lost is None:  # the connection went meanwhile: keep them all for later
-                            self._results[:0] = batch
-                            await self._close(conn)
-                            conn = None
-                        continue
-                    # The database refused the batch itself (a schema mid-upgrade, a missing grant).
-                    # Retrying it could block every later result, so let it go: those leases expire
-                    # and the deliveries are sent again, late but not lost.
-                    self.stats.unreported += len(batch)
-                    delay = backoff.next()
-                    log.error("could not report results; those deliveries will be retried when their leases expire",
-                              extra={"count": len(batch), "error": str(exc).strip(), "sqlstate": exc.sqlstate,
-                                     "retry_in_s": round(delay, 2)})
-                    await asyncio.sleep(delay)
-        finally:
-            await self._close(conn)
-
-    async def _complete_one_by_one(
-        self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]
-    ) -> int | None:
-        """Report each result alone; one the database still refuses goes again without its
-        response excerpt, then is given up on (its lease expires). Returns how many were given
-        up on, or None if the connection was lost (nothing is dropped then)."""
-        lost = 0
-        for result in batch:
-            for attempt in (result, {**result, "response_excerpt": None, "error": _UNSTORABLE}):
-                try:
-                    await self._complete(conn, [attempt])
-                    break
-                except psycopg.OperationalError:
-                    return None
-                except psycopg.Error as exc:
-                    log.warning("result refused by the database", extra={
-                        "delivery_id": result.get("delivery_id"), "sqlstate": exc.sqlstate,
-                        "error": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    })
-            else:
-                lost += 1
-        self.stats.unreported += lost
-        return lost
-
-    async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
-        cur = await conn.execute(
-            "SELECT delivery_id, attempt, status FROM webhooks.complete(%s) WHERE status IN ('refused', 'pending')",
-            (Jsonb(batch),),
-        )
-        rows = await cur.fetchall()
-        # Reported leases no longer count against their webhook's max_concurrency in claim(): a
-        # claim loop held back by a limit may go on. A retry may have been scheduled sooner than
-        # the claim loop means to wake: it looks again.
-        self._room.set()
-        if any(r[2] == "pending" for r in rows):
-            self._wake.set()
-        refused = [r for r in rows if r[2] == "refused"]
-        if refused:
-            self.stats.refused += len(refused)
-            log.warning("results refused: their leases had expired (the deliveries were or will be retried)",
-                        extra={"count": len(refused), "delivery_ids": [r[0] for r in refused[:10]]})
 
     # -- waking ----------------------------------------------------------------------------
 
