@@ -57,3 +57,7 @@ CREATE INDEX IF NOT EXISTS deliveries_webhook_due ON webhooks.deliveries (webhoo
 -- from the due index, where a dead endpoint's scheduled retries would have to be stepped over.
 CREATE INDEX IF NOT EXISTS deliveries_webhook_leased ON webhooks.deliveries (webhook_id, next_attempt_at)
     WHERE status = 'leased';
+-- The old claim path, all due work in time order, goes: nothing walks it any more, and the
+-- planner would pick it for "one webhook's due work in time order" (stepping over every other
+-- webhook's earlier due work, a dead endpoint's whole backlog) when statistics suggest it.
+DROP INDEX IF EXISTS webhooks.deliveries_due;

@@ -120,29 +120,39 @@ def _claim_ms(conn: psycopg.Connection[Any], repeats: int, skip: list[str] | Non
 def bench_claim_isolation(env: Env, backlog: int, repeats: int = 25) -> list[Result]:
     section = (f"8 isolation: claim(200) cost beside another webhook's {backlog:,} due deliveries "
                "(200 due for the webhook being served)")
+    # Two databases: the baseline holds only the served webhook's 200; the other holds the big
+    # backlog first, then those 200, so that walking due work in time order would step over it.
+    dsn = env.fresh_db("claim_empty")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create_orders(conn, "orders")
+            create_webhook(conn, "served", "http://127.0.0.1:9/hook", "orders")
+            bulk_backlog(conn, "orders", 200)
+            if _has_endpoints(conn):  # claim() adds them, but claims measured here are rolled back
+                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks")
+            conn.execute("VACUUM ANALYZE")
+            _claim_ms(conn, 3)  # warm-up
+            empty = _claim_ms(conn, repeats)
+    finally:
+        env.drop_db(dsn)
     dsn = env.fresh_db("claim_isolation")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             create_orders(conn, "orders")
             create_orders(conn, "big_orders")
-            create_webhook(conn, "served", "http://127.0.0.1:9/hook", "orders")
             big = create_webhook(conn, "big", "http://127.0.0.1:9/big", "big_orders")
-            bulk_backlog(conn, "orders", 200)
-            # claim() adds missing endpoints rows; claim_seconds() rolls back, so add them for good.
-            if _has_endpoints(conn):
-                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks"
-                             " ON CONFLICT DO NOTHING")
-            conn.execute("VACUUM ANALYZE")
-            _claim_ms(conn, 3)  # warm-up
-            empty = _claim_ms(conn, repeats)
             bulk_backlog(conn, "big_orders", backlog)
-            conn.execute("VACUUM ANALYZE")
-            # Saturated: the big webhook has max_concurrency deliveries in flight already.
+            create_webhook(conn, "served", "http://127.0.0.1:9/hook", "orders")
+            bulk_backlog(conn, "orders", 200)
             served = conn.execute("SELECT array_agg(id) FROM webhooks.webhooks WHERE id <> %s", (big,)).fetchone()
             assert served is not None
             if _has_endpoints(conn):
+                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks")
                 conn.execute("UPDATE webhooks.webhooks SET max_concurrency = 20 WHERE id = %s", (big,))
+            # Saturated: the big webhook has 20 deliveries in flight already.
             conn.execute("SELECT count(*) FROM webhooks.claim(20, 3600, 20, %s::uuid[])", (served[0],))
+            conn.execute("VACUUM ANALYZE")
+            _claim_ms(conn, 3)
             # 0.1.0 knows a webhook is saturated only from the runner holding its sends (skip_webhooks);
             # since 0.2 claim() counts its max_concurrency itself, whoever holds them.
             saturated = _claim_ms(conn, repeats, [] if _has_endpoints(conn) else [big])
