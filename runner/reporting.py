@@ -13,7 +13,9 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -68,7 +70,9 @@ class ReportingMixin:
     _results_ready: asyncio.Event
     _stopping: asyncio.Event
     _wake: asyncio.Event
-    _room: asyncio.Event
+    _unsaturated: asyncio.Event
+    _sql_limited_sent: bool
+    _failing: Counter[UUID]
     _tasks: dict[asyncio.Task[None], Job]
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
@@ -167,9 +171,12 @@ class ReportingMixin:
         )
         rows = await cur.fetchall()
         # Reported leases no longer count against their webhook's max_concurrency in claim(): a
-        # claim loop held back by a limit may go on. A retry may have been scheduled sooner than
-        # the claim loop means to wake: it looks again.
-        self._room.set()
+        # claim loop held back by one may go on. A retry may have been scheduled sooner than the
+        # claim loop means to wake: it looks again.
+        self._failing.clear()  # reported: the database's circuit decides from here
+        if self._sql_limited_sent:
+            self._sql_limited_sent = False
+            self._unsaturated.set()
         if any(r[2] == "pending" for r in rows):
             self._wake.set()
         refused = [r for r in rows if r[2] == "refused"]

@@ -30,6 +30,7 @@ from pgwebhooks.sender import Sender, SendResult
 log = logging.getLogger("pgwebhooks.runner")
 
 NOTIFY_CHANNEL = "webhooks"
+CIRCUIT_FAILURE_THRESHOLD = 5  # as webhooks._circuit_failure_threshold()
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ class Job:
     body: str
     headers: dict[str, str]
     timeout_seconds: int
-    # The webhook's concurrency limit (its max_concurrency, else --per-webhook-concurrency),
-    # counted by claim() across all runners; kept here for this runner's own dispatching.
-    concurrency: int | None
+    # The webhook's max_concurrency, which claim() counts across all runners; None: this
+    # runner's --per-webhook-concurrency, which it counts against its own sends.
+    max_concurrency: int | None
     # Local clock: past this, a send could not finish within the lease claim() granted
     # (2 x timeout + margin from the claim), so the job is handed back instead of sent.
     start_by: float = 0.0
@@ -93,8 +94,22 @@ class Runner(ReportingMixin):
         # endpoints). Bounded by `prefetch`, and per webhook by its concurrency limit.
         self._ready: deque[Job] = deque()
         self._expired: list[Job] = []  # waited too long in `_ready`; released by the claim loop
+        self._waiting: Counter[UUID] = Counter()  # jobs in `_ready`, per webhook
+        # A webhook that was saturated (see _saturated) has room again, or a report freed room
+        # under a max_concurrency that claim() counts: worth claiming again.
+        self._unsaturated = asyncio.Event()
+        self._sql_limited_sent = False  # a send of a webhook with max_concurrency ended since the last report
+        # Failures in a row per webhook since the last report (no response, or a 5xx). At the
+        # circuit breaker's threshold the runner stops sending that webhook's waiting jobs and
+        # hands them back unsent: the report about to open its circuit would come too late for
+        # them, and a dead endpoint would take one attempt from each. Cleared by every report,
+        # after which the circuit in the database decides.
+        self._failing: Counter[UUID] = Counter()
         self._sender: Sender | None = None
         self.prefetch = max(1, min(config.batch_size, config.concurrency // 2))
+        # How many of one webhook (without max_concurrency) a claim may take: a limit's worth in
+        # flight and another waiting to start as they end (see _saturated).
+        self._per_claim = 2 * config.per_webhook_concurrency
         self._results: list[dict[str, Any]] = []
         self._results_ready = asyncio.Event()
         self._reporter_idle = asyncio.Event()
@@ -181,23 +196,29 @@ class Runner(ReportingMixin):
                     await first_of(self._stopping, timeout=delay)
                     continue
                 self._ready.extend(jobs)
+                self._waiting.update(job.webhook_id for job in jobs)
                 self._dispatch()
                 if len(jobs) < wanted:
-                    # Caught up, or held back by a limit. Sleep until a commit notifies us, the
-                    # next retry, lease end, probe or rate-limit token the database knows of is
-                    # due, the poll interval passes (in case a notification was lost), or, when
-                    # some webhook is at its limit (before or after this claim), one of its sends
-                    # finishes: a short claim then says nothing about the backlog.
-                    limited = bool(saturated or self._saturated())
-                    wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
+                    # Caught up, or held back by a limit (a claim takes at most
+                    # --per-webhook-concurrency of a webhook). Ask the database what is due for
+                    # the webhooks this runner has room for: more now, then claim again at once;
+                    # otherwise sleep until a commit notifies us, the next retry, lease end, probe
+                    # or rate-limit token is due, the poll interval passes (in case a
+                    # notification was lost), or a saturated webhook has room again.
+                    self._unsaturated.clear()
+                    saturated = self._saturated()
+                    per_webhook = Counter(job.webhook_id for job in jobs if job.max_concurrency is None)
+                    if any(n >= self._per_claim and w not in saturated for w, n in per_webhook.items()):
+                        continue  # a webhook gave all one claim may take of it: there is likely more
+                    due_in = await self._next_due_in(conn, saturated)
+                    if due_in == 0 and jobs:
+                        continue
                     timeout = cfg.poll_interval * random.uniform(0.8, 1.2)
-                    # Busy at a limit, the loop wakes as sends end anyway: spare the round trip.
-                    due_in = None if limited and jobs else await self._next_due_in(conn, saturated)
                     if due_in is not None:
                         # A little past the due time, so the claim's now() has reached it; and
                         # never a busy loop when the database says "now" but had nothing for us.
                         timeout = min(timeout, max(due_in + 0.002, 0.02))
-                    await first_of(*wake_on, timeout=timeout)
+                    await first_of(self._wake, self._stopping, self._unsaturated, timeout=timeout)
         finally:
             await self._close(conn)
 
@@ -223,14 +244,14 @@ class Runner(ReportingMixin):
         cfg = self.config
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, concurrency"
+                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
                 " FROM webhooks.claim(%s, %s, %s, %s::uuid[])",
-                (wanted, cfg.lease_margin_seconds, cfg.per_webhook_concurrency, saturated),
+                (wanted, cfg.lease_margin_seconds, self._per_claim, saturated),
             )
             rows = await cur.fetchall()
         self.stats.claimed += len(rows)
         for row in rows:
-            self._limits[row["webhook_id"]] = row["concurrency"] or cfg.per_webhook_concurrency
+            self._limits[row["webhook_id"]] = row["max_concurrency"] or cfg.per_webhook_concurrency
         if len(self._limits) > 10_000:  # webhooks come and go; keep it bounded
             self._limits = {k: v for k, v in self._limits.items() if k in self._in_flight}
         now = time.monotonic()
@@ -248,10 +269,15 @@ class Runner(ReportingMixin):
         return float(row[0]) if row and row[0] is not None else None
 
     def _saturated(self) -> list[UUID]:
-        """Webhooks whose sends in flight and waiting already fill their concurrency limit."""
-        load = Counter(self._in_flight)
-        load.update(job.webhook_id for job in self._ready)
-        return [webhook for webhook, n in load.items() if n >= self._limit(webhook)]
+        """Webhooks with a full limit's worth of sends in flight and another waiting. The waiting
+        ones start the moment a send ends, not a claim's round trip later: with one busy webhook
+        at the default limit of 20, that round trip per 20 sends halved the runner's rate."""
+        hooks = set(self._in_flight) | set(self._waiting)
+        failing = {w for w, n in self._failing.items() if n >= CIRCUIT_FAILURE_THRESHOLD}
+        return list({w for w in hooks if self._load(w) >= 2 * self._limit(w)} | failing)
+
+    def _load(self, webhook: UUID) -> int:
+        return self._in_flight.get(webhook, 0) + self._waiting[webhook]
 
     def _limit(self, webhook: UUID) -> int:
         return self._limits.get(webhook, self.config.per_webhook_concurrency)
@@ -266,15 +292,24 @@ class Runner(ReportingMixin):
         held: deque[Job] = deque()
         while self._ready and len(self._tasks) < cfg.concurrency:
             job = self._ready.popleft()
-            if now > job.start_by:
+            if now > job.start_by or self._failing[job.webhook_id] >= CIRCUIT_FAILURE_THRESHOLD:
+                self._unwait(job)
                 self._expired.append(job)
                 self._room.set()  # the claim loop releases them
-            elif self._in_flight.get(job.webhook_id, 0) >= (job.concurrency or cfg.per_webhook_concurrency):
+            elif self._in_flight.get(job.webhook_id, 0) >= (job.max_concurrency or cfg.per_webhook_concurrency):
                 held.append(job)
             else:
+                self._unwait(job)
                 self._start(self._sender, job)
         held.extend(self._ready)
         self._ready = held
+
+    def _unwait(self, job: Job) -> None:
+        left = self._waiting[job.webhook_id] - 1
+        if left > 0:
+            self._waiting[job.webhook_id] = left
+        else:
+            del self._waiting[job.webhook_id]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -297,12 +332,20 @@ class Runner(ReportingMixin):
             del self._in_flight[job.webhook_id]
         self._dispatch()
         self._room.set()
+        if self._load(job.webhook_id) < 2 * self._limit(job.webhook_id):
+            self._unsaturated.set()
+        if job.max_concurrency is not None:
+            self._sql_limited_sent = True
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Sender.send never raises for network trouble; this is a bug worth a loud line.
             log.error("send crashed", extra={"delivery_id": job.delivery_id, "error": repr(exc)})
 
     def _record(self, job: Job, result: SendResult) -> None:
         ok = result.status_code is not None and 200 <= result.status_code < 300
+        if result.status_code is None or result.status_code >= 500:
+            self._failing[job.webhook_id] += 1
+        else:
+            self._failing.pop(job.webhook_id, None)
         if ok:
             self.stats.delivered += 1
         else:
@@ -328,6 +371,7 @@ class Runner(ReportingMixin):
         period, then hand back the ones that did not finish."""
         waiting = [*self._ready, *self._expired]
         self._ready.clear()
+        self._waiting.clear()
         self._expired.clear()
         if waiting:
             await self._release(waiting)

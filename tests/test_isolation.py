@@ -70,9 +70,10 @@ async def test_a_dead_endpoint_neither_slows_others_nor_is_hammered(db: str) -> 
     assert drained < 10, f"the healthy webhook took {drained:.1f} s for 300 deliveries"
     tried = query(db, "SELECT count(*) AS n FROM webhooks.delivery_attempts a JOIN webhooks.deliveries d"
                       " ON d.id = a.delivery_id WHERE d.webhook_id = %s", dead["id"])[0]["n"]
-    # A wave or two of --per-webhook-concurrency (20) fails before the first report opens the
-    # circuit; then one probe after 1, 2, 4 s. Without the breaker: one attempt per delivery.
-    assert 5 <= tried <= 60, f"{tried} attempts at a dead endpoint"
+    # The first wave (--per-webhook-concurrency 20, already in flight) fails, the runner holds
+    # back the rest, the report opens the circuit; then one probe after 1, 2, 4 s. Without the
+    # breaker: one attempt per delivery, 500.
+    assert 5 <= tried <= 30, f"{tried} attempts at a dead endpoint"
     state = query(db, "SELECT circuit FROM webhooks.endpoints WHERE webhook_id = %s", dead["id"])[0]
     assert state["circuit"] in ("open", "half_open")
     counts = {r["status"]: r["n"] for r in query(

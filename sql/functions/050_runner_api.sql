@@ -9,7 +9,7 @@
 -- generate_series and unnest make small plans look expensive enough to JIT-compile (~400 ms a
 -- call for ~10 ms of work).
 
--- claim() returns each webhook's concurrency limit since 0.2 (a new result column).
+-- claim() returns each webhook's max_concurrency since 0.2 (a new result column).
 DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
 
 CREATE OR REPLACE FUNCTION webhooks.version()
@@ -146,6 +146,20 @@ AS $$
     SELECT count(*)::integer FROM created
 $$;
 
+-- Each webhook's endpoints row (circuit breaker, rate-limit tokens) is created with it, in the
+-- same transaction: claim() must never wait for another transaction's insert of that row.
+CREATE OR REPLACE FUNCTION webhooks._add_endpoint()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO webhooks.endpoints (webhook_id) VALUES (NEW.id) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER webhooks_add_endpoint AFTER INSERT ON webhooks.webhooks
+    FOR EACH ROW EXECUTE FUNCTION webhooks._add_endpoint();
+
 -- The circuit breaker's settings: this many failures in a row open an endpoint's circuit, for a
 -- cooldown that doubles with each opening in a row (1 s, 2 s, 4 s ... at most 30 s) so that a
 -- dead endpoint sees a probe every half minute, not one request per delivery.
@@ -188,21 +202,21 @@ $$;
 
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
 -- token complete() checks), the exact body and every header already signed, and the webhook's
--- concurrency limit (for the runner's own bookkeeping).
+-- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
 --
--- Work is chosen per webhook, never by walking all due work in time order: for each webhook
--- with due work (least recently served first), claim() takes its endpoints row lock (SKIP
--- LOCKED: another runner is serving it right now), works out its room (see _room: its
--- max_concurrency minus what is in flight across all runners, one probe while its circuit is
--- not closed, its rate limit's tokens) and takes that many of its oldest due deliveries from `deliveries_webhook_due`.
--- A claim therefore costs O(batch + webhooks with due work), whatever one webhook has queued; a
--- webhook whose circuit is open, or a paused one, is not looked at.
+-- Work is chosen per webhook, never by walking all due work in time order: one index probe per
+-- enabled webhook finds those with due work (the one whose work has waited longest first); each
+-- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
+-- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
+-- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
+-- costs O(batch + enabled webhooks), whatever one webhook has queued; a webhook whose circuit is
+-- open, or a paused one, is not looked at beyond that probe.
 --
 -- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
--- runner's --per-webhook-concurrency, which it counts against its own sends); `skip_webhooks`
--- leaves out webhooks the caller has no room for. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
--- request of its webhook to finish first) plus `lease_margin_seconds`; when it runs out, the
--- delivery is due again.
+-- runner passes twice its --per-webhook-concurrency, which it counts against its own sends);
+-- `skip_webhooks` leaves out webhooks the caller has no room for. A lease lasts twice the
+-- webhook's timeout (a claimed delivery may wait for one request of its webhook to finish
+-- first) plus `lease_margin_seconds`; when it runs out, the delivery is due again.
 CREATE OR REPLACE FUNCTION webhooks.claim(
     batch_size integer DEFAULT 100,
     lease_margin_seconds integer DEFAULT 30,
@@ -216,13 +230,15 @@ RETURNS TABLE (
     body text,
     headers jsonb,
     timeout_seconds integer,
-    concurrency integer)
+    max_concurrency integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
     serving uuid[];
+    exact uuid[];
+    locked uuid[] := '{}';
 BEGIN
     PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
     PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
@@ -232,45 +248,68 @@ BEGIN
     -- Fan out ahead of this batch, so that other runners find committed work too while this one
     -- holds a large capture.
     PERFORM webhooks._fan_out(batch_size * 4);
+    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
+    -- missing all the same, add it without ever waiting: a claim that finds another transaction
+    -- adding the same row (the advisory lock taken) leaves it to that one.
     INSERT INTO webhooks.endpoints (webhook_id)
     SELECT w.id FROM webhooks.webhooks w
     WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
+      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
     ON CONFLICT DO NOTHING;
-    -- The webhooks to serve, locked in a statement of their own: the next one's snapshot then
-    -- sees every lease other runners made for them, so their limits hold across runners.
-    SELECT array_agg(s.webhook_id ORDER BY s.last_claimed_at NULLS FIRST, s.webhook_id) INTO serving
+    -- The webhooks with due work, the one whose work has waited longest first.
+    SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
+    INTO serving, exact
     FROM (
-        SELECT e.webhook_id, e.last_claimed_at
-        FROM webhooks.endpoints e
-        JOIN webhooks.webhooks w ON w.id = e.webhook_id
+        SELECT w.id, n.oldest,
+               w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed' AS exact
+        FROM webhooks.webhooks w
+        JOIN webhooks.endpoints e ON e.webhook_id = w.id
+        CROSS JOIN LATERAL (
+            SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
+            WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at LIMIT 1
+        ) n
         WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
           AND (e.circuit <> 'open' OR e.retry_at <= now())
-          AND EXISTS (SELECT 1 FROM webhooks.deliveries d
-                      WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now())
-        FOR NO KEY UPDATE OF e SKIP LOCKED
-    ) s;
+    ) x;
     IF serving IS NULL THEN
         RETURN;
+    END IF;
+    -- Webhooks whose limits or circuit need exact accounting across runners are served under
+    -- their endpoints row lock, taken in a statement of its own so that the next one's snapshot
+    -- sees every lease other runners made for them; one another claim holds is skipped. Others
+    -- are served lock-free, by any number of claims at once.
+    IF exact IS NOT NULL THEN
+        SELECT coalesce(array_agg(l.webhook_id), '{}') INTO locked
+        FROM (SELECT e.webhook_id FROM webhooks.endpoints e WHERE e.webhook_id = ANY (exact)
+              FOR NO KEY UPDATE SKIP LOCKED) l;
+        serving := ARRAY(SELECT h FROM unnest(serving) WITH ORDINALITY AS u(h, o)
+                         WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
     END IF;
     RETURN QUERY
     WITH hook AS (
         SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
-               coalesce(w.max_concurrency, per_webhook_limit) AS concurrency,
+               w.max_concurrency,
                webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
                               w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) AS room
         FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
         JOIN webhooks.webhooks w ON w.id = s.id
         JOIN webhooks.endpoints e ON e.webhook_id = s.id
     ),
+    -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
+    roomy AS (
+        SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
+        FROM hook h WHERE h.room > 0
+    ),
     candidate AS (
         SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id, h.max_retries
-        FROM (SELECT h.* FROM hook h WHERE h.room > 0 ORDER BY h.ord) h
+        FROM (SELECT h.* FROM roomy h ORDER BY h.ord) h
         CROSS JOIN LATERAL (
             SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id
             FROM webhooks.deliveries d
             WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
             ORDER BY d.next_attempt_at
-            LIMIT least(h.room, batch_size)
+            LIMIT least(h.room, h.share)
             FOR UPDATE OF d SKIP LOCKED
         ) d
         LIMIT batch_size
@@ -319,8 +358,7 @@ BEGIN
     -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
     served AS (
         UPDATE webhooks.endpoints e
-        SET last_claimed_at = now(),
-            tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
+        SET tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
             tokens_at = now(),
             circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
             circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
@@ -332,14 +370,14 @@ BEGIN
         FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
               FROM leased l GROUP BY l.webhook_id) t
         JOIN hook h ON h.id = t.webhook_id
-        WHERE e.webhook_id = t.webhook_id
+        WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
     )
     SELECT l.id, l.attempts, w.id, w.url, p.body,
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
-           w.timeout_seconds, h.concurrency
+           w.timeout_seconds, h.max_concurrency
     FROM leased l
     JOIN hook h ON h.id = l.webhook_id
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
@@ -378,10 +416,12 @@ $$;
 CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
                                                 skip_webhooks uuid[] DEFAULT '{}')
 RETURNS double precision
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
-    SELECT CASE
+BEGIN
+    -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
+    RETURN (SELECT CASE
         WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
         -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
         ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
@@ -406,7 +446,8 @@ AS $$
             ) n
             WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
         ) x)
-    END
+    END);
+END
 $$;
 
 -- Apply the results of attempts, a JSON array of

@@ -12,9 +12,10 @@ ALTER TABLE webhooks.webhooks DROP CONSTRAINT IF EXISTS webhooks_rate_limit_per_
 ALTER TABLE webhooks.webhooks ADD CONSTRAINT webhooks_rate_limit_per_second_range
     CHECK (rate_limit_per_second BETWEEN 1 AND 100000);
 
--- What claim() and complete() know about each webhook's endpoint, one row per webhook (claim()
--- adds missing rows). Its row lock is what makes the limits hold across runners: a claim takes
--- it (SKIP LOCKED) before counting what is in flight.
+-- What claim() and complete() know about each webhook's endpoint, one row per webhook (created
+-- with the webhook). Its row lock is what makes limits hold across runners: claim() takes it
+-- (SKIP LOCKED) for a webhook with max_concurrency, a rate limit or a circuit not closed before
+-- counting what is in flight; complete() takes it when a report changes the circuit.
 --
 -- Circuit breaker:
 --
@@ -40,7 +41,6 @@ CREATE TABLE IF NOT EXISTS webhooks.endpoints (
     -- holding at most one second's worth.
     tokens               double precision NOT NULL DEFAULT 0,
     tokens_at            timestamptz NOT NULL DEFAULT '1970-01-01 00:00:00+00',  -- a new bucket starts full
-    last_claimed_at      timestamptz,                 -- round robin across webhooks
     CONSTRAINT endpoints_circuit_valid CHECK (circuit IN ('closed', 'open', 'half_open')),
     CONSTRAINT endpoints_open_has_retry_at CHECK (circuit <> 'open' OR retry_at IS NOT NULL),
     CONSTRAINT endpoints_failures_nonnegative CHECK (consecutive_failures >= 0 AND times_opened >= 0)
