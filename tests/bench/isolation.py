@@ -129,7 +129,8 @@ def bench_claim_isolation(env: Env, backlog: int, repeats: int = 25) -> list[Res
             create_webhook(conn, "served", "http://127.0.0.1:9/hook", "orders")
             bulk_backlog(conn, "orders", 200)
             if _has_endpoints(conn):  # claim() adds them, but claims measured here are rolled back
-                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks")
+                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks"
+                             " ON CONFLICT DO NOTHING")
             conn.execute("VACUUM ANALYZE")
             _claim_ms(conn, 3)  # warm-up
             empty = _claim_ms(conn, repeats)
@@ -147,7 +148,8 @@ def bench_claim_isolation(env: Env, backlog: int, repeats: int = 25) -> list[Res
             served = conn.execute("SELECT array_agg(id) FROM webhooks.webhooks WHERE id <> %s", (big,)).fetchone()
             assert served is not None
             if _has_endpoints(conn):
-                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks")
+                conn.execute("INSERT INTO webhooks.endpoints (webhook_id) SELECT id FROM webhooks.webhooks"
+                             " ON CONFLICT DO NOTHING")
                 conn.execute("UPDATE webhooks.webhooks SET max_concurrency = 20 WHERE id = %s", (big,))
             # Saturated: the big webhook has 20 deliveries in flight already.
             conn.execute("SELECT count(*) FROM webhooks.claim(20, 3600, 20, %s::uuid[])", (served[0],))
