@@ -290,8 +290,9 @@ BEGIN
     WITH hook AS (
         SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
                w.max_concurrency,
-               webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
-                              w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) AS room
+               CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
+                    ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                        w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
         FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
         JOIN webhooks.webhooks w ON w.id = s.id
         JOIN webhooks.endpoints e ON e.webhook_id = s.id

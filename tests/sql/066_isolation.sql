@@ -4,7 +4,7 @@
 -- webhooks, next_due_in(). now() is frozen in the transaction: "time passes" by moving
 -- next_attempt_at, retry_at and tokens_at.
 BEGIN;
-SELECT plan(41);
+SELECT plan(43);
 
 CREATE TABLE public.dead (id int PRIMARY KEY);
 CREATE TABLE public.capped (id int PRIMARY KEY);
@@ -52,6 +52,11 @@ $$;
 CREATE FUNCTION pg_temp.spent(hook_name text) RETURNS int LANGUAGE sql AS $$
     SELECT sum(attempts)::int FROM webhooks.deliveries WHERE webhook_id = pg_temp.hook(hook_name)
 $$;
+
+SELECT is((SELECT count(*)::int FROM webhooks.webhooks w JOIN webhooks.endpoints e ON e.webhook_id = w.id), 5,
+          'every webhook has its endpoints row from its creation');
+SELECT is((SELECT DISTINCT (circuit, consecutive_failures, tokens)::text FROM webhooks.endpoints), '(closed,0,0)',
+          'closed, no failures; the rate limit''s bucket starts full (tokens as of 1970)');
 
 -- The circuit breaker -------------------------------------------------------------------------
 INSERT INTO public.dead SELECT generate_series(1, 8);
