@@ -4,14 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := postgresql-15 postgresql-plpython3-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 
-.PHONY: test demo bench lint sql deps venv clean
+.PHONY: test demo bench lint sql deps venv clean migration-tools
 
-test: deps venv
+test: deps venv migration-tools
 	$(VENV)/bin/ruff check runner plpython tests
 	$(VENV)/bin/pytest -q
 
 demo: deps venv
 	$(PY) -m pgwebhooks.demo
+
+# Crashes, restarts, connection storms and hostile receivers (a few minutes; not part of `make test`).
+test-chaos: deps venv
+	$(VENV)/bin/pytest -q -o addopts="-ra" tests/chaos
 
 bench: deps venv
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
@@ -32,6 +36,23 @@ deps:
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
 
+# Migration tools the install is tested with (tests/test_migration_tools.py): dbmate from npm
+# (the package ships its binary) into .tools/, sqitch and its PostgreSQL driver from Debian.
+# yoyo-migrations and Alembic come with the test extras.
+MIGRATION_TOOL_DEBS := sqitch libdbd-pg-perl
+migration-tools: .tools/node_modules/.bin/dbmate
+	@missing=$$(for p in $(MIGRATION_TOOL_DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+.tools/node_modules/.bin/dbmate:
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq npm; }
+	mkdir -p .tools && npm install --silent --no-audit --no-fund --prefix .tools dbmate@2
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -41,4 +62,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .pytest_cache .tools

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,11 +16,24 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, logs, migrations
+from pgwebhooks import __version__, cli_install, logs
+
+
+def _resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--dsn, else PGWEBHOOKS_DSN (click reads it), else DATABASE_URL, else "" (libpq's PG* and defaults)."""
+    if value:
+        return value
+    # An empty conninfo lets libpq fill in everything from PGHOST, PGPORT, PGDATABASE, PGUSER,
+    # PGPASSWORD, PGSERVICE, ~/.pgpass and its built-in defaults, as psql does.
+    return os.environ.get("DATABASE_URL") or ""
+
 
 DSN = click.option(
-    "--dsn", envvar="PGWEBHOOKS_DSN", required=True, show_envvar=True, help="PostgreSQL connection string."
+    "--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=_resolve_dsn,
+    help="PostgreSQL connection string. If not given: $PGWEBHOOKS_DSN, then $DATABASE_URL, then the libpq"
+         " variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE...) and defaults, as psql uses.",
 )
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -29,34 +43,10 @@ def main() -> None:
     """PostgreSQL row changes as signed HTTP webhooks."""
 
 
-# -- install ---------------------------------------------------------------------------------
+# -- install (migrate, sql, uninstall: see cli_install.py) --------------------------------------
 
-
-@main.command()
-@DSN
-def migrate(dsn: str) -> None:
-    """Install or upgrade the webhooks schema (safe to run concurrently)."""
-    try:
-        applied = migrations.migrate(dsn)
-    except (migrations.MigrationError, psycopg.Error) as exc:
-        raise click.ClickException(str(exc)) from exc
-    if applied:
-        click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
-    else:
-        click.echo("schema is up to date")
-
-
-@main.command("sql")
-def print_sql() -> None:
-    """Print the complete install script (for psql and migration tools)."""
-    click.echo(migrations.install_script(), nl=False)
-
-
-@main.command("render-plpython", hidden=True)
-def render_plpython() -> None:
-    """Regenerate sql/functions/020_plpython.sql from plpython/*.py."""
-    migrations.PLPYTHON_SQL.write_text(migrations.render_plpython())
-    click.echo(f"wrote {migrations.PLPYTHON_SQL}")
+for _command in cli_install.COMMANDS:
+    main.add_command(_command)
 
 
 # -- runner and receiver -----------------------------------------------------------------------
@@ -74,7 +64,7 @@ def render_plpython() -> None:
 @click.option("--allow-private-networks", is_flag=True, help="Allow loopback, private and link-local destinations.")
 @click.option("--allow-cidr", "allowed_cidrs", multiple=True, help="Allow destinations in this CIDR (repeatable).")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
     shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
@@ -316,13 +306,23 @@ def delete(dsn: str, webhook_id: str) -> None:
 
 @main.command()
 @DSN
-@click.argument("webhook_id")
+@click.argument("webhook_id", required=False)
 @click.option("--limit", default=50, show_default=True)
 @click.option("--offset", default=0, show_default=True)
-@click.option("--attempts", "delivery_id", type=int, help="Show every attempt of this delivery instead.")
+@click.option("--attempts", "delivery_id", type=int, metavar="DELIVERY_ID",
+              help="Show every attempt of this one delivery instead (no WEBHOOK_ID then).")
 @AS_JSON
-def deliveries(dsn: str, webhook_id: str, limit: int, offset: int, delivery_id: int | None, as_json: bool) -> None:
-    """Show a webhook's deliveries, newest first."""
+def deliveries(
+    dsn: str, webhook_id: str | None, limit: int, offset: int, delivery_id: int | None, as_json: bool
+) -> None:
+    """Show a webhook's deliveries, newest first; or, with --attempts, one delivery's attempts.
+
+    \b
+    pgwebhooks deliveries WEBHOOK_ID [--limit N] [--offset N]
+    pgwebhooks deliveries --attempts DELIVERY_ID
+    """
+    if (webhook_id is None) == (delivery_id is None):
+        raise click.UsageError("give either WEBHOOK_ID or --attempts DELIVERY_ID")
     with sql_api(dsn) as conn:
         if delivery_id is not None:
             rows = conn.execute("SELECT * FROM webhooks.get_delivery_attempts(%s)", (delivery_id,)).fetchall()

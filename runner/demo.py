@@ -1,6 +1,6 @@
 """`make demo`: the whole flow on this machine, end to end, then everything stopped again.
 
-A throwaway PostgreSQL under .demo/, the schema, a sample `orders` table, a webhook pointing at
+A throwaway PostgreSQL in a temporary directory of its own, the schema, a sample `orders` table, a webhook pointing at
 a local receiver that verifies both signature schemes, the real runner as a subprocess, and
 real writes: inserts, an update, a delete and a transaction that rolls back (and sends nothing).
 """
@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -23,7 +24,6 @@ from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres, free_port
 from pgwebhooks.receiver import Receiver
 
-DEMO_DIR = migrations.ROOT / ".demo"
 EXPECTED_EVENTS = 5  # 3 inserts, 1 update, 1 delete; the rolled-back insert must not arrive
 
 
@@ -65,13 +65,29 @@ def show_delivery_log(dsn: str, webhook_id: str) -> None:
               f"{r['response_status'] or '':>4}  {r['latency_ms'] or 0:>6}ms")
 
 
+def make_demo_dir() -> Path:
+    """A fresh directory for the server's data, outside the checkout.
+
+    As root the server runs as the `postgres` OS user, who must reach its data directory and
+    may not be able to enter the checkout (root's home is 0700, as is a `mktemp -d` folder).
+    """
+    base = Path(tempfile.mkdtemp(prefix="pgwebhooks-demo-"))
+    os.chmod(base, 0o755)  # mkdtemp makes it 0700
+    return base
+
+
 async def demo() -> int:
-    say("Starting a throwaway PostgreSQL under .demo/")
-    pg = LocalPostgres(DEMO_DIR / "pgdata")
-    pg.destroy()  # a previous run's leftovers
-    DEMO_DIR.mkdir(exist_ok=True)
-    os.chmod(DEMO_DIR, 0o755)
-    pg.start()
+    demo_dir = make_demo_dir()
+    say(f"Starting a throwaway PostgreSQL in {demo_dir}")
+    pg = LocalPostgres(demo_dir / "pgdata")
+    # initdb and pg_ctl run as `postgres` from our working directory and fail if it cannot be entered.
+    os.chdir(demo_dir)
+    try:
+        pg.start()
+    except BaseException:
+        pg.destroy()
+        shutil.rmtree(demo_dir, ignore_errors=True)
+        raise
     runner: subprocess.Popen[bytes] | None = None
     receiver = Receiver(out=sys.stdout)
     try:
@@ -130,8 +146,8 @@ async def demo() -> int:
             print(f"    runner exited with {code}")
         await receiver.stop()
         pg.destroy()
-        shutil.rmtree(DEMO_DIR, ignore_errors=True)
-        print("    receiver and PostgreSQL stopped, .demo/ removed")
+        shutil.rmtree(demo_dir, ignore_errors=True)
+        print(f"    receiver and PostgreSQL stopped, {demo_dir} removed")
 
 
 def main() -> None:

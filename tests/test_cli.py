@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import psycopg
 from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
+from conftest import dsn_params
 from pgwebhooks import migrations
 from pgwebhooks.cli import main
 
@@ -91,3 +98,100 @@ def test_bad_input_is_one_line_with_the_sqlstate(db: str) -> None:
 def test_unknown_webhook_id_is_a_clear_error(db: str) -> None:
     result = CliRunner().invoke(main, ["webhooks", "get", "00000000-0000-0000-0000-000000000000", "--dsn", db])
     assert result.exit_code == 1 and "no webhook with id" in result.output and "[WH404]" in result.output
+
+
+# -- issue 7 item 9: options and command shapes ------------------------------------------------
+
+
+def test_an_unknown_log_level_is_a_usage_error_not_a_traceback() -> None:
+    result = CliRunner().invoke(main, ["run", "--dsn", "postgresql://nowhere", "--log-level", "LOUD"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--log-level'" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+
+
+def test_log_levels_are_case_insensitive() -> None:
+    ctx = main.commands["run"].make_context("run", ["--dsn", "x", "--log-level", "debug"])
+    assert ctx.params["log_level"].upper() == "DEBUG"
+    ctx = main.commands["run"].make_context("run", ["--dsn", "x", "--log-level", "Warning"])
+    assert ctx.params["log_level"].upper() == "WARNING"
+
+
+NO_DSN_ENV: dict[str, str | None] = {
+    "PGWEBHOOKS_DSN": None, "DATABASE_URL": None, "PGHOST": None, "PGPORT": None, "PGDATABASE": None,
+    "PGUSER": None, "PGPASSWORD": None, "PGSERVICE": None,
+}
+
+
+def listed_names(env: dict[str, str | None], *args: str) -> list[str]:
+    result = CliRunner().invoke(main, ["webhooks", "list", "--json", *args], env={**NO_DSN_ENV, **env})
+    assert result.exit_code == 0, result.output
+    return [w["name"] for w in json.loads(result.output)]
+
+
+def test_the_libpq_environment_is_enough_without_dsn(db: str) -> None:
+    make_table(db)
+    invoke("webhooks", "create", "from-env", "https://example.com/h", "--dsn", db, "--table", "orders")
+    params = dsn_params(db)
+    env = {"PGHOST": params["host"], "PGPORT": params["port"], "PGDATABASE": params["dbname"],
+           "PGUSER": params["user"]}
+    assert listed_names(env) == ["from-env"]
+
+
+def test_database_url_is_used_and_the_precedence_is_dsn_then_pgwebhooks_dsn_then_database_url(db: str) -> None:
+    make_table(db)
+    invoke("webhooks", "create", "precedence", "https://example.com/h", "--dsn", db, "--table", "orders")
+    params = dsn_params(db)
+    # A database that does not exist: whichever source wins must be the one that names `db`.
+    wrong = make_conninfo(db, dbname="no_such_database_here")
+    libpq_wrong = {"PGHOST": params["host"], "PGPORT": params["port"], "PGDATABASE": "no_such_database_here",
+                   "PGUSER": params["user"]}
+    assert listed_names({**libpq_wrong, "DATABASE_URL": db}) == ["precedence"]
+    assert listed_names({"DATABASE_URL": wrong, "PGWEBHOOKS_DSN": db}) == ["precedence"]
+    assert listed_names({"DATABASE_URL": wrong, "PGWEBHOOKS_DSN": wrong}, "--dsn", db) == ["precedence"]
+    result = CliRunner().invoke(main, ["webhooks", "list"], env={**NO_DSN_ENV, "DATABASE_URL": wrong})
+    assert result.exit_code == 1 and "no_such_database_here" in result.output
+
+
+def test_the_help_says_where_the_connection_comes_from() -> None:
+    result = CliRunner().invoke(main, ["webhooks", "list", "--help"], terminal_width=400)
+    assert "PGWEBHOOKS_DSN" in result.output and "DATABASE_URL" in result.output and "PGHOST" in result.output
+
+
+def test_deliveries_attempts_needs_no_webhook_id(db: str) -> None:
+    make_table(db)
+    code, out = invoke("webhooks", "create", "h", "https://example.com/h", "--dsn", db, "--table", "orders", "--json")
+    hook_id = json.loads(out)["id"]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (total) VALUES (1)")
+        claimed = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(10)").fetchall()
+        assert len(claimed) == 1
+        delivery_id, attempt = claimed[0]
+        conn.execute("SELECT * FROM webhooks.complete(%s)", (Jsonb([{
+            "delivery_id": delivery_id, "attempt": attempt, "status_code": 503, "response_excerpt": "busy",
+        }]),))
+    code, out = invoke("deliveries", "--attempts", str(delivery_id), "--dsn", db, "--json")
+    assert code == 0, out
+    attempts = json.loads(out)
+    assert [(a["attempt"], a["status_code"], a["response_excerpt"]) for a in attempts] == [(1, 503, "busy")]
+
+    code, out = invoke("deliveries", hook_id, "--dsn", db, "--json")
+    assert code == 0 and [d["delivery_id"] for d in json.loads(out)] == [delivery_id]
+
+    for args in ([], [hook_id, "--attempts", str(delivery_id)]):
+        result = CliRunner().invoke(main, ["deliveries", "--dsn", db, *args])
+        assert result.exit_code == 2 and "either WEBHOOK_ID or --attempts" in result.output
+
+
+def test_demo_runs_from_a_checkout_the_postgres_user_cannot_enter(tmp_path: Path) -> None:
+    # Like root's home or a `mktemp -d` folder: mode 0700, so as root the server's OS user
+    # (postgres) can neither use it as its working directory nor hold its data under it.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    before = set(Path(tempfile.gettempdir()).glob("pgwebhooks-demo-*"))
+    proc = subprocess.run([sys.executable, "-m", "pgwebhooks.demo"], cwd=private, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 events received, 5 with both signatures verified" in proc.stdout
+    assert set(Path(tempfile.gettempdir()).glob("pgwebhooks-demo-*")) == before  # cleaned up

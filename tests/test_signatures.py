@@ -1,7 +1,8 @@
 """Requests as webhooks.claim() hands them out: signatures, payload shape and headers.
 
 Signatures are checked with the `standardwebhooks` library and with an independent implementation
-of the X-Webhook-Signature scheme, against the exact body claim() returned.
+of the X-Webhook-Signature scheme, against the exact body claim() returned. Every test runs once
+per signer (plpython and pgcrypto): one contract, two implementations.
 """
 
 from __future__ import annotations
@@ -18,16 +19,28 @@ from typing import Any
 
 import psycopg
 import pytest
+from installs import skip_unless_signer_available
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import pgwebhooks
+from pgwebhooks import migrations
 
 PLAIN_SECRET = "plain string secret: ünïcödé ✓ 0123456789"
 CUSTOM_HEADERS = {"X-Tenant": "acme", "Authorization": "Bearer abc.def", "X-Empty": ""}
 TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 PAYLOAD_KEYS = {"id", "event", "table", "schema", "record", "old_record", "timestamp", "webhook_id"}
+
+
+@pytest.fixture(params=sorted(migrations.SIGNERS))
+def db(request: pytest.FixtureRequest, db: str) -> str:
+    """The test database, switched to each signer in turn (the template has the build's default)."""
+    skip_unless_signer_available(db, request.param)
+    migrations.migrate(db, signer=request.param)
+    with psycopg.connect(db) as c:
+        assert c.execute("SELECT webhooks.signer()").fetchone() == (request.param,)
+    return db
 
 
 @pytest.fixture

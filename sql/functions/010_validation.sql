@@ -9,7 +9,8 @@
 --   WH004 malformed events       WH011 invalid secret
 --   WH005 unknown schema         WH012 unknown or mistyped field in changes
 --   WH006 unknown table          WH013 invalid argument (limit, offset, batch size, ...)
---   WH007 invalid operation      WH404 no such webhook / delivery
+--   WH007 invalid operation      WH014 table the caller may not read
+--                                WH404 no such webhook / delivery
 
 CREATE OR REPLACE FUNCTION webhooks._fail(code text, field text, message text, hint text DEFAULT NULL)
 RETURNS void
@@ -24,13 +25,57 @@ BEGIN
 END
 $$;
 
+-- The role on whose behalf a management function runs. Inside a SECURITY DEFINER function
+-- current_user is the function's owner; the `role` setting still holds what the session SET
+-- ROLE to, and without one the session's own user is the caller.
+CREATE OR REPLACE FUNCTION webhooks._caller()
+RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user ELSE current_setting('role')::name END
+$$;
+
+-- Whether `relid` may be watched on the caller's behalf: an ordinary or partitioned table, not a
+-- catalog, not another session's or an extension's own, and one the caller may SELECT as a whole.
+-- pgwebhooks must never hand anyone a row they could not read themselves.
+CREATE OR REPLACE FUNCTION webhooks._check_watchable(field text, relid oid)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    qualified text;
+    schema_name name;
+BEGIN
+    SELECT format('%I.%I', n.nspname, c.relname), n.nspname INTO qualified, schema_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = relid;
+    IF schema_name IN ('pg_catalog', 'information_schema', 'pg_toast', 'webhooks')
+       OR schema_name LIKE 'pg\_temp\_%' OR schema_name LIKE 'pg\_toast\_temp\_%' THEN
+        PERFORM webhooks._fail('WH006', field, format('%s cannot be watched: system catalogs, temporary '
+            'tables and pgwebhooks'' own tables are never captured', qualified));
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.objid = relid AND d.deptype = 'e') THEN
+        PERFORM webhooks._fail('WH006', field, format('%s belongs to an extension and cannot be watched', qualified));
+    END IF;
+    IF NOT has_table_privilege(webhooks._caller(), relid, 'SELECT') THEN
+        PERFORM webhooks._fail('WH014', field, format('role %I may not SELECT %s; a webhook can only watch '
+            'tables its creator may read as a whole', webhooks._caller(), qualified));
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._check_name(name text, except_id uuid DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF name IS NULL OR btrim(name) = '' THEN
-        PERFORM webhooks._fail('WH001', 'name', 'must not be empty');
+    -- Blank in any script (tabs, no-break and ideographic spaces, zero-width characters).
+    IF name IS NULL OR name ~ '^[\s\u00a0\u1680\u2000-\u200d\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
+        PERFORM webhooks._fail('WH001', 'name', format('must not be empty or blank, got %s',
+                                                     coalesce(quote_literal(name), 'null')));
+    ELSIF name ~ '[\x01-\x1f\x7f]' THEN
+        PERFORM webhooks._fail('WH001', 'name', format('%s contains a control character', quote_literal(name)));
     ELSIF length(name) > 200 THEN
         PERFORM webhooks._fail('WH001', 'name', format('is %s characters long; at most 200 are allowed', length(name)));
     ELSIF EXISTS (SELECT 1 FROM webhooks.webhooks w
@@ -46,6 +91,7 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
     port text;
+    host text;
 BEGIN
     IF url IS NULL OR url = '' THEN
         PERFORM webhooks._fail('WH003', 'url', 'must not be empty');
@@ -56,9 +102,34 @@ BEGIN
     IF length(url) > 2048 THEN
         PERFORM webhooks._fail('WH003', 'url', format('is %s characters long; at most 2048 are allowed', length(url)));
     END IF;
-    -- scheme://[userinfo@]host[:port][/path][?query][#fragment], host a name or [IPv6]
-    IF url !~* '^https?://([^/?#\s@]+@)?(\[[0-9a-f:.]+\]|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?)(:[0-9]{1,5})?([/?#]\S*)?$' THEN
+    IF url ~ '[\x01-\x20\x7f]' THEN
+        PERFORM webhooks._fail('WH003', 'url', format('%L contains a space or a control character', url));
+    END IF;
+    -- The shape is scheme, optional userinfo and at-sign, host, optional port, then path, query
+    -- or fragment; the host is a name, a dotted-quad IPv4 address or a bracketed IPv6 address.
+    IF url !~* '^https?://([^/?#\s@]+@)?(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?([/?#]\S*)?$' THEN
         PERFORM webhooks._fail('WH003', 'url', format('%L is not a well-formed URL', url));
+    END IF;
+    host := lower(substring(url FROM '^https?://(?:[^/?#@]+@)?(\[[^]]+\]|[^/?#:]+)'));
+    IF host LIKE '[%' THEN
+        BEGIN
+            PERFORM substr(host, 2, length(host) - 2)::inet;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM webhooks._fail('WH003', 'url', format('%s in %L is not an IPv6 address', host, url));
+        END;
+    ELSE
+        -- HTTP clients read a host whose last label is a number as an IPv4 address, and
+        -- accept shorthand for it (127.1, 2130706433, 0177.0.0.1, 0x7f.1, 127.0.0.1.); only
+        -- the canonical dotted quad is accepted, so that what is stored is what the runner
+        -- connects to. A name (not an address) may end in a dot.
+        IF host ~ '(^|\.)(0x[0-9a-f]*|[0-9]+)\.?$' AND host !~ '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$' THEN
+            PERFORM webhooks._fail('WH003', 'url',
+                format('host %s in %L is not a dotted-quad IPv4 address (like 192.0.2.10) or a name', host, url));
+        END IF;
+        host := rtrim(host, '.');
+        IF length(host) > 253 OR host !~ '^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$' THEN
+            PERFORM webhooks._fail('WH003', 'url', format('host %s in %L is not a valid host name', host, url));
+        END IF;
     END IF;
     port := substring(url FROM '^https?://(?:[^/?#@]+@)?(?:\[[^]]+\]|[^/?#:]+):([0-9]+)');
     IF port IS NOT NULL AND (port::int < 1 OR port::int > 65535) THEN
@@ -90,13 +161,25 @@ BEGIN
         PERFORM webhooks._fail('WH009', 'headers',
             format('must be a JSON object of header names to strings, got %s', coalesce(headers::text, 'null')));
     END IF;
+    -- Limits well inside what servers accept (8 KiB per line is the common default).
+    IF (SELECT count(*) FROM jsonb_object_keys(headers)) > 50 THEN
+        PERFORM webhooks._fail('WH009', 'headers',
+            format('has %s entries; at most 50 are allowed', (SELECT count(*) FROM jsonb_object_keys(headers))));
+    END IF;
     FOR h IN SELECT key, value FROM jsonb_each(headers) LOOP
-        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
-            PERFORM webhooks._fail('WH009', 'headers', format('%L is not a valid header name', h.key));
+        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' OR length(h.key) > 256 THEN
+            PERFORM webhooks._fail('WH009', 'headers', format('%L is not a valid header name', left(h.key, 300)));
         ELSIF jsonb_typeof(h.value) <> 'string' THEN
-            PERFORM webhooks._fail('WH009', 'headers', format('value of %L must be a string, got %s', h.key, h.value));
+            PERFORM webhooks._fail('WH009', 'headers',
+                format('value of %L must be a string, got %s', h.key, left(h.value::text, 300)));
         ELSIF h.value #>> '{}' ~ '[\r\n\x00]' THEN
             PERFORM webhooks._fail('WH009', 'headers', format('value of %L contains a line break', h.key));
+        ELSIF h.value #>> '{}' !~ '^[\x20-\x7e\t]*$' THEN
+            PERFORM webhooks._fail('WH009', 'headers', format('value of %L must be printable ASCII '
+                '(control characters and non-ASCII text are not portable in HTTP headers)', h.key));
+        ELSIF length(h.value #>> '{}') > 4096 THEN
+            PERFORM webhooks._fail('WH009', 'headers',
+                format('value of %L is %s characters long; at most 4096 are allowed', h.key, length(h.value #>> '{}')));
         ELSIF lower(h.key) = ANY (ARRAY['content-type', 'user-agent', 'webhook-id', 'webhook-timestamp',
                 'webhook-signature', 'x-webhook-signature', 'host', 'content-length',
                 'transfer-encoding', 'connection']) THEN
@@ -115,11 +198,13 @@ DECLARE
     key bytea;
 BEGIN
     IF secret LIKE 'whsec\_%' THEN
-        BEGIN
-            key := decode(substr(secret, 7), 'base64');
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM webhooks._fail('WH011', 'secret', 'the part after whsec_ is not valid base64');
-        END;
+        -- Strict base64: PostgreSQL's decoder and Python's disagree on '=' inside, whitespace and
+        -- missing padding, and the signer must use exactly the key the receiver decodes.
+        IF substr(secret, 7) !~ '^[A-Za-z0-9+/]*={0,2}$' OR length(substr(secret, 7)) % 4 <> 0 THEN
+            PERFORM webhooks._fail('WH011', 'secret',
+                'the part after whsec_ must be padded base64 (A-Z, a-z, 0-9, +, / and = only at the end)');
+        END IF;
+        key := decode(substr(secret, 7), 'base64');
         IF length(key) < 24 OR length(key) > 64 THEN
             PERFORM webhooks._fail('WH011', 'secret',
                 format('a whsec_ secret must decode to 24-64 bytes, this one has %s', length(key)));
@@ -127,6 +212,10 @@ BEGIN
     ELSIF secret IS NULL OR length(secret) < 16 THEN
         PERFORM webhooks._fail('WH011', 'secret', 'must be at least 16 characters long',
             'omit the secret to have a strong one generated');
+    ELSIF length(secret) > 1024 THEN
+        PERFORM webhooks._fail('WH011', 'secret', format('is %s characters long; at most 1024 are allowed', length(secret)));
+    ELSIF secret ~ '[\x01-\x1f\x7f]' THEN
+        PERFORM webhooks._fail('WH011', 'secret', 'must not contain control characters');
     END IF;
 END
 $$;
@@ -189,9 +278,7 @@ BEGIN
         IF relid IS NULL THEN
             PERFORM webhooks._fail('WH006', field || '.table', format('table %I.%I does not exist', schema_name, table_name));
         END IF;
-        IF schema_name = 'webhooks' THEN
-            PERFORM webhooks._fail('WH006', field || '.table', 'the webhooks schema cannot be watched');
-        END IF;
+        PERFORM webhooks._check_watchable(field || '.table', relid);
         IF relid = ANY (seen) THEN
             PERFORM webhooks._fail('WH004', field || '.table',
                 format('table %I.%I is listed twice; give all its operations in one entry', schema_name, table_name));

@@ -1,5 +1,6 @@
 -- pgwebhooks: PL/Python functions.
 -- GENERATED from plpython/*.py by `make sql`; edit those files, not this one.
+-- The plpython signer; 020_pgcrypto.sql is the other one (see runner/migrations.py).
 
 CREATE EXTENSION IF NOT EXISTS plpython3u;
 

@@ -15,20 +15,36 @@
 -- to their tables and the outbox fills, but they have no privilege on the outbox itself, and the
 -- functions can do nothing but add to it.
 
--- "new_row.id OPERATOR(pg_catalog.=) old_row.id AND ..." for the primary key of `relid`, or NULL
--- without one. Each column is compared with the equality operator of its index's operator class,
+-- "(n.new_row).id OPERATOR(pg_catalog.=) (o.old_row).id AND ..." for the key of `relid` that pairs the old
+-- and new rows of an UPDATE, or NULL without one. The key is the primary key or, without one, a
+-- unique index over plain NOT NULL columns (what logical replication accepts as an identity), so a
+-- table whose primary key was dropped keeps exact pre-change rows while it has such an index.
+-- Each column is compared with the equality operator of its index's operator class,
 -- named with its schema, so the caller's search_path cannot substitute another. Read at fire time
 -- so that a key changed by ALTER TABLE is followed.
+CREATE OR REPLACE FUNCTION webhooks._pairing_index(relid oid)
+RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT i.indexrelid
+    FROM pg_index i
+    WHERE i.indrelid = relid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = relid AND a.attnum = ANY (i.indkey::int2[]) AND NOT a.attnotnull)
+    ORDER BY i.indisprimary DESC, i.indexrelid
+    LIMIT 1
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._primary_key_join(relid oid)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT string_agg(CASE
                WHEN has_schema_privilege(ns.oid, 'USAGE')
-               THEN format('new_row.%1$I OPERATOR(%2$I.%3$s) old_row.%1$I', a.attname, ns.nspname, op.oprname)
+               THEN format('(n.new_row).%1$I OPERATOR(%2$I.%3$s) (o.old_row).%1$I', a.attname, ns.nspname, op.oprname)
                -- The operator's schema is out of the capture role's reach (say citext installed in
                -- a locked-down schema): compare text forms rather than fail the application's UPDATE.
-               ELSE format('new_row.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) old_row.%1$I::pg_catalog.text',
+               ELSE format('(n.new_row).%1$I::pg_catalog.text OPERATOR(pg_catalog.=) (o.old_row).%1$I::pg_catalog.text',
                            a.attname)
            END, ' AND ' ORDER BY k.ord)
     FROM pg_index i
@@ -40,7 +56,33 @@ AS $$
                    AND ao.amopmethod = oc.opcmethod
     JOIN pg_operator op ON op.oid = ao.amopopr
     JOIN pg_namespace ns ON ns.oid = op.oprnamespace
-    WHERE i.indrelid = relid AND i.indisprimary
+    WHERE i.indexrelid = webhooks._pairing_index(relid)
+$$;
+
+-- Taking a row image can run code the table's owner wrote: row_to_json turns a column of a
+-- user-defined type (an enum, a range, a base type) into JSON through a cast to json when the
+-- type's owner created one. In a capture trigger that code would run with the capture role's
+-- rights, which may append to the outbox: a table owner could forge signed events for any
+-- webhook. So the capture checks (per statement, one index probe of pg_attribute) whether the
+-- table has a column of a type that is not built in, and if so takes its images read-only: in a
+-- subtransaction that sets transaction_read_only and is then rolled back on purpose (SQLSTATE
+-- WHR00), which restores read-write while the images stay in PL/pgSQL variables. Code run
+-- meanwhile can write nothing. (A function-level SET transaction_read_only would be simpler;
+-- PostgreSQL 16 and later refuse it.) Built-in types cannot get new casts (CREATE CAST needs the
+-- type's owner), so tables of built-in types keep the direct, faster path.
+
+-- Whether a capture of `relid` must take its images read-only (see above). PL/pgSQL,
+-- not SQL: its plan is cached for the session (a SQL function is planned on every call, which
+-- cost a one-row insert two thirds of its throughput).
+CREATE OR REPLACE FUNCTION webhooks._needs_guarded_images(relid oid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) relid AND a.attnum OPERATOR(pg_catalog.>) 0
+                     AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
+END
 $$;
 
 -- Both capture functions run inside every watched write, so they skip `SET search_path` (it
@@ -55,7 +97,39 @@ DECLARE
     this_capture pg_catalog.int8 := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
     captured pg_catalog.int4;
     key_join pg_catalog.text;
+    new_images pg_catalog.json;
+    old_images pg_catalog.json;
 BEGIN
+    -- _needs_guarded_images(TG_RELID), inline: a function call here costs a one-row insert ~5%.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attnum OPERATOR(pg_catalog.>) 0
+                 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) THEN
+        BEGIN
+            PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
+            IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+                new_images := pg_catalog.to_json((SELECT pg_catalog.array_agg(new_row) FROM new_rows new_row));
+            ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+                old_images := pg_catalog.to_json((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
+            ELSE
+                -- Paired as below; the one row of a single-row UPDATE pairs with itself.
+                key_join := CASE WHEN (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1 THEN 'true'
+                                 ELSE coalesce(webhooks._primary_key_join(TG_RELID), 'false') END;
+                EXECUTE pg_catalog.format(
+                    'WITH n AS (SELECT pg_catalog.row_number() OVER () AS ord, new_row FROM new_rows new_row),'
+                    ' o AS (SELECT old_row FROM old_rows old_row)'
+                    ' SELECT pg_catalog.to_json(pg_catalog.array_agg(n.new_row ORDER BY n.ord)),'
+                    ' pg_catalog.to_json(pg_catalog.array_agg(o.old_row ORDER BY n.ord))'
+                    ' FROM n LEFT JOIN o ON %s', key_join)
+                INTO new_images, old_images;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'WHR00';
+        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
+            NULL;  -- read-write again; the images are kept
+        END;
+        PERFORM webhooks._capture_guarded(this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0],
+                                          new_images, old_images);
+        RETURN NULL;
+    END IF;
     -- The common single-row write first, in one statement: the row image travels inline in the
     -- capture, and the statement inserts nothing unless exactly one row changed. (A separate
     -- count, then an insert, cost 7% of a one-row transaction's throughput.)
@@ -93,14 +167,15 @@ BEGIN
             SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(old_row.*)
             FROM old_rows old_row;
         ELSE
-            -- Pair old and new rows by primary key. A row whose key itself changed finds no
+            -- Pair old and new rows by their key. A row whose key itself changed finds no
             -- partner: it is still sent, with old_record null, rather than lost.
             key_join := coalesce(webhooks._primary_key_join(TG_RELID), 'false');
             EXECUTE pg_catalog.format(
                 'INSERT INTO webhooks.events (capture_id, n, record, old_record)'
-                ' SELECT $1, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*),'
-                ' pg_catalog.row_to_json(old_row.*)'
-                ' FROM new_rows new_row LEFT JOIN old_rows old_row ON %s', key_join)
+                ' SELECT $1, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(n.new_row),'
+                ' pg_catalog.row_to_json(o.old_row)'
+                ' FROM (SELECT new_row FROM new_rows new_row) n'
+                ' LEFT JOIN (SELECT old_row FROM old_rows old_row) o ON %s', key_join)
             USING this_capture;
         END IF;
         GET DIAGNOSTICS captured = ROW_COUNT;
@@ -116,28 +191,115 @@ BEGIN
 END
 $$;
 
--- UPDATE on a table without a primary key: old and new rows can only be paired row by row.
+-- The rest of a capture whose images were taken read-only: `new_images` and `old_images` are JSON
+-- arrays of the statement's rows (NULL for the side an operation does not have); an UPDATE's are
+-- paired by position (null where a row's key changed and it found no partner).
+CREATE OR REPLACE FUNCTION webhooks._capture_guarded(
+    this_capture bigint, operation text, relid oid, schema_name name, table_name name, webhook_ids text,
+    new_images json, old_images json)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    images pg_catalog.json := CASE WHEN operation OPERATOR(pg_catalog.=) 'DELETE' THEN old_images ELSE new_images END;
+    captured pg_catalog.int4 := pg_catalog.json_array_length(images);
+BEGIN
+    IF captured IS NULL OR captured OPERATOR(pg_catalog.=) 0 THEN
+        RETURN;
+    END IF;
+    IF captured OPERATOR(pg_catalog.=) 1 THEN
+        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                       record, old_record)
+        VALUES (this_capture, operation, relid, schema_name, table_name, webhook_ids::pg_catalog.uuid[], 1,
+                images OPERATOR(pg_catalog.->) 0,
+                CASE WHEN operation OPERATOR(pg_catalog.=) 'UPDATE' THEN old_images OPERATOR(pg_catalog.->) 0 END);
+    ELSE
+        INSERT INTO webhooks.events (capture_id, n, record, old_record)
+        SELECT this_capture, i.n, i.record,
+               -- An unpaired row's old image is JSON null: stored as SQL NULL, like the direct path's.
+               CASE WHEN operation OPERATOR(pg_catalog.=) 'UPDATE'
+                         AND o.record::pg_catalog.text OPERATOR(pg_catalog.<>) 'null' THEN o.record END
+        FROM pg_catalog.json_array_elements(images) WITH ORDINALITY AS i(record, n)
+        LEFT JOIN pg_catalog.json_array_elements(old_images) WITH ORDINALITY AS o(record, n)
+               ON o.n OPERATOR(pg_catalog.=) i.n;
+        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
+        VALUES (this_capture, operation, relid, schema_name, table_name, webhook_ids::pg_catalog.uuid[], captured);
+    END IF;
+    PERFORM pg_catalog.pg_notify('webhooks', '');
+END
+$$;
+
+-- Row by row, where statements cannot be used: UPDATE on a table without a usable key (old and
+-- new rows can only be paired row by row), and partitioned tables. A partitioned table's
+-- statement triggers do not fire for writes made straight into a partition, while its row
+-- triggers are cloned to every partition, attached later ones included; TG_ARGV[1] = 'root'
+-- then reports the change under the partitioned table the webhook watches.
 CREATE OR REPLACE FUNCTION webhooks._capture_row()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
+DECLARE
+    images pg_catalog.json;
+    record pg_catalog.json;
+    old_record pg_catalog.json;
+    relid pg_catalog.oid := TG_RELID;
+    schema_name pg_catalog.name := TG_TABLE_SCHEMA;
+    table_name pg_catalog.name := TG_TABLE_NAME;
 BEGIN
+    IF webhooks._needs_guarded_images(TG_RELID) THEN
+        BEGIN  -- read-only while the owner's code may run; see _capture_statement
+            PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
+            images := pg_catalog.to_json(ARRAY[NEW, OLD]);
+            RAISE EXCEPTION USING ERRCODE = 'WHR00';
+        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
+            NULL;
+        END;
+        record := images OPERATOR(pg_catalog.->) CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN 1 ELSE 0 END;
+        old_record := images OPERATOR(pg_catalog.->) 1;
+    ELSE
+        record := pg_catalog.row_to_json(CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN OLD ELSE NEW END);
+        old_record := pg_catalog.row_to_json(OLD);
+    END IF;
+    IF TG_NARGS OPERATOR(pg_catalog.>) 1 AND TG_ARGV[1] OPERATOR(pg_catalog.=) 'root' THEN
+        relid := pg_catalog.pg_partition_root(TG_RELID::pg_catalog.regclass);
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+        WHERE c.oid OPERATOR(pg_catalog.=) relid;
+    END IF;
     INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    record, old_record)
-    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, TG_RELID,
-            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-            pg_catalog.row_to_json(NEW), pg_catalog.row_to_json(OLD));
+    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, relid,
+            schema_name, table_name, TG_ARGV[0]::pg_catalog.uuid[], 1,
+            -- A DELETE's row is kept in `record` (the payload repeats it as old_record).
+            record, CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN old_record END);
     PERFORM pg_catalog.pg_notify('webhooks', '');
     RETURN NULL;
 END
 $$;
 
+-- A non-superuser installer (a managed platform's database owner with CREATEROLE) may only give
+-- a function to a role it belongs to, and that role must be allowed to create in the schema:
+-- join webhooks_capture (CREATEROLE may grant it), and lend it CREATE for the two statements.
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'webhooks_capture', 'USAGE') THEN
+        EXECUTE format('GRANT webhooks_capture TO %I', current_user);
+    END IF;
+END
+$$;
+GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
+REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
 -- carrying the subscribed webhooks, none for the others. Called by every management function
--- that changes subscriptions.
+-- that changes subscriptions and by every migrate (refresh_triggers); a trigger that already
+-- matches is left alone, so a re-sync takes no lock on a table whose triggers are current.
+--
+-- The kind of trigger: FOR EACH STATEMENT with transition tables, except FOR EACH ROW for
+-- partitioned tables (cloned to every partition, so writes made straight into a partition are
+-- captured too) and for UPDATE on a table without a key to pair old and new rows by.
 CREATE OR REPLACE FUNCTION webhooks._sync_triggers(relid oid)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -147,31 +309,47 @@ DECLARE
     trigger_name text;
     hooks uuid[];
     has_key boolean;
+    partitioned boolean;
+    by_row boolean;
+    fn text;
+    args text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid) THEN
+    SELECT c.relkind = 'p' INTO partitioned FROM pg_class c WHERE c.oid = relid;
+    IF NOT FOUND THEN
         RETURN;  -- the table was dropped, and its triggers with it
     END IF;
-    has_key := EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = relid AND i.indisprimary);
+    has_key := webhooks._pairing_index(relid) IS NOT NULL;
     FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
         trigger_name := 'webhooks_capture_' || lower(op);
         SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
         FROM webhooks.subscriptions s
         WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
+        by_row := partitioned OR (op = 'UPDATE' AND NOT has_key);
+        fn := CASE WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
+        args := CASE WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
+        IF hooks IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_trigger t
+            WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name AND NOT t.tgisinternal
+              AND t.tgfoid = format('webhooks.%s()', fn)::regprocedure
+              AND ((t.tgtype & 1) = 1) = by_row
+              AND encode(t.tgargs, 'escape') = array_to_string(args, '\000') || '\000'
+        ) THEN
+            CONTINUE;  -- already what it should be
+        END IF;
         IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name) THEN
             EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, relid::regclass);
         END IF;
         IF hooks IS NOT NULL THEN
             EXECUTE format(
-                'CREATE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION webhooks.%s(%L)',
+                'CREATE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION webhooks.%s(%s)',
                 trigger_name, op, relid::regclass,
                 CASE
+                    WHEN by_row THEN 'FOR EACH ROW'
                     WHEN op = 'INSERT' THEN 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
                     WHEN op = 'DELETE' THEN 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
-                    WHEN has_key THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
-                    ELSE 'FOR EACH ROW'
+                    ELSE 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
                 END,
-                CASE WHEN op = 'UPDATE' AND NOT has_key THEN '_capture_row' ELSE '_capture_statement' END,
-                hooks::text);
+                fn, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(args) a));
         END IF;
     END LOOP;
 END

@@ -11,10 +11,13 @@ SELECT
     w.enabled,
     w.disabled_reason,
     coalesce((
-        SELECT jsonb_agg(jsonb_build_object(
-                   'table', coalesce(format('%I.%I', n.nspname, c.relname), s.relid::text),
-                   'operations', to_jsonb(s.operations))
-               ORDER BY n.nspname, c.relname)
+        -- A dropped table's subscription stays listed, marked, under the name it last had.
+        SELECT jsonb_agg(CASE WHEN c.oid IS NULL
+                   THEN jsonb_build_object('table', coalesce(s.table_name, s.relid::text),
+                                           'operations', to_jsonb(s.operations), 'dropped', true)
+                   ELSE jsonb_build_object('table', format('%I.%I', n.nspname, c.relname),
+                                           'operations', to_jsonb(s.operations))
+               END ORDER BY n.nspname, c.relname, s.table_name)
         FROM webhooks.subscriptions s
         LEFT JOIN pg_catalog.pg_class c ON c.oid = s.relid
         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -75,8 +78,8 @@ BEGIN
     WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     DELETE FROM webhooks.subscriptions s WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     FOR parsed IN SELECT * FROM webhooks._parse_events(events) LOOP
-        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations)
-        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations);
+        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name)
+        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text);
         touched := touched || parsed.relid;
     END LOOP;
     PERFORM webhooks._sync_triggers(r) FROM (SELECT DISTINCT unnest(touched) AS r) t;
@@ -191,6 +194,11 @@ BEGIN
     END IF;
 
     SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
+    -- Whoever could redirect a webhook could read what it carries: only a caller who may read
+    -- every table it watches may change it (the new `events` are checked the same way).
+    PERFORM webhooks._check_watchable(format('events (%s)', s.table_name), s.relid)
+    FROM webhooks.subscriptions s
+    WHERE s.webhook_id = update_webhook.id AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = s.relid);
     IF changes ? 'name' THEN current.name := webhooks._change(changes, 'name', 'string') #>> '{}'; END IF;
     IF changes ? 'url' THEN current.url := webhooks._change(changes, 'url', 'string') #>> '{}'; END IF;
     IF changes ? 'description' THEN
@@ -251,17 +259,20 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    signing_secret text := coalesce(new_secret, webhooks._generate_secret());
-    expiry timestamptz := now() + grace_period;
+    signing_secret text;
+    expiry timestamptz;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     IF new_secret IS NOT NULL THEN
         PERFORM webhooks._check_secret(new_secret);
     END IF;
+    -- Checked before any arithmetic: now() + '1000000 years' overflows.
     IF grace_period IS NULL OR grace_period < interval '0' OR grace_period > interval '30 days' THEN
         PERFORM webhooks._fail('WH013', 'grace_period',
             format('%s is out of range; expected 0 to 30 days', coalesce(grace_period::text, 'null')));
     END IF;
+    signing_secret := coalesce(new_secret, webhooks._generate_secret());
+    expiry := now() + grace_period;
     DELETE FROM webhooks.secrets s WHERE s.webhook_id = rotate_secret.id AND s.expires_at <= now();
     UPDATE webhooks.secrets s SET expires_at = least(coalesce(s.expires_at, expiry), expiry)
     WHERE s.webhook_id = rotate_secret.id;
@@ -278,6 +289,9 @@ DECLARE
     relids oid[];
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    -- Locked first, so a fan-out that reads the webhook (FOR KEY SHARE) either finishes before
+    -- the deliveries are removed or finds the webhook gone.
+    PERFORM 1 FROM webhooks.webhooks w WHERE w.id = delete_webhook.id FOR UPDATE;
     SELECT array_agg(s.relid) INTO relids FROM webhooks.subscriptions s WHERE s.webhook_id = delete_webhook.id;
     -- Lock first: a fan-out in progress (FOR KEY SHARE) finishes, and what it created is deleted below.
     PERFORM 1 FROM webhooks.webhooks w WHERE w.id = delete_webhook.id FOR UPDATE;
@@ -313,11 +327,13 @@ BEGIN
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
     RETURN QUERY
-    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), c.operation, format('%I.%I', c.schema_name, c.table_name),
+    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
+           CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
            d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
            a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
     FROM webhooks.deliveries d
-    JOIN webhooks.captures c ON c.id = d.capture_id
+    -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
+    LEFT JOIN webhooks.captures c ON c.id = d.capture_id
     LEFT JOIN LATERAL (
         SELECT * FROM webhooks.delivery_attempts x
         WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
@@ -343,5 +359,25 @@ BEGIN
     FROM webhooks.delivery_attempts a
     WHERE a.delivery_id = get_delivery_attempts.delivery_id
     ORDER BY a.attempt, a.id;
+END
+$$;
+
+-- Re-create any capture trigger that no longer matches what its table needs; triggers already
+-- right are left alone. Runs on every migrate; run it yourself after an ALTER TABLE that adds or
+-- drops a table's primary key (the UPDATE trigger's kind depends on it) or partitions a table.
+-- Returns how many watched tables were checked.
+CREATE OR REPLACE FUNCTION webhooks.refresh_triggers()
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    checked integer := 0;
+    r oid;
+BEGIN
+    FOR r IN SELECT DISTINCT s.relid FROM webhooks.subscriptions s ORDER BY s.relid LOOP
+        PERFORM webhooks._sync_triggers(r);
+        checked := checked + 1;
+    END LOOP;
+    RETURN checked;
 END
 $$;

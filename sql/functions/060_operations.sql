@@ -25,19 +25,30 @@ $$;
 
 -- Send a delivery again as a new delivery of the same event (same webhook-id, so a receiver
 -- that already processed it can tell). The old delivery and its attempts stay in the log.
+--
+-- The event's capture is locked (FOR KEY SHARE) before the new delivery is written: purge()
+-- locks the captures it is about to delete, so a replay either keeps its capture alive or
+-- finds it purged and says so; it can never leave a delivery whose event is gone.
 CREATE OR REPLACE FUNCTION webhooks.replay(delivery_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    original webhooks.deliveries;
     replayed bigint;
 BEGIN
-    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
-    SELECT d.capture_id, d.n, d.webhook_id FROM webhooks.deliveries d WHERE d.id = replay.delivery_id
-    RETURNING id INTO replayed;
-    IF replayed IS NULL THEN
+    SELECT * INTO original FROM webhooks.deliveries d WHERE d.id = replay.delivery_id;
+    IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
     END IF;
+    PERFORM 1 FROM webhooks.captures c WHERE c.id = original.capture_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        PERFORM webhooks._fail('WH404', 'delivery_id',
+            format('the event of delivery %s was purged; it can no longer be sent', delivery_id));
+    END IF;
+    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+    VALUES (original.capture_id, original.n, original.webhook_id)
+    RETURNING id INTO replayed;
     PERFORM pg_notify('webhooks', '');
     RETURN replayed;
 END
@@ -53,12 +64,21 @@ DECLARE
     queued integer;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    -- As in replay(): hold each event's capture, and skip events already purged.
+    WITH failed AS (
+        SELECT d.id, d.capture_id, d.n, d.webhook_id
+        FROM webhooks.deliveries d
+        WHERE d.webhook_id = replay_failed.id AND d.status = 'failed'
+          AND (since IS NULL OR d.completed_at >= since)
+    ), held AS (
+        SELECT c.id FROM webhooks.captures c
+        WHERE c.id IN (SELECT f.capture_id FROM failed f)
+        FOR KEY SHARE
+    )
     INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
-    SELECT d.capture_id, d.n, d.webhook_id
-    FROM webhooks.deliveries d
-    WHERE d.webhook_id = replay_failed.id AND d.status = 'failed'
-      AND (since IS NULL OR d.completed_at >= since)
-    ORDER BY d.id;
+    SELECT f.capture_id, f.n, f.webhook_id
+    FROM failed f JOIN held h ON h.id = f.capture_id
+    ORDER BY f.id;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
         PERFORM pg_notify('webhooks', '');
@@ -68,21 +88,27 @@ END
 $$;
 
 -- Delete what is finished and older than `older_than`: delivered and failed deliveries with
--- their attempts, then captures (and their events) that no delivery needs any more. Run it
--- from cron, pg_cron or `pgwebhooks purge`; it keeps the outbox as large as its window.
+-- their attempts, deliveries left behind by a deleted webhook, then captures (and their events)
+-- that no delivery needs any more. Run it from cron, pg_cron or `pgwebhooks purge`; it keeps the
+-- outbox as large as its window.
 CREATE OR REPLACE FUNCTION webhooks.purge(older_than interval DEFAULT '7 days')
 RETURNS TABLE (deliveries bigint, captures bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    cutoff timestamptz := now() - older_than;
+    cutoff timestamptz;
     gone_deliveries bigint;
+    orphans bigint;
+    candidates bigint[];
     gone_captures bigint;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        PERFORM webhooks._fail('WH013', 'older_than', format('%s is not a positive interval', coalesce(older_than::text, 'null')));
+    -- Checked before any arithmetic: now() - '100000000 years' overflows.
+    IF older_than IS NULL OR older_than < interval '0' OR older_than > interval '100 years' THEN
+        PERFORM webhooks._fail('WH013', 'older_than',
+            format('%s is out of range; expected an interval from 0 to 100 years', coalesce(older_than::text, 'null')));
     END IF;
+    cutoff := now() - older_than;
     WITH finished AS (
         DELETE FROM webhooks.deliveries d
         WHERE d.status IN ('delivered', 'failed') AND d.completed_at < cutoff
@@ -92,16 +118,34 @@ BEGIN
     )
     SELECT count(*) INTO gone_deliveries FROM finished;
 
+    -- A fan-out that raced delete_webhook() may have left deliveries of a webhook that is gone.
+    WITH orphaned AS (
+        DELETE FROM webhooks.deliveries d
+        WHERE d.status <> 'leased' AND NOT EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = d.webhook_id)
+        RETURNING d.id
+    ), attempts AS (
+        DELETE FROM webhooks.delivery_attempts a USING orphaned o WHERE a.delivery_id = o.id
+    )
+    SELECT count(*) INTO orphans FROM orphaned;
+
+    -- Two statements, so the second sees every replay that committed before the first locked
+    -- its capture: a replay holds the capture (FOR KEY SHARE) until it commits, and one that
+    -- comes later finds the capture gone and refuses.
+    SELECT array_agg(x.id) INTO candidates
+    FROM (SELECT c.id FROM webhooks.captures c
+          WHERE c.occurred_at < cutoff AND c.fanned_out = c.row_count
+            AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
+          FOR UPDATE SKIP LOCKED) x;
     WITH unneeded AS (
         DELETE FROM webhooks.captures c
-        WHERE c.occurred_at < cutoff AND c.fanned_out = c.row_count
+        WHERE c.id = ANY (coalesce(candidates, '{}'))
           AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
         RETURNING c.id
     ), events AS (
         DELETE FROM webhooks.events e USING unneeded u WHERE e.capture_id = u.id
     )
     SELECT count(*) INTO gone_captures FROM unneeded;
-    RETURN QUERY SELECT gone_deliveries, gone_captures;
+    RETURN QUERY SELECT gone_deliveries + orphans, gone_captures;
 END
 $$;
 

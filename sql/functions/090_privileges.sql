@@ -1,6 +1,8 @@
 -- pgwebhooks 007: who may do what. Re-applied after every change to the functions above.
 --
--- webhooks_admin   manages webhooks and reads everything, secrets and logs included.
+-- webhooks_admin   manages webhooks through the functions; reads webhooks, subscriptions,
+--                  deliveries and attempts, but neither secrets nor the captured rows (those
+--                  may come from tables this admin may not read: another admin's webhooks).
 -- webhooks_runner  claim / complete / release only; no table, so no secret, is readable.
 -- webhooks_capture owns the capture trigger functions; may only append to the outbox.
 -- everyone else    nothing here. Their writes to watched tables fill the outbox through
@@ -16,9 +18,14 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 -- The capture triggers' owner: append to the outbox, nothing else.
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
-GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid) TO webhooks_capture;
+GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
+    webhooks._needs_guarded_images(oid),
+    webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
+TO webhooks_capture;
 
-GRANT SELECT ON ALL TABLES IN SCHEMA webhooks TO webhooks_admin;
+REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
+GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
+TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
     webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb),
     webhooks.list_webhooks(),
@@ -28,7 +35,9 @@ GRANT EXECUTE ON FUNCTION
     webhooks.delete_webhook(uuid),
     webhooks.get_deliveries(uuid, integer, integer),
     webhooks.get_delivery_attempts(bigint),
-    webhooks.version()
+    webhooks.refresh_triggers(),
+    webhooks.version(),
+    webhooks.signer()
 TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION

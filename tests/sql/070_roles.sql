@@ -3,7 +3,7 @@
 -- least of all; an application role's writes fire the capture triggers but it cannot see the
 -- outbox or call any webhooks function. Internal `_` functions are nobody's but the owner's.
 BEGIN;
-SELECT plan(63);
+SELECT plan(65);
 
 CREATE TABLE public.accounts (id serial PRIMARY KEY, name text);
 CREATE ROLE app_writer NOLOGIN;
@@ -60,6 +60,7 @@ SELECT is_empty(
     'and can only append to them: no secret, no webhook, no delivery is readable by it');
 
 -- webhooks_admin ---------------------------------------------------------------------------------
+GRANT SELECT ON public.accounts TO webhooks_admin;  -- a webhook only watches what its creator may read
 SET LOCAL ROLE webhooks_admin;
 SELECT lives_ok($$INSERT INTO scratch SELECT 'hook', to_jsonb(w) FROM webhooks.create_webhook('accounts', 'https://e.com/acc',
                   '[{"table": "accounts"}]', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') w$$,
@@ -69,9 +70,12 @@ SELECT lives_ok($$SELECT webhooks.update_webhook((SELECT (v ->> 'id')::uuid FROM
                 'admin: update_webhook');
 SELECT lives_ok($$SELECT webhooks.get_deliveries((SELECT (v ->> 'id')::uuid FROM scratch WHERE k = 'hook'))$$,
                 'admin: get_deliveries');
-SELECT is((SELECT secret FROM webhooks.secrets), 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'admin: reads secrets');
-SELECT lives_ok($$SELECT * FROM webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts,
-                                webhooks.captures, webhooks.events LIMIT 1$$, 'admin: reads the outbox and logs');
+SELECT throws_ok($$SELECT secret FROM webhooks.secrets$$, '42501', NULL, 'admin: cannot read secrets');
+SELECT throws_ok($$SELECT * FROM webhooks.captures$$, '42501', NULL,
+                 'admin: cannot read captured rows (they may come from tables it may not read)');
+SELECT throws_ok($$SELECT * FROM webhooks.events$$, '42501', NULL, 'admin: cannot read captured row images');
+SELECT lives_ok($$SELECT * FROM webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
+                  LIMIT 1$$, 'admin: reads webhooks and delivery logs');
 SELECT throws_ok($$INSERT INTO webhooks.webhooks (name, url) VALUES ('sneaky', 'https://e.com')$$, '42501', NULL,
                  'admin: cannot insert into webhooks.webhooks directly');
 SELECT throws_ok($$UPDATE webhooks.deliveries SET status = 'delivered'$$, '42501', NULL,

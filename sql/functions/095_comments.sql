@@ -1,0 +1,59 @@
+-- pgwebhooks: what psql's \d+ and \df+ say about each table, view and public function. One
+-- place, so that a reader of `\df+ webhooks.*` gets the manual and a test can check none is
+-- missing (tests/test_docs.py).
+
+COMMENT ON TABLE webhooks.webhooks IS
+    'Webhook endpoints: URL, retry policy, extra headers, enabled flag. Manage through create_webhook() / update_webhook().';
+COMMENT ON TABLE webhooks.subscriptions IS
+    'Which tables and operations each webhook receives (relid follows renames; table_name is the name when last subscribed).';
+COMMENT ON TABLE webhooks.secrets IS
+    'Signing secrets; several are valid while a secret is rotated. Readable by the installer only: secrets never leave the database.';
+COMMENT ON TABLE webhooks._installation IS
+    'One row: the random salt that makes event ids unique across installations.';
+COMMENT ON TABLE webhooks.captures IS
+    'Outbox, step 1: one row per captured statement (single-row changes inline), written in the writer''s transaction.';
+COMMENT ON TABLE webhooks.events IS
+    'Outbox: the row images of multi-row statements, one per changed row, stored once however many webhooks receive them.';
+COMMENT ON TABLE webhooks.deliveries IS
+    'Outbox, step 2: one row per event per webhook; status pending -> leased -> delivered | failed (see 0001_tables.sql).';
+COMMENT ON TABLE webhooks.delivery_attempts IS
+    'Every attempt of every delivery: status code, response excerpt, error, latency.';
+COMMENT ON VIEW webhooks._webhook_view IS
+    'How a webhook is shown by list_webhooks() and get_webhook(): everything but its secrets.';
+COMMENT ON VIEW webhooks._new_webhook IS
+    'create_webhook()''s result: the webhook and, this once, its secret.';
+
+COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb) IS
+    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"]}]. Returns it with its secret, shown only now. Errors: WH001-WH014.';
+COMMENT ON FUNCTION webhooks.list_webhooks() IS
+    'Every webhook, oldest first; never shows secrets.';
+COMMENT ON FUNCTION webhooks.get_webhook(uuid) IS
+    'One webhook by id (WH404 if unknown); never shows its secrets.';
+COMMENT ON FUNCTION webhooks.update_webhook(uuid, jsonb) IS
+    'Change a webhook: changes is a JSON object of the fields to set (name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers).';
+COMMENT ON FUNCTION webhooks.rotate_secret(uuid, text, interval) IS
+    'Start signing with a new secret (generated if not given); the current ones keep signing for grace_period (0 to 30 days). Returns the new secret.';
+COMMENT ON FUNCTION webhooks.delete_webhook(uuid) IS
+    'Delete a webhook, its deliveries and attempts, and any capture trigger no longer needed.';
+COMMENT ON FUNCTION webhooks.get_deliveries(uuid, integer, integer) IS
+    'A webhook''s deliveries, newest first: status, attempts, last response, error, latency, timestamps.';
+COMMENT ON FUNCTION webhooks.get_delivery_attempts(bigint) IS
+    'Every attempt of one delivery, oldest first.';
+COMMENT ON FUNCTION webhooks.refresh_triggers() IS
+    'Re-create capture triggers that no longer fit their table (run after adding or dropping a primary key); returns the number of watched tables checked.';
+COMMENT ON FUNCTION webhooks.send_test(uuid) IS
+    'Queue a TEST event for one webhook; returns the delivery id.';
+COMMENT ON FUNCTION webhooks.replay(bigint) IS
+    'Send a delivery''s event again as a new delivery (same webhook-id); WH404 if the event was purged.';
+COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz) IS
+    'Replay every failed delivery of a webhook (completed since `since`, if given); returns how many were queued.';
+COMMENT ON FUNCTION webhooks.purge(interval) IS
+    'Delete finished deliveries and captures older than older_than (0 to 100 years); pending and leased work is never purged.';
+COMMENT ON FUNCTION webhooks.version() IS
+    'The installed pgwebhooks version.';
+COMMENT ON FUNCTION webhooks.claim(integer, integer, integer, uuid[]) IS
+    'For the runner: lease up to batch_size due deliveries, each with its attempt number, body and signed headers.';
+COMMENT ON FUNCTION webhooks.complete(jsonb) IS
+    'For the runner: apply a JSON array of attempt results under their leases; returns each delivery''s new status or refused.';
+COMMENT ON FUNCTION webhooks.release(jsonb) IS
+    'For the runner: hand leased deliveries back unsent ([{"delivery_id", "attempt"}]); the attempt does not count.';
