@@ -69,10 +69,10 @@ BEGIN
             WHEN s.rule ->> 0 = 'string' THEN
                 CASE WHEN jsonb_typeof(e.v -> s.key) <> 'string'
                      THEN format('must be a string, not %s', left((e.v -> s.key)::text, 40)) END
-            WHEN jsonb_typeof(e.v -> s.key) <> 'number' THEN
+            -- Written as an integer, too: 1.0 is a whole number, but no bigint the cast accepts.
+            WHEN jsonb_typeof(e.v -> s.key) <> 'number' OR (e.v ->> s.key) !~ '^-?[0-9]+$' THEN
                 format('must be an integer, not %s', left((e.v -> s.key)::text, 40))
-            WHEN (e.v ->> s.key)::numeric <> trunc((e.v ->> s.key)::numeric)
-              OR (e.v ->> s.key)::numeric NOT BETWEEN (s.rule ->> 1)::numeric AND (s.rule ->> 2)::numeric THEN
+            WHEN (e.v ->> s.key)::numeric NOT BETWEEN (s.rule ->> 1)::numeric AND (s.rule ->> 2)::numeric THEN
                 format('%s is out of range; expected an integer from %s to %s',
                        left((e.v -> s.key)::text, 40), s.rule ->> 1, s.rule ->> 2)
         END
@@ -450,6 +450,8 @@ BEGIN
     END);
 END
 $$;
+COMMENT ON FUNCTION webhooks.next_due_in(integer, uuid[]) IS
+    'For the runner: seconds until claim() may have more to hand out (0: now; NULL: nothing scheduled).';
 
 -- Apply the results of attempts, a JSON array of
 --   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",

@@ -3,7 +3,7 @@
 -- JSON to complete()/release() is WH013 naming the field; the retry delay's jitter stays under
 -- the one-day cap. now() is frozen in the transaction: "time passes" by moving next_attempt_at.
 BEGIN;
-SELECT plan(28);
+SELECT plan(29);
 
 CREATE TABLE public.items (id int PRIMARY KEY);
 CREATE TABLE public.purged (id int PRIMARY KEY);
@@ -85,6 +85,8 @@ SELECT throws_ok($$SELECT * FROM webhooks.complete('[{"delivery_id": 1, "attempt
                  'WH013', 'results: [1].attempt: is required', 'complete: attempt missing in the second element');
 SELECT throws_ok($$SELECT * FROM webhooks.complete('[{"delivery_id": 1, "attempt": 1, "latency_ms": 1.5}]')$$,
                  'WH013', NULL, 'complete: a fractional latency');
+SELECT throws_ok($$SELECT webhooks.release('[{"delivery_id": -0.0, "attempt": 1.0}]')$$, 'WH013',
+                 'leases: [0].attempt: must be an integer, not 1.0', 'release: 1.0 is not written as an integer');
 SELECT throws_ok($$SELECT * FROM webhooks.complete('[{"delivery_id": 1, "attempt": 1, "status_code": 99999999999}]')$$,
                  'WH013', NULL, 'complete: a status code beyond integer');
 SELECT throws_ok($$SELECT * FROM webhooks.complete('[{"delivery_id": 1, "attempt": 1, "error": 5}]')$$,
