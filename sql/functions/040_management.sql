@@ -293,8 +293,6 @@ BEGIN
     -- the deliveries are removed or finds the webhook gone.
     PERFORM 1 FROM webhooks.webhooks w WHERE w.id = delete_webhook.id FOR UPDATE;
     SELECT array_agg(s.relid) INTO relids FROM webhooks.subscriptions s WHERE s.webhook_id = delete_webhook.id;
-    -- Lock first: a fan-out in progress (FOR KEY SHARE) finishes, and what it created is deleted below.
-    PERFORM 1 FROM webhooks.webhooks w WHERE w.id = delete_webhook.id FOR UPDATE;
     DELETE FROM webhooks.delivery_attempts a
     USING webhooks.deliveries d
     WHERE d.webhook_id = delete_webhook.id AND a.delivery_id = d.id;
