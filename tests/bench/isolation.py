@@ -228,11 +228,51 @@ def bench_retry_punctuality(env: Env, events: int = 200, rate: float = 50.0) -> 
                       p50=cuts[49], p99=cuts[98], max=late[-1], median=median(late))]
 
 
+def bench_rate_limit(env: Env, limit: int = 200, total: int = 2000) -> list[Result]:
+    section = (f"8 isolation: rate_limit_per_second {limit} on one webhook, {total:,} deliveries, "
+               "two runners with default flags, fast local receiver")
+    receiver = env.start_receiver("rate")
+    dsn = env.fresh_db("rate")
+    runners = []
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if not _has_endpoints(conn):
+                raise BenchError("this schema has no per-webhook rate limit")
+            create_orders(conn, "orders")
+            hook = create_webhook(conn, "rated", receiver.url("hook"), "orders")
+            conn.execute("UPDATE webhooks.webhooks SET rate_limit_per_second = %s WHERE id = %s", (limit, hook))
+            runners = [env.start_runner(dsn, f"rate-{i}") for i in range(2)]
+            time.sleep(1.5)  # both up and listening
+            bulk_backlog(conn, "orders", total)
+            deadline = time.monotonic() + total / limit * 3 + 30
+            while _delivered(conn, hook) < total:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{_delivered(conn, hook)} of {total} delivered in time")
+                time.sleep(0.2)
+            done = [float(r[0]) for r in conn.execute(
+                "SELECT extract(epoch FROM completed_at)::float8 FROM webhooks.deliveries"
+                " WHERE webhook_id = %s ORDER BY completed_at", (hook,)).fetchall()]
+        stats = receiver.stats()
+    finally:
+        for proc in runners:
+            PROCS.stop(proc)
+        PROCS.stop(receiver.proc)
+        env.drop_db(dsn)
+    # The bucket holds one second's worth, which may go at once; after that, the rate.
+    steady = (total - limit) / (done[-1] - done[limit - 1])
+    value = steady / limit
+    return [Result(section, "steady rate / rate limit", "0.9x to 1.1x", f"{value:.2f}x", value,
+                   0.9 <= value <= 1.1,
+                   f"{steady:.0f}/s against {limit}/s; {stats['count']} requests, {stats['duplicates']} duplicates",
+                   {"steady_rate": steady, "rate_limit": limit, "requests": stats["count"]})]
+
+
 def bench_isolation(env: Env, deliveries: int, neighbour: int) -> list[Result]:
     """All of the above; one that fails is reported as such and the others still run."""
     parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour)),
              ("claim cost", lambda: bench_claim_isolation(env, neighbour)),
-             ("retry punctuality", lambda: bench_retry_punctuality(env)))
+             ("retry punctuality", lambda: bench_retry_punctuality(env)),
+             ("rate limit", lambda: bench_rate_limit(env)))
     results: list[Result] = []
     for name, part in parts:
         try:
