@@ -23,11 +23,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from pgwebhooks.redact import clean_result, origin, scrub
+from pgwebhooks.reporting import Backoff, ReportingMixin, first_of
 from pgwebhooks.sender import Sender, SendResult
 
 log = logging.getLogger("pgwebhooks.runner")
 
 NOTIFY_CHANNEL = "webhooks"
+CIRCUIT_FAILURE_THRESHOLD = 5  # as webhooks._circuit_failure_threshold()
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Job:
     body: str
     headers: dict[str, str]
     timeout_seconds: int
+    # The webhook's max_concurrency, which claim() counts across all runners; None: this
+    # runner's --per-webhook-concurrency, which it counts against its own sends.
+    max_concurrency: int | None
     # Local clock: past this, a send could not finish within the lease claim() granted
     # (2 x timeout + margin from the claim), so the job is handed back instead of sent.
     start_by: float = 0.0
@@ -73,32 +79,7 @@ class RunnerStats:
     started_at: float = field(default_factory=time.monotonic)
 
 
-class Backoff:
-    """Exponential reconnect delay with full jitter, reset after a success."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self.current = low, high, low
-
-    def next(self) -> float:
-        delay = random.uniform(self.low, self.current)
-        self.current = min(self.current * 2, self.high)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.low
-
-
-async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Return when any event is set or the timeout passes."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-class Runner:
+class Runner(ReportingMixin):
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.stats = RunnerStats()
@@ -106,14 +87,29 @@ class Runner:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # a send finished: there may be room to claim again
         self._in_flight: dict[UUID, int] = {}
+        self._limits: dict[UUID, int] = {}  # each webhook's concurrency limit, as claim() last said
         self._tasks: dict[asyncio.Task[None], Job] = {}
         # Claimed but not yet started: a slot that frees up starts the next job at once instead
         # of waiting a claim's round trip (which left a third of the slots idle against 50 ms
         # endpoints). Bounded by `prefetch`, and per webhook by its concurrency limit.
         self._ready: deque[Job] = deque()
         self._expired: list[Job] = []  # waited too long in `_ready`; released by the claim loop
+        self._waiting: Counter[UUID] = Counter()  # jobs in `_ready`, per webhook
+        # A webhook that was saturated (see _saturated) has room again, or a report freed room
+        # under a max_concurrency that claim() counts: worth claiming again.
+        self._unsaturated = asyncio.Event()
+        self._sql_limited_sent = False  # a send of a webhook with max_concurrency ended since the last report
+        # Failures in a row per webhook since the last report (no response, or a 5xx). At the
+        # circuit breaker's threshold the runner stops sending that webhook's waiting jobs and
+        # hands them back unsent: the report about to open its circuit would come too late for
+        # them, and a dead endpoint would take one attempt from each. Cleared by every report,
+        # after which the circuit in the database decides.
+        self._failing: Counter[UUID] = Counter()
         self._sender: Sender | None = None
         self.prefetch = max(1, min(config.batch_size, config.concurrency // 2))
+        # How many of one webhook (without max_concurrency) a claim may take: a limit's worth in
+        # flight and another waiting to start as they end (see _saturated).
+        self._per_claim = 2 * config.per_webhook_concurrency
         self._results: list[dict[str, Any]] = []
         self._results_ready = asyncio.Event()
         self._reporter_idle = asyncio.Event()
@@ -172,7 +168,7 @@ class Runner:
                 # one claim per finished send would be a round trip per delivery.
                 if room <= 0 or (room < self.prefetch // 2 and not idle_slots):
                     self._room.clear()
-                    await _first_of(self._room, self._stopping)
+                    await first_of(self._room, self._stopping)
                     continue
                 try:
                     if conn is None or conn.closed:
@@ -189,7 +185,7 @@ class Runner:
                 except psycopg.OperationalError as exc:
                     await self._close(conn)
                     conn = None
-                    await _first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
+                    await first_of(self._stopping, timeout=self._lost_connection("claim", exc, backoff))
                     continue
                 except psycopg.Error as exc:
                     # Not a lost connection: the schema may be missing or mid-upgrade, or the role
@@ -197,18 +193,32 @@ class Runner:
                     delay = backoff.next()
                     log.error("claim failed", extra={"error": str(exc).strip(), "sqlstate": exc.sqlstate,
                                                      "retry_in_s": round(delay, 2)})
-                    await _first_of(self._stopping, timeout=delay)
+                    await first_of(self._stopping, timeout=delay)
                     continue
                 self._ready.extend(jobs)
+                self._waiting.update(job.webhook_id for job in jobs)
                 self._dispatch()
                 if len(jobs) < wanted:
-                    # Caught up, or held back by the per-webhook limit. Sleep until a commit
-                    # notifies us, the poll interval passes (in case a notification was lost), or,
-                    # when some webhook is at its limit (before or after this claim), one of its
-                    # sends finishes: a short claim then says nothing about the backlog.
-                    limited = bool(saturated or self._saturated())
-                    wake_on = (self._wake, self._stopping, self._room) if limited else (self._wake, self._stopping)
-                    await _first_of(*wake_on, timeout=cfg.poll_interval * random.uniform(0.8, 1.2))
+                    # Caught up, or held back by a limit (a claim takes at most
+                    # --per-webhook-concurrency of a webhook). Ask the database what is due for
+                    # the webhooks this runner has room for: more now, then claim again at once;
+                    # otherwise sleep until a commit notifies us, the next retry, lease end, probe
+                    # or rate-limit token is due, the poll interval passes (in case a
+                    # notification was lost), or a saturated webhook has room again.
+                    self._unsaturated.clear()
+                    saturated = self._saturated()
+                    per_webhook = Counter(job.webhook_id for job in jobs if job.max_concurrency is None)
+                    if any(n >= self._per_claim and w not in saturated for w, n in per_webhook.items()):
+                        continue  # a webhook gave all one claim may take of it: there is likely more
+                    due_in = await self._next_due_in(conn, saturated)
+                    if due_in == 0 and jobs:
+                        continue
+                    timeout = cfg.poll_interval * random.uniform(0.8, 1.2)
+                    if due_in is not None:
+                        # A little past the due time, so the claim's now() has reached it; and
+                        # never a busy loop when the database says "now" but had nothing for us.
+                        timeout = min(timeout, max(due_in + 0.002, 0.02))
+                    await first_of(self._wake, self._stopping, self._unsaturated, timeout=timeout)
         finally:
             await self._close(conn)
 
@@ -234,22 +244,43 @@ class Runner:
         cfg = self.config
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds"
+                "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
                 " FROM webhooks.claim(%s, %s, %s, %s::uuid[])",
-                (wanted, cfg.lease_margin_seconds, cfg.per_webhook_concurrency, saturated),
+                (wanted, cfg.lease_margin_seconds, self._per_claim, saturated),
             )
             rows = await cur.fetchall()
         self.stats.claimed += len(rows)
+        for row in rows:
+            self._limits[row["webhook_id"]] = row["max_concurrency"] or cfg.per_webhook_concurrency
+        if len(self._limits) > 10_000:  # webhooks come and go; keep it bounded
+            self._limits = {k: v for k, v in self._limits.items() if k in self._in_flight}
         now = time.monotonic()
         # Half the margin is left for reporting the result before the lease runs out.
         return [Job(**row, start_by=now + row["timeout_seconds"] + cfg.lease_margin_seconds / 2) for row in rows]
 
+    async def _next_due_in(self, conn: psycopg.AsyncConnection[Any], saturated: list[UUID]) -> float | None:
+        try:
+            cur = await conn.execute("SELECT webhooks.next_due_in(%s, %s::uuid[])",
+                                     (self.config.per_webhook_concurrency, saturated))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:  # an older schema, a lost connection: poll as before
+            log.debug("next_due_in failed", extra={"error": str(exc).strip()})
+            return None
+        return float(row[0]) if row and row[0] is not None else None
+
     def _saturated(self) -> list[UUID]:
-        """Webhooks whose sends in flight and waiting already fill their concurrency limit."""
-        limit = self.config.per_webhook_concurrency
-        load = Counter(self._in_flight)
-        load.update(job.webhook_id for job in self._ready)
-        return [webhook for webhook, n in load.items() if n >= limit]
+        """Webhooks with a full limit's worth of sends in flight and another waiting. The waiting
+        ones start the moment a send ends, not a claim's round trip later: with one busy webhook
+        at the default limit of 20, that round trip per 20 sends halved the runner's rate."""
+        hooks = set(self._in_flight) | set(self._waiting)
+        failing = {w for w, n in self._failing.items() if n >= CIRCUIT_FAILURE_THRESHOLD}
+        return list({w for w in hooks if self._load(w) >= 2 * self._limit(w)} | failing)
+
+    def _load(self, webhook: UUID) -> int:
+        return self._in_flight.get(webhook, 0) + self._waiting[webhook]
+
+    def _limit(self, webhook: UUID) -> int:
+        return self._limits.get(webhook, self.config.per_webhook_concurrency)
 
     def _dispatch(self) -> None:
         """Start waiting jobs while there are free slots, in claim order, skipping webhooks at
@@ -261,15 +292,24 @@ class Runner:
         held: deque[Job] = deque()
         while self._ready and len(self._tasks) < cfg.concurrency:
             job = self._ready.popleft()
-            if now > job.start_by:
+            if now > job.start_by or self._failing[job.webhook_id] >= CIRCUIT_FAILURE_THRESHOLD:
+                self._unwait(job)
                 self._expired.append(job)
                 self._room.set()  # the claim loop releases them
-            elif self._in_flight.get(job.webhook_id, 0) >= cfg.per_webhook_concurrency:
+            elif self._in_flight.get(job.webhook_id, 0) >= (job.max_concurrency or cfg.per_webhook_concurrency):
                 held.append(job)
             else:
+                self._unwait(job)
                 self._start(self._sender, job)
         held.extend(self._ready)
         self._ready = held
+
+    def _unwait(self, job: Job) -> None:
+        left = self._waiting[job.webhook_id] - 1
+        if left > 0:
+            self._waiting[job.webhook_id] = left
+        else:
+            del self._waiting[job.webhook_id]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -292,21 +332,30 @@ class Runner:
             del self._in_flight[job.webhook_id]
         self._dispatch()
         self._room.set()
+        if self._load(job.webhook_id) < 2 * self._limit(job.webhook_id):
+            self._unsaturated.set()
+        if job.max_concurrency is not None:
+            self._sql_limited_sent = True
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Sender.send never raises for network trouble; this is a bug worth a loud line.
             log.error("send crashed", extra={"delivery_id": job.delivery_id, "error": repr(exc)})
 
     def _record(self, job: Job, result: SendResult) -> None:
         ok = result.status_code is not None and 200 <= result.status_code < 300
+        if result.status_code is None or result.status_code >= 500:
+            self._failing[job.webhook_id] += 1
+        else:
+            self._failing.pop(job.webhook_id, None)
         if ok:
             self.stats.delivered += 1
         else:
             self.stats.failed_attempts += 1
             log.warning("delivery attempt failed", extra={
-                "delivery_id": job.delivery_id, "attempt": job.attempt, "url": job.url,
-                "status": result.status_code, "error": result.error, "latency_ms": result.latency_ms,
+                "delivery_id": job.delivery_id, "attempt": job.attempt, "url": origin(job.url),
+                "status": result.status_code, "error": scrub(result.error, job.url),
+                "latency_ms": result.latency_ms,
             })
-        self._results.append({
+        self._results.append(clean_result({
             "delivery_id": job.delivery_id,
             "attempt": job.attempt,
             "status_code": result.status_code,
@@ -314,7 +363,7 @@ class Runner:
             "error": result.error,
             "latency_ms": result.latency_ms,
             "retry_after_seconds": result.retry_after_seconds,
-        })
+        }))
         self._results_ready.set()
 
     async def _drain_in_flight(self) -> None:
@@ -322,6 +371,7 @@ class Runner:
         period, then hand back the ones that did not finish."""
         waiting = [*self._ready, *self._expired]
         self._ready.clear()
+        self._waiting.clear()
         self._expired.clear()
         if waiting:
             await self._release(waiting)
@@ -350,64 +400,6 @@ class Runner:
             # Their leases will expire and they will be claimed again: late, never lost.
             log.warning("could not release unsent deliveries; their leases will expire",
                         extra={"count": len(jobs), "error": str(exc).strip()})
-
-    # -- reporting -------------------------------------------------------------------------
-
-    async def _report_loop(self) -> None:
-        """Send results to complete() in batches until stopped and everything is reported."""
-        cfg = self.config
-        backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
-        conn: psycopg.AsyncConnection[Any] | None = None
-        give_up_at: float | None = None
-        try:
-            while True:
-                if not self._results:
-                    if self._stopping.is_set() and not self._tasks:
-                        return
-                    self._results_ready.clear()
-                    await _first_of(self._results_ready, timeout=0.5)
-                    continue
-                batch = self._results[: cfg.report_batch_size]
-                try:
-                    if conn is None or conn.closed:
-                        conn = await self._connect()
-                    await self._complete(conn, batch)
-                    del self._results[: len(batch)]
-                    backoff.reset()
-                except psycopg.OperationalError as exc:
-                    # Checked before psycopg.Error below: a lost connection keeps the batch for later.
-                    if self._stopping.is_set():
-                        give_up_at = give_up_at or time.monotonic() + cfg.shutdown_grace
-                        if time.monotonic() > give_up_at:
-                            log.error("could not report results before shutting down; "
-                                      "those deliveries will be retried", extra={"count": len(self._results)})
-                            return
-                    await self._close(conn)
-                    conn = None
-                    await asyncio.sleep(self._lost_connection("complete", exc, backoff))
-                except psycopg.Error as exc:
-                    # The database refused the batch itself (a schema mid-upgrade, a missing grant).
-                    # Retrying it could block every later result, so let it go: those leases expire
-                    # and the deliveries are sent again, late but not lost.
-                    del self._results[: len(batch)]
-                    self.stats.unreported += len(batch)
-                    delay = backoff.next()
-                    log.error("could not report results; those deliveries will be retried when their leases expire",
-                              extra={"count": len(batch), "error": str(exc).strip(), "sqlstate": exc.sqlstate,
-                                     "retry_in_s": round(delay, 2)})
-                    await asyncio.sleep(delay)
-        finally:
-            await self._close(conn)
-
-    async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
-        cur = await conn.execute(
-            "SELECT delivery_id, attempt FROM webhooks.complete(%s) WHERE status = 'refused'", (Jsonb(batch),)
-        )
-        refused = await cur.fetchall()
-        if refused:
-            self.stats.refused += len(refused)
-            log.warning("results refused: their leases had expired (the deliveries were or will be retried)",
-                        extra={"count": len(refused), "delivery_ids": [r[0] for r in refused[:10]]})
 
     # -- waking ----------------------------------------------------------------------------
 

@@ -29,8 +29,6 @@ def world(db: str) -> Iterator[World]:
 number = st.one_of(fz.int8, st.sampled_from([2**63, -(2**63) - 1, 10**30, 1.5, -0.0, 1e308]), fz.json_value)
 
 
-# Fixed on branch queue (WH013 for malformed complete/release JSON); remove on merge.
-NEEDS_QUEUE = pytest.mark.xfail(strict=False, reason="needs branch queue")
 
 
 def result_entry(delivery_ids: list[int]) -> st.SearchStrategy[Any]:
@@ -57,7 +55,6 @@ def leased_world(world: World) -> list[int]:
     return [r["delivery_id"] for r in rows] + world.delivery_ids
 
 
-@NEEDS_QUEUE
 @FUZZ
 @given(data=st.data())
 def test_complete(world: World, data: st.DataObject) -> None:
@@ -70,7 +67,6 @@ def test_complete(world: World, data: st.DataObject) -> None:
         assert_ours("complete", params, error)
 
 
-@NEEDS_QUEUE
 @FUZZ
 @given(data=st.data())
 def test_release(world: World, data: st.DataObject) -> None:

@@ -4,9 +4,13 @@
 -- Plans here are pinned rather than left to statistics. A queue's tables churn faster than
 -- autovacuum analyzes them, and a plan made while `deliveries` looked empty (sequential scans,
 -- bitmap scans of a webhook's whole history) grew with every delivery ever kept; with
--- enable_seqscan and enable_bitmapscan off, claim() walks `deliveries_due` in order and stops
--- at its limit, whatever the statistics say. jit is off: row estimates for generate_series and
--- unnest make small plans look expensive enough to JIT-compile (~400 ms a call for ~10 ms of work).
+-- enable_seqscan and enable_bitmapscan off, claim() walks each webhook's `deliveries_webhook_due`
+-- in order and stops at its limit, whatever the statistics say. jit is off: row estimates for
+-- generate_series and unnest make small plans look expensive enough to JIT-compile (~400 ms a
+-- call for ~10 ms of work).
+
+-- claim() returns each webhook's max_concurrency since 0.2 (a new result column).
+DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
 
 CREATE OR REPLACE FUNCTION webhooks.version()
 RETURNS text
@@ -14,7 +18,7 @@ LANGUAGE sql IMMUTABLE
 AS $$ SELECT '0.1.0' $$;
 
 -- How long to wait before attempt `attempts` + 1: exponential from the webhook's backoff,
--- capped at a day, with ±25% jitter so that a burst of failures does not retry in lockstep.
+-- with ±25% jitter so that a burst of failures does not retry in lockstep, capped at a day.
 -- A Retry-After from a 429 or 503 is honoured instead (capped at a day as well).
 CREATE OR REPLACE FUNCTION webhooks._retry_delay(
     backoff_seconds integer, attempts integer, status_code integer, retry_after_seconds integer)
@@ -24,7 +28,8 @@ AS $$
     SELECT make_interval(secs => CASE
         WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
             THEN least(greatest(retry_after_seconds, 0), 86400)
-        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)), 86400) * (0.75 + random() * 0.5)
+        -- The jitter goes inside the cap: applied after it, a day's cap became up to 30 hours.
+        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)) * (0.75 + random() * 0.5), 86400)
     END)
 $$;
 
@@ -35,6 +40,52 @@ RETURNS uuid
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._salt_for(capture_id) i
+$$;
+
+-- Check a JSON array of objects against `spec`, {"key": ["integer", low, high, required] or
+-- ["string", null, null, required]}, and raise WH013 naming the first offending element and
+-- key. The runner API takes its input as JSON; a wrong type or an out-of-range number must be
+-- the caller's WH013, not a cast error (22P02, 22003) from deep inside a query.
+CREATE OR REPLACE FUNCTION webhooks._check_json_array(value jsonb, field text, spec jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF value IS NULL OR jsonb_typeof(value) <> 'array' THEN
+        PERFORM webhooks._fail('WH013', field, format('must be a JSON array of objects, not %s',
+                                                      coalesce(jsonb_typeof(value), 'null')));
+    END IF;
+    SELECT format('%s[%s]%s: %s', field, e.ord - 1, coalesce('.' || k.key, ''), k.why) INTO problem
+    FROM jsonb_array_elements(value) WITH ORDINALITY AS e(v, ord)
+    CROSS JOIN LATERAL (
+        SELECT NULL::text AS key, format('must be an object, not %s', jsonb_typeof(e.v)) AS why
+        WHERE jsonb_typeof(e.v) <> 'object'
+        UNION ALL
+        SELECT s.key, CASE
+            WHEN coalesce(jsonb_typeof(e.v -> s.key), 'null') = 'null' THEN
+                CASE WHEN (s.rule ->> 3)::boolean THEN 'is required' END
+            WHEN s.rule ->> 0 = 'string' THEN
+                CASE WHEN jsonb_typeof(e.v -> s.key) <> 'string'
+                     THEN format('must be a string, not %s', left((e.v -> s.key)::text, 40)) END
+            -- Written as an integer, too: 1.0 is a whole number, but no bigint the cast accepts.
+            WHEN jsonb_typeof(e.v -> s.key) <> 'number' OR (e.v ->> s.key) !~ '^-?[0-9]+$' THEN
+                format('must be an integer, not %s', left((e.v -> s.key)::text, 40))
+            WHEN (e.v ->> s.key)::numeric NOT BETWEEN (s.rule ->> 1)::numeric AND (s.rule ->> 2)::numeric THEN
+                format('%s is out of range; expected an integer from %s to %s',
+                       left((e.v -> s.key)::text, 40), s.rule ->> 1, s.rule ->> 2)
+        END
+        FROM jsonb_each(spec) AS s(key, rule)
+        WHERE jsonb_typeof(e.v) = 'object'
+    ) k
+    WHERE k.why IS NOT NULL
+    ORDER BY e.ord, k.key
+    LIMIT 1;
+    IF problem IS NOT NULL THEN
+        PERFORM webhooks._fail('WH013', field, substr(problem, length(field) + 1));
+    END IF;
+END
 $$;
 
 -- Turn captured changes into deliveries, about `budget` of them: one per changed row per
@@ -57,8 +108,12 @@ AS $$
         SELECT l.*, h.hooks, coalesce(cardinality(h.hooks), 0) AS hook_count
         FROM locked l
         CROSS JOIN LATERAL (
-            SELECT array_agg(w.id ORDER BY w.id) AS hooks
-            FROM webhooks.webhooks w WHERE w.id = ANY (l.webhook_ids) AND w.enabled
+            -- FOR KEY SHARE: a delete_webhook() running now waits for this fan-out to commit (and
+            -- then deletes what it created), or, having deleted first, leaves nothing to fan out to.
+            -- Without it, deliveries were created for a webhook deleted meanwhile, orphans forever.
+            SELECT array_agg(x.id ORDER BY x.id) AS hooks
+            FROM (SELECT w.id FROM webhooks.webhooks w WHERE w.id = ANY (l.webhook_ids) AND w.enabled
+                  FOR KEY SHARE OF w) x
         ) h
     ), priced AS (
         -- A capture nobody receives any more is closed at once and costs one unit.
@@ -91,14 +146,77 @@ AS $$
     SELECT count(*)::integer FROM created
 $$;
 
+-- Each webhook's endpoints row (circuit breaker, rate-limit tokens) is created with it, in the
+-- same transaction: claim() must never wait for another transaction's insert of that row.
+CREATE OR REPLACE FUNCTION webhooks._add_endpoint()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO webhooks.endpoints (webhook_id) VALUES (NEW.id) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER webhooks_add_endpoint AFTER INSERT ON webhooks.webhooks
+    FOR EACH ROW EXECUTE FUNCTION webhooks._add_endpoint();
+
+-- The circuit breaker's settings: this many failures in a row open an endpoint's circuit, for a
+-- cooldown that doubles with each opening in a row (1 s, 2 s, 4 s ... at most 30 s) so that a
+-- dead endpoint sees a probe every half minute, not one request per delivery.
+CREATE OR REPLACE FUNCTION webhooks._circuit_failure_threshold()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 5 $$;
+
+CREATE OR REPLACE FUNCTION webhooks._circuit_cooldown(times_opened integer)
+RETURNS interval
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT make_interval(secs => least(power(2, least(greatest(times_opened, 0), 10)), 30)) $$;
+
+-- A rate limit's tokens now: refilled at `rate` a second since `tokens_at`, at most one second's worth.
+CREATE OR REPLACE FUNCTION webhooks._tokens(rate integer, tokens double precision, tokens_at timestamptz)
+RETURNS double precision
+LANGUAGE sql STABLE
+AS $$ SELECT least(rate::float8, tokens + rate * extract(epoch FROM now() - tokens_at)::float8) $$;
+
+-- How many more deliveries of a webhook may be leased now. A webhook's `max_concurrency` is
+-- counted against the leases in flight across all runners (only meaningful under its endpoints
+-- row lock); without one, `runner_limit` (the runner's --per-webhook-concurrency, which the
+-- runner counts against its own sends) caps one claim. One probe at a time while its circuit is
+-- not closed; whole tokens of its rate limit.
+CREATE OR REPLACE FUNCTION webhooks._room(
+    webhook_id uuid, max_concurrency integer, runner_limit integer, rate integer, circuit text,
+    tokens double precision, tokens_at timestamptz)
+RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT greatest(0, least(
+        CASE WHEN max_concurrency IS NULL THEN coalesce(runner_limit, 1000000) ELSE max_concurrency - f.n END,
+        CASE WHEN circuit = 'closed' THEN 1000000 ELSE 1 - f.n END,
+        CASE WHEN rate IS NULL THEN 1000000 ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
+    FROM (SELECT CASE WHEN max_concurrency IS NULL AND circuit = 'closed' THEN 0  -- no need to count
+                      ELSE (SELECT count(*)::integer FROM webhooks.deliveries d
+                            WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased'
+                              AND d.next_attempt_at > now()) END AS n) f
+$$;
+
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
--- token complete() checks), the exact body and every header already signed.
+-- token complete() checks), the exact body and every header already signed, and the webhook's
+-- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
 --
--- `per_webhook_limit` caps how many deliveries of one webhook a call returns and `skip_webhooks`
--- leaves out webhooks the caller has no room for, so a slow endpoint's backlog cannot fill a
--- runner's batch. A lease lasts twice the webhook's timeout (a claimed delivery may wait for one
--- request of its webhook to finish first) plus `lease_margin_seconds`; when it runs out, the
--- delivery is due again.
+-- Work is chosen per webhook, never by walking all due work in time order: one index probe per
+-- enabled webhook finds those with due work (the one whose work has waited longest first); each
+-- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
+-- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
+-- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
+-- costs O(batch + enabled webhooks), whatever one webhook has queued; a webhook whose circuit is
+-- open, or a paused one, is not looked at beyond that probe.
+--
+-- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
+-- runner passes twice its --per-webhook-concurrency, which it counts against its own sends);
+-- `skip_webhooks` leaves out webhooks the caller has no room for. A lease lasts twice the
+-- webhook's timeout (a claimed delivery may wait for one request of its webhook to finish
+-- first) plus `lease_margin_seconds`; when it runs out, the delivery is due again.
 CREATE OR REPLACE FUNCTION webhooks.claim(
     batch_size integer DEFAULT 100,
     lease_margin_seconds integer DEFAULT 30,
@@ -111,11 +229,16 @@ RETURNS TABLE (
     url text,
     body text,
     headers jsonb,
-    timeout_seconds integer)
+    timeout_seconds integer,
+    max_concurrency integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    serving uuid[];
+    exact uuid[];
+    locked uuid[] := '{}';
 BEGIN
     PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
     PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
@@ -126,34 +249,106 @@ BEGIN
     -- holds a large capture.
     PERFORM webhooks._ensure_identity();  -- a restored copy gets new event ids (045_restore.sql)
     PERFORM webhooks._fan_out(batch_size * 4);
+    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
+    -- missing all the same, add it without ever waiting: a claim that finds another transaction
+    -- adding the same row (the advisory lock taken) leaves it to that one.
+    INSERT INTO webhooks.endpoints (webhook_id)
+    SELECT w.id FROM webhooks.webhooks w
+    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
+      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
+    ON CONFLICT DO NOTHING;
+    -- The webhooks with due work, the one whose work has waited longest first.
+    SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
+    INTO serving, exact
+    FROM (
+        SELECT w.id, n.oldest,
+               w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed' AS exact
+        FROM webhooks.webhooks w
+        JOIN webhooks.endpoints e ON e.webhook_id = w.id
+        CROSS JOIN LATERAL (
+            SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
+            WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at LIMIT 1
+        ) n
+        WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+          AND (e.circuit <> 'open' OR e.retry_at <= now())
+    ) x;
+    IF serving IS NULL THEN
+        RETURN;
+    END IF;
+    -- Webhooks whose limits or circuit need exact accounting across runners are served under
+    -- their endpoints row lock, taken in a statement of its own so that the next one's snapshot
+    -- sees every lease other runners made for them; one another claim holds is skipped. Others
+    -- are served lock-free, by any number of claims at once.
+    IF exact IS NOT NULL THEN
+        SELECT coalesce(array_agg(l.webhook_id), '{}') INTO locked
+        FROM (SELECT e.webhook_id FROM webhooks.endpoints e WHERE e.webhook_id = ANY (exact)
+              FOR NO KEY UPDATE SKIP LOCKED) l;
+        serving := ARRAY(SELECT h FROM unnest(serving) WITH ORDINALITY AS u(h, o)
+                         WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
+    END IF;
     RETURN QUERY
-    WITH candidate AS (
-        SELECT d.id, d.webhook_id, d.status, d.next_attempt_at
-        FROM webhooks.deliveries d
-        JOIN webhooks.webhooks w ON w.id = d.webhook_id AND w.enabled
-        WHERE d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
-          AND d.webhook_id <> ALL (coalesce(skip_webhooks, '{}'))
-        ORDER BY d.next_attempt_at
-        -- Look further ahead when some candidates may be set aside by the per-webhook cap.
-        LIMIT CASE WHEN per_webhook_limit IS NULL THEN batch_size ELSE batch_size * 4 END
-        FOR UPDATE OF d SKIP LOCKED
+    WITH hook AS (
+        SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
+               w.max_concurrency,
+               CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
+                    ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                        w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
+        FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+        JOIN webhooks.webhooks w ON w.id = s.id
+        JOIN webhooks.endpoints e ON e.webhook_id = s.id
     ),
-    due AS (
-        SELECT c.id, c.status AS previous_status
-        FROM (SELECT c.*, row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS nth
-              FROM candidate c) c
-        WHERE per_webhook_limit IS NULL OR c.nth <= per_webhook_limit
-        ORDER BY c.next_attempt_at
+    -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
+    roomy AS (
+        SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
+        FROM hook h WHERE h.room > 0
+    ),
+    candidate AS (
+        SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id, h.max_retries
+        FROM (SELECT h.* FROM roomy h ORDER BY h.ord) h
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id
+            FROM webhooks.deliveries d
+            WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT least(h.room, h.share)
+            FOR UPDATE OF d SKIP LOCKED
+        ) d
         LIMIT batch_size
+    ),
+    -- What can never be sent is failed here rather than leased again and again: an event purged
+    -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
+    -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
+    judged AS (
+        SELECT c.*, CASE
+            WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
+                THEN 'not sent: the event was purged before it could be delivered'
+            WHEN c.attempts > c.max_retries AND c.status = 'leased'
+                THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
+            WHEN c.attempts > c.max_retries
+                THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
+        END AS fatal
+        FROM candidate c
+    ),
+    doomed AS (
+        UPDATE webhooks.deliveries d
+        SET status = 'failed', completed_at = now()
+        FROM judged j
+        WHERE d.id = j.id AND j.fatal IS NOT NULL
+        RETURNING d.id, d.attempts, j.fatal
+    ),
+    doomed_logged AS (
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
+        SELECT x.id, greatest(x.attempts, 1), x.fatal FROM doomed x
     ),
     leased AS (
         UPDATE webhooks.deliveries d
         SET status = 'leased',
             attempts = d.attempts + 1,
-            next_attempt_at = now() + make_interval(secs => 2 * w.timeout_seconds + lease_margin_seconds)
-        FROM due, webhooks.webhooks w
-        WHERE d.id = due.id AND w.id = d.webhook_id
-        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, due.previous_status
+            next_attempt_at = now() + make_interval(secs => 2 * h.timeout_seconds + lease_margin_seconds)
+        FROM judged j, hook h
+        WHERE d.id = j.id AND j.fatal IS NULL AND h.id = d.webhook_id
+        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, j.status AS previous_status
     ),
     -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
     expired AS (
@@ -161,14 +356,32 @@ BEGIN
         SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)'
         FROM leased l
         WHERE l.previous_status = 'leased'
+    ),
+    -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
+    served AS (
+        UPDATE webhooks.endpoints e
+        SET tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
+            tokens_at = now(),
+            circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
+            circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
+            circuit_reason = CASE WHEN e.circuit <> 'closed'
+                                  THEN format('probing with delivery %s, attempt %s', t.probe, t.probe_attempt)
+                                  ELSE e.circuit_reason END,
+            probe_delivery_id = CASE WHEN e.circuit <> 'closed' THEN t.probe END,
+            probe_attempt = CASE WHEN e.circuit <> 'closed' THEN t.probe_attempt END
+        FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
+              FROM leased l GROUP BY l.webhook_id) t
+        JOIN hook h ON h.id = t.webhook_id
+        WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
     )
     SELECT l.id, l.attempts, w.id, w.url, p.body,
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
-           w.timeout_seconds
+           w.timeout_seconds, h.max_concurrency
     FROM leased l
+    JOIN hook h ON h.id = l.webhook_id
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
     LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
@@ -197,11 +410,59 @@ BEGIN
 END
 $$;
 
+-- Seconds until claim() may have something new to hand out, for a runner deciding how long to
+-- sleep (NOTIFY aside): 0 while some webhook has due work and room, else the earliest of a
+-- scheduled retry, a lease running out, a circuit's probe and a rate limit's next token. NULL
+-- when nothing is scheduled; a webhook at its concurrency limit counts only once a send of it
+-- ends, which the runner holding that send knows first.
+CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
+                                                skip_webhooks uuid[] DEFAULT '{}')
+RETURNS double precision
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+BEGIN
+    -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
+    RETURN (SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
+        -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
+        ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
+                          THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
+            SELECT CASE
+                WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
+                WHEN n.first_due > now() THEN n.first_due
+                WHEN webhooks._room(w.id, w.max_concurrency, per_webhook_limit, NULL, e.circuit, 0, now())
+                     <= 0 THEN NULL
+                WHEN w.rate_limit_per_second IS NOT NULL
+                     AND webhooks._tokens(w.rate_limit_per_second, e.tokens, e.tokens_at) < 1
+                    THEN now() + make_interval(secs => (1 - webhooks._tokens(w.rate_limit_per_second, e.tokens,
+                                                        e.tokens_at)) / w.rate_limit_per_second)
+                ELSE now()
+            END AS due
+            FROM webhooks.webhooks w
+            JOIN webhooks.endpoints e ON e.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
+                WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
+                ORDER BY d.next_attempt_at LIMIT 1
+            ) n
+            WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+        ) x)
+    END);
+END
+$$;
+COMMENT ON FUNCTION webhooks.next_due_in(integer, uuid[]) IS
+    'For the runner: seconds until claim() may have more to hand out (0: now; NULL: nothing scheduled).';
+
 -- Apply the results of attempts, a JSON array of
 --   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
 --    "error": null, "latency_ms": 12, "retry_after_seconds": null}
 -- A result is accepted only under the lease it was claimed with: same attempt number, lease not
 -- expired. Returns each delivery's new status, or 'refused'.
+--
+-- Each webhook's circuit learns from the accepted results (see webhooks.endpoints): no response
+-- or a 5xx is a failure, any other response shows the endpoint alive and closes the circuit.
+-- A failed probe is logged but does not count against its delivery, which waits for the circuit.
 CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
 RETURNS TABLE (delivery_id bigint, attempt integer, status text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -209,9 +470,27 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    IF results IS NULL OR jsonb_typeof(results) <> 'array' THEN
-        PERFORM webhooks._fail('WH013', 'results', 'must be a JSON array of attempt results');
-    END IF;
+    PERFORM webhooks._check_json_array(results, 'results', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true],
+        "status_code": ["integer", -2147483648, 2147483647, false],
+        "latency_ms": ["integer", -2147483648, 2147483647, false],
+        "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
+        "response_excerpt": ["string", null, null, false],
+        "error": ["string", null, null, false]}');
+    -- The circuits this report changes, locked in one order before anything else, so two runners'
+    -- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
+    -- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
+    -- and locking it for every report made claims come back empty half the time.
+    PERFORM 1 FROM webhooks.endpoints e
+    WHERE e.webhook_id IN (SELECT d.webhook_id
+                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
+                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
+                           WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0)
+    ORDER BY e.webhook_id
+    FOR NO KEY UPDATE;
     RETURN QUERY
     WITH result AS (
         -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
@@ -227,24 +506,37 @@ BEGIN
             delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
             error text, latency_ms integer, retry_after_seconds integer)
     ),
-    outcome AS (
-        SELECT r.*, w.id AS webhook_id,
-               CASE
-                   WHEN r.status_code BETWEEN 200 AND 299 THEN 'delivered'
-                   WHEN r.status_code = 410 THEN 'failed'
-                   WHEN d.attempts > w.max_retries THEN 'failed'
-                   ELSE 'pending'
-               END AS new_status,
-               webhooks._retry_delay(w.retry_backoff_seconds, d.attempts, r.status_code,
-                                     r.retry_after_seconds) AS delay
+    judged AS (
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, d.attempts,
+               (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
+               coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
+                        false) AS probe
         FROM result r
         JOIN webhooks.deliveries d ON d.id = r.delivery_id
         JOIN webhooks.webhooks w ON w.id = d.webhook_id
+        LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    ),
+    outcome AS (
+        SELECT j.*,
+               CASE
+                   WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
+                   WHEN j.status_code = 410 THEN 'failed'
+                   WHEN j.probe AND j.endpoint_failed THEN 'pending'
+                   WHEN j.attempts > j.max_retries THEN 'failed'
+                   ELSE 'pending'
+               END AS new_status,
+               j.probe AND j.endpoint_failed AS refund,
+               webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code,
+                                     j.retry_after_seconds) AS delay
+        FROM judged j
     ),
     applied AS (
         UPDATE webhooks.deliveries d
         SET status = o.new_status,
-            next_attempt_at = CASE WHEN o.new_status = 'pending' THEN now() + o.delay ELSE d.next_attempt_at END,
+            attempts = CASE WHEN o.refund THEN d.attempts - 1 ELSE d.attempts END,
+            next_attempt_at = CASE WHEN o.refund THEN now()
+                                   WHEN o.new_status = 'pending' THEN now() + o.delay
+                                   ELSE d.next_attempt_at END,
             completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
         FROM outcome o
         WHERE d.id = o.delivery_id
@@ -253,12 +545,64 @@ BEGIN
           AND d.next_attempt_at > now()
         RETURNING d.id, d.status
     ),
+    -- Each webhook's verdict over this batch, and what it does to the circuit.
+    verdict AS (
+        SELECT o.webhook_id, bool_or(NOT o.endpoint_failed) AS alive,
+               count(*) FILTER (WHERE o.endpoint_failed)::integer AS failures,
+               bool_or(o.probe) AS probed,
+               max(o.delivery_id) FILTER (WHERE o.endpoint_failed) AS last_failed
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        GROUP BY o.webhook_id
+    ),
+    transition AS (
+        SELECT v.*, e.circuit AS old_circuit, e.times_opened,
+               e.consecutive_failures + v.failures AS failures_now,
+               CASE
+                   WHEN v.alive THEN 'closed'
+                   WHEN e.circuit = 'half_open' AND v.probed THEN 'open'
+                   WHEN e.circuit = 'closed'
+                        AND e.consecutive_failures + v.failures >= webhooks._circuit_failure_threshold() THEN 'open'
+                   ELSE e.circuit
+               END AS new_circuit
+        FROM verdict v JOIN webhooks.endpoints e ON e.webhook_id = v.webhook_id
+        WHERE NOT (v.alive AND e.circuit = 'closed' AND e.consecutive_failures = 0)
+    ),
+    circuit AS (
+        UPDATE webhooks.endpoints e
+        SET consecutive_failures = CASE WHEN t.alive THEN 0 ELSE t.failures_now END,
+            circuit = t.new_circuit,
+            times_opened = CASE WHEN t.alive THEN 0
+                                WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' THEN t.times_opened + 1
+                                ELSE t.times_opened END,
+            retry_at = CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open'
+                            THEN now() + webhooks._circuit_cooldown(t.times_opened)
+                            WHEN t.new_circuit = 'open' THEN e.retry_at END,
+            probe_delivery_id = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_delivery_id END,
+            probe_attempt = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_attempt END,
+            circuit_changed_at = CASE WHEN t.new_circuit <> t.old_circuit THEN now() ELSE e.circuit_changed_at END,
+            circuit_reason = CASE
+                WHEN t.new_circuit = t.old_circuit THEN e.circuit_reason
+                WHEN t.new_circuit = 'closed' THEN 'closed: the endpoint answered'
+                ELSE format('opened for %s s after %s consecutive failures',
+                            extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
+            END
+        FROM transition t
+        WHERE e.webhook_id = t.webhook_id
+    ),
     logged AS (
         INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms)
         SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
-               CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
+               nullif(concat_ws('; ',
+                   CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
+                   CASE WHEN o.refund THEN 'circuit probe failed: this attempt does not count' END,
+                   CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed
+                        THEN format('circuit opened for %s s after %s consecutive failures',
+                                    extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
+                   END), ''),
                greatest(o.latency_ms, 0)
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM outcome o
+        JOIN applied a ON a.id = o.delivery_id
+        LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
     gone AS (
         UPDATE webhooks.webhooks w
@@ -284,9 +628,9 @@ AS $$
 DECLARE
     released integer;
 BEGIN
-    IF leases IS NULL OR jsonb_typeof(leases) <> 'array' THEN
-        PERFORM webhooks._fail('WH013', 'leases', 'must be a JSON array of {"delivery_id", "attempt"}');
-    END IF;
+    PERFORM webhooks._check_json_array(leases, 'leases', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true]}');
     UPDATE webhooks.deliveries d
     SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = now()
     FROM jsonb_to_recordset(leases) AS l(delivery_id bigint, attempt integer)

@@ -42,6 +42,7 @@ TO webhooks_admin;
 
 GRANT EXECUTE ON FUNCTION
     webhooks.claim(integer, integer, integer, uuid[]),
+    webhooks.next_due_in(integer, uuid[]),
     webhooks.complete(jsonb),
     webhooks.release(jsonb),
     webhooks.version()

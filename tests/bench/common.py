@@ -161,6 +161,9 @@ class Receiver:
     def reset(self) -> None:
         self._call("POST", "_reset")
 
+    def arrivals(self) -> dict[str, list[float]]:
+        return {k: [float(t) for t in v] for k, v in self._call("GET", "_arrivals").items()}
+
     def tokens(self) -> list[tuple[int, float]]:
         return [(int(t), float(at)) for t, at in self._call("GET", "_tokens")]
 
@@ -208,9 +211,12 @@ class Env:
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
-    def start_receiver(self, name: str, delay: float = 0.0, record_tokens: bool = False) -> Receiver:
+    def start_receiver(self, name: str, delay: float = 0.0, record_tokens: bool = False,
+                       fail_first: bool = False) -> Receiver:
         port = free_port()
         args = [PYTHON, str(BENCH_DIR / "receiver.py"), "--port", str(port)]
+        if fail_first:
+            args.append("--fail-first")
         if delay:
             args += ["--delay", str(delay)]
         if record_tokens:

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import delivery
+import isolation
 import psycopg
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
-MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal")
+MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -34,6 +35,7 @@ TITLES = {
     "latency": "5 latency",
     "backlog": "6 backlog",
     "horizontal": "7 horizontal",
+    "isolation": "8 isolation between webhooks",
 }
 
 
@@ -44,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deliveries", type=int, help="backlog of the throughput test (default 20000; quick 5000)")
     parser.add_argument("--backlog", type=int, help="pending deliveries of the backlog test (default 100000; "
                         "quick 20000; try 1000000)")
+    parser.add_argument("--neighbour", type=int, help="due deliveries of the noisy neighbour and of the deep "
+                        "backlog beside claim() (default 100000; quick 20000; issue 9's full size: 1000000)")
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
     parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
@@ -54,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"rows": 20_000 if quick else 100_000, "deliveries": 5_000 if quick else 20_000,
                 "backlog": 20_000 if quick else 100_000, "seconds": 2 if quick else 5,
+                "neighbour": 20_000 if quick else 100_000,
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
         "backlog": lambda: delivery.bench_backlog(env, args.backlog),
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
+        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -15,7 +15,8 @@ SELECT has_table('webhooks', 'delivery_attempts', 'table webhooks.delivery_attem
 
 SELECT columns_are('webhooks', 'webhooks', ARRAY[
     'id', 'name', 'url', 'description', 'enabled', 'disabled_reason', 'max_retries',
-    'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at'],
+    'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at',
+    'max_concurrency', 'rate_limit_per_second'],
     'webhooks.webhooks holds no secret column');
 SELECT col_is_pk('webhooks', 'webhooks', 'id', 'webhooks.id is the primary key');
 SELECT col_type_is('webhooks', 'webhooks', 'id', 'uuid', 'webhook ids are uuids');
@@ -65,13 +66,14 @@ SELECT throws_ok(
     '23514', NULL, 'deliveries_completed_iff_final: pending has no completed_at');
 
 -- Indexes --------------------------------------------------------------------------------------
-SELECT has_index('webhooks', 'deliveries', 'deliveries_due', 'claim path index deliveries_due');
+SELECT has_index('webhooks', 'deliveries', 'deliveries_webhook_due', ARRAY['webhook_id', 'next_attempt_at'],
+                 'claim path index deliveries_webhook_due on (webhook_id, next_attempt_at)');
 SELECT has_index('webhooks', 'deliveries', 'deliveries_webhook_id', ARRAY['webhook_id', 'id'],
                  'deliveries_webhook_id on (webhook_id, id)');
 SELECT ok(
     (SELECT pg_get_expr(indpred, indrelid) FROM pg_index
-     WHERE indexrelid = 'webhooks.deliveries_due'::regclass) ~ 'pending.*leased',
-    'deliveries_due is partial: only pending and leased rows');
+     WHERE indexrelid = 'webhooks.deliveries_webhook_due'::regclass) ~ 'pending.*leased',
+    'deliveries_webhook_due is partial: only pending and leased rows');
 SELECT has_index('webhooks', 'subscriptions', 'subscriptions_relid', 'subscriptions_relid');
 SELECT has_index('webhooks', 'delivery_attempts', 'delivery_attempts_delivery_id', 'delivery_attempts_delivery_id');
 

@@ -34,7 +34,7 @@ CREATE FUNCTION pg_temp.hook(hook_name text) RETURNS uuid LANGUAGE sql AS $$
 $$;
 -- Claim what is due for one webhook only (the others are skipped), remembering it under a label.
 CREATE TEMP TABLE claims (label text, delivery_id bigint, attempt int, webhook_id uuid, url text, body text,
-                          headers jsonb, timeout_seconds int, p jsonb);
+                          headers jsonb, timeout_seconds int, max_concurrency int, p jsonb);
 CREATE FUNCTION pg_temp.claim(label text, hook_name text) RETURNS int LANGUAGE sql AS $$
     WITH c AS (
         INSERT INTO claims

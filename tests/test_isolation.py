@@ -1,0 +1,139 @@
+"""Isolation between webhooks, end to end: a dead endpoint's backlog neither slows a healthy
+webhook nor gets hammered (circuit breaker); per-webhook limits set in SQL hold across two
+runners; a retry goes out when it is due, not at the next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from aiohttp import web
+from receivers import Reply
+from test_runner import (
+    attempts_of,
+    create_table,
+    create_webhook,
+    eventually,
+    insert,
+    query,
+    receiver,
+    runner_config,
+    running,
+)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nobody listens once the socket is closed
+
+
+def delivered(dsn: str, webhook_id: object) -> int:
+    return int(query(dsn, "SELECT count(*) AS n FROM webhooks.deliveries WHERE webhook_id = %s"
+                          " AND status = 'delivered'", webhook_id)[0]["n"])
+
+
+async def test_retry_is_sent_when_due_not_at_the_next_poll(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(500), Reply(200)]) as rx:
+        hook = create_webhook(db, rx.url, retry_backoff_seconds=1)
+        # A poll interval far longer than the retry delay: only next_due_in() can wake it in time.
+        async with running(runner_config(db, poll_interval=10.0)):
+            insert(db, 1)
+            await rx.wait_for(1, timeout=15)
+            assert await eventually(lambda: len(attempts_of(db, hook["id"])) == 1, timeout=5)
+            due = query(db, "SELECT extract(epoch FROM next_attempt_at)::float8 AS t FROM webhooks.deliveries"
+                            " WHERE webhook_id = %s", hook["id"])[0]["t"]
+            await rx.wait_for(2, timeout=8)
+    assert len(rx.requests) == 2
+    arrived = time.time() - time.monotonic() + rx.requests[1].at  # the receiver's clock is monotonic
+    late = arrived - due
+    assert -0.05 < late < 0.5, f"the retry arrived {late:.3f} s after it was due"
+
+
+async def test_a_dead_endpoint_neither_slows_others_nor_is_hammered(db: str) -> None:
+    create_table(db)
+    create_table(db, "other")
+    dead = create_webhook(db, f"http://127.0.0.1:{closed_port()}/hook", table="items", max_retries=3,
+                          retry_backoff_seconds=1)
+    insert(db, 500)  # the dead endpoint's backlog
+    async with receiver() as rx:
+        healthy = create_webhook(db, rx.url, table="other")
+        async with running(runner_config(db)):
+            insert(db, 300, table="other")
+            started = time.monotonic()
+            await rx.wait_for(300, timeout=30)
+            drained = time.monotonic() - started
+            await asyncio.sleep(3)  # the dead endpoint's circuit: open, probed now and then
+    assert delivered(db, healthy["id"]) == 300
+    assert drained < 10, f"the healthy webhook took {drained:.1f} s for 300 deliveries"
+    tried = query(db, "SELECT count(*) AS n FROM webhooks.delivery_attempts a JOIN webhooks.deliveries d"
+                      " ON d.id = a.delivery_id WHERE d.webhook_id = %s", dead["id"])[0]["n"]
+    # The first wave (--per-webhook-concurrency 20, already in flight) fails, the runner holds
+    # back the rest, the report opens the circuit; then one probe after 1, 2, 4 s. Without the
+    # breaker: one attempt per delivery, 500.
+    assert 5 <= tried <= 30, f"{tried} attempts at a dead endpoint"
+    state = query(db, "SELECT circuit FROM webhooks.endpoints WHERE webhook_id = %s", dead["id"])[0]
+    assert state["circuit"] in ("open", "half_open")
+    counts = {r["status"]: r["n"] for r in query(
+        db, "SELECT status, count(*) AS n FROM webhooks.deliveries WHERE webhook_id = %s GROUP BY status", dead["id"])}
+    assert "failed" not in counts and sum(counts.values()) == 500
+
+
+async def test_a_dead_endpoint_that_comes_back_gets_everything(db: str) -> None:
+    create_table(db)
+    port = closed_port()
+    hook = create_webhook(db, f"http://127.0.0.1:{port}/hook", max_retries=2, retry_backoff_seconds=1)
+    seen: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    back = web.AppRunner(app, access_log=None)
+    await back.setup()
+    try:
+        async with running(runner_config(db)):
+            insert(db, 100)
+            assert await eventually(lambda: query(db, "SELECT circuit FROM webhooks.endpoints WHERE webhook_id = %s",
+                                                  hook["id"]) != [{"circuit": "closed"}], timeout=10)
+            await asyncio.sleep(3)  # down for a while: probes fail, their attempts do not count
+            await web.TCPSite(back, "127.0.0.1", port).start()  # the endpoint comes back
+            ok = await eventually(lambda: delivered(db, hook["id"]) == 100, timeout=60)
+    finally:
+        await back.cleanup()
+    assert ok, query(db, "SELECT status, count(*) AS n FROM webhooks.deliveries GROUP BY status")
+    assert query(db, "SELECT count(*) AS n FROM webhooks.deliveries WHERE status = 'failed'")[0]["n"] == 0
+    assert len(seen) >= 100
+
+
+async def test_max_concurrency_holds_across_two_runners(db: str) -> None:
+    create_table(db)
+    async with receiver([Reply(200, delay=0.2)]) as rx:
+        hook = create_webhook(db, rx.url)
+        query(db, "UPDATE webhooks.webhooks SET max_concurrency = 3 WHERE id = %s RETURNING id", hook["id"])
+        async with running(runner_config(db)), running(runner_config(db)):
+            insert(db, 30)
+            await rx.wait_for(30, timeout=30)
+    assert len(set(rx.event_ids())) == 30
+    assert rx.max_concurrent["/hook"] == 3
+
+
+async def test_rate_limit_holds_across_two_runners(db: str) -> None:
+    create_table(db)
+    rate, total = 20, 80
+    async with receiver() as rx:
+        hook = create_webhook(db, rx.url)
+        query(db, "UPDATE webhooks.webhooks SET rate_limit_per_second = %s WHERE id = %s RETURNING id",
+              rate, hook["id"])
+        async with running(runner_config(db)), running(runner_config(db)):
+            insert(db, total)
+            await rx.wait_for(total, timeout=30)
+    assert len(set(rx.event_ids())) == total
+    times = sorted(r.at for r in rx.requests)
+    # A full bucket (one second's worth) goes at once; the rest at the rate.
+    steady = (total - rate) / (times[-1] - times[rate - 1])
+    assert 0.85 * rate <= steady <= 1.15 * rate, f"{steady:.1f}/s against a limit of {rate}/s"
