@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS webhooks.event_types (
     description text,
     example     jsonb,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The webhooks subscribed to this type (exactly, by pattern or `*`), kept current by a trigger
+    -- on event_subscriptions, so that publish() reads one row instead of matching patterns.
+    webhook_ids uuid[] NOT NULL DEFAULT '{}',
     CONSTRAINT event_types_name_dotted
         CHECK (name ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$' AND length(name) <= 200)
 );

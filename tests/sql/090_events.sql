@@ -2,7 +2,7 @@
 -- subscriptions by type, profiles, retry schedules, send_test shapes, TRUNCATE, HTTPS-only, and
 -- every bad input of them.
 BEGIN;
-SELECT plan(67);
+SELECT plan(73);
 
 CREATE TABLE public.orders (id int PRIMARY KEY, total numeric);
 CREATE FUNCTION pg_temp.claimed() RETURNS TABLE (webhook_id uuid, p jsonb, body text, headers jsonb) LANGUAGE sql AS $$
@@ -84,6 +84,22 @@ SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 1, '...and reaches only
 SELECT throws_ok($$SELECT webhooks.delete_event_type('order.completed')$$, 'WH025', NULL, 'a type in use cannot be deleted');
 SELECT throws_ok($$SELECT webhooks.delete_event_type('order.nope')$$, 'WH021', NULL, 'deleting an unknown type');
 SELECT lives_ok($$SELECT webhooks.delete_event_type('user.signup')$$, 'an unused type can be deleted');
+-- publish() reads each type's subscribers from event_types.webhook_ids: kept current.
+SELECT lives_ok($$SELECT webhooks.create_event_type('order.refunded')$$, 'a type declared after its subscribers');
+SELECT is((SELECT webhook_ids FROM webhooks.event_types WHERE name = 'order.refunded'),
+          (SELECT array_agg(id ORDER BY id) FROM hooks WHERE k IN ('prefix', 'all')), '...has them at once');
+CREATE TEMP TABLE temp_hook AS SELECT id FROM webhooks.create_webhook('temp', 'https://e.com/t', '[{"event_type": "order.refunded"}]');
+SELECT ok((SELECT (SELECT id FROM temp_hook) = ANY (webhook_ids) FROM webhooks.event_types WHERE name = 'order.refunded'),
+          'a new subscriber joins the type');
+SELECT webhooks.update_webhook((SELECT id FROM temp_hook), '{"events": [{"event_type": "user.*"}]}');
+SELECT ok((SELECT NOT (SELECT id FROM temp_hook) = ANY (webhook_ids) FROM webhooks.event_types WHERE name = 'order.refunded'),
+          'an unsubscribed webhook leaves the type');
+SELECT webhooks.update_webhook((SELECT id FROM temp_hook), '{"events": [{"event_type": "*"}]}');
+SELECT webhooks.delete_webhook((SELECT id FROM temp_hook));
+SELECT is((SELECT webhook_ids FROM webhooks.event_types WHERE name = 'order.refunded'),
+          (SELECT array_agg(id ORDER BY id) FROM hooks WHERE k IN ('prefix', 'all')), 'a deleted webhook leaves every type');
+SELECT webhooks.publish('order.refunded', '{}');
+SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 2, '...and receives nothing of what is published next');
 
 -- table subscriptions with a type, and TRUNCATE ---------------------------------------------------
 INSERT INTO public.orders VALUES (1, 10);
