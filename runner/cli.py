@@ -208,11 +208,14 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @click.option("--timeout", "timeout_seconds", type=int, default=30, show_default=True)
 @click.option("--backoff", "retry_backoff_seconds", type=int, default=5, show_default=True)
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
+@click.option("--profile", default="standard", show_default=True,
+              help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
+@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'.")
 @AS_JSON
 def create(
     dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
     description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
-    header_pairs: tuple[str, ...], as_json: bool,
+    header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None, as_json: bool,
 ) -> None:
     """Create a webhook that POSTs changes of the given tables to URL."""
     if not tables and events_json is None:
@@ -221,9 +224,10 @@ def create(
         row = conn.execute(
             "SELECT * FROM webhooks.create_webhook(name => %s, url => %s, events => %s, secret => %s,"
             " description => %s, enabled => %s, max_retries => %s, timeout_seconds => %s,"
-            " retry_backoff_seconds => %s, headers => %s)",
+            " retry_backoff_seconds => %s, headers => %s, profile => %s, retry_schedule => %s::interval[])",
             (name, url, Jsonb(parse_events(tables, events_json)), secret, description, not disabled,
-             max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs))),
+             max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs)),
+             profile, retry_schedule),
         ).fetchone()
     assert row is not None
     emit_record(row, as_json)

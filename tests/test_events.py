@@ -168,3 +168,17 @@ def test_compact_bodies_for_row_changes_and_test_events(db: str) -> None:
         assert body == json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False)
     assert '"record":{"id":1,"label":"a, b: c"}' in bodies["INSERT"]
     assert '"record":{"id":1,"label":"x"},"old_record":{"id":1,"label":"y"}' in bodies["UPDATE"]
+
+
+def test_cli_creates_a_webhook_with_a_profile_and_a_retry_schedule(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    result = CliRunner().invoke(main, ["webhooks", "create", "t", "https://e.example/h", "--table", "items",
+                                       "--profile", "truss", "--retry-schedule", "{1 minute,5 minutes}", "--dsn", db])
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(db, autocommit=True) as conn:
+        row = conn.execute("SELECT profile, retry_schedule::text, max_retries FROM webhooks.webhooks").fetchone()
+    assert row == ("truss", '{00:01:00,00:05:00}', 2)
+    bad = CliRunner().invoke(main, ["webhooks", "create", "u", "https://e.example/h", "--table", "items",
+                                    "--profile", "stripe", "--dsn", db])
+    assert bad.exit_code != 0 and "WH022" in bad.output
