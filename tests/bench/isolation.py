@@ -69,13 +69,17 @@ def _drain_one(env: Env, dsn: str, name: str, webhook_id: str, expected: int, re
             "circuit": circuit[0] if circuit else None}
 
 
-def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int) -> list[Result]:
+def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int, rounds: int = 2) -> list[Result]:
     section = (f"8 isolation: noisy neighbour ({deliveries:,}-delivery drain of a healthy webhook; neighbour: "
-               f"{neighbour:,} due deliveries to a port nobody listens on; runner with default flags)")
+               f"{neighbour:,} due deliveries to a port nobody listens on; runner with default flags; "
+               f"best of {max(rounds, 1)})")
     receiver = env.start_receiver("neighbour")
     runs: dict[str, dict[str, Any]] = {}
+    # Alternating rounds, the best of each kept: on a machine shared with other work a single
+    # drain measures the others as much as the runner.
+    plan = [("alone", 0), ("neighbour", neighbour)] * max(rounds, 1)
     try:
-        for label, backlog in (("alone", 0), ("neighbour", neighbour)):
+        for label, backlog in plan:
             dsn = env.fresh_db(f"neighbour_{label}")
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
@@ -90,7 +94,9 @@ def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int) -> list[Res
                     # As autovacuum would have by then; not during the drain, on the runner's CPU.
                     conn.execute("VACUUM ANALYZE")
                 receiver.reset()
-                runs[label] = _drain_one(env, dsn, f"neighbour-{label}", healthy_id, deliveries, receiver, dead_id)
+                run = _drain_one(env, dsn, f"neighbour-{label}", healthy_id, deliveries, receiver, dead_id)
+                if label not in runs or run["rate"] > runs[label]["rate"]:
+                    runs[label] = run
             finally:
                 env.drop_db(dsn)
     finally:
@@ -267,9 +273,9 @@ def bench_rate_limit(env: Env, limit: int = 200, total: int = 2000) -> list[Resu
                    {"steady_rate": steady, "rate_limit": limit, "requests": stats["count"]})]
 
 
-def bench_isolation(env: Env, deliveries: int, neighbour: int) -> list[Result]:
+def bench_isolation(env: Env, deliveries: int, neighbour: int, rounds: int = 2) -> list[Result]:
     """All of the above; one that fails is reported as such and the others still run."""
-    parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour)),
+    parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour, rounds)),
              ("claim cost", lambda: bench_claim_isolation(env, neighbour)),
              ("retry punctuality", lambda: bench_retry_punctuality(env)),
              ("rate limit", lambda: bench_rate_limit(env)))

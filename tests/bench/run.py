@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
         "backlog": lambda: delivery.bench_backlog(env, args.backlog),
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
-        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour),
+        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2),
         "events": lambda: events.bench_publish(env, args.rows, args.rounds),
     }
     started = time.monotonic()
