@@ -107,6 +107,11 @@ AS $$
 DECLARE
     event_id pg_catalog.uuid;
 BEGIN
+    -- A restored copy starts a new salt before its first event id is handed out (045_restore.sql);
+    -- checked once per session, the test inline to keep a GUC save and restore off every call.
+    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM 'on' THEN
+        PERFORM webhooks._ensure_identity();
+    END IF;
     -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
     -- costs about as much as the insert itself. The subscribers are the type's webhook_ids.
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
@@ -114,7 +119,7 @@ BEGIN
     SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data
     FROM webhooks.event_types t
     WHERE t.name OPERATOR(pg_catalog.=) event_type AND data IS NOT NULL
-    RETURNING pg_catalog.md5((SELECT i.salt FROM webhooks._installation i)::pg_catalog.text
+    RETURNING pg_catalog.md5((SELECT i.salt FROM webhooks._salt_for(id) i)::pg_catalog.text
                              OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) id
                              OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid
     INTO event_id;
