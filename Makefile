@@ -104,4 +104,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .pgbuilds .tools
+	rm -rf $(VENV) .demo .pytest_cache .pgbuilds .tools /var/tmp/pgwebhooks-pgbuilds

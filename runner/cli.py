@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -100,11 +101,18 @@ def run(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--secret", "secrets", multiple=True, help="Verify signatures with this secret (repeatable).")
 @click.option("--status", default=200, show_default=True, help="HTTP status to answer with.")
-def listen(port: int, host: str, secrets: tuple[str, ...], status: int) -> None:
-    """Receive webhooks locally, verify their signatures and print them."""
-    from pgwebhooks.receiver import run_listener
+@click.option("--forward-to", help="Forward each verified request (raw body and headers) to this local URL, "
+              "e.g. localhost:3000/webhooks, and answer with what it answered.")
+def listen(port: int, host: str, secrets: tuple[str, ...], status: int, forward_to: str | None) -> None:
+    """Receive webhooks locally, verify their signatures and print them (or forward them)."""
+    from pgwebhooks.receiver import forward_url, run_listener
 
-    run_listener(host, port, secrets, status, sys.stdout)
+    if forward_to:
+        try:
+            forward_url(forward_to)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--forward-to") from exc
+    run_listener(host, port, secrets, status, sys.stdout, forward_to)
 
 
 # -- management ------------------------------------------------------------------------------
@@ -204,11 +212,14 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @click.option("--timeout", "timeout_seconds", type=int, default=30, show_default=True)
 @click.option("--backoff", "retry_backoff_seconds", type=int, default=5, show_default=True)
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
+@click.option("--profile", default="standard", show_default=True,
+              help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
+@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'.")
 @AS_JSON
 def create(
     dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
     description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
-    header_pairs: tuple[str, ...], as_json: bool,
+    header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None, as_json: bool,
 ) -> None:
     """Create a webhook that POSTs changes of the given tables to URL."""
     if not tables and events_json is None:
@@ -217,9 +228,10 @@ def create(
         row = conn.execute(
             "SELECT * FROM webhooks.create_webhook(name => %s, url => %s, events => %s, secret => %s,"
             " description => %s, enabled => %s, max_retries => %s, timeout_seconds => %s,"
-            " retry_backoff_seconds => %s, headers => %s)",
+            " retry_backoff_seconds => %s, headers => %s, profile => %s, retry_schedule => %s::interval[])",
             (name, url, Jsonb(parse_events(tables, events_json)), secret, description, not disabled,
-             max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs))),
+             max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs)),
+             profile, retry_schedule),
         ).fetchone()
     assert row is not None
     emit_record(row, as_json)
@@ -343,12 +355,44 @@ def deliveries(
 @webhooks_group.command("test")
 @DSN
 @click.argument("webhook_id")
-def send_test(dsn: str, webhook_id: str) -> None:
-    """Queue a TEST event for a webhook (checks the endpoint and its signature verification)."""
+@click.option("--event-type", help="Send an application event of this (declared) type instead of TEST.")
+@click.option("--data", default="{}", show_default=True, help="With --event-type: the event's data (JSON).")
+@click.option("--wait", is_flag=True, help="Wait for the attempt (a runner must be running) and print its "
+              "status, latency and response excerpt.")
+@click.option("--timeout", default=60.0, show_default=True, help="With --wait: give up after this many seconds.")
+def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait: bool, timeout: float) -> None:
+    """Queue a test event for a webhook (checks the endpoint and its signature verification)."""
     with sql_api(dsn) as conn:
-        row = conn.execute("SELECT webhooks.send_test(%s::uuid) AS delivery_id", (webhook_id,)).fetchone()
-    assert row is not None
-    click.echo(f"queued test delivery {row['delivery_id']}")
+        if event_type:
+            row = conn.execute(
+                "SELECT webhooks.send_test(%s::uuid, event_type => %s, data => %s::jsonb) AS delivery_id",
+                (webhook_id, event_type, data)).fetchone()
+        else:
+            row = conn.execute("SELECT webhooks.send_test(%s::uuid) AS delivery_id", (webhook_id,)).fetchone()
+        assert row is not None
+        delivery = row["delivery_id"]
+        click.echo(f"queued test delivery {delivery}")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while True:  # bounded by --timeout
+            attempt = conn.execute(
+                "SELECT * FROM webhooks.get_delivery_attempts(%s) ORDER BY attempt DESC LIMIT 1", (delivery,)
+            ).fetchone()
+            if attempt is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise click.ClickException(
+                    f"no attempt of delivery {delivery} within {timeout:g} s; is a runner running?")
+            time.sleep(0.2)
+    status = attempt["status_code"] if attempt["status_code"] is not None else "no response"
+    click.echo(f"attempt {attempt['attempt']}: {status} in {attempt['latency_ms']} ms")
+    if attempt["error"]:
+        click.echo(f"error: {attempt['error']}")
+    if attempt["response_excerpt"]:
+        click.echo(f"response: {attempt['response_excerpt'][:500]}")
+    if attempt["status_code"] is None or not 200 <= attempt["status_code"] < 300:
+        raise SystemExit(1)
 
 
 @main.command()

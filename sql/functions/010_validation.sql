@@ -11,6 +11,13 @@
 --   WH006 unknown table          WH013 invalid argument (limit, offset, batch size, ...)
 --   WH007 invalid operation      WH014 table the caller may not read
 --                                WH404 no such webhook / delivery
+--   Application events and receiver profiles (issue 10):
+--   WH020 invalid event type name or pattern      WH023 invalid retry schedule
+--   WH021 unknown (undeclared) event type         WH024 http:// refused (installation is HTTPS only)
+--   WH022 unknown receiver profile                WH025 event type still in use
+
+-- _parse_events gained an event_type column (0.2).
+DROP FUNCTION IF EXISTS webhooks._parse_events(jsonb);
 
 CREATE OR REPLACE FUNCTION webhooks._fail(code text, field text, message text, hint text DEFAULT NULL)
 RETURNS void
@@ -181,7 +188,8 @@ BEGIN
             PERFORM webhooks._fail('WH009', 'headers',
                 format('value of %L is %s characters long; at most 4096 are allowed', h.key, length(h.value #>> '{}')));
         ELSIF lower(h.key) = ANY (ARRAY['content-type', 'user-agent', 'webhook-id', 'webhook-timestamp',
-                'webhook-signature', 'x-webhook-signature', 'host', 'content-length',
+                'webhook-signature', 'x-webhook-signature', 'x-fluxbase-signature', 'x-truss-signature',
+                'x-rowbase-signature', 'host', 'content-length',
                 'transfer-encoding', 'connection']) THEN
             PERFORM webhooks._fail('WH010', 'headers',
                 format('%L is set by pgwebhooks and cannot be overridden', h.key));
@@ -220,11 +228,73 @@ BEGIN
 END
 $$;
 
+-- An event type name: dotted lowercase, like order.completed.
+CREATE OR REPLACE FUNCTION webhooks._check_event_type_name(field text, name text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$' OR length(name) > 200 THEN
+        PERFORM webhooks._fail('WH020', field, format('%s is not an event type name; expected dotted lowercase '
+            'words like "order.completed" (at most 200 characters)', coalesce(to_json(name)::text, 'null')));
+    END IF;
+END
+$$;
+
+-- A declared event type, or WH021.
+CREATE OR REPLACE FUNCTION webhooks._check_event_type_declared(field text, name text)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._check_event_type_name(field, name);
+    IF NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = _check_event_type_declared.name) THEN
+        PERFORM webhooks._fail('WH021', field, format('event type %L is not declared', name),
+            'declare it first with webhooks.create_event_type(name)');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_profile(profile text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF profile IS NULL OR profile NOT IN ('standard', 'fluxbase', 'truss', 'rowbase', 'flux', 'supabase', 'hasura') THEN
+        PERFORM webhooks._fail('WH022', 'profile', format('%s is not a receiver profile; expected standard, '
+            'fluxbase, truss, rowbase, flux, supabase or hasura', coalesce(quote_literal(profile), 'null')));
+    END IF;
+END
+$$;
+
+-- A fixed retry schedule: 1 to 50 delays, each from 1 second to 1 day, none NULL.
+CREATE OR REPLACE FUNCTION webhooks._check_retry_schedule(schedule interval[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF schedule IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(schedule) NOT BETWEEN 1 AND 50 OR array_ndims(schedule) <> 1 THEN
+        PERFORM webhooks._fail('WH023', 'retry_schedule',
+            format('%s must list 1 to 50 delays, like {1 minute,5 minutes,30 minutes}', schedule));
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(schedule) d WHERE d IS NULL OR d < interval '1 second' OR d > interval '1 day') THEN
+        PERFORM webhooks._fail('WH023', 'retry_schedule',
+            format('%s: every delay must be from 1 second to 1 day', schedule));
+    END IF;
+END
+$$;
+
 -- `events` as given by the user, checked and resolved to table oids:
--- [{"table": "users" | "schema.table", "operations": ["INSERT", "UPDATE", "DELETE"]}, ...]
--- Operations default to all three.
+-- [{"table": "users" | "schema.table", "operations": ["INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+--   "event_type": "user.changed"}, {"event_type": "order.completed" | "order.*" | "*"}, ...]
+-- Operations default to INSERT, UPDATE and DELETE (TRUNCATE is asked for by name). A table entry's
+-- optional event_type is the declared type its changes are sent as; an entry with only an
+-- event_type subscribes to published events (relid NULL, event_type the pattern).
 CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
-RETURNS TABLE (relid oid, operations text[])
+RETURNS TABLE (relid oid, operations text[], event_type text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -237,6 +307,8 @@ DECLARE
     ops text[];
     op text;
     seen oid[] := '{}';
+    patterns text[] := '{}';
+    pattern text;
 BEGIN
     IF events IS NULL OR jsonb_typeof(events) <> 'array' OR jsonb_array_length(events) = 0 THEN
         PERFORM webhooks._fail('WH004', 'events',
@@ -248,8 +320,37 @@ BEGIN
         IF jsonb_typeof(item) <> 'object' THEN
             PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
         END IF;
-        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k WHERE k NOT IN ('table', 'operations')) THEN
-            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table" and "operations"', item));
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k WHERE k NOT IN ('table', 'operations', 'event_type')) THEN
+            PERFORM webhooks._fail('WH004', field,
+                format('has unknown keys in %s; expected "table", "operations" and "event_type"', item));
+        END IF;
+        event_type := NULL;
+        IF item ? 'event_type' AND jsonb_typeof(item -> 'event_type') IS DISTINCT FROM 'string' THEN
+            PERFORM webhooks._fail('WH020', field || '.event_type', format('must be a string, got %s', item -> 'event_type'));
+        END IF;
+        IF item ? 'event_type' AND NOT item ? 'table' THEN
+            IF item ? 'operations' THEN
+                PERFORM webhooks._fail('WH004', field, '"operations" belongs to table entries, not event types');
+            END IF;
+            pattern := item ->> 'event_type';
+            IF pattern !~ '^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*)$' THEN
+                -- Not a pattern: an exact type, which must be declared.
+                PERFORM webhooks._check_event_type_declared(field || '.event_type', pattern);
+            END IF;
+            IF pattern = ANY (patterns) THEN
+                PERFORM webhooks._fail('WH004', field || '.event_type', format('event type %L is listed twice', pattern));
+            END IF;
+            patterns := patterns || pattern;
+            relid := NULL;
+            operations := NULL;
+            event_type := pattern;
+            RETURN NEXT;
+            i := i + 1;
+            CONTINUE;
+        END IF;
+        IF item ? 'event_type' THEN
+            PERFORM webhooks._check_event_type_declared(field || '.event_type', item ->> 'event_type');
+            event_type := item ->> 'event_type';
         END IF;
         IF jsonb_typeof(item -> 'table') IS DISTINCT FROM 'string' OR btrim(item ->> 'table') = '' THEN
             PERFORM webhooks._fail('WH004', field || '.table', 'must be a non-empty string');
@@ -289,13 +390,13 @@ BEGIN
             ops := ARRAY['INSERT', 'UPDATE', 'DELETE'];
         ELSIF jsonb_typeof(item -> 'operations') <> 'array' OR jsonb_array_length(item -> 'operations') = 0 THEN
             PERFORM webhooks._fail('WH007', field || '.operations',
-                format('must be a non-empty array of "INSERT", "UPDATE", "DELETE", got %s', item -> 'operations'));
+                format('must be a non-empty array of "INSERT", "UPDATE", "DELETE", "TRUNCATE", got %s', item -> 'operations'));
         ELSE
             ops := '{}';
             FOR op IN SELECT value #>> '{}' FROM jsonb_array_elements(item -> 'operations') LOOP
-                IF upper(op) NOT IN ('INSERT', 'UPDATE', 'DELETE') OR op IS NULL THEN
+                IF upper(op) NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') OR op IS NULL THEN
                     PERFORM webhooks._fail('WH007', field || '.operations',
-                        format('%s is not an operation; expected INSERT, UPDATE or DELETE', coalesce(to_json(op)::text, 'null')));
+                        format('%s is not an operation; expected INSERT, UPDATE, DELETE or TRUNCATE', coalesce(to_json(op)::text, 'null')));
                 END IF;
                 IF NOT upper(op) = ANY (ops) THEN
                     ops := ops || upper(op);

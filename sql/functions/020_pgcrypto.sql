@@ -48,5 +48,12 @@ BEGIN
             FROM unnest(coalesce(secrets, '{}'::text[])) WITH ORDINALITY AS s(secret, ord)
         $fn$
     $sql$, crypto);
+
+    -- Hex HMAC-SHA256(UTF-8 secret, body): the Truss, Rowbase and Fluxbase-legacy signature.
+    EXECUTE format($sql$
+        CREATE OR REPLACE FUNCTION webhooks._hmac_hex(secret text, body text) RETURNS text
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+        AS $fn$ SELECT encode(%1$s.hmac(convert_to(body, 'UTF8'), convert_to(secret, 'UTF8'), 'sha256'), 'hex') $fn$
+    $sql$, crypto);
 END
 $install$;

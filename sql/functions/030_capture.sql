@@ -277,6 +277,20 @@ BEGIN
 END
 $$;
 
+-- TRUNCATE, when subscribed: one event per statement, with no record (the rows are not read).
+CREATE OR REPLACE FUNCTION webhooks._capture_truncate()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $$
+BEGIN
+    INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
+    VALUES (pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass), TG_OP, TG_RELID,
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1);
+    PERFORM pg_catalog.pg_notify('webhooks', '');
+    RETURN NULL;
+END
+$$;
+
 -- A non-superuser installer (a managed platform's database owner with CREATEROLE) may only give
 -- a function to a role it belongs to, and that role must be allowed to create in the schema:
 -- join webhooks_capture (CREATEROLE may grant it), and lend it CREATE for the two statements.
@@ -290,6 +304,7 @@ $$;
 GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
+ALTER FUNCTION webhooks._capture_truncate() OWNER TO webhooks_capture;
 REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
@@ -319,13 +334,15 @@ BEGIN
         RETURN;  -- the table was dropped, and its triggers with it
     END IF;
     has_key := webhooks._pairing_index(relid) IS NOT NULL;
-    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] LOOP
         trigger_name := 'webhooks_capture_' || lower(op);
         SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
         FROM webhooks.subscriptions s
         WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
-        by_row := partitioned OR (op = 'UPDATE' AND NOT has_key);
-        fn := CASE WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
+        -- TRUNCATE has statement triggers only (a partitioned table's fire for its own TRUNCATE).
+        by_row := op <> 'TRUNCATE' AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
+        fn := CASE WHEN op = 'TRUNCATE' THEN '_capture_truncate' WHEN by_row THEN '_capture_row'
+                   ELSE '_capture_statement' END;
         args := CASE WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
         IF hooks IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_trigger t
@@ -345,6 +362,7 @@ BEGIN
                 trigger_name, op, relid::regclass,
                 CASE
                     WHEN by_row THEN 'FOR EACH ROW'
+                    WHEN op = 'TRUNCATE' THEN 'FOR EACH STATEMENT'
                     WHEN op = 'INSERT' THEN 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
                     WHEN op = 'DELETE' THEN 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
                     ELSE 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'

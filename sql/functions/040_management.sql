@@ -1,6 +1,9 @@
 -- pgwebhooks 005: the management API. Functions run as their owner (SECURITY DEFINER) because
 -- they create triggers on watched tables; webhooks_admin is granted EXECUTE on them.
 
+-- create_webhook gained profile and retry_schedule (issue 10).
+DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb);
+
 -- How a webhook is shown: everything but its secrets.
 CREATE OR REPLACE VIEW webhooks._webhook_view AS
 SELECT
@@ -12,16 +15,23 @@ SELECT
     w.disabled_reason,
     coalesce((
         -- A dropped table's subscription stays listed, marked, under the name it last had.
-        SELECT jsonb_agg(CASE WHEN c.oid IS NULL
+        SELECT jsonb_agg((CASE WHEN c.oid IS NULL
                    THEN jsonb_build_object('table', coalesce(s.table_name, s.relid::text),
                                            'operations', to_jsonb(s.operations), 'dropped', true)
                    ELSE jsonb_build_object('table', format('%I.%I', n.nspname, c.relname),
                                            'operations', to_jsonb(s.operations))
-               END ORDER BY n.nspname, c.relname, s.table_name)
+               END)
+               -- The event type a table's changes are sent as, when one is named.
+               || CASE WHEN s.event_type IS NOT NULL THEN jsonb_build_object('event_type', s.event_type)
+                       ELSE '{}' END
+               ORDER BY n.nspname, c.relname, s.table_name)
         FROM webhooks.subscriptions s
         LEFT JOIN pg_catalog.pg_class c ON c.oid = s.relid
         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE s.webhook_id = w.id
+    ), '[]') || coalesce((
+        SELECT jsonb_agg(jsonb_build_object('event_type', e.pattern) ORDER BY e.pattern)
+        FROM webhooks.event_subscriptions e WHERE e.webhook_id = w.id
     ), '[]') AS events,
     w.max_retries,
     w.timeout_seconds,
@@ -44,6 +54,10 @@ AS $$
 BEGIN
     PERFORM webhooks._check_name(name, except_id);
     PERFORM webhooks._check_url(url);
+    IF url ~* '^http://' AND (SELECT i.https_only FROM webhooks._installation i) THEN
+        PERFORM webhooks._fail('WH024', 'url', format('%L is not an https:// URL; this installation refuses '
+            'http:// (see webhooks.require_https)', url));
+    END IF;
     PERFORM webhooks._check_range('max_retries', max_retries, 0, 50);
     PERFORM webhooks._check_range('timeout_seconds', timeout_seconds, 1, 300);
     PERFORM webhooks._check_range('retry_backoff_seconds', retry_backoff_seconds, 1, 86400);
@@ -77,9 +91,16 @@ BEGIN
     SELECT array_agg(s.relid) INTO touched FROM webhooks.subscriptions s
     WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     DELETE FROM webhooks.subscriptions s WHERE s.webhook_id = _replace_subscriptions.webhook_id;
+    DELETE FROM webhooks.event_subscriptions s WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     FOR parsed IN SELECT * FROM webhooks._parse_events(events) LOOP
-        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name)
-        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text);
+        IF parsed.relid IS NULL THEN  -- a subscription to published events of a type or pattern
+            INSERT INTO webhooks.event_subscriptions (webhook_id, pattern)
+            VALUES (_replace_subscriptions.webhook_id, parsed.event_type);
+            CONTINUE;
+        END IF;
+        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name, event_type)
+        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text,
+                parsed.event_type);
         touched := touched || parsed.relid;
     END LOOP;
     PERFORM webhooks._sync_triggers(r) FROM (SELECT DISTINCT unnest(touched) AS r) t;
@@ -96,7 +117,10 @@ CREATE OR REPLACE FUNCTION webhooks.create_webhook(
     max_retries integer DEFAULT 3,
     timeout_seconds integer DEFAULT 30,
     retry_backoff_seconds integer DEFAULT 5,
-    headers jsonb DEFAULT '{}')
+    headers jsonb DEFAULT '{}',
+    -- issue 10: receiver profile and fixed retry schedule (a schedule sets max_retries to its length)
+    profile text DEFAULT 'standard',
+    retry_schedule interval[] DEFAULT NULL)
 RETURNS SETOF webhooks._new_webhook
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -113,13 +137,17 @@ BEGIN
         PERFORM webhooks._fail('WH013', 'enabled', 'must be true or false');
     END IF;
     signing_secret := coalesce(secret, webhooks._generate_secret());
+    PERFORM webhooks._check_profile(profile);
+    PERFORM webhooks._check_retry_schedule(retry_schedule);
 
     BEGIN
         INSERT INTO webhooks.webhooks (name, url, description, enabled, max_retries, timeout_seconds,
-                                       retry_backoff_seconds, headers)
+                                       retry_backoff_seconds, headers, profile, retry_schedule)
         VALUES (create_webhook.name, create_webhook.url, create_webhook.description, create_webhook.enabled,
-                create_webhook.max_retries, create_webhook.timeout_seconds,
-                create_webhook.retry_backoff_seconds, create_webhook.headers)
+                coalesce(cardinality(create_webhook.retry_schedule), create_webhook.max_retries),
+                create_webhook.timeout_seconds,
+                create_webhook.retry_backoff_seconds, create_webhook.headers,
+                create_webhook.profile, create_webhook.retry_schedule)
         RETURNING id INTO new_id;
     EXCEPTION WHEN unique_violation THEN
         PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
@@ -170,6 +198,29 @@ BEGIN
 END
 $$;
 
+-- update_webhook's retry_schedule: a JSON array of interval strings, or null (back to backoff).
+CREATE OR REPLACE FUNCTION webhooks._schedule_from_json(value jsonb)
+RETURNS interval[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF value IS NULL OR jsonb_typeof(value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(value) <> 'array' OR EXISTS (SELECT 1 FROM jsonb_array_elements(value) v
+                                                 WHERE jsonb_typeof(v) <> 'string') THEN
+        PERFORM webhooks._fail('WH023', 'retry_schedule',
+            format('must be a JSON array of intervals like ["1 minute", "5 minutes"], got %s', value));
+    END IF;
+    BEGIN
+        RETURN ARRAY(SELECT (v #>> '{}')::interval FROM jsonb_array_elements(value) WITH ORDINALITY AS a(v, o)
+                     ORDER BY o);
+    EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
+        PERFORM webhooks._fail('WH023', 'retry_schedule', format('%s contains something that is not an interval', value));
+    END;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.update_webhook(id uuid, changes jsonb)
 RETURNS SETOF webhooks._webhook_view
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -186,11 +237,12 @@ BEGIN
     END IF;
     SELECT k INTO unknown FROM jsonb_object_keys(changes) k
     WHERE k NOT IN ('name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
-                    'timeout_seconds', 'retry_backoff_seconds', 'headers')
+                    'timeout_seconds', 'retry_backoff_seconds', 'headers',
+                    'profile', 'retry_schedule')  -- issue 10
     LIMIT 1;
     IF unknown IS NOT NULL THEN
         PERFORM webhooks._fail('WH012', unknown, 'is not a field of a webhook',
-            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers');
+            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule');
     END IF;
 
     SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
@@ -214,6 +266,16 @@ BEGIN
         current.retry_backoff_seconds := webhooks._change(changes, 'retry_backoff_seconds', 'number') #>> '{}';
     END IF;
     IF changes ? 'headers' THEN current.headers := changes -> 'headers'; END IF;
+    -- issue 10: profile, and retry_schedule as a JSON array of intervals ("5 minutes") or null.
+    IF changes ? 'profile' THEN
+        current.profile := webhooks._change(changes, 'profile', 'string') #>> '{}';
+        PERFORM webhooks._check_profile(current.profile);
+    END IF;
+    IF changes ? 'retry_schedule' THEN
+        current.retry_schedule := webhooks._schedule_from_json(changes -> 'retry_schedule');
+        PERFORM webhooks._check_retry_schedule(current.retry_schedule);
+        current.max_retries := coalesce(cardinality(current.retry_schedule), current.max_retries);
+    END IF;
     IF changes ? 'enabled' THEN
         new_enabled := (webhooks._change(changes, 'enabled', 'boolean') #>> '{}')::boolean;
         IF new_enabled THEN
@@ -235,6 +297,7 @@ BEGIN
         enabled = current.enabled, disabled_reason = current.disabled_reason,
         max_retries = current.max_retries, timeout_seconds = current.timeout_seconds,
         retry_backoff_seconds = current.retry_backoff_seconds, headers = current.headers,
+        profile = current.profile, retry_schedule = current.retry_schedule,
         updated_at = now()
     WHERE w.id = update_webhook.id;
     IF changes ? 'events' THEN

@@ -11,26 +11,37 @@
 
 -- claim() returns each webhook's max_concurrency since 0.2 (a new result column).
 DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
+-- _retry_delay takes the webhook's retry_schedule since 0.2 (issue 10).
+DROP FUNCTION IF EXISTS webhooks._retry_delay(integer, integer, integer, integer);
 
 CREATE OR REPLACE FUNCTION webhooks.version()
 RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT '0.1.0' $$;
 
--- How long to wait before attempt `attempts` + 1: exponential from the webhook's backoff,
--- with ±25% jitter so that a burst of failures does not retry in lockstep, capped at a day.
--- A Retry-After from a 429 or 503 is honoured instead (capped at a day as well).
+-- How long to wait before attempt `attempts` + 1: the webhook's retry_schedule when it has one
+-- (its attempts-th delay; the last one repeats should a delivery get more attempts), else
+-- exponential from the webhook's backoff, with ±25% jitter so that a burst of failures does not
+-- retry in lockstep, capped at a day. A Retry-After from a 429 or 503 is honoured instead of the
+-- backoff (capped at a day as well), and wins over a schedule's delay when it is longer.
 CREATE OR REPLACE FUNCTION webhooks._retry_delay(
-    backoff_seconds integer, attempts integer, status_code integer, retry_after_seconds integer)
+    backoff_seconds integer, attempts integer, status_code integer, retry_after_seconds integer,
+    schedule interval[] DEFAULT NULL)
 RETURNS interval
 LANGUAGE sql VOLATILE
 AS $$
-    SELECT make_interval(secs => CASE
-        WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
-            THEN least(greatest(retry_after_seconds, 0), 86400)
-        -- The jitter goes inside the cap: applied after it, a day's cap became up to 30 hours.
-        ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)) * (0.75 + random() * 0.5), 86400)
-    END)
+    SELECT CASE
+        WHEN schedule IS NOT NULL AND cardinality(schedule) > 0 THEN greatest(
+            schedule[least(greatest(attempts, 1), cardinality(schedule))],
+            CASE WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
+                 THEN make_interval(secs => least(greatest(retry_after_seconds, 0), 86400)) END)
+        ELSE make_interval(secs => CASE
+            WHEN status_code IN (429, 503) AND retry_after_seconds IS NOT NULL
+                THEN least(greatest(retry_after_seconds, 0), 86400)
+            -- The jitter goes inside the cap: applied after it, a day's cap became up to 30 hours.
+            ELSE least(backoff_seconds * power(2, least(attempts - 1, 30)) * (0.75 + random() * 0.5), 86400)
+        END)
+    END
 $$;
 
 -- The public id of an event: stable across retries (receivers deduplicate on it), unique across
@@ -198,6 +209,119 @@ AS $$
                       ELSE (SELECT count(*)::integer FROM webhooks.deliveries d
                             WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased'
                               AND d.next_attempt_at > now()) END AS n) f
+$$;
+
+-- JSON text with no space after ':' or ',' (jsonb's own text has both), keys in jsonb's order:
+-- what JSON.stringify(JSON.parse(body)) and json.dumps(..., separators=(",", ":")) print.
+CREATE OR REPLACE FUNCTION webhooks._compact_json(value jsonb)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    CASE jsonb_typeof(value)
+    WHEN 'object' THEN
+        RETURN '{' || coalesce((SELECT string_agg(to_json(e.k)::text || ':' || webhooks._compact_json(e.v), ','
+                                                   ORDER BY e.o)
+                                FROM jsonb_each(value) WITH ORDINALITY AS e(k, v, o)), '') || '}';
+    WHEN 'array' THEN
+        RETURN '[' || coalesce((SELECT string_agg(webhooks._compact_json(a.v), ',' ORDER BY a.o)
+                                FROM jsonb_array_elements(value) WITH ORDINALITY AS a(v, o)), '') || ']';
+    ELSE
+        RETURN value::text;  -- a scalar's text is already compact
+    END CASE;
+END
+$$;
+
+-- The request body of one delivery, in the webhook's receiver profile (see README, "Receiver
+-- profiles"). Built from records with row_to_json, which prints compact JSON in the records'
+-- column order; the row images are embedded exactly as the capture stored them.
+--   standard, fluxbase  {"id","event"[,"type"],"table","schema","record","old_record","timestamp","webhook_id"}
+--   truss               {"event","schema","table","row","old_row","timestamp"}
+--   supabase            {"type","table","schema","record","old_record"}
+--   hasura              {"event":{"session_variables","op","data":{"old","new"}},"created_at","id",
+--                        "delivery_info":{"max_retries","current_retry"},"trigger":{"name"},"table":{"schema","name"}}
+--   rowbase, flux       {"id","type","created_at" | "created","data"}: row changes carry
+--                       {"event","schema","table","record","old_record"} as data
+-- An application event (EVENT) is {"id","type","timestamp","data","webhook_id"} except in the
+-- rowbase and flux profiles.
+CREATE OR REPLACE FUNCTION webhooks._envelope(
+    profile text, id uuid, operation text, event_type text, schema_name text, table_name text,
+    record json, old_record json, ts text, webhook_id uuid, data jsonb, webhook_name text,
+    attempt integer, max_retries integer)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- What the row images mean for receivers that expect null on the side an operation lacks.
+    new_image json := CASE WHEN operation = 'DELETE' THEN NULL ELSE record END;
+    old_image json := CASE WHEN operation = 'DELETE' THEN record ELSE old_record END;
+    payload json := CASE WHEN data IS NOT NULL THEN webhooks._compact_json(data)::json END;
+    kind text;
+BEGIN
+    IF profile IN ('rowbase', 'flux') THEN
+        kind := coalesce(event_type, CASE WHEN operation = 'TEST' THEN 'webhooks.test'
+                                          ELSE format('%s.%s', table_name, lower(operation)) END);
+        IF payload IS NULL THEN
+            payload := (SELECT row_to_json(d) FROM (SELECT operation AS event, schema_name AS schema,
+                        table_name AS "table", record, old_image AS old_record) d);
+        END IF;
+        IF profile = 'rowbase' THEN
+            RETURN (SELECT row_to_json(x)::text FROM (SELECT id, kind AS type, ts AS created_at, payload AS data) x);
+        END IF;
+        RETURN (SELECT row_to_json(x)::text FROM (SELECT id, kind AS type, ts AS created, payload AS data) x);
+    END IF;
+    IF operation = 'EVENT' OR payload IS NOT NULL THEN
+        RETURN (SELECT row_to_json(x)::text
+                FROM (SELECT id, event_type AS type, ts AS "timestamp", payload AS data, webhook_id) x);
+    END IF;
+    CASE profile
+    WHEN 'truss' THEN
+        RETURN (SELECT row_to_json(x)::text FROM (SELECT operation AS event, schema_name AS schema,
+                table_name AS "table", record AS "row", old_image AS old_row, ts AS "timestamp") x);
+    WHEN 'supabase' THEN
+        RETURN (SELECT row_to_json(x)::text FROM (SELECT operation AS type, table_name AS "table",
+                schema_name AS schema, new_image AS record, old_image AS old_record) x);
+    WHEN 'hasura' THEN
+        RETURN (SELECT row_to_json(x)::text FROM (
+            SELECT (SELECT row_to_json(e) FROM (
+                        SELECT NULL::json AS session_variables, operation AS op,
+                               (SELECT row_to_json(d) FROM (SELECT old_image AS old, new_image AS new) d) AS data) e) AS event,
+                   ts AS created_at, id,
+                   (SELECT row_to_json(i) FROM (SELECT max_retries, greatest(attempt - 1, 0) AS current_retry) i)
+                       AS delivery_info,
+                   (SELECT row_to_json(t) FROM (SELECT webhook_name AS name) t) AS trigger,
+                   (SELECT row_to_json(t) FROM (SELECT schema_name AS schema, table_name AS name) t) AS "table") x);
+    ELSE
+        IF event_type IS NOT NULL THEN
+            RETURN (SELECT row_to_json(x)::text FROM (SELECT id, operation AS event, event_type AS type,
+                    table_name AS "table", schema_name AS schema, record, old_image AS old_record,
+                    ts AS "timestamp", webhook_id) x);
+        END IF;
+        RETURN (SELECT row_to_json(x)::text FROM (SELECT id, operation AS event, table_name AS "table",
+                schema_name AS schema, record, old_image AS old_record, ts AS "timestamp", webhook_id) x);
+    END CASE;
+END
+$$;
+
+-- The profile's own signature headers, next to the standard ones in `signed` (_sign_headers),
+-- over the exact body, keyed with the current (newest) secret:
+--   fluxbase  X-Fluxbase-Signature: t=...,v1=... and the legacy X-Webhook-Signature: <hex HMAC of the body>
+--   truss     X-Truss-Signature: <hex HMAC of the body>
+--   rowbase   X-Rowbase-Signature: sha256=<hex HMAC of the body>
+CREATE OR REPLACE FUNCTION webhooks._profile_headers(profile text, signed jsonb, body text, secret text)
+RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE profile
+        WHEN 'fluxbase' THEN jsonb_build_object('X-Fluxbase-Signature', signed ->> 'X-Webhook-Signature')
+            || CASE WHEN secret IS NOT NULL
+                    THEN jsonb_build_object('X-Webhook-Signature', webhooks._hmac_hex(secret, body)) ELSE '{}' END
+        WHEN 'truss' THEN CASE WHEN secret IS NOT NULL
+            THEN jsonb_build_object('X-Truss-Signature', webhooks._hmac_hex(secret, body)) ELSE '{}' END
+        WHEN 'rowbase' THEN CASE WHEN secret IS NOT NULL
+            THEN jsonb_build_object('X-Rowbase-Signature', 'sha256=' || webhooks._hmac_hex(secret, body)) ELSE '{}' END
+        ELSE '{}'::jsonb
+    END
 $$;
 
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
@@ -378,34 +502,39 @@ BEGIN
            w.headers
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
-           || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
+           || g.signed
+           || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1]),
            w.timeout_seconds, h.max_concurrency
     FROM leased l
     JOIN hook h ON h.id = l.webhook_id
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
     LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
+    -- The event type a table subscription sends its changes as (issue 10).
+    LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
+                                        AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
     -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
     CROSS JOIN LATERAL (
         SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
     ) u
     CROSS JOIN LATERAL (
-        SELECT u.uid, json_build_object(
-            'id', u.uid,
-            'event', c.operation,
-            'table', c.table_name,
-            'schema', c.schema_name,
-            'record', coalesce(e.record, c.record),
-            'old_record', CASE WHEN c.operation = 'DELETE' THEN coalesce(e.record, c.record)
-                               ELSE coalesce(e.old_record, c.old_record) END,
-            'timestamp', to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-            'webhook_id', w.id)::text AS body
+        SELECT u.uid, webhooks._envelope(
+            w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
+            coalesce(e.record, c.record), coalesce(e.old_record, c.old_record),
+            to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            w.id, c.data, w.name, l.attempts, w.max_retries) AS body
+        OFFSET 0  -- not flattened: the body is used three times and must be built once
     ) p
     CROSS JOIN LATERAL (
         SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
         FROM webhooks.secrets s
         WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
     ) k
+    CROSS JOIN LATERAL (
+        SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
+            AS signed
+        OFFSET 0
+    ) g
     ORDER BY l.id;
 END
 $$;
@@ -507,7 +636,7 @@ BEGIN
             error text, latency_ms integer, retry_after_seconds integer)
     ),
     judged AS (
-        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, d.attempts,
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule, d.attempts,
                (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
                coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
                         false) AS probe
@@ -527,7 +656,7 @@ BEGIN
                END AS new_status,
                j.probe AND j.endpoint_failed AS refund,
                webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code,
-                                     j.retry_after_seconds) AS delay
+                                     j.retry_after_seconds, j.retry_schedule) AS delay
         FROM judged j
     ),
     applied AS (

@@ -1,22 +1,71 @@
 -- pgwebhooks 008: day-to-day operations: test events, replay, and keeping the outbox bounded.
 
--- Queue a TEST event for one webhook, whatever tables it watches: the way to check an endpoint
--- and its signature verification. Returns the delivery id (see get_deliveries).
-CREATE OR REPLACE FUNCTION webhooks.send_test(id uuid)
+-- send_test takes the shape of the test event since 0.2 (issue 10).
+DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
+
+-- Queue a test event for one webhook, whatever it watches: the way to check an endpoint and its
+-- signature verification. Without arguments a TEST event; with `event` (INSERT, UPDATE, DELETE,
+-- TRUNCATE), "table" and `record` (and `old_record`) a row change of that shape; with `event_type`
+-- (declared) and `data` an application event. Sent in the webhook's profile like real ones.
+-- Returns the delivery id (see get_deliveries).
+CREATE OR REPLACE FUNCTION webhooks.send_test(
+    id uuid, event text DEFAULT NULL, "table" text DEFAULT NULL, record jsonb DEFAULT NULL,
+    old_record jsonb DEFAULT NULL, event_type text DEFAULT NULL, data jsonb DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     capture bigint;
     delivery bigint;
+    parts text[];
+    op text := upper(event);
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     PERFORM webhooks._ensure_identity();  -- before creating a delivery (045_restore.sql)
-    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                   fanned_out, record)
-    VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
-            json_build_object('message', 'test event from pgwebhooks', 'sent_at', now()))
-    RETURNING captures.id INTO capture;
+    IF event_type IS NOT NULL OR data IS NOT NULL THEN
+        IF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
+            PERFORM webhooks._fail('WH013', 'event_type',
+                'a test event is either a row change (event, table, record) or an application event (event_type, data)');
+        END IF;
+        PERFORM webhooks._check_event_type_declared('event_type', event_type);
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                       fanned_out, event_type, data)
+        VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'))
+        RETURNING captures.id INTO capture;
+    ELSIF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
+        IF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
+            PERFORM webhooks._fail('WH007', 'event', format('%s is not an operation; expected INSERT, UPDATE, '
+                'DELETE or TRUNCATE', coalesce(quote_literal(event), 'null')));
+        END IF;
+        BEGIN
+            parts := parse_ident(coalesce("table", ''));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name', "table"));
+        END;
+        IF cardinality(parts) NOT IN (1, 2) THEN
+            PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name; use "table" or "schema.table"', "table"));
+        END IF;
+        IF record IS NOT NULL AND jsonb_typeof(record) <> 'object' OR old_record IS NOT NULL AND jsonb_typeof(old_record) <> 'object' THEN
+            PERFORM webhooks._fail('WH013', 'record', 'record and old_record must be JSON objects');
+        END IF;
+        -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                       fanned_out, record, old_record)
+        VALUES (op, coalesce(to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
+                                           parts[cardinality(parts)]))::oid, 0),
+                CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
+                ARRAY[id], 1, 1,
+                CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
+                     WHEN op <> 'TRUNCATE' THEN webhooks._compact_json(coalesce(record, '{}'))::json END,
+                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END)
+        RETURNING captures.id INTO capture;
+    ELSE
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                       fanned_out, record)
+        VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
+                (SELECT row_to_json(x) FROM (SELECT 'test event from pgwebhooks' AS message, now() AS sent_at) x))
+        RETURNING captures.id INTO capture;
+    END IF;
     INSERT INTO webhooks.deliveries (capture_id, n, webhook_id) VALUES (capture, 1, id)
     RETURNING deliveries.id INTO delivery;
     PERFORM pg_notify('webhooks', '');
@@ -150,7 +199,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks.send_test(uuid), webhooks.replay(bigint),
+REVOKE ALL ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
     webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION webhooks.send_test(uuid), webhooks.replay(bigint),
+GRANT EXECUTE ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
     webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) TO webhooks_admin;

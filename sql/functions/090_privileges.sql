@@ -27,7 +27,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
 GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
 TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
-    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb),
+    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]),
     webhooks.list_webhooks(),
     webhooks.get_webhook(uuid),
     webhooks.update_webhook(uuid, jsonb),

@@ -23,14 +23,14 @@ COMMENT ON VIEW webhooks._webhook_view IS
 COMMENT ON VIEW webhooks._new_webhook IS
     'create_webhook()''s result: the webhook and, this once, its secret.';
 
-COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb) IS
-    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"]}]. Returns it with its secret, shown only now. Errors: WH001-WH014.';
+COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]) IS
+    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"]}, {"event_type": "order.*"}]; profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff. Returns it with its secret, shown only now. Errors: WH001-WH025.';
 COMMENT ON FUNCTION webhooks.list_webhooks() IS
     'Every webhook, oldest first; never shows secrets.';
 COMMENT ON FUNCTION webhooks.get_webhook(uuid) IS
     'One webhook by id (WH404 if unknown); never shows its secrets.';
 COMMENT ON FUNCTION webhooks.update_webhook(uuid, jsonb) IS
-    'Change a webhook: changes is a JSON object of the fields to set (name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers).';
+    'Change a webhook: changes is a JSON object of the fields to set (name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule).';
 COMMENT ON FUNCTION webhooks.rotate_secret(uuid, text, interval) IS
     'Start signing with a new secret (generated if not given); the current ones keep signing for grace_period (0 to 30 days). Returns the new secret.';
 COMMENT ON FUNCTION webhooks.delete_webhook(uuid) IS
@@ -41,8 +41,8 @@ COMMENT ON FUNCTION webhooks.get_delivery_attempts(bigint) IS
     'Every attempt of one delivery, oldest first.';
 COMMENT ON FUNCTION webhooks.refresh_triggers() IS
     'Re-create capture triggers that no longer fit their table (run after adding or dropping a primary key); returns the number of watched tables checked.';
-COMMENT ON FUNCTION webhooks.send_test(uuid) IS
-    'Queue a TEST event for one webhook; returns the delivery id.';
+COMMENT ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb) IS
+    'Queue a test event for one webhook (TEST; or a row change: event, table, record; or an application event: event_type, data); returns the delivery id.';
 COMMENT ON FUNCTION webhooks.replay(bigint) IS
     'Send a delivery''s event again as a new delivery (same webhook-id); WH404 if the event was purged.';
 COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz) IS

@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import delivery
+import events
 import isolation
 import psycopg
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
-MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation")
+MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -36,6 +37,7 @@ TITLES = {
     "backlog": "6 backlog",
     "horizontal": "7 horizontal",
     "isolation": "8 isolation between webhooks",
+    "events": "9 application events",
 }
 
 
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
         "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2,
                                                          args.outage_seconds),
+        "events": lambda: events.bench_publish(env, args.rows, args.rounds),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

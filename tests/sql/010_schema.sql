@@ -16,7 +16,7 @@ SELECT has_table('webhooks', 'delivery_attempts', 'table webhooks.delivery_attem
 SELECT columns_are('webhooks', 'webhooks', ARRAY[
     'id', 'name', 'url', 'description', 'enabled', 'disabled_reason', 'max_retries',
     'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at',
-    'max_concurrency', 'rate_limit_per_second'],
+    'max_concurrency', 'rate_limit_per_second', 'profile', 'retry_schedule'],
     'webhooks.webhooks holds no secret column');
 SELECT col_is_pk('webhooks', 'webhooks', 'id', 'webhooks.id is the primary key');
 SELECT col_type_is('webhooks', 'webhooks', 'id', 'uuid', 'webhook ids are uuids');
@@ -86,16 +86,16 @@ SELECT function_owner_is('webhooks', '_capture_statement', ARRAY[]::text[], 'web
 
 -- Functions with the DESIGN.md signatures ------------------------------------------------------
 SELECT has_function('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb'],
-    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers)');
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]'],
+    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule)');
 SELECT is(
-    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb)'::regprocedure),
+    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[])'::regprocedure),
     ARRAY['name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
           'timeout_seconds', 'retry_backoff_seconds', 'headers'],
     'create_webhook argument names match DESIGN.md');
 SELECT is(
-    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb)'::regprocedure),
-    7, 'create_webhook: all but name, url, events have defaults');
+    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[])'::regprocedure),
+    9, 'create_webhook: all but name, url, events have defaults');
 SELECT has_function('webhooks', 'list_webhooks', ARRAY[]::text[], 'list_webhooks()');
 SELECT has_function('webhooks', 'get_webhook', ARRAY['uuid'], 'get_webhook(id uuid)');
 SELECT has_function('webhooks', 'update_webhook', ARRAY['uuid', 'jsonb'], 'update_webhook(id uuid, changes jsonb)');
@@ -110,7 +110,8 @@ SELECT has_function('webhooks', 'claim', ARRAY['integer', 'integer', 'integer', 
 SELECT has_function('webhooks', 'complete', ARRAY['jsonb'], 'complete(results jsonb)');
 SELECT has_function('webhooks', 'release', ARRAY['jsonb'], 'release(leases jsonb)');
 SELECT has_function('webhooks', 'version', ARRAY[]::text[], 'version()');
-SELECT has_function('webhooks', 'send_test', ARRAY['uuid'], 'send_test(id)');
+SELECT has_function('webhooks', 'send_test', ARRAY['uuid', 'text', 'text', 'jsonb', 'jsonb', 'text', 'jsonb'],
+    'send_test(id, event, table, record, old_record, event_type, data)');
 SELECT has_function('webhooks', 'replay', ARRAY['bigint'], 'replay(delivery_id)');
 SELECT has_function('webhooks', 'replay_failed', ARRAY['uuid', 'timestamptz'], 'replay_failed(id, since)');
 SELECT has_function('webhooks', 'purge', ARRAY['interval'], 'purge(older_than)');
@@ -118,7 +119,7 @@ SELECT function_returns('webhooks', 'complete', ARRAY['jsonb'], 'setof record', 
 
 -- Functions that must run with their owner's rights
 SELECT is_definer('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb'],
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]'],
     'create_webhook is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'claim', ARRAY['integer', 'integer', 'integer', 'uuid[]'], 'claim is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'complete', ARRAY['jsonb'], 'complete is SECURITY DEFINER');
@@ -128,7 +129,8 @@ SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.prosecdef
         AND NOT coalesce(array_to_string(p.proconfig, ',') ~ 'search_path',  false)
-        AND p.proname NOT IN ('_capture_statement', '_capture_row')$$,
+        -- These run inside application writes and name everything with its schema instead.
+        AND p.proname NOT IN ('_capture_statement', '_capture_row', '_capture_truncate', 'publish')$$,
     'every other SECURITY DEFINER function pins its search_path');
 SELECT is(webhooks.version(), '0.1.0', 'version() reports the package version');
 SELECT function_lang_is('webhooks', '_sign_headers', ARRAY['text', 'bigint', 'text', 'text[]'],

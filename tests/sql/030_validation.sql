@@ -70,7 +70,7 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '["users
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}, 7]')$$,
     'WH004', 'events[1]: must be an object, got 7', 'the second element is named events[1]');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","ops":["INSERT"]}]')$$,
-    'WH004', 'events[0]: has unknown keys in {"ops": ["INSERT"], "table": "users"}; expected "table" and "operations"',
+    'WH004', 'events[0]: has unknown keys in {"ops": ["INSERT"], "table": "users"}; expected "table", "operations" and "event_type"',
     'event with an unknown key');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"operations":["INSERT"]}]')$$,
     'WH004', 'events[0].table: must be a non-empty string', 'event without a table');
@@ -96,13 +96,13 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"tabl
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"pg_catalog.pg_class_oid_index"}]')$$,
     'WH006', NULL, 'an index is not a table');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":[]}]')$$,
-    'WH007', 'events[0].operations: must be a non-empty array of "INSERT", "UPDATE", "DELETE", got []',
+    'WH007', 'events[0].operations: must be a non-empty array of "INSERT", "UPDATE", "DELETE", "TRUNCATE", got []',
     'empty operations');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":"INSERT"}]')$$,
     'WH007', NULL, 'operations not an array');
-SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":["TRUNCATE"]}]')$$,
-    'WH007', 'events[0].operations: "TRUNCATE" is not an operation; expected INSERT, UPDATE or DELETE',
-    'unknown operation TRUNCATE');
+SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":["SELECT"]}]')$$,
+    'WH007', 'events[0].operations: "SELECT" is not an operation; expected INSERT, UPDATE, DELETE or TRUNCATE',
+    'unknown operation SELECT');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":["INSERT", null]}]')$$,
     'WH007', NULL, 'null operation');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","operations":[1]}]')$$,
@@ -231,7 +231,7 @@ SELECT throws_ok($$SELECT webhooks.update_webhook((SELECT id FROM hook), '{"secr
     'WH011', NULL, 'update: short secret');
 -- A valid change together with a bad one: neither is applied, triggers untouched.
 SELECT throws_ok($$SELECT webhooks.update_webhook((SELECT id FROM hook),
-                   '{"url": "https://new.example", "events": [{"table": "orders"}, {"table": "users", "operations": ["TRUNCATE"]}]}')$$,
+                   '{"url": "https://new.example", "events": [{"table": "orders"}, {"table": "users", "operations": ["MERGE"]}]}')$$,
     'WH007', NULL, 'update: bad events after good changes');
 
 -- other functions' arguments --------------------------------------------------------------------

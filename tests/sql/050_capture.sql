@@ -180,9 +180,9 @@ INSERT INTO public.members VALUES (8, 'ha@example.com', 'free');
 RELEASE SAVEPOINT t;
 SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 2, 'a released savepoint''s write is sent');
 
--- TRUNCATE is not an operation pgwebhooks captures -------------------------------------------------
+-- TRUNCATE is captured only where subscribed by name ------------------------------------------------
 TRUNCATE public.logs;
-SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 0, 'TRUNCATE sends nothing');
+SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 0, 'TRUNCATE of a table not subscribed to it sends nothing');
 
 SELECT * FROM finish();
 ROLLBACK;
