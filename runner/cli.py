@@ -59,7 +59,8 @@ for _command in cli_install.COMMANDS:
 @main.command()
 @DSN
 @click.option("--concurrency", default=200, show_default=True, help="Requests in flight at most.")
-@click.option("--per-webhook-concurrency", default=20, show_default=True, help="Requests in flight per webhook.")
+@click.option("--per-webhook-concurrency", default=100, show_default=True,
+              help="Requests in flight per webhook, reached by slow start from 20 as the endpoint answers.")
 @click.option("--batch-size", default=200, show_default=True, help="Deliveries leased per claim.")
 @click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY comes.")
 @click.option("--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight sends get on SIGTERM.")

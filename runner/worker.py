@@ -31,13 +31,19 @@ log = logging.getLogger("pgwebhooks.runner")
 
 NOTIFY_CHANNEL = "webhooks"
 CIRCUIT_FAILURE_THRESHOLD = 5  # as webhooks._circuit_failure_threshold()
+# Slow start: a webhook's sends in flight begin at this many and grow by one per answer up to its
+# limit (--per-webhook-concurrency, or its max_concurrency); a failure (no answer, a 5xx) takes it
+# back here. A healthy fast endpoint gets the concurrency that throughput needs (20 in flight
+# capped a single webhook well below what the runner can send); a dead one's first wave, each
+# send of which costs its delivery an attempt before the circuit opens, stays this small.
+SLOW_START = 20
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
     dsn: str
     concurrency: int = 200
-    per_webhook_concurrency: int = 20
+    per_webhook_concurrency: int = 100
     batch_size: int = 200
     poll_interval: float = 5.0
     shutdown_grace: float = 10.0
@@ -88,6 +94,7 @@ class Runner(ReportingMixin):
         self._room = asyncio.Event()  # a send finished: there may be room to claim again
         self._in_flight: dict[UUID, int] = {}
         self._limits: dict[UUID, int] = {}  # each webhook's concurrency limit, as claim() last said
+        self._window: dict[UUID, int] = {}  # each webhook's slow-start window (see SLOW_START)
         self._tasks: dict[asyncio.Task[None], Job] = {}
         # Claimed but not yet started: a slot that frees up starts the next job at once instead
         # of waiting a claim's round trip (which left a third of the slots idle against 50 ms
@@ -109,7 +116,7 @@ class Runner(ReportingMixin):
         self.prefetch = max(1, min(config.batch_size, config.concurrency // 2))
         # How many of one webhook (without max_concurrency) a claim may take: a limit's worth in
         # flight and another waiting to start as they end (see _saturated).
-        self._per_claim = 2 * config.per_webhook_concurrency
+        self._per_claim = 2 * min(SLOW_START, config.per_webhook_concurrency)  # grows with the windows
         self._results: list[dict[str, Any]] = []
         self._results_ready = asyncio.Event()
         self._reporter_idle = asyncio.Event()
@@ -254,6 +261,7 @@ class Runner(ReportingMixin):
             self._limits[row["webhook_id"]] = row["max_concurrency"] or cfg.per_webhook_concurrency
         if len(self._limits) > 10_000:  # webhooks come and go; keep it bounded
             self._limits = {k: v for k, v in self._limits.items() if k in self._in_flight}
+            self._window = {k: v for k, v in self._window.items() if k in self._in_flight}
         now = time.monotonic()
         # Half the margin is left for reporting the result before the lease runs out.
         return [Job(**row, start_by=now + row["timeout_seconds"] + cfg.lease_margin_seconds / 2) for row in rows]
@@ -280,7 +288,16 @@ class Runner(ReportingMixin):
         return self._in_flight.get(webhook, 0) + self._waiting[webhook]
 
     def _limit(self, webhook: UUID) -> int:
-        return self._limits.get(webhook, self.config.per_webhook_concurrency)
+        """Sends of `webhook` this runner may have in flight now: its limit, within its window."""
+        limit = self._limits.get(webhook, self.config.per_webhook_concurrency)
+        return min(limit, self._window.get(webhook, SLOW_START))
+
+    def _grow(self, webhook: UUID, answered: bool) -> None:
+        limit = self._limits.get(webhook, self.config.per_webhook_concurrency)
+        window = min(self._window.get(webhook, SLOW_START) + 1, limit) if answered else SLOW_START
+        self._window[webhook] = window
+        # One claim takes at most two windows' worth of a webhook: one in flight, one waiting.
+        self._per_claim = max(self._per_claim, 2 * min(window, self.config.per_webhook_concurrency))
 
     def _dispatch(self) -> None:
         """Start waiting jobs while there are free slots, in claim order, skipping webhooks at
@@ -296,7 +313,7 @@ class Runner(ReportingMixin):
                 self._unwait(job)
                 self._expired.append(job)
                 self._room.set()  # the claim loop releases them
-            elif self._in_flight.get(job.webhook_id, 0) >= (job.max_concurrency or cfg.per_webhook_concurrency):
+            elif self._in_flight.get(job.webhook_id, 0) >= self._limit(job.webhook_id):
                 held.append(job)
             else:
                 self._unwait(job)
@@ -344,8 +361,10 @@ class Runner(ReportingMixin):
         ok = result.status_code is not None and 200 <= result.status_code < 300
         if result.status_code is None or result.status_code >= 500:
             self._failing[job.webhook_id] += 1
+            self._grow(job.webhook_id, False)
         else:
             self._failing.pop(job.webhook_id, None)
+            self._grow(job.webhook_id, True)
         if ok:
             self.stats.delivered += 1
         else:

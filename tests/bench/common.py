@@ -212,8 +212,8 @@ class Env:
         return self.workdir / f"{name}.log"
 
     def start_receiver(self, name: str, delay: float = 0.0, record_tokens: bool = False,
-                       fail_first: bool = False) -> Receiver:
-        port = free_port()
+                       fail_first: bool = False, port: int | None = None) -> Receiver:
+        port = port or free_port()
         args = [PYTHON, str(BENCH_DIR / "receiver.py"), "--port", str(port)]
         if fail_first:
             args.append("--fail-first")

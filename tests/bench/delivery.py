@@ -32,10 +32,12 @@ from common import (
 )
 from report import Result, info, ratio, threshold
 
+from pgwebhooks.worker import SLOW_START, RunnerConfig
+
 SLOW_DELAY = 0.05  # seconds the slow receivers take to answer
 CONCURRENCY = 200  # the runner's default --concurrency, and the plain clients' number of workers
 # One webhook may use the whole concurrency here: this measures the runner's ceiling. What an
-# untuned runner reaches (--per-webhook-concurrency 20 by default) is a row of its own.
+# untuned runner reaches (the default --per-webhook-concurrency, with slow start) is a row of its own.
 RUNNER_FAST_OPTIONS = ["--concurrency", str(CONCURRENCY), "--per-webhook-concurrency", str(CONCURRENCY)]
 
 
@@ -233,7 +235,9 @@ def bench_throughput(env: Env, deliveries: int) -> tuple[list[Result], float | N
     results.append(ratio(section, f"runner with default flags / fastest plain client ({fastest})",
                          defaults.rate / clients[fastest]["rate"], 0.5, True,
                          f"{defaults.rate:.0f}/s vs {clients[fastest]['rate']:.0f}/s (no tuning flags: "
-                         f"--per-webhook-concurrency 20) {_runner_note(defaults)}".rstrip(),
+                         f"--per-webhook-concurrency {RunnerConfig.per_webhook_concurrency}, "
+                         f"slow start from {SLOW_START}) "
+                         f"{_runner_note(defaults)}".rstrip(),
                          runner_rate=defaults.rate, runner_seconds=defaults.seconds))
     return results, d.rate
 

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from common import PROCS, BenchError, Env, Receiver, create_orders, create_webhook, median, tail
 from delivery import bulk_backlog
+from outage import bench_outage
 from report import Result, failed, info, ratio, threshold
 
 from pgwebhooks.localpg import free_port
@@ -273,12 +274,14 @@ def bench_rate_limit(env: Env, limit: int = 200, total: int = 2000) -> list[Resu
                    {"steady_rate": steady, "rate_limit": limit, "requests": stats["count"]})]
 
 
-def bench_isolation(env: Env, deliveries: int, neighbour: int, rounds: int = 2) -> list[Result]:
+def bench_isolation(env: Env, deliveries: int, neighbour: int, rounds: int = 2,
+                    outage_seconds: float = 60) -> list[Result]:
     """All of the above; one that fails is reported as such and the others still run."""
     parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour, rounds)),
              ("claim cost", lambda: bench_claim_isolation(env, neighbour)),
              ("retry punctuality", lambda: bench_retry_punctuality(env)),
-             ("rate limit", lambda: bench_rate_limit(env)))
+             ("rate limit", lambda: bench_rate_limit(env)),
+             ("endpoint outage", lambda: bench_outage(env, outage_seconds)))
     results: list[Result] = []
     for name, part in parts:
         try:

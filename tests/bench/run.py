@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "quick 20000; try 1000000)")
     parser.add_argument("--neighbour", type=int, help="due deliveries of the noisy neighbour and of the deep "
                         "backlog beside claim() (default 100000; quick 20000; issue 9's full size: 1000000)")
+    parser.add_argument("--outage-seconds", type=float, help="how long the isolation benchmark's endpoint is "
+                        "down (default 60; quick 10)")
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
     parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
@@ -60,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"rows": 20_000 if quick else 100_000, "deliveries": 5_000 if quick else 20_000,
                 "backlog": 20_000 if quick else 100_000, "seconds": 2 if quick else 5,
-                "neighbour": 20_000 if quick else 100_000,
+                "neighbour": 20_000 if quick else 100_000, "outage_seconds": 10 if quick else 60,
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
         "backlog": lambda: delivery.bench_backlog(env, args.backlog),
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
-        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2),
+        "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2,
+                                                         args.outage_seconds),
         "events": lambda: events.bench_publish(env, args.rows, args.rounds),
     }
     started = time.monotonic()
