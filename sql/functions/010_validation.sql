@@ -11,6 +11,8 @@
 --   WH006 unknown table          WH013 invalid argument (limit, offset, batch size, ...)
 --   WH007 invalid operation      WH014 table the caller may not read
 --                                WH404 no such webhook / delivery
+--   WH015 invalid pause_after    WH016 invalid secret_headers
+--   WH017 invalid columns / exclude_columns filter     WH018 invalid where filter
 
 CREATE OR REPLACE FUNCTION webhooks._fail(code text, field text, message text, hint text DEFAULT NULL)
 RETURNS void
@@ -306,5 +308,60 @@ BEGIN
         RETURN NEXT;
         i := i + 1;
     END LOOP;
+END
+$$;
+
+-- issue 11 (health): the auto-pause window, from one minute to a year; NULL means never.
+CREATE OR REPLACE FUNCTION webhooks._check_pause_after(pause_after interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pause_after IS NOT NULL AND (pause_after < interval '1 minute' OR pause_after > interval '365 days') THEN
+        PERFORM webhooks._fail('WH015', 'pause_after',
+            format('%s is out of range; expected 1 minute to 365 days, or null for never', pause_after));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_pause_after_text(pause_after text)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parsed interval;
+BEGIN
+    IF pause_after IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        parsed := pause_after::interval;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM webhooks._fail('WH015', 'pause_after', format('%L is not an interval (like "3 days")', left(pause_after, 100)));
+    END;
+    PERFORM webhooks._check_pause_after(parsed);
+END
+$$;
+
+-- Secret headers follow the rules of `headers`; the error names the field and the header, never
+-- the value.
+CREATE OR REPLACE FUNCTION webhooks._check_secret_headers(secret_headers jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF secret_headers IS NULL THEN
+        PERFORM webhooks._fail('WH016', 'secret_headers', 'must be a JSON object of header names to strings, got null');
+    END IF;
+    BEGIN
+        PERFORM webhooks._check_headers(secret_headers);
+    EXCEPTION WHEN SQLSTATE 'WH009' OR SQLSTATE 'WH010' THEN
+        GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+        -- "headers: value of 'X' must be a string, got <value>": keep the part before the value.
+        problem := regexp_replace(substr(problem, length('headers: ') + 1), ', got .*$', '');
+        PERFORM webhooks._fail('WH016', 'secret_headers', problem);
+    END;
 END
 $$;

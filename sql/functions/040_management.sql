@@ -1,6 +1,9 @@
 -- pgwebhooks 005: the management API. Functions run as their owner (SECURITY DEFINER) because
 -- they create triggers on watched tables; webhooks_admin is granted EXECUTE on them.
 
+-- create_webhook takes pause_after and secret_headers since issue 11 (endpoint health).
+DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb);
+
 -- How a webhook is shown: everything but its secrets.
 CREATE OR REPLACE VIEW webhooks._webhook_view AS
 SELECT
@@ -96,7 +99,10 @@ CREATE OR REPLACE FUNCTION webhooks.create_webhook(
     max_retries integer DEFAULT 3,
     timeout_seconds integer DEFAULT 30,
     retry_backoff_seconds integer DEFAULT 5,
-    headers jsonb DEFAULT '{}')
+    headers jsonb DEFAULT '{}',
+    -- issue 11 (health): auto-pause window (NULL: never) and headers sent but never shown.
+    pause_after interval DEFAULT interval '3 days',
+    secret_headers jsonb DEFAULT '{}')
 RETURNS SETOF webhooks._new_webhook
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -113,6 +119,9 @@ BEGIN
         PERFORM webhooks._fail('WH013', 'enabled', 'must be true or false');
     END IF;
     signing_secret := coalesce(secret, webhooks._generate_secret());
+    -- issue 11 (health): pause_after and secret_headers.
+    PERFORM webhooks._check_pause_after(pause_after);
+    PERFORM webhooks._check_secret_headers(secret_headers);
 
     BEGIN
         INSERT INTO webhooks.webhooks (name, url, description, enabled, max_retries, timeout_seconds,
@@ -125,6 +134,9 @@ BEGIN
         PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
     END;
     INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (new_id, signing_secret);
+    -- issue 11 (health)
+    UPDATE webhooks.webhooks w SET pause_after = create_webhook.pause_after WHERE w.id = new_id;
+    INSERT INTO webhooks.secret_headers (webhook_id, headers) VALUES (new_id, coalesce(secret_headers, '{}'));
     PERFORM webhooks._replace_subscriptions(new_id, events);
 
     RETURN QUERY SELECT v.*, signing_secret FROM webhooks._webhook_view v WHERE v.id = new_id;
@@ -186,11 +198,12 @@ BEGIN
     END IF;
     SELECT k INTO unknown FROM jsonb_object_keys(changes) k
     WHERE k NOT IN ('name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
-                    'timeout_seconds', 'retry_backoff_seconds', 'headers')
+                    'timeout_seconds', 'retry_backoff_seconds', 'headers',
+                    'pause_after', 'secret_headers')  -- issue 11 (health)
     LIMIT 1;
     IF unknown IS NOT NULL THEN
         PERFORM webhooks._fail('WH012', unknown, 'is not a field of a webhook',
-            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers');
+            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, pause_after, secret_headers');
     END IF;
 
     SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
@@ -239,6 +252,21 @@ BEGIN
     WHERE w.id = update_webhook.id;
     IF changes ? 'events' THEN
         PERFORM webhooks._replace_subscriptions(id, changes -> 'events');
+    END IF;
+    -- issue 11 (health): pause_after (an interval as a string, or null: never) and secret_headers
+    -- (replaces them all; {} removes them).
+    IF changes ? 'pause_after' THEN
+        IF jsonb_typeof(changes -> 'pause_after') NOT IN ('string', 'null') THEN
+            PERFORM webhooks._fail('WH012', 'pause_after',
+                format('expected an interval as a JSON string (like "3 days") or null, got %s', changes -> 'pause_after'));
+        END IF;
+        PERFORM webhooks._check_pause_after_text(changes ->> 'pause_after');
+        UPDATE webhooks.webhooks w SET pause_after = (changes ->> 'pause_after')::interval WHERE w.id = update_webhook.id;
+    END IF;
+    IF changes ? 'secret_headers' THEN
+        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
+        INSERT INTO webhooks.secret_headers AS h (webhook_id, headers) VALUES (id, changes -> 'secret_headers')
+        ON CONFLICT (webhook_id) DO UPDATE SET headers = EXCLUDED.headers;
     END IF;
     IF changes ? 'secret' THEN
         -- A replaced secret stops signing at once; rotate_secret() is the gentle way.
@@ -325,19 +353,48 @@ BEGIN
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
     RETURN QUERY
-    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
-           CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
-           d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
-           a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
-    FROM webhooks.deliveries d
-    -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
-    LEFT JOIN webhooks.captures c ON c.id = d.capture_id
-    LEFT JOIN LATERAL (
-        SELECT * FROM webhooks.delivery_attempts x
-        WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
-    ) a ON true
-    WHERE d.webhook_id = get_deliveries.id
-    ORDER BY d.id DESC
+    -- Changes captured but not yet turned into deliveries (that happens when a runner claims)
+    -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
+    -- Only an enabled webhook's: a disabled one gets no delivery from them.
+    WITH queued AS (
+        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id, c.operation,
+               format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
+        FROM webhooks.captures c
+        CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
+        WHERE c.fanned_out < c.row_count AND get_deliveries.id = ANY (c.webhook_ids)
+          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = get_deliveries.id AND w.enabled)
+        ORDER BY c.id DESC, g.n DESC
+        LIMIT "limit" + "offset"
+    ), listed AS (
+        SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
+               NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
+               NULL::integer AS latency_ms, q.occurred_at AS created_at, NULL::timestamptz AS attempted_at,
+               NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
+               0 AS part, q.capture_id AS k1, q.n::bigint AS k2
+        FROM queued q
+        UNION ALL
+        SELECT * FROM (
+            SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
+                   CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
+                   d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+                   a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,
+                   1, d.id, 0::bigint
+            FROM webhooks.deliveries d
+            -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
+            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
+            LEFT JOIN LATERAL (
+                SELECT * FROM webhooks.delivery_attempts x
+                WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
+            ) a ON true
+            WHERE d.webhook_id = get_deliveries.id
+            ORDER BY d.id DESC
+            LIMIT "limit" + "offset"
+        ) listed_deliveries
+    )
+    SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
+           l.error, l.latency_ms, l.created_at, l.attempted_at, l.next_attempt_at, l.completed_at
+    FROM listed l
+    ORDER BY l.part, l.k1 DESC, l.k2 DESC
     LIMIT "limit" OFFSET "offset";
 END
 $$;

@@ -269,7 +269,8 @@ BEGIN
             WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
             ORDER BY d.next_attempt_at LIMIT 1
         ) n
-        WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+        -- A paused webhook keeps its queue (fan-out still creates its deliveries); nothing is sent.
+        WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
           AND (e.circuit <> 'open' OR e.retry_at <= now())
     ) x;
     IF serving IS NULL THEN
@@ -334,11 +335,11 @@ BEGIN
         SET status = 'failed', completed_at = now()
         FROM judged j
         WHERE d.id = j.id AND j.fatal IS NOT NULL
-        RETURNING d.id, d.attempts, j.fatal
+        RETURNING d.id, d.attempts, d.webhook_id, j.fatal
     ),
     doomed_logged AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
-        SELECT x.id, greatest(x.attempts, 1), x.fatal FROM doomed x
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+        SELECT x.id, greatest(x.attempts, 1), x.fatal, x.webhook_id FROM doomed x
     ),
     leased AS (
         UPDATE webhooks.deliveries d
@@ -351,8 +352,9 @@ BEGIN
     ),
     -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
     expired AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
-        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)'
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
+               l.webhook_id
         FROM leased l
         WHERE l.previous_status = 'leased'
     ),
@@ -375,6 +377,8 @@ BEGIN
     )
     SELECT l.id, l.attempts, w.id, w.url, p.body,
            w.headers
+           -- Secret headers (issue 11): sent, never shown by list/get.
+           || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets),
@@ -445,7 +449,7 @@ BEGIN
                 WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
-            WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+            WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
         ) x)
     END);
 END
@@ -487,7 +491,8 @@ BEGIN
                            JOIN webhooks.deliveries d ON d.id = r.delivery_id
                            JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
                            WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
-                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0
+                              OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
     ORDER BY e.webhook_id
     FOR NO KEY UPDATE;
     RETURN QUERY
@@ -519,7 +524,7 @@ BEGIN
         SELECT j.*,
                CASE
                    WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
-                   WHEN j.status_code = 410 THEN 'failed'
+                   -- 410 pauses the webhook (see `gone`): the delivery waits for its resume.
                    WHEN j.probe AND j.endpoint_failed THEN 'pending'
                    WHEN j.attempts > j.max_retries THEN 'failed'
                    ELSE 'pending'
@@ -589,7 +594,8 @@ BEGIN
         WHERE e.webhook_id = t.webhook_id
     ),
     logged AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms)
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms,
+                                                webhook_id)
         SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
                nullif(concat_ws('; ',
                    CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
@@ -598,22 +604,29 @@ BEGIN
                         THEN format('circuit opened for %s s after %s consecutive failures',
                                     extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
                    END), ''),
-               greatest(o.latency_ms, 0)
+               greatest(o.latency_ms, 0), o.webhook_id
         FROM outcome o
         JOIN applied a ON a.id = o.delivery_id
         LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
+    -- 410 Gone pauses the webhook with its reason rather than dropping its queue (issue 11).
     gone AS (
         UPDATE webhooks.webhooks w
-        SET enabled = false,
-            disabled_reason = format('the endpoint answered 410 Gone at %s', now()),
+        SET paused = true, paused_at = now(),
+            paused_reason = format('the endpoint answered 410 Gone at %s', now()),
             updated_at = now()
         FROM outcome o JOIN applied a ON a.id = o.delivery_id
-        WHERE w.id = o.webhook_id AND o.status_code = 410 AND w.enabled
+        WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
+    ),
+    answer AS (
+        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
+        FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
     )
-    SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused')
-    FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
-    ORDER BY r.delivery_id;
+    SELECT x.delivery_id, x.attempt, x.status FROM answer x
+    ORDER BY x.delivery_id;
+    -- Health figures, alerts and auto-pause, from what was just logged (a statement of its own:
+    -- the circuit above already updated the endpoints rows in this one).
+    PERFORM webhooks._record_health(results);
 END
 $$;
 

@@ -26,8 +26,12 @@ TO webhooks_capture;
 REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
 GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
 TO webhooks_admin;
+-- Health (issue 11). webhooks.secret_headers stays unreadable, like webhooks.secrets.
+GRANT SELECT ON webhooks.webhook_status TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
-    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb),
+    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, interval, jsonb),
+    webhooks.pause_webhook(uuid, text),
+    webhooks.resume_webhook(uuid),
     webhooks.list_webhooks(),
     webhooks.get_webhook(uuid),
     webhooks.update_webhook(uuid, jsonb),
