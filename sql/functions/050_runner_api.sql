@@ -472,6 +472,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    answered jsonb;
 BEGIN
     PERFORM webhooks._check_json_array(results, 'results', '{
         "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
@@ -495,7 +497,6 @@ BEGIN
                               OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
     ORDER BY e.webhook_id
     FOR NO KEY UPDATE;
-    RETURN QUERY
     WITH result AS (
         -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
         -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
@@ -622,11 +623,17 @@ BEGIN
         SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
         FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
     )
-    SELECT x.delivery_id, x.attempt, x.status FROM answer x
-    ORDER BY x.delivery_id;
-    -- Health figures, alerts and auto-pause, from what was just logged (a statement of its own:
-    -- the circuit above already updated the endpoints rows in this one).
-    PERFORM webhooks._record_health(results);
+    SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
+                                                 'status', x.status) ORDER BY x.delivery_id), '[]')
+    INTO answered
+    FROM answer x;
+    -- Health figures, alerts and auto-pause, from the accepted results just logged (a statement
+    -- of its own: the circuit above already updated the endpoints rows in this one).
+    PERFORM webhooks._record_health(jsonb_path_query_array(answered, '$[*] ? (@.status != "refused")'));
+    RETURN QUERY
+    SELECT a.delivery_id, a.attempt, a.status
+    FROM jsonb_to_recordset(answered) AS a(delivery_id bigint, attempt integer, status text)
+    ORDER BY a.delivery_id;
 END
 $$;
 

@@ -46,7 +46,7 @@ AS $$
            OR last_success_at IS NULL OR last_success_at < now() - interval '1 second'
 $$;
 
--- After complete() applied a report: update the health counters of the webhooks whose rows it
+-- After complete() applied a report (`results`: the accepted ones, {delivery_id, attempt, status}): update the health counters of the webhooks whose rows it
 -- locked (see _health_changes), send failing / recovered / exhausted alerts, and pause a
 -- webhook whose attempts have all failed for its pause_after (with at least a few attempts).
 CREATE OR REPLACE FUNCTION webhooks._record_health(results jsonb)
@@ -110,10 +110,10 @@ BEGIN
     PERFORM webhooks._alert('exhausted', jsonb_build_object(
         'webhook_id', d.webhook_id, 'name', w.name, 'delivery_id', d.id,
         'event_id', webhooks._event_uid(d.capture_id, d.n), 'attempts', d.attempts))
-    FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
-    JOIN webhooks.deliveries d ON d.id = r.delivery_id AND d.attempts = r.attempt
+    FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer, status text)
+    JOIN webhooks.deliveries d ON d.id = r.delivery_id
     JOIN webhooks.webhooks w ON w.id = d.webhook_id
-    WHERE d.status = 'failed' AND d.completed_at = now();
+    WHERE r.status = 'failed';
 END
 $$;
 
