@@ -225,8 +225,11 @@ $$;
 -- `events` as given by the user, checked and resolved to table oids:
 -- [{"table": "users" | "schema.table", "operations": ["INSERT", "UPDATE", "DELETE"]}, ...]
 -- Operations default to all three.
+-- _parse_events returns capture filters since issue 11.
+DROP FUNCTION IF EXISTS webhooks._parse_events(jsonb);
 CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
-RETURNS TABLE (relid oid, operations text[])
+RETURNS TABLE (relid oid, operations text[], columns text[], exclude_columns text[], where_clause text,
+               route_column name, route_value text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -250,8 +253,10 @@ BEGIN
         IF jsonb_typeof(item) <> 'object' THEN
             PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
         END IF;
-        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k WHERE k NOT IN ('table', 'operations')) THEN
-            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table" and "operations"', item));
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k
+                   WHERE k NOT IN ('table', 'operations', 'columns', 'exclude_columns', 'where')) THEN
+            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table", "operations" '
+                                                          'and optionally "columns", "exclude_columns", "where"', item));
         END IF;
         IF jsonb_typeof(item -> 'table') IS DISTINCT FROM 'string' OR btrim(item ->> 'table') = '' THEN
             PERFORM webhooks._fail('WH004', field || '.table', 'must be a non-empty string');
@@ -305,6 +310,10 @@ BEGIN
             END LOOP;
         END IF;
         operations := ops;
+        -- Capture filters (issue 11).
+        SELECT f.columns, f.exclude_columns, f.where_clause, f.route_column, f.route_value
+        INTO columns, exclude_columns, where_clause, route_column, route_value
+        FROM webhooks._parse_filters(field, relid, item) f;
         RETURN NEXT;
         i := i + 1;
     END LOOP;
@@ -363,5 +372,128 @@ BEGIN
         problem := regexp_replace(substr(problem, length('headers: ') + 1), ', got .*$', '');
         PERFORM webhooks._fail('WH016', 'secret_headers', problem);
     END;
+END
+$$;
+
+-- issue 11: capture filters of one events entry. `columns` and `exclude_columns` must name
+-- columns of the table (WH017); `where` must be one boolean expression over the table's columns
+-- (the old row of an UPDATE is `(old).column`), which is checked by preparing it against the
+-- table (WH018). An equality on one column of a plain type (`tenant_id = 42`) is returned as a
+-- route, looked up at capture rather than evaluated.
+CREATE OR REPLACE FUNCTION webhooks._parse_filters(field text, relid oid, item jsonb)
+RETURNS TABLE (columns text[], exclude_columns text[], where_clause text, route_column name, route_value text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key text;
+    list text[];
+    missing text;
+    m text[];
+    col_type regtype;
+BEGIN
+    FOREACH key IN ARRAY ARRAY['columns', 'exclude_columns'] LOOP
+        list := NULL;
+        IF item ? key THEN
+            IF jsonb_typeof(item -> key) <> 'array' OR jsonb_array_length(item -> key) = 0
+               OR EXISTS (SELECT 1 FROM jsonb_array_elements(item -> key) e WHERE jsonb_typeof(e) <> 'string') THEN
+                PERFORM webhooks._fail('WH017', field || '.' || key,
+                    format('must be a non-empty array of column names, got %s', left((item -> key)::text, 200)));
+            END IF;
+            list := ARRAY(SELECT DISTINCT e FROM jsonb_array_elements_text(item -> key) e ORDER BY e);
+            SELECT c INTO missing FROM unnest(list) c
+            WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = relid AND a.attname = c
+                                                          AND a.attnum > 0 AND NOT a.attisdropped)
+            LIMIT 1;
+            IF missing IS NOT NULL THEN
+                PERFORM webhooks._fail('WH017', field || '.' || key,
+                    format('table %s has no column %I', relid::regclass, missing));
+            END IF;
+        END IF;
+        IF key = 'columns' THEN columns := list; ELSE exclude_columns := list; END IF;
+    END LOOP;
+    IF item ? 'where' THEN
+        IF jsonb_typeof(item -> 'where') <> 'string' OR btrim(item ->> 'where') = '' THEN
+            PERFORM webhooks._fail('WH018', field || '.where',
+                format('must be a non-empty string (a SQL condition), got %s', left((item -> 'where')::text, 200)));
+        END IF;
+        where_clause := item ->> 'where';
+        PERFORM webhooks._check_where(field || '.where', relid, where_clause);
+        -- "column = 42" or "column = 'text'": routed by value.
+        m := regexp_match(where_clause, '^\s*([a-z_][a-z0-9_]*)\s*=\s*(-?[0-9]+|''(?:[^'']|'''')*'')\s*$');
+        IF m IS NOT NULL AND (columns IS NULL) THEN
+            SELECT a.atttypid::regtype INTO col_type FROM pg_attribute a
+            WHERE a.attrelid = relid AND a.attname = m[1] AND a.attnum > 0 AND NOT a.attisdropped;
+            -- Only types whose text form is canonical: equal values, equal text.
+            IF col_type IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'text'::regtype,
+                            'character varying'::regtype, 'uuid'::regtype) THEN
+                route_column := m[1];
+                EXECUTE format('SELECT (%s::%s)::text', m[2], col_type) INTO route_value;
+            END IF;
+        END IF;
+    END IF;
+    -- Partitioned tables are captured row by row in each partition; filters are not applied there yet.
+    IF (columns IS NOT NULL OR where_clause IS NOT NULL)
+       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = relid AND c.relkind = 'p') THEN
+        PERFORM webhooks._fail('WH018', field, format('"columns" and "where" are not supported on the partitioned table %s',
+                                                      relid::regclass));
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+-- Check a `where` filter: one expression, nothing that could end it early (a `;`, a comment, an
+-- unbalanced parenthesis, a dollar quote or a backslash escape outside of quoted text), which
+-- prepares as a boolean against the table. Prepared with EXPLAIN, read-only, in a subtransaction
+-- rolled back: nothing it names runs with anyone's rights.
+CREATE OR REPLACE FUNCTION webhooks._check_where(field text, relid oid, clause text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    depth integer := 0;
+    quote text := NULL;
+    ch text;
+    i integer := 1;
+    problem text;
+BEGIN
+    IF length(clause) > 4000 THEN
+        PERFORM webhooks._fail('WH018', field, format('is %s characters long; at most 4000 are allowed', length(clause)));
+    END IF;
+    WHILE i <= length(clause) LOOP
+        ch := substr(clause, i, 1);
+        IF quote IS NOT NULL THEN
+            IF ch = quote THEN quote := NULL; END IF;  -- a doubled quote closes and reopens: the same
+        ELSIF ch IN ('''', '"') THEN
+            quote := ch;
+        ELSIF ch IN (';', '$', '\') OR substr(clause, i, 2) IN ('--', '/*') THEN
+            PERFORM webhooks._fail('WH018', field, format('may not contain %L outside quotes: give one condition',
+                                                          CASE WHEN ch IN (';', '$', '\') THEN ch ELSE substr(clause, i, 2) END));
+        ELSIF ch = '(' THEN
+            depth := depth + 1;
+        ELSIF ch = ')' THEN
+            depth := depth - 1;
+            IF depth < 0 THEN
+                PERFORM webhooks._fail('WH018', field, 'has an unbalanced ")"');
+            END IF;
+        END IF;
+        i := i + 1;
+    END LOOP;
+    IF quote IS NOT NULL OR depth <> 0 THEN
+        PERFORM webhooks._fail('WH018', field, 'has an unclosed quote or parenthesis');
+    END IF;
+    BEGIN
+        PERFORM set_config('transaction_read_only', 'on', true);
+        PERFORM set_config('search_path', 'pg_catalog, public', true);
+        EXECUTE format('EXPLAIN SELECT 1 FROM %s AS r CROSS JOIN (SELECT NULL::%s AS old, NULL::boolean AS paired) x WHERE (%s)',
+                       relid::regclass, relid::regclass, clause);
+        RAISE EXCEPTION USING ERRCODE = 'WHR00';
+    EXCEPTION
+        WHEN SQLSTATE 'WHR00' THEN NULL;
+        WHEN OTHERS THEN problem := SQLERRM;
+    END;
+    IF problem IS NOT NULL THEN
+        PERFORM webhooks._fail('WH018', field, format('%L is not a condition on table %s: %s',
+                                                      left(clause, 200), relid::regclass, problem));
+    END IF;
 END
 $$;

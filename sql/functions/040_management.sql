@@ -20,6 +20,10 @@ SELECT
                                            'operations', to_jsonb(s.operations), 'dropped', true)
                    ELSE jsonb_build_object('table', format('%I.%I', n.nspname, c.relname),
                                            'operations', to_jsonb(s.operations))
+                        -- capture filters (issue 11), only those set
+                        || jsonb_strip_nulls(jsonb_build_object('columns', to_jsonb(s.columns),
+                                                                'exclude_columns', to_jsonb(s.exclude_columns),
+                                                                'where', s.where_clause))
                END ORDER BY n.nspname, c.relname, s.table_name)
         FROM webhooks.subscriptions s
         LEFT JOIN pg_catalog.pg_class c ON c.oid = s.relid
@@ -81,8 +85,10 @@ BEGIN
     WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     DELETE FROM webhooks.subscriptions s WHERE s.webhook_id = _replace_subscriptions.webhook_id;
     FOR parsed IN SELECT * FROM webhooks._parse_events(events) LOOP
-        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name)
-        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text);
+        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name,
+                                            columns, exclude_columns, where_clause, route_column, route_value)
+        VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text,
+                parsed.columns, parsed.exclude_columns, parsed.where_clause, parsed.route_column, parsed.route_value);
         touched := touched || parsed.relid;
     END LOOP;
     PERFORM webhooks._sync_triggers(r) FROM (SELECT DISTINCT unnest(touched) AS r) t;

@@ -18,6 +18,7 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 -- The capture triggers' owner: append to the outbox, nothing else.
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
+GRANT SELECT ON webhooks.capture_routes TO webhooks_capture;  -- capture filters: routing by value
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
     webhooks._needs_guarded_images(oid),
     webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)

@@ -41,3 +41,32 @@ CREATE TABLE IF NOT EXISTS webhooks.secret_headers (
 );
 COMMENT ON TABLE webhooks.secret_headers IS
     'Header values sent with a webhook''s requests and never shown by list/get (readable by no admin)';
+
+-- Capture filters, per subscription (see _parse_events and _capture_filtered):
+--   columns          an UPDATE is captured for this webhook only if one of these changed;
+--   exclude_columns  removed from record and old_record before sending;
+--   where_clause     a row predicate; `route_column` / `route_value` when it is a plain
+--                    equality on one column, routed by lookup (capture_routes) rather than evaluated.
+ALTER TABLE webhooks.subscriptions ADD COLUMN IF NOT EXISTS columns text[];
+ALTER TABLE webhooks.subscriptions ADD COLUMN IF NOT EXISTS exclude_columns text[];
+ALTER TABLE webhooks.subscriptions ADD COLUMN IF NOT EXISTS where_clause text;
+ALTER TABLE webhooks.subscriptions ADD COLUMN IF NOT EXISTS route_column name;
+ALTER TABLE webhooks.subscriptions ADD COLUMN IF NOT EXISTS route_value text;
+
+-- Equality predicates by value: one index probe per changed row finds every webhook whose
+-- `where` is "column = value", however many there are (a SaaS with a webhook per tenant).
+CREATE TABLE IF NOT EXISTS webhooks.capture_routes (
+    relid       oid NOT NULL,
+    operation   text NOT NULL,
+    column_name name NOT NULL,
+    value       text NOT NULL,
+    webhook_id  uuid NOT NULL REFERENCES webhooks.webhooks (id) ON DELETE CASCADE,
+    PRIMARY KEY (relid, operation, column_name, value, webhook_id)
+);
+COMMENT ON TABLE webhooks.capture_routes IS
+    'Webhooks whose where filter is an equality on one column, by value: read by the capture triggers';
+
+-- A multi-row capture whose rows go to different webhooks keeps each row's webhooks in its
+-- events row; `routed` tells fan-out to read them.
+ALTER TABLE webhooks.events ADD COLUMN IF NOT EXISTS webhook_ids uuid[];
+ALTER TABLE webhooks.captures ADD COLUMN IF NOT EXISTS routed boolean NOT NULL DEFAULT false;
