@@ -75,16 +75,26 @@ BEGIN
 END
 $$;
 
--- Make capture_routes match the subscriptions of `relid`.
+-- Make capture_routes match the subscriptions of `relid`, touching only what differs (a table
+-- with a thousand tenant webhooks re-syncs on every one of their changes).
 CREATE OR REPLACE FUNCTION webhooks._sync_routes(relid oid)
 RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    DELETE FROM webhooks.capture_routes r WHERE r.relid = _sync_routes.relid;
+    WITH wanted AS (
+        SELECT s.relid, op AS operation, s.route_column AS column_name, s.route_value AS value, s.webhook_id
+        FROM webhooks.subscriptions s CROSS JOIN LATERAL unnest(s.operations) op
+        WHERE s.relid = _sync_routes.relid AND s.route_column IS NOT NULL
+    ), dropped AS (
+        DELETE FROM webhooks.capture_routes r
+        WHERE r.relid = _sync_routes.relid
+          AND (r.relid, r.operation, r.column_name, r.value, r.webhook_id) NOT IN (SELECT * FROM wanted)
+    )
     INSERT INTO webhooks.capture_routes (relid, operation, column_name, value, webhook_id)
-    SELECT s.relid, op, s.route_column, s.route_value, s.webhook_id
-    FROM webhooks.subscriptions s CROSS JOIN LATERAL unnest(s.operations) op
-    WHERE s.relid = _sync_routes.relid AND s.route_column IS NOT NULL
+    SELECT * FROM wanted w
+    WHERE NOT EXISTS (SELECT 1 FROM webhooks.capture_routes r
+                      WHERE (r.relid, r.operation, r.column_name, r.value, r.webhook_id)
+                          = (w.relid, w.operation, w.column_name, w.value, w.webhook_id))
     ON CONFLICT DO NOTHING;
 $$;
 

@@ -141,7 +141,7 @@ def bench_status(env: Env, deliveries: int, webhooks: int = 20) -> list[Result]:
         conn.execute("""
             INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, latency_ms, attempted_at,
                                                     webhook_id)
-            SELECT d.id, 1, CASE WHEN d.id %% 7 = 0 THEN 500 ELSE 200 END, (d.id %% 300)::int, d.created_at,
+            SELECT d.id, 1, CASE WHEN d.id % 7 = 0 THEN 500 ELSE 200 END, (d.id % 300)::int, d.created_at,
                    d.webhook_id
             FROM webhooks.deliveries d WHERE d.status = 'delivered'
         """)
