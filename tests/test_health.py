@@ -6,7 +6,10 @@ Each step commits (NOTIFY is delivered at commit); time is faked by moving faili
 from __future__ import annotations
 
 import json
-import threading
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -112,24 +115,26 @@ def test_cli_alerts_status_pause_and_secret_headers(db: str) -> None:
         code, out = invoke(*args, "--dsn", db)
         assert code == 0 and "t0ps3cr3t" not in out and "shop" in out
 
-    printed: list[tuple[int, str]] = []
-    thread = threading.Thread(target=lambda: printed.append(invoke("alerts", "--dsn", db, "--count", "1",
-                                                                   "--seconds", "20")))
-    thread.start()
+    # A process of its own: CliRunner swaps sys.stdout, so two invocations cannot share a process.
+    cli = Path(sys.executable).parent / "pgwebhooks"
+    proc = subprocess.Popen([str(cli), "alerts", "--dsn", db, "--count", "1", "--seconds", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # Pause until the CLI listens (its LISTEN shows in pg_stat_activity).
         with psycopg.connect(db, autocommit=True) as conn:
-            for _ in range(100):
+            for _ in range(200):  # until the CLI listens, at most 20 s
                 if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN webhooks_alerts'"
                                 ).fetchone() == (1,):
                     break
-                threading.Event().wait(0.1)
+                time.sleep(0.1)
         code, out = invoke("webhooks", "pause", hook, "--reason", "deploy", "--dsn", db)
         assert code == 0, out
+        stdout, stderr = proc.communicate(timeout=40)
     finally:
-        thread.join(timeout=30)
-    assert printed and printed[0][0] == 0
-    alert = json.loads(printed[0][1].strip())
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, stderr
+    alert = json.loads(stdout.strip())
     assert alert["kind"] == "paused" and alert["reason"] == "deploy"
 
     code, out = invoke("status", "--dsn", db, "--json")
