@@ -29,6 +29,7 @@ GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, 
 TO webhooks_admin;
 -- Health (issue 11). webhooks.secret_headers stays unreadable, like webhooks.secrets.
 GRANT SELECT ON webhooks.webhook_status TO webhooks_admin;
+GRANT EXECUTE ON FUNCTION webhooks.get_webhook_status() TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
     webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, interval, jsonb),
     webhooks.pause_webhook(uuid, text),

@@ -65,3 +65,5 @@ COMMENT ON FUNCTION webhooks.pause_webhook(uuid, text) IS
     'Pause a webhook: its changes keep being captured and queued, nothing is sent until resume_webhook(). Unlike enabled = false, nothing is lost.';
 COMMENT ON FUNCTION webhooks.resume_webhook(uuid) IS
     'Resume a paused webhook (paused by hand, by a 410 Gone or by pause_after): everything queued meanwhile is sent.';
+COMMENT ON FUNCTION webhooks.get_webhook_status() IS
+    'The rows of the webhook_status view (which reads them from here): health per webhook.';

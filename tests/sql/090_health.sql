@@ -3,7 +3,7 @@
 -- headers sent but never shown, get_deliveries listing queued captures. now() is frozen in the
 -- transaction. (Alerts need commits to be delivered: tests/test_health.py listens for them.)
 BEGIN;
-SELECT plan(36);
+SELECT plan(37);
 
 CREATE TABLE public.orders (id int PRIMARY KEY, total int);
 CREATE TABLE public.other (id int PRIMARY KEY);
@@ -111,6 +111,10 @@ SELECT is(((pg_temp.status('other')).state, (pg_temp.status('other')).pending)::
           'auto-paused after pause_after, its queue kept');
 SELECT matches((pg_temp.status('other')).paused_reason, 'paused automatically: all 12 attempts',
                'with the reason');
+
+SET LOCAL ROLE webhooks_admin;
+SELECT is((SELECT count(*)::int FROM webhooks.webhook_status), 2, 'admins read webhook_status');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
