@@ -332,7 +332,14 @@ BEGIN
         by_row := filter_query IS NULL AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
         fn := CASE WHEN filter_query IS NOT NULL THEN '_capture_filtered'
                    WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
-        args := CASE WHEN filter_query IS NOT NULL THEN ARRAY[hooks::text, filter_query]
+        -- A filtered trigger lists only the webhooks not routed by value (its fallback reads the
+        -- routed ones from capture_routes): its argument, read on every write, and the trigger
+        -- itself stay the same however many tenant webhooks come and go.
+        args := CASE WHEN filter_query IS NOT NULL
+                     THEN ARRAY[coalesce(ARRAY(SELECT h FROM unnest(hooks) h WHERE NOT EXISTS (
+                              SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = h
+                                AND s.relid = _sync_triggers.relid AND s.route_column IS NOT NULL)), '{}')::text,
+                                filter_query]
                      WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
         IF hooks IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_trigger t

@@ -126,9 +126,12 @@ BEGIN
             BEGIN
                 PERFORM set_config('transaction_read_only', 'on', true);
                 EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', pg_catalog.row_to_json(r),'
-                               ' ''o'', NULL, ''h'', %L::pg_catalog.uuid[])) FROM %s r',
-                               TG_ARGV[0], CASE WHEN TG_OP = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END)
-                INTO found_rows;
+                               ' ''o'', NULL, ''h'', $1)) FROM %s r',
+                               CASE WHEN TG_OP = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END)
+                INTO found_rows
+                USING TG_ARGV[0]::uuid[] || ARRAY(
+                    SELECT DISTINCT rt.webhook_id FROM webhooks.capture_routes rt
+                    WHERE rt.relid = TG_RELID AND rt.operation = TG_OP);
                 RAISE EXCEPTION USING ERRCODE = 'WHR00';
             EXCEPTION WHEN SQLSTATE 'WHR00' THEN NULL;
             END;
