@@ -433,7 +433,7 @@ BEGIN
         WHERE c.fanned_out < c.row_count AND get_deliveries.id = ANY (c.webhook_ids)
           AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = get_deliveries.id AND w.enabled)
         ORDER BY c.id DESC, g.n DESC
-        LIMIT "limit" + "offset"
+        LIMIT "limit"::bigint + "offset"
     ), listed AS (
         SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
                NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
@@ -457,7 +457,7 @@ BEGIN
             ) a ON true
             WHERE d.webhook_id = get_deliveries.id
             ORDER BY d.id DESC
-            LIMIT "limit" + "offset"
+            LIMIT "limit"::bigint + "offset"
         ) listed_deliveries
     )
     SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
