@@ -143,3 +143,26 @@ def test_cli_alerts_status_pause_and_secret_headers(db: str) -> None:
     assert code == 0
     code, out = invoke("status", "--dsn", db)
     assert code == 0 and "healthy" in out
+
+
+def test_alerts_are_published_as_events_never_to_the_webhook_they_are_about(db: str) -> None:
+    """Alerts are also application events (pgwebhooks.webhook.*, pgwebhooks.delivery.exhausted):
+    a webhook subscribed to `pgwebhooks.*` receives another webhook's alert, not its own."""
+    hook = setup(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        ops, ops2 = (str(conn.execute(
+            "SELECT id FROM webhooks.create_webhook(%s, 'https://ops.example/hook', %s)", (name, Jsonb(events)),
+        ).fetchone()[0]) for name, events in (("ops", [{"event_type": "pgwebhooks.*"}]),
+                                              ("ops2", [{"event_type": "pgwebhooks.webhook.paused"}])))
+        conn.execute("SELECT webhooks.pause_webhook(%s, 'deploy')", (hook,))
+        conn.execute("SELECT webhooks.pause_webhook(%s, 'maintenance')", (ops2,))
+        published = conn.execute(
+            "SELECT event_type, data ->> 'webhook_id', data ->> 'reason', webhook_ids::text[] FROM webhooks.captures"
+            " WHERE operation = 'EVENT' ORDER BY id").fetchall()
+        assert published == [("pgwebhooks.webhook.paused", hook, "deploy", sorted([ops, ops2])),
+                             ("pgwebhooks.webhook.paused", ops2, "maintenance", [ops])]
+        claimed = conn.execute("SELECT webhook_id::text, body FROM webhooks.claim(100) ORDER BY delivery_id").fetchall()
+    assert [w for w, _ in claimed] == [ops, ops]  # ops2 is paused: its copy of the first alert waits
+    bodies = [json.loads(b) for _, b in claimed]
+    assert [b["type"] for b in bodies] == ["pgwebhooks.webhook.paused"] * 2
+    assert [(b["data"]["kind"], b["data"]["webhook_id"]) for b in bodies] == [("paused", hook), ("paused", ops2)]

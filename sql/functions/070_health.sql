@@ -7,7 +7,8 @@
 -- Alerts go out as NOTIFY on channel `webhooks_alerts`, one JSON object each:
 --   {"kind": "failing" | "paused" | "recovered" | "disabled" | "exhausted", "at": ..., "webhook_id": ...,
 --    "name": ..., ...}
--- through webhooks._alert(), the one place to route them into application events later.
+-- through webhooks._alert(), which also publishes them as application events
+-- (pgwebhooks.webhook.failing|paused|recovered|disabled, pgwebhooks.delivery.exhausted).
 
 -- How many attempts in a row must fail before a webhook counts as failing (and says so once),
 -- and the fewest failed attempts an auto-pause needs, however long the failures have lasted.
@@ -21,15 +22,49 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT 5 $$;
 
--- Send one alert. Only a NOTIFY for now; once application events exist this is where they are
--- published too (never to the webhook the alert is about).
+-- The event types alerts are published as (issue 10 x 11), declared on every migrate; existing
+-- declarations are left as they are.
+INSERT INTO webhooks.event_types AS t (name, description, webhook_ids)
+SELECT v.name, v.description, webhooks._subscribers(v.name)
+FROM (VALUES
+    ('pgwebhooks.webhook.failing', 'pgwebhooks alert: a webhook''s endpoint has failed several attempts in a row'),
+    ('pgwebhooks.webhook.paused', 'pgwebhooks alert: a webhook was paused (by hand, a 410 Gone, or automatically)'),
+    ('pgwebhooks.webhook.recovered', 'pgwebhooks alert: a failing webhook''s endpoint answered again'),
+    ('pgwebhooks.webhook.disabled', 'pgwebhooks alert: a webhook was disabled'),
+    ('pgwebhooks.delivery.exhausted', 'pgwebhooks alert: a delivery ran out of retries')) AS v(name, description)
+ON CONFLICT (name) DO NOTHING;
+
+-- Send one alert: a NOTIFY on webhooks_alerts, and an application event of type
+-- pgwebhooks.webhook.<kind> (pgwebhooks.delivery.exhausted) with the same JSON as data, to every
+-- webhook subscribed to it except the one the alert is about (its endpoint is the one in
+-- trouble). An `exhausted` alert about a delivery of an alert event is not published again, so
+-- two failing webhooks subscribed to each other's alerts cannot keep feeding each other.
+-- Inserts the capture as publish() does (publish() cannot leave a subscriber out).
 CREATE OR REPLACE FUNCTION webhooks._alert(kind text, payload jsonb)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    body jsonb := jsonb_build_object('kind', kind, 'at', now()) || coalesce(payload, '{}');
+    type_name text := CASE WHEN kind = 'exhausted' THEN 'pgwebhooks.delivery.exhausted'
+                           ELSE 'pgwebhooks.webhook.' || kind END;
 BEGIN
-    PERFORM pg_notify('webhooks_alerts',
-                      (jsonb_build_object('kind', kind, 'at', now()) || coalesce(payload, '{}'))::text);
+    PERFORM pg_notify('webhooks_alerts', body::text);
+    IF kind = 'exhausted' AND starts_with(coalesce(payload ->> 'event_type', ''), 'pgwebhooks.') THEN
+        RETURN;
+    END IF;
+    IF current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM 'on' THEN
+        PERFORM webhooks._ensure_identity();  -- as publish(): a restored copy's ids start a new salt
+    END IF;
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   event_type, data)
+    SELECT 'EVENT', 0, 'webhooks', 'events', x.hooks, 1, t.name, body
+    FROM webhooks.event_types t
+    CROSS JOIN LATERAL (SELECT array_remove(t.webhook_ids, (payload ->> 'webhook_id')::uuid) AS hooks) x
+    WHERE t.name = type_name AND cardinality(x.hooks) > 0;
+    IF FOUND THEN
+        PERFORM pg_notify('webhooks', '');
+    END IF;
 END
 $$;
 
@@ -109,10 +144,11 @@ BEGIN
     -- Deliveries whose retries ran out in this report.
     PERFORM webhooks._alert('exhausted', jsonb_build_object(
         'webhook_id', d.webhook_id, 'name', w.name, 'delivery_id', d.id,
-        'event_id', webhooks._event_uid(d.capture_id, d.n), 'attempts', d.attempts))
+        'event_id', webhooks._event_uid(d.capture_id, d.n), 'attempts', d.attempts, 'event_type', c.event_type))
     FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer, status text)
     JOIN webhooks.deliveries d ON d.id = r.delivery_id
     JOIN webhooks.webhooks w ON w.id = d.webhook_id
+    LEFT JOIN webhooks.captures c ON c.id = d.capture_id
     WHERE r.status = 'failed';
 END
 $$;
