@@ -31,7 +31,7 @@ TO webhooks_admin;
 GRANT SELECT ON webhooks.webhook_status TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION webhooks.get_webhook_status() TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
-    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb),
+    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb, integer, integer),
     webhooks.pause_webhook(uuid, text),
     webhooks.resume_webhook(uuid),
     webhooks.list_webhooks(),

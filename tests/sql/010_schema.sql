@@ -87,16 +87,16 @@ SELECT function_owner_is('webhooks', '_capture_statement', ARRAY[]::text[], 'web
 
 -- Functions with the DESIGN.md signatures ------------------------------------------------------
 SELECT has_function('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb'],
-    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers)');
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb', 'integer', 'integer'],
+    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers, max_concurrency, rate_limit_per_second)');
 SELECT is(
-    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb)'::regprocedure),
+    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
     ARRAY['name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
           'timeout_seconds', 'retry_backoff_seconds', 'headers'],
     'create_webhook argument names match DESIGN.md');
 SELECT is(
-    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb)'::regprocedure),
-    11, 'create_webhook: all but name, url, events have defaults');
+    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
+    13, 'create_webhook: all but name, url, events have defaults');
 SELECT has_function('webhooks', 'list_webhooks', ARRAY[]::text[], 'list_webhooks()');
 SELECT has_function('webhooks', 'get_webhook', ARRAY['uuid'], 'get_webhook(id uuid)');
 SELECT has_function('webhooks', 'update_webhook', ARRAY['uuid', 'jsonb'], 'update_webhook(id uuid, changes jsonb)');
@@ -120,7 +120,7 @@ SELECT function_returns('webhooks', 'complete', ARRAY['jsonb'], 'setof record', 
 
 -- Functions that must run with their owner's rights
 SELECT is_definer('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb'],
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb', 'integer', 'integer'],
     'create_webhook is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'claim', ARRAY['integer', 'integer', 'integer', 'uuid[]'], 'claim is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'complete', ARRAY['jsonb'], 'complete is SECURITY DEFINER');
