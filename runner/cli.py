@@ -134,7 +134,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
+        # default=str: retry_schedule is a list of intervals (timedelta), shown as "0:01:00".
+        return json.dumps(value, separators=(",", ":"), default=str)
     return str(value)
 
 
