@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, cli_install, logs, roles
+from pgwebhooks import __version__, cli_health, cli_install, logs, roles
 
 
 def _resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
@@ -135,7 +135,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
+        # default=str: retry_schedule is a list of intervals (timedelta), shown as "0:01:00".
+        return json.dumps(value, separators=(",", ":"), default=str)
     return str(value)
 
 
@@ -215,11 +216,16 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @click.option("--profile", default="standard", show_default=True,
               help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
 @click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'.")
+@click.option("--secret-header", "secret_header_pairs", multiple=True, metavar="NAME=VALUE",
+              help="Extra request header whose value is never shown (e.g. Authorization).")
+@click.option("--pause-after", default="3 days", show_default=True,
+              help='Pause automatically after failing this long ("never" to disable).')
 @AS_JSON
 def create(
     dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
     description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
-    header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None, as_json: bool,
+    header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None,
+    secret_header_pairs: tuple[str, ...], pause_after: str, as_json: bool,
 ) -> None:
     """Create a webhook that POSTs changes of the given tables to URL."""
     if not tables and events_json is None:
@@ -228,15 +234,20 @@ def create(
         row = conn.execute(
             "SELECT * FROM webhooks.create_webhook(name => %s, url => %s, events => %s, secret => %s,"
             " description => %s, enabled => %s, max_retries => %s, timeout_seconds => %s,"
-            " retry_backoff_seconds => %s, headers => %s, profile => %s, retry_schedule => %s::interval[])",
+            " retry_backoff_seconds => %s, headers => %s, profile => %s, retry_schedule => %s::interval[],"
+            " pause_after => %s::interval, secret_headers => %s)",
             (name, url, Jsonb(parse_events(tables, events_json)), secret, description, not disabled,
              max_retries, timeout_seconds, retry_backoff_seconds, Jsonb(parse_headers(header_pairs)),
-             profile, retry_schedule),
+             profile, retry_schedule,
+             None if pause_after == "never" else pause_after, Jsonb(parse_headers(secret_header_pairs))),
         ).fetchone()
     assert row is not None
     emit_record(row, as_json)
     if not as_json:
         click.echo("\nKeep the secret: it is shown only now.", err=True)
+
+
+cli_health.register(main, webhooks_group, DSN, AS_JSON, sql_api, emit)
 
 
 @webhooks_group.command("list")
@@ -270,16 +281,25 @@ def get(dsn: str, webhook_id: str, as_json: bool) -> None:
 @click.option("--events", "events_json", help="Replace the watched tables with this events JSON.")
 @click.option("--secret", help="Replace the secret at once (see rotate-secret for a gentle switch).")
 @click.option("--description")
-@click.option("--enable/--disable", "enabled", default=None, help="Resume or pause deliveries.")
+@click.option("--enable/--disable", "enabled", default=None,
+              help="Start or stop capturing (changes made while disabled are not kept; see `webhooks pause`).")
 @click.option("--max-retries", type=int)
 @click.option("--timeout", "timeout_seconds", type=int)
 @click.option("--backoff", "retry_backoff_seconds", type=int)
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Replace the extra headers.")
+@click.option("--secret-header", "secret_header_pairs", multiple=True, metavar="NAME=VALUE",
+              help="Replace the secret headers (values never shown).")
+@click.option("--pause-after", help='Auto-pause window, e.g. "3 days" ("never" to disable).')
 @AS_JSON
 def update(dsn: str, webhook_id: str, tables: tuple[str, ...], events_json: str | None,
-           header_pairs: tuple[str, ...], as_json: bool, **fields: Any) -> None:
+           header_pairs: tuple[str, ...], secret_header_pairs: tuple[str, ...], pause_after: str | None,
+           as_json: bool, **fields: Any) -> None:
     """Change fields of a webhook; what is not given stays as it is."""
     changes = {k: v for k, v in fields.items() if v is not None}
+    if secret_header_pairs:
+        changes["secret_headers"] = parse_headers(secret_header_pairs)
+    if pause_after is not None:
+        changes["pause_after"] = None if pause_after == "never" else pause_after
     if tables or events_json is not None:
         changes["events"] = parse_events(tables, events_json)
     if header_pairs:

@@ -195,3 +195,18 @@ def test_demo_runs_from_a_checkout_the_postgres_user_cannot_enter(tmp_path: Path
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "5 events received, 5 with both signatures verified" in proc.stdout
     assert set(Path(tempfile.gettempdir()).glob("pgwebhooks-demo-*")) == before  # cleaned up
+
+
+def test_get_shows_a_retry_schedule_and_the_limits(db: str) -> None:
+    """`webhooks get` prints every field of the view, a list of intervals included."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scheduled (id int PRIMARY KEY)")
+        row = conn.execute(
+            "SELECT id FROM webhooks.create_webhook('sched', 'https://e.example', '[{\"table\": \"scheduled\"}]',"
+            " retry_schedule => '{1 minute,5 minutes}', max_concurrency => 3)").fetchone()
+    assert row is not None
+    code, out = invoke("webhooks", "get", str(row[0]), "--dsn", db)
+    assert code == 0, out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if len(line.split()) > 1}
+    assert lines["retry_schedule"] == '["0:01:00","0:05:00"]'
+    assert (lines["max_concurrency"], lines["profile"], lines["paused"]) == ("3", "standard", "False")

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from datetime import timedelta
 
+import psycopg
+import pytest
 from aiohttp import web
+from psycopg.rows import dict_row
 from receivers import Reply
 from test_runner import (
     attempts_of,
@@ -137,3 +141,36 @@ async def test_rate_limit_holds_across_two_runners(db: str) -> None:
     # A full bucket (one second's worth) goes at once; the rest at the rate.
     steady = (total - rate) / (times[-1] - times[rate - 1])
     assert 0.85 * rate <= steady <= 1.15 * rate, f"{steady:.1f}/s against a limit of {rate}/s"
+
+
+def test_limits_pause_and_profile_are_set_and_shown_by_the_management_api(db: str) -> None:
+    with psycopg.connect(db, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("CREATE TABLE limited (id int PRIMARY KEY)")
+        hook = conn.execute(
+            "SELECT * FROM webhooks.create_webhook('limited', 'https://e.example/hook', '[{\"table\": \"limited\"}]',"
+            " profile => 'flux', max_concurrency => 4, rate_limit_per_second => 50)").fetchone()
+        assert hook is not None
+        assert (hook["profile"], hook["max_concurrency"], hook["rate_limit_per_second"], hook["paused"],
+                hook["pause_after"], hook["retry_schedule"]) == ("flux", 4, 50, False, timedelta(days=3), None)
+        changed = conn.execute(
+            "SELECT * FROM webhooks.update_webhook(%s, '{\"max_concurrency\": null, \"rate_limit_per_second\": 7,"
+            " \"retry_schedule\": [\"1 minute\"], \"pause_after\": null}')", (hook["id"],)).fetchone()
+        assert changed is not None
+        assert (changed["max_concurrency"], changed["rate_limit_per_second"], changed["retry_schedule"],
+                changed["pause_after"]) == (None, 7, [timedelta(minutes=1)], None)
+        conn.execute("SELECT webhooks.pause_webhook(%s, 'deploy')", (hook["id"],))
+        listed = conn.execute("SELECT * FROM webhooks.list_webhooks()").fetchall()
+        assert [(w["name"], w["paused"], w["rate_limit_per_second"]) for w in listed] == [("limited", True, 7)]
+        for call, args in (
+            ("SELECT webhooks.create_webhook('x', 'https://e.example', '[{\"table\": \"limited\"}]',"
+             " max_concurrency => 0)", ()),
+            ("SELECT webhooks.create_webhook('x', 'https://e.example', '[{\"table\": \"limited\"}]',"
+             " rate_limit_per_second => 100001)", ()),
+            ("SELECT webhooks.update_webhook(%s, '{\"max_concurrency\": 10001}')", (hook["id"],)),
+            ("SELECT webhooks.update_webhook(%s, '{\"rate_limit_per_second\": \"fast\"}')", (hook["id"],)),
+        ):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(call, args)
+            assert caught.value.sqlstate in ("WH008", "WH012"), call
+        stored = conn.execute("SELECT max_concurrency, rate_limit_per_second FROM webhooks.webhooks").fetchall()
+        assert stored == [{"max_concurrency": None, "rate_limit_per_second": 7}]

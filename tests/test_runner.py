@@ -200,22 +200,25 @@ async def test_timeout_is_an_attempt_with_an_error_and_retries_end_dead(db: str)
     assert all(a["status_code"] is None and "timeout" in a["error"] for a in attempts)
 
 
-async def test_gone_disables_the_webhook(db: str) -> None:
+async def test_gone_pauses_the_webhook_and_keeps_its_queue(db: str) -> None:
     create_table(db)
     async with receiver([Reply(410, "gone")]) as rx:
         hook = create_webhook(db, rx.url)
         async with running(runner_config(db)):
             insert(db, 1)
-            await eventually(
-                lambda: not query(db, "SELECT enabled FROM webhooks.get_webhook(%s)", hook["id"])[0]["enabled"],
+            assert await eventually(
+                lambda: query(db, "SELECT state FROM webhooks.webhook_status WHERE id = %s",
+                              hook["id"])[0]["state"] == "paused",
                 timeout=15,
             )
-            insert(db, 3)  # a disabled webhook gets no new deliveries
+            insert(db, 3)  # three rows: a paused webhook keeps queueing, sends nothing
             await asyncio.sleep(0.5)
-    info = query(db, "SELECT enabled, disabled_reason FROM webhooks.get_webhook(%s)", hook["id"])[0]
-    assert info["enabled"] is False and "410" in info["disabled_reason"]
+    info = query(db, "SELECT state, paused_reason, pending FROM webhooks.webhook_status WHERE id = %s", hook["id"])[0]
+    assert info["state"] == "paused" and "410" in info["paused_reason"]
     assert len(rx.requests) == 1
-    assert query(db, "SELECT status FROM webhooks.get_deliveries(%s)", hook["id"]) == [{"status": "failed"}]
+    assert info["pending"] == 4  # the 410'd change and the three made while paused: nothing lost
+    assert {r["status"] for r in query(db, "SELECT status FROM webhooks.get_deliveries(%s)", hook["id"])} <= {
+        "pending", "queued"}
 
 
 # -- many runners, crashes, restarts -----------------------------------------------------------

@@ -11,12 +11,14 @@
 --   WH006 unknown table          WH013 invalid argument (limit, offset, batch size, ...)
 --   WH007 invalid operation      WH014 table the caller may not read
 --                                WH404 no such webhook / delivery
+--   WH015 invalid pause_after    WH016 invalid secret_headers
+--   WH017 invalid columns / exclude_columns filter     WH018 invalid where filter
 --   Application events and receiver profiles (issue 10):
 --   WH020 invalid event type name or pattern      WH023 invalid retry schedule
 --   WH021 unknown (undeclared) event type         WH024 http:// refused (installation is HTTPS only)
 --   WH022 unknown receiver profile                WH025 event type still in use
 
--- _parse_events gained an event_type column (0.2).
+-- _parse_events gained an event_type column (0.2) and capture filters (issue 11).
 DROP FUNCTION IF EXISTS webhooks._parse_events(jsonb);
 
 CREATE OR REPLACE FUNCTION webhooks._fail(code text, field text, message text, hint text DEFAULT NULL)
@@ -289,12 +291,15 @@ $$;
 
 -- `events` as given by the user, checked and resolved to table oids:
 -- [{"table": "users" | "schema.table", "operations": ["INSERT", "UPDATE", "DELETE", "TRUNCATE"],
---   "event_type": "user.changed"}, {"event_type": "order.completed" | "order.*" | "*"}, ...]
+--   "event_type": "user.changed", "columns": [...], "exclude_columns": [...], "where": "..."},
+--  {"event_type": "order.completed" | "order.*" | "*"}, ...]
 -- Operations default to INSERT, UPDATE and DELETE (TRUNCATE is asked for by name). A table entry's
 -- optional event_type is the declared type its changes are sent as; an entry with only an
--- event_type subscribes to published events (relid NULL, event_type the pattern).
+-- event_type subscribes to published events (relid NULL, event_type the pattern, no filters).
+-- Table entries may carry capture filters (issue 11), returned in the filter columns.
 CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
-RETURNS TABLE (relid oid, operations text[], event_type text)
+RETURNS TABLE (relid oid, operations text[], event_type text, columns text[], exclude_columns text[],
+               where_clause text, route_column name, route_value text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -320,17 +325,25 @@ BEGIN
         IF jsonb_typeof(item) <> 'object' THEN
             PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
         END IF;
-        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k WHERE k NOT IN ('table', 'operations', 'event_type')) THEN
-            PERFORM webhooks._fail('WH004', field,
-                format('has unknown keys in %s; expected "table", "operations" and "event_type"', item));
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k
+                   WHERE k NOT IN ('table', 'operations', 'event_type', 'columns', 'exclude_columns', 'where')) THEN
+            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table", "operations", '
+                                                          '"event_type" and optionally "columns", "exclude_columns", "where"', item));
         END IF;
         event_type := NULL;
+        -- OUT columns keep their values between rows: reset the filters of the previous entry.
+        columns := NULL;
+        exclude_columns := NULL;
+        where_clause := NULL;
+        route_column := NULL;
+        route_value := NULL;
         IF item ? 'event_type' AND jsonb_typeof(item -> 'event_type') IS DISTINCT FROM 'string' THEN
             PERFORM webhooks._fail('WH020', field || '.event_type', format('must be a string, got %s', item -> 'event_type'));
         END IF;
         IF item ? 'event_type' AND NOT item ? 'table' THEN
-            IF item ? 'operations' THEN
-                PERFORM webhooks._fail('WH004', field, '"operations" belongs to table entries, not event types');
+            IF item ?| ARRAY['operations', 'columns', 'exclude_columns', 'where'] THEN
+                PERFORM webhooks._fail('WH004', field,
+                    '"operations", "columns", "exclude_columns" and "where" belong to table entries, not event types');
             END IF;
             pattern := item ->> 'event_type';
             IF pattern !~ '^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*)$' THEN
@@ -404,8 +417,190 @@ BEGIN
             END LOOP;
         END IF;
         operations := ops;
+        -- Capture filters (issue 11).
+        SELECT f.columns, f.exclude_columns, f.where_clause, f.route_column, f.route_value
+        INTO columns, exclude_columns, where_clause, route_column, route_value
+        FROM webhooks._parse_filters(field, relid, item) f;
         RETURN NEXT;
         i := i + 1;
     END LOOP;
+END
+$$;
+
+-- issue 11 (health): the auto-pause window, from one minute to a year; NULL means never.
+CREATE OR REPLACE FUNCTION webhooks._check_pause_after(pause_after interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pause_after IS NOT NULL AND (pause_after < interval '1 minute' OR pause_after > interval '365 days') THEN
+        PERFORM webhooks._fail('WH015', 'pause_after',
+            format('%s is out of range; expected 1 minute to 365 days, or null for never', pause_after));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._check_pause_after_text(pause_after text)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parsed interval;
+BEGIN
+    IF pause_after IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        parsed := pause_after::interval;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM webhooks._fail('WH015', 'pause_after', format('%L is not an interval (like "3 days")', left(pause_after, 100)));
+    END;
+    PERFORM webhooks._check_pause_after(parsed);
+END
+$$;
+
+-- Secret headers follow the rules of `headers`; the error names the field and the header, never
+-- the value.
+CREATE OR REPLACE FUNCTION webhooks._check_secret_headers(secret_headers jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    IF secret_headers IS NULL THEN
+        PERFORM webhooks._fail('WH016', 'secret_headers', 'must be a JSON object of header names to strings, got null');
+    END IF;
+    BEGIN
+        PERFORM webhooks._check_headers(secret_headers);
+    EXCEPTION WHEN SQLSTATE 'WH009' OR SQLSTATE 'WH010' THEN
+        GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+        -- "headers: value of 'X' must be a string, got <value>": keep the part before the value.
+        problem := regexp_replace(substr(problem, length('headers: ') + 1), ', got .*$', '');
+        PERFORM webhooks._fail('WH016', 'secret_headers', problem);
+    END;
+END
+$$;
+
+-- issue 11: capture filters of one events entry. `columns` and `exclude_columns` must name
+-- columns of the table (WH017); `where` must be one boolean expression over the table's columns
+-- (the old row of an UPDATE is `(old).column`), which is checked by preparing it against the
+-- table (WH018). An equality on one column of a plain type (`tenant_id = 42`) is returned as a
+-- route, looked up at capture rather than evaluated.
+CREATE OR REPLACE FUNCTION webhooks._parse_filters(field text, relid oid, item jsonb)
+RETURNS TABLE (columns text[], exclude_columns text[], where_clause text, route_column name, route_value text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key text;
+    list text[];
+    missing text;
+    m text[];
+    col_type regtype;
+BEGIN
+    FOREACH key IN ARRAY ARRAY['columns', 'exclude_columns'] LOOP
+        list := NULL;
+        IF item ? key THEN
+            IF jsonb_typeof(item -> key) <> 'array' OR jsonb_array_length(item -> key) = 0
+               OR EXISTS (SELECT 1 FROM jsonb_array_elements(item -> key) e WHERE jsonb_typeof(e) <> 'string') THEN
+                PERFORM webhooks._fail('WH017', field || '.' || key,
+                    format('must be a non-empty array of column names, got %s', left((item -> key)::text, 200)));
+            END IF;
+            list := ARRAY(SELECT DISTINCT e FROM jsonb_array_elements_text(item -> key) e ORDER BY e);
+            SELECT c INTO missing FROM unnest(list) c
+            WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = relid AND a.attname = c
+                                                          AND a.attnum > 0 AND NOT a.attisdropped)
+            LIMIT 1;
+            IF missing IS NOT NULL THEN
+                PERFORM webhooks._fail('WH017', field || '.' || key,
+                    format('table %s has no column %I', relid::regclass, missing));
+            END IF;
+        END IF;
+        IF key = 'columns' THEN columns := list; ELSE exclude_columns := list; END IF;
+    END LOOP;
+    IF item ? 'where' THEN
+        IF jsonb_typeof(item -> 'where') <> 'string' OR btrim(item ->> 'where') = '' THEN
+            PERFORM webhooks._fail('WH018', field || '.where',
+                format('must be a non-empty string (a SQL condition), got %s', left((item -> 'where')::text, 200)));
+        END IF;
+        where_clause := item ->> 'where';
+        PERFORM webhooks._check_where(field || '.where', relid, where_clause);
+        -- "column = 42" or "column = 'text'": routed by value.
+        m := regexp_match(where_clause, '^\s*([a-z_][a-z0-9_]*)\s*=\s*(-?[0-9]+|''(?:[^'']|'''')*'')\s*$');
+        IF m IS NOT NULL AND (columns IS NULL) THEN
+            SELECT a.atttypid::regtype INTO col_type FROM pg_attribute a
+            WHERE a.attrelid = relid AND a.attname = m[1] AND a.attnum > 0 AND NOT a.attisdropped;
+            -- Only types whose text form is canonical: equal values, equal text.
+            IF col_type IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'text'::regtype,
+                            'character varying'::regtype, 'uuid'::regtype) THEN
+                route_column := m[1];
+                EXECUTE format('SELECT (%s::%s)::text', m[2], col_type) INTO route_value;
+            END IF;
+        END IF;
+    END IF;
+    -- Partitioned tables are captured row by row in each partition; filters are not applied there yet.
+    IF (columns IS NOT NULL OR where_clause IS NOT NULL)
+       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = relid AND c.relkind = 'p') THEN
+        PERFORM webhooks._fail('WH018', field, format('"columns" and "where" are not supported on the partitioned table %s',
+                                                      relid::regclass));
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+-- Check a `where` filter: one expression, nothing that could end it early (a `;`, a comment, an
+-- unbalanced parenthesis, a dollar quote or a backslash escape outside of quoted text), which
+-- prepares as a boolean against the table. Prepared with EXPLAIN, read-only, in a subtransaction
+-- rolled back: nothing it names runs with anyone's rights.
+CREATE OR REPLACE FUNCTION webhooks._check_where(field text, relid oid, clause text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    depth integer := 0;
+    quote text := NULL;
+    ch text;
+    i integer := 1;
+    problem text;
+BEGIN
+    IF length(clause) > 4000 THEN
+        PERFORM webhooks._fail('WH018', field, format('is %s characters long; at most 4000 are allowed', length(clause)));
+    END IF;
+    WHILE i <= length(clause) LOOP
+        ch := substr(clause, i, 1);
+        IF quote IS NOT NULL THEN
+            IF ch = quote THEN quote := NULL; END IF;  -- a doubled quote closes and reopens: the same
+        ELSIF ch IN ('''', '"') THEN
+            quote := ch;
+        ELSIF ch IN (';', '$', '\') OR substr(clause, i, 2) IN ('--', '/*') THEN
+            PERFORM webhooks._fail('WH018', field, format('may not contain %L outside quotes: give one condition',
+                                                          CASE WHEN ch IN (';', '$', '\') THEN ch ELSE substr(clause, i, 2) END));
+        ELSIF ch = '(' THEN
+            depth := depth + 1;
+        ELSIF ch = ')' THEN
+            depth := depth - 1;
+            IF depth < 0 THEN
+                PERFORM webhooks._fail('WH018', field, 'has an unbalanced ")"');
+            END IF;
+        END IF;
+        i := i + 1;
+    END LOOP;
+    IF quote IS NOT NULL OR depth <> 0 THEN
+        PERFORM webhooks._fail('WH018', field, 'has an unclosed quote or parenthesis');
+    END IF;
+    BEGIN
+        PERFORM set_config('transaction_read_only', 'on', true);
+        PERFORM set_config('search_path', 'pg_catalog, public', true);
+        EXECUTE format('EXPLAIN SELECT 1 FROM %s AS r CROSS JOIN (SELECT NULL::%s AS old, NULL::boolean AS paired) x WHERE (%s)',
+                       relid::regclass, relid::regclass, clause);
+        RAISE EXCEPTION USING ERRCODE = 'WHR00';
+    EXCEPTION
+        WHEN SQLSTATE 'WHR00' THEN NULL;
+        WHEN OTHERS THEN problem := SQLERRM;
+    END;
+    IF problem IS NOT NULL THEN
+        PERFORM webhooks._fail('WH018', field, format('%L is not a condition on table %s: %s',
+                                                      left(clause, 200), relid::regclass, problem));
+    END IF;
 END
 $$;

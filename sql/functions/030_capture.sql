@@ -328,22 +328,37 @@ DECLARE
     by_row boolean;
     fn text;
     args text[];
+    filter_query text;
 BEGIN
     SELECT c.relkind = 'p' INTO partitioned FROM pg_class c WHERE c.oid = relid;
     IF NOT FOUND THEN
         RETURN;  -- the table was dropped, and its triggers with it
     END IF;
+    PERFORM webhooks._sync_routes(relid);
     has_key := webhooks._pairing_index(relid) IS NOT NULL;
     FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] LOOP
         trigger_name := 'webhooks_capture_' || lower(op);
         SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
         FROM webhooks.subscriptions s
         WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
-        -- TRUNCATE has statement triggers only (a partitioned table's fire for its own TRUNCATE).
-        by_row := op <> 'TRUNCATE' AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
-        fn := CASE WHEN op = 'TRUNCATE' THEN '_capture_truncate' WHEN by_row THEN '_capture_row'
-                   ELSE '_capture_statement' END;
-        args := CASE WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
+        -- Capture filters (see 031_capture_filters.sql): statement-level always, pairing by key
+        -- when there is one. (Filters are refused on partitioned tables.) TRUNCATE has no rows to
+        -- filter: it keeps its statement trigger (a partitioned table's fire for its own TRUNCATE).
+        filter_query := CASE WHEN hooks IS NOT NULL AND NOT partitioned AND op <> 'TRUNCATE'
+                             THEN webhooks._filter_query(relid, op) END;
+        by_row := op <> 'TRUNCATE' AND filter_query IS NULL AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
+        fn := CASE WHEN op = 'TRUNCATE' THEN '_capture_truncate'
+                   WHEN filter_query IS NOT NULL THEN '_capture_filtered'
+                   WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
+        -- A filtered trigger lists only the webhooks not routed by value (its fallback reads the
+        -- routed ones from capture_routes): its argument, read on every write, and the trigger
+        -- itself stay the same however many tenant webhooks come and go.
+        args := CASE WHEN filter_query IS NOT NULL
+                     THEN ARRAY[coalesce(ARRAY(SELECT h FROM unnest(hooks) h WHERE NOT EXISTS (
+                              SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = h
+                                AND s.relid = _sync_triggers.relid AND s.route_column IS NOT NULL)), '{}')::text,
+                                filter_query]
+                     WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
         IF hooks IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_trigger t
             WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name AND NOT t.tgisinternal

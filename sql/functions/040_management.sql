@@ -1,8 +1,26 @@
 -- pgwebhooks 005: the management API. Functions run as their owner (SECURITY DEFINER) because
 -- they create triggers on watched tables; webhooks_admin is granted EXECUTE on them.
 
--- create_webhook gained profile and retry_schedule (issue 10).
+-- create_webhook gained profile and retry_schedule (issue 10), then pause_after and secret_headers
+-- (issue 11, endpoint health): drop every older signature so that none is left as an overload.
 DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb);
+DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]);
+DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, interval, jsonb);
+DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb);
+
+-- _webhook_view shows profile, retry_schedule, max_concurrency, rate_limit_per_second, pause_after
+-- and paused since 0.2. A view's columns cannot be inserted by CREATE OR REPLACE (and
+-- _new_webhook expands v.*): drop both, with the functions returning them (re-created below,
+-- granted in 090, commented in 095), only when the installed view lacks them.
+DO $$
+BEGIN
+    IF to_regclass('webhooks._webhook_view') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = to_regclass('webhooks._webhook_view') AND a.attname = 'rate_limit_per_second') THEN
+        DROP VIEW webhooks._webhook_view CASCADE;
+    END IF;
+END
+$$;
 
 -- How a webhook is shown: everything but its secrets.
 CREATE OR REPLACE VIEW webhooks._webhook_view AS
@@ -20,6 +38,10 @@ SELECT
                                            'operations', to_jsonb(s.operations), 'dropped', true)
                    ELSE jsonb_build_object('table', format('%I.%I', n.nspname, c.relname),
                                            'operations', to_jsonb(s.operations))
+                        -- capture filters (issue 11), only those set
+                        || jsonb_strip_nulls(jsonb_build_object('columns', to_jsonb(s.columns),
+                                                                'exclude_columns', to_jsonb(s.exclude_columns),
+                                                                'where', s.where_clause))
                END)
                -- The event type a table's changes are sent as, when one is named.
                || CASE WHEN s.event_type IS NOT NULL THEN jsonb_build_object('event_type', s.event_type)
@@ -38,7 +60,13 @@ SELECT
     w.retry_backoff_seconds,
     w.headers,
     w.created_at,
-    w.updated_at
+    w.updated_at,
+    w.profile,
+    w.retry_schedule,
+    w.max_concurrency,
+    w.rate_limit_per_second,
+    w.pause_after,
+    w.paused
 FROM webhooks.webhooks w;
 
 -- create_webhook's result: the webhook and, this once, its secret.
@@ -65,6 +93,21 @@ BEGIN
     IF length(description) > 2000 THEN
         PERFORM webhooks._fail('WH013', 'description',
             format('is %s characters long; at most 2000 are allowed', length(description)));
+    END IF;
+END
+$$;
+
+-- max_concurrency (1-10000) and rate_limit_per_second (1-100000); NULL: no limit of its own.
+CREATE OR REPLACE FUNCTION webhooks._check_limits(max_concurrency integer, rate_limit_per_second integer)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF max_concurrency IS NOT NULL THEN
+        PERFORM webhooks._check_range('max_concurrency', max_concurrency, 1, 10000);
+    END IF;
+    IF rate_limit_per_second IS NOT NULL THEN
+        PERFORM webhooks._check_range('rate_limit_per_second', rate_limit_per_second, 1, 100000);
     END IF;
 END
 $$;
@@ -98,9 +141,11 @@ BEGIN
             VALUES (_replace_subscriptions.webhook_id, parsed.event_type);
             CONTINUE;
         END IF;
-        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name, event_type)
+        INSERT INTO webhooks.subscriptions (webhook_id, relid, operations, table_name, event_type,
+                                            columns, exclude_columns, where_clause, route_column, route_value)
         VALUES (_replace_subscriptions.webhook_id, parsed.relid, parsed.operations, parsed.relid::regclass::text,
-                parsed.event_type);
+                parsed.event_type,
+                parsed.columns, parsed.exclude_columns, parsed.where_clause, parsed.route_column, parsed.route_value);
         touched := touched || parsed.relid;
     END LOOP;
     PERFORM webhooks._sync_triggers(r) FROM (SELECT DISTINCT unnest(touched) AS r) t;
@@ -120,7 +165,13 @@ CREATE OR REPLACE FUNCTION webhooks.create_webhook(
     headers jsonb DEFAULT '{}',
     -- issue 10: receiver profile and fixed retry schedule (a schedule sets max_retries to its length)
     profile text DEFAULT 'standard',
-    retry_schedule interval[] DEFAULT NULL)
+    retry_schedule interval[] DEFAULT NULL,
+    -- issue 11 (health): auto-pause window (NULL: never) and headers sent but never shown.
+    pause_after interval DEFAULT interval '3 days',
+    secret_headers jsonb DEFAULT '{}',
+    -- per-webhook isolation (columns since migration 0003): NULL means no limit of its own.
+    max_concurrency integer DEFAULT NULL,
+    rate_limit_per_second integer DEFAULT NULL)
 RETURNS SETOF webhooks._new_webhook
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -139,6 +190,10 @@ BEGIN
     signing_secret := coalesce(secret, webhooks._generate_secret());
     PERFORM webhooks._check_profile(profile);
     PERFORM webhooks._check_retry_schedule(retry_schedule);
+    -- issue 11 (health): pause_after and secret_headers.
+    PERFORM webhooks._check_pause_after(pause_after);
+    PERFORM webhooks._check_secret_headers(secret_headers);
+    PERFORM webhooks._check_limits(max_concurrency, rate_limit_per_second);
 
     BEGIN
         INSERT INTO webhooks.webhooks (name, url, description, enabled, max_retries, timeout_seconds,
@@ -153,6 +208,11 @@ BEGIN
         PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
     END;
     INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (new_id, signing_secret);
+    -- issue 11 (health)
+    UPDATE webhooks.webhooks w SET pause_after = create_webhook.pause_after,
+        max_concurrency = create_webhook.max_concurrency, rate_limit_per_second = create_webhook.rate_limit_per_second
+    WHERE w.id = new_id;
+    INSERT INTO webhooks.secret_headers (webhook_id, headers) VALUES (new_id, coalesce(secret_headers, '{}'));
     PERFORM webhooks._replace_subscriptions(new_id, events);
 
     RETURN QUERY SELECT v.*, signing_secret FROM webhooks._webhook_view v WHERE v.id = new_id;
@@ -238,11 +298,13 @@ BEGIN
     SELECT k INTO unknown FROM jsonb_object_keys(changes) k
     WHERE k NOT IN ('name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
                     'timeout_seconds', 'retry_backoff_seconds', 'headers',
-                    'profile', 'retry_schedule')  -- issue 10
+                    'profile', 'retry_schedule',  -- issue 10
+                    'pause_after', 'secret_headers',  -- issue 11 (health)
+                    'max_concurrency', 'rate_limit_per_second')
     LIMIT 1;
     IF unknown IS NOT NULL THEN
         PERFORM webhooks._fail('WH012', unknown, 'is not a field of a webhook',
-            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule');
+            'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers, max_concurrency, rate_limit_per_second');
     END IF;
 
     SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
@@ -276,6 +338,16 @@ BEGIN
         PERFORM webhooks._check_retry_schedule(current.retry_schedule);
         current.max_retries := coalesce(cardinality(current.retry_schedule), current.max_retries);
     END IF;
+    -- max_concurrency and rate_limit_per_second: an integer, or null for no limit of its own.
+    IF changes ? 'max_concurrency' THEN
+        current.max_concurrency := CASE WHEN jsonb_typeof(changes -> 'max_concurrency') <> 'null'
+            THEN (webhooks._change(changes, 'max_concurrency', 'number') #>> '{}')::integer END;
+    END IF;
+    IF changes ? 'rate_limit_per_second' THEN
+        current.rate_limit_per_second := CASE WHEN jsonb_typeof(changes -> 'rate_limit_per_second') <> 'null'
+            THEN (webhooks._change(changes, 'rate_limit_per_second', 'number') #>> '{}')::integer END;
+    END IF;
+    PERFORM webhooks._check_limits(current.max_concurrency, current.rate_limit_per_second);
     IF changes ? 'enabled' THEN
         new_enabled := (webhooks._change(changes, 'enabled', 'boolean') #>> '{}')::boolean;
         IF new_enabled THEN
@@ -298,10 +370,26 @@ BEGIN
         max_retries = current.max_retries, timeout_seconds = current.timeout_seconds,
         retry_backoff_seconds = current.retry_backoff_seconds, headers = current.headers,
         profile = current.profile, retry_schedule = current.retry_schedule,
+        max_concurrency = current.max_concurrency, rate_limit_per_second = current.rate_limit_per_second,
         updated_at = now()
     WHERE w.id = update_webhook.id;
     IF changes ? 'events' THEN
         PERFORM webhooks._replace_subscriptions(id, changes -> 'events');
+    END IF;
+    -- issue 11 (health): pause_after (an interval as a string, or null: never) and secret_headers
+    -- (replaces them all; {} removes them).
+    IF changes ? 'pause_after' THEN
+        IF jsonb_typeof(changes -> 'pause_after') NOT IN ('string', 'null') THEN
+            PERFORM webhooks._fail('WH012', 'pause_after',
+                format('expected an interval as a JSON string (like "3 days") or null, got %s', changes -> 'pause_after'));
+        END IF;
+        PERFORM webhooks._check_pause_after_text(changes ->> 'pause_after');
+        UPDATE webhooks.webhooks w SET pause_after = (changes ->> 'pause_after')::interval WHERE w.id = update_webhook.id;
+    END IF;
+    IF changes ? 'secret_headers' THEN
+        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
+        INSERT INTO webhooks.secret_headers AS h (webhook_id, headers) VALUES (id, changes -> 'secret_headers')
+        ON CONFLICT (webhook_id) DO UPDATE SET headers = EXCLUDED.headers;
     END IF;
     IF changes ? 'secret' THEN
         -- A replaced secret stops signing at once; rotate_secret() is the gentle way.
@@ -388,19 +476,48 @@ BEGIN
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
     RETURN QUERY
-    SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
-           CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
-           d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
-           a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at
-    FROM webhooks.deliveries d
-    -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
-    LEFT JOIN webhooks.captures c ON c.id = d.capture_id
-    LEFT JOIN LATERAL (
-        SELECT * FROM webhooks.delivery_attempts x
-        WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
-    ) a ON true
-    WHERE d.webhook_id = get_deliveries.id
-    ORDER BY d.id DESC
+    -- Changes captured but not yet turned into deliveries (that happens when a runner claims)
+    -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
+    -- Only an enabled webhook's: a disabled one gets no delivery from them.
+    WITH queued AS (
+        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id, c.operation,
+               format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
+        FROM webhooks.captures c
+        CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
+        WHERE c.fanned_out < c.row_count AND get_deliveries.id = ANY (c.webhook_ids)
+          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = get_deliveries.id AND w.enabled)
+        ORDER BY c.id DESC, g.n DESC
+        LIMIT "limit"::bigint + "offset"
+    ), listed AS (
+        SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
+               NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
+               NULL::integer AS latency_ms, q.occurred_at AS created_at, NULL::timestamptz AS attempted_at,
+               NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
+               0 AS part, q.capture_id AS k1, q.n::bigint AS k2
+        FROM queued q
+        UNION ALL
+        SELECT * FROM (
+            SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
+                   CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
+                   d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+                   a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,
+                   1, d.id, 0::bigint
+            FROM webhooks.deliveries d
+            -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
+            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
+            LEFT JOIN LATERAL (
+                SELECT * FROM webhooks.delivery_attempts x
+                WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
+            ) a ON true
+            WHERE d.webhook_id = get_deliveries.id
+            ORDER BY d.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) listed_deliveries
+    )
+    SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
+           l.error, l.latency_ms, l.created_at, l.attempted_at, l.next_attempt_at, l.completed_at
+    FROM listed l
+    ORDER BY l.part, l.k1 DESC, l.k2 DESC
     LIMIT "limit" OFFSET "offset";
 END
 $$;

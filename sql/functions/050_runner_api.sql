@@ -109,7 +109,7 @@ AS $$
     -- One statement for the whole batch, not three per capture: an OLTP backlog is thousands of
     -- one-row captures, and a loop over them cost about 0.2 ms each (see `make bench`).
     WITH locked AS (
-        SELECT c.id, c.webhook_ids, c.row_count, c.fanned_out
+        SELECT c.id, c.webhook_ids, c.row_count, c.fanned_out, c.routed
         FROM webhooks.captures c
         WHERE c.fanned_out < c.row_count
         ORDER BY c.id
@@ -136,7 +136,7 @@ AS $$
         SELECT p.*, sum(p.cost) OVER (ORDER BY p.id) - p.cost AS spent
         FROM priced p
     ), planned AS (
-        SELECT c.id, c.hooks, c.fanned_out,
+        SELECT c.id, c.hooks, c.fanned_out, c.routed,
                CASE WHEN c.hook_count = 0 THEN c.row_count - c.fanned_out
                     ELSE least(c.row_count - c.fanned_out, ceil((budget - c.spent)::numeric / c.hook_count)::integer)
                END AS take
@@ -148,6 +148,10 @@ AS $$
         FROM planned p
         CROSS JOIN LATERAL generate_series(p.fanned_out + 1, p.fanned_out + p.take) AS g
         CROSS JOIN LATERAL unnest(p.hooks) AS hook
+        -- A filtered capture's rows each go to their own webhooks (see _capture_filtered).
+        WHERE NOT p.routed
+           OR hook = ANY (coalesce((SELECT e.webhook_ids FROM webhooks.events e
+                                      WHERE e.capture_id = p.id AND e.n = g), '{}'))
         ORDER BY p.id, g, hook
         RETURNING 1
     ), advanced AS (
@@ -394,7 +398,8 @@ BEGIN
             WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
             ORDER BY d.next_attempt_at LIMIT 1
         ) n
-        WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+        -- A paused webhook keeps its queue (fan-out still creates its deliveries); nothing is sent.
+        WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
           AND (e.circuit <> 'open' OR e.retry_at <= now())
     ) x;
     IF serving IS NULL THEN
@@ -459,11 +464,11 @@ BEGIN
         SET status = 'failed', completed_at = now()
         FROM judged j
         WHERE d.id = j.id AND j.fatal IS NOT NULL
-        RETURNING d.id, d.attempts, j.fatal
+        RETURNING d.id, d.attempts, d.webhook_id, j.fatal
     ),
     doomed_logged AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
-        SELECT x.id, greatest(x.attempts, 1), x.fatal FROM doomed x
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+        SELECT x.id, greatest(x.attempts, 1), x.fatal, x.webhook_id FROM doomed x
     ),
     leased AS (
         UPDATE webhooks.deliveries d
@@ -476,8 +481,9 @@ BEGIN
     ),
     -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
     expired AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error)
-        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)'
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
+               l.webhook_id
         FROM leased l
         WHERE l.previous_status = 'leased'
     ),
@@ -500,6 +506,8 @@ BEGIN
     )
     SELECT l.id, l.attempts, w.id, w.url, p.body,
            w.headers
+           -- Secret headers (issue 11): sent, never shown by list/get.
+           || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
            || jsonb_build_object('Content-Type', 'application/json',
                                  'User-Agent', 'pgwebhooks/' || webhooks.version())
            || g.signed
@@ -510,7 +518,8 @@ BEGIN
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
     LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
-    -- The event type a table subscription sends its changes as (issue 10).
+    -- The event type a table subscription sends its changes as (issue 10), and the columns it
+    -- never sends (exclude_columns, issue 11).
     LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
                                         AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
     -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
@@ -518,9 +527,11 @@ BEGIN
         SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
     ) u
     CROSS JOIN LATERAL (
+        -- exclude_columns (issue 11) are removed here: kept in the outbox, never sent.
         SELECT u.uid, webhooks._envelope(
             w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
-            coalesce(e.record, c.record), coalesce(e.old_record, c.old_record),
+            webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
+            webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
             to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             w.id, c.data, w.name, l.attempts, w.max_retries) AS body
         OFFSET 0  -- not flattened: the body is used three times and must be built once
@@ -575,7 +586,7 @@ BEGIN
                 WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
-            WHERE w.enabled AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+            WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
         ) x)
     END);
 END
@@ -598,6 +609,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    answered jsonb;
 BEGIN
     PERFORM webhooks._check_json_array(results, 'results', '{
         "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
@@ -617,10 +630,10 @@ BEGIN
                            JOIN webhooks.deliveries d ON d.id = r.delivery_id
                            JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
                            WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
-                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0
+                              OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
     ORDER BY e.webhook_id
     FOR NO KEY UPDATE;
-    RETURN QUERY
     WITH result AS (
         -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
         -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
@@ -649,7 +662,7 @@ BEGIN
         SELECT j.*,
                CASE
                    WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
-                   WHEN j.status_code = 410 THEN 'failed'
+                   -- 410 pauses the webhook (see `gone`): the delivery waits for its resume.
                    WHEN j.probe AND j.endpoint_failed THEN 'pending'
                    WHEN j.attempts > j.max_retries THEN 'failed'
                    ELSE 'pending'
@@ -719,7 +732,8 @@ BEGIN
         WHERE e.webhook_id = t.webhook_id
     ),
     logged AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms)
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms,
+                                                webhook_id)
         SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
                nullif(concat_ws('; ',
                    CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
@@ -728,22 +742,35 @@ BEGIN
                         THEN format('circuit opened for %s s after %s consecutive failures',
                                     extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
                    END), ''),
-               greatest(o.latency_ms, 0)
+               greatest(o.latency_ms, 0), o.webhook_id
         FROM outcome o
         JOIN applied a ON a.id = o.delivery_id
         LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
+    -- 410 Gone pauses the webhook with its reason rather than dropping its queue (issue 11).
     gone AS (
         UPDATE webhooks.webhooks w
-        SET enabled = false,
-            disabled_reason = format('the endpoint answered 410 Gone at %s', now()),
+        SET paused = true, paused_at = now(),
+            paused_reason = format('the endpoint answered 410 Gone at %s', now()),
             updated_at = now()
         FROM outcome o JOIN applied a ON a.id = o.delivery_id
-        WHERE w.id = o.webhook_id AND o.status_code = 410 AND w.enabled
+        WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
+    ),
+    answer AS (
+        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
+        FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
     )
-    SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused')
-    FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
-    ORDER BY r.delivery_id;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
+                                                 'status', x.status) ORDER BY x.delivery_id), '[]')
+    INTO answered
+    FROM answer x;
+    -- Health figures, alerts and auto-pause, from the accepted results just logged (a statement
+    -- of its own: the circuit above already updated the endpoints rows in this one).
+    PERFORM webhooks._record_health(jsonb_path_query_array(answered, '$[*] ? (@.status != "refused")'));
+    RETURN QUERY
+    SELECT a.delivery_id, a.attempt, a.status
+    FROM jsonb_to_recordset(answered) AS a(delivery_id bigint, attempt integer, status text)
+    ORDER BY a.delivery_id;
 END
 $$;
 

@@ -18,6 +18,7 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 -- The capture triggers' owner: append to the outbox, nothing else.
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
+GRANT SELECT ON webhooks.capture_routes TO webhooks_capture;  -- capture filters: routing by value
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
     webhooks._needs_guarded_images(oid),
     webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
@@ -26,8 +27,13 @@ TO webhooks_capture;
 REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
 GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
 TO webhooks_admin;
+-- Health (issue 11). webhooks.secret_headers stays unreadable, like webhooks.secrets.
+GRANT SELECT ON webhooks.webhook_status TO webhooks_admin;
+GRANT EXECUTE ON FUNCTION webhooks.get_webhook_status() TO webhooks_admin;
 GRANT EXECUTE ON FUNCTION
-    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]),
+    webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb, integer, integer),
+    webhooks.pause_webhook(uuid, text),
+    webhooks.resume_webhook(uuid),
     webhooks.list_webhooks(),
     webhooks.get_webhook(uuid),
     webhooks.update_webhook(uuid, jsonb),

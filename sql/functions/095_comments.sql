@@ -23,8 +23,8 @@ COMMENT ON VIEW webhooks._webhook_view IS
 COMMENT ON VIEW webhooks._new_webhook IS
     'create_webhook()''s result: the webhook and, this once, its secret.';
 
-COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]) IS
-    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"]}, {"event_type": "order.*"}]; profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff. Returns it with its secret, shown only now. Errors: WH001-WH025.';
+COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb, integer, integer) IS
+    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"], "where": "tenant_id = 42"}, {"event_type": "order.*"}]; profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff; pause_after: pause automatically after failing this long (NULL: never); secret_headers: sent but never shown; max_concurrency (1-10000) and rate_limit_per_second (1-100000), NULL for no limit of its own. Returns it with its secret, shown only now. Errors: WH001-WH025.';
 COMMENT ON FUNCTION webhooks.list_webhooks() IS
     'Every webhook, oldest first; never shows secrets.';
 COMMENT ON FUNCTION webhooks.get_webhook(uuid) IS
@@ -57,3 +57,13 @@ COMMENT ON FUNCTION webhooks.complete(jsonb) IS
     'For the runner: apply a JSON array of attempt results under their leases; returns each delivery''s new status or refused.';
 COMMENT ON FUNCTION webhooks.release(jsonb) IS
     'For the runner: hand leased deliveries back unsent ([{"delivery_id", "attempt"}]); the attempt does not count.';
+
+-- issue 11 (health)
+COMMENT ON VIEW webhooks.webhook_status IS
+    'Health per webhook: state (healthy, failing, paused, disabled), pending (including changes captured but not yet fanned out), oldest_pending_at, consecutive_failures, last success/failure/error, and over the last hour delivered, failed_attempts, p50/p95 latency.';
+COMMENT ON FUNCTION webhooks.pause_webhook(uuid, text) IS
+    'Pause a webhook: its changes keep being captured and queued, nothing is sent until resume_webhook(). Unlike enabled = false, nothing is lost.';
+COMMENT ON FUNCTION webhooks.resume_webhook(uuid) IS
+    'Resume a paused webhook (paused by hand, by a 410 Gone or by pause_after): everything queued meanwhile is sent.';
+COMMENT ON FUNCTION webhooks.get_webhook_status() IS
+    'The rows of the webhook_status view (which reads them from here): health per webhook.';

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import delivery
 import events
+import health
 import isolation
 import psycopg
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
-MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events")
+MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
+                "health")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -38,6 +40,7 @@ TITLES = {
     "horizontal": "7 horizontal",
     "isolation": "8 isolation between webhooks",
     "events": "9 application events",
+    "health": "10 health and capture filters",
 }
 
 
@@ -52,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "backlog beside claim() (default 100000; quick 20000; issue 9's full size: 1000000)")
     parser.add_argument("--outage-seconds", type=float, help="how long the isolation benchmark's endpoint is "
                         "down (default 60; quick 10)")
+    parser.add_argument("--status-deliveries", type=int, help="deliveries kept for the webhook_status row "
+                        "(default 100000; quick 20000; the issue's full size: 1000000)")
+    parser.add_argument("--tenant-writes", type=int, help="one-row transactions per tenants round (default 2000)")
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
     parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
@@ -63,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {"rows": 20_000 if quick else 100_000, "deliveries": 5_000 if quick else 20_000,
                 "backlog": 20_000 if quick else 100_000, "seconds": 2 if quick else 5,
                 "neighbour": 20_000 if quick else 100_000, "outage_seconds": 10 if quick else 60,
+                "status_deliveries": 20_000 if quick else 100_000, "tenant_writes": 500 if quick else 2_000,
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2,
                                                          args.outage_seconds),
         "events": lambda: events.bench_publish(env, args.rows, args.rounds),
+        "health": lambda: health.bench_health(env, args.tenant_writes, args.rows, args.status_deliveries,
+                                              args.rounds),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

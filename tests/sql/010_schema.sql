@@ -16,8 +16,9 @@ SELECT has_table('webhooks', 'delivery_attempts', 'table webhooks.delivery_attem
 SELECT columns_are('webhooks', 'webhooks', ARRAY[
     'id', 'name', 'url', 'description', 'enabled', 'disabled_reason', 'max_retries',
     'timeout_seconds', 'retry_backoff_seconds', 'headers', 'created_at', 'updated_at',
-    'max_concurrency', 'rate_limit_per_second', 'profile', 'retry_schedule'],
-    'webhooks.webhooks holds no secret column');
+    'max_concurrency', 'rate_limit_per_second', 'profile', 'retry_schedule',
+    'paused', 'paused_reason', 'paused_at', 'pause_after'],
+    'webhooks.webhooks holds no secret column (secret headers live in webhooks.secret_headers)');
 SELECT col_is_pk('webhooks', 'webhooks', 'id', 'webhooks.id is the primary key');
 SELECT col_type_is('webhooks', 'webhooks', 'id', 'uuid', 'webhook ids are uuids');
 SELECT col_type_is('webhooks', 'webhooks', 'headers', 'jsonb', 'webhooks.headers is jsonb');
@@ -86,16 +87,16 @@ SELECT function_owner_is('webhooks', '_capture_statement', ARRAY[]::text[], 'web
 
 -- Functions with the DESIGN.md signatures ------------------------------------------------------
 SELECT has_function('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]'],
-    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule)');
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb', 'integer', 'integer'],
+    'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers, max_concurrency, rate_limit_per_second)');
 SELECT is(
-    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[])'::regprocedure),
+    (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
     ARRAY['name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
           'timeout_seconds', 'retry_backoff_seconds', 'headers'],
     'create_webhook argument names match DESIGN.md');
 SELECT is(
-    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[])'::regprocedure),
-    9, 'create_webhook: all but name, url, events have defaults');
+    (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
+    13, 'create_webhook: all but name, url, events have defaults');
 SELECT has_function('webhooks', 'list_webhooks', ARRAY[]::text[], 'list_webhooks()');
 SELECT has_function('webhooks', 'get_webhook', ARRAY['uuid'], 'get_webhook(id uuid)');
 SELECT has_function('webhooks', 'update_webhook', ARRAY['uuid', 'jsonb'], 'update_webhook(id uuid, changes jsonb)');
@@ -119,7 +120,7 @@ SELECT function_returns('webhooks', 'complete', ARRAY['jsonb'], 'setof record', 
 
 -- Functions that must run with their owner's rights
 SELECT is_definer('webhooks', 'create_webhook',
-    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]'],
+    ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb', 'integer', 'integer'],
     'create_webhook is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'claim', ARRAY['integer', 'integer', 'integer', 'uuid[]'], 'claim is SECURITY DEFINER');
 SELECT is_definer('webhooks', 'complete', ARRAY['jsonb'], 'complete is SECURITY DEFINER');

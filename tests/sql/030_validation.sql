@@ -70,7 +70,7 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '["users
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}, 7]')$$,
     'WH004', 'events[1]: must be an object, got 7', 'the second element is named events[1]');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","ops":["INSERT"]}]')$$,
-    'WH004', 'events[0]: has unknown keys in {"ops": ["INSERT"], "table": "users"}; expected "table", "operations" and "event_type"',
+    'WH004', 'events[0]: has unknown keys in {"ops": ["INSERT"], "table": "users"}; expected "table", "operations", "event_type" and optionally "columns", "exclude_columns", "where"',
     'event with an unknown key');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"operations":["INSERT"]}]')$$,
     'WH004', 'events[0].table: must be a non-empty string', 'event without a table');

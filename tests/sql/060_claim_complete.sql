@@ -1,6 +1,6 @@
 -- 060: the runner API and the delivery policy. claim(): leases, the exact body, every header,
 -- both signatures (checked with pgcrypto); complete(): delivered, retry with exponential backoff
--- and jitter, Retry-After, retries exhausted, 410 disables, 3xx and timeouts are failures,
+-- and jitter, Retry-After, retries exhausted, 410 pauses, 3xx and timeouts are failures,
 -- fencing by attempt number and lease expiry; release(); get_deliveries / get_delivery_attempts;
 -- secret rotation. now() is frozen in the transaction: "time passes" by moving next_attempt_at.
 BEGIN;
@@ -231,15 +231,16 @@ SELECT is((SELECT (status_code, error)::text FROM webhooks.delivery_attempts
            WHERE delivery_id = (SELECT min(delivery_id) FROM claims WHERE label = 'o')),
           '(,"invalid HTTP status 999")', 'logged as an error without a status');
 
--- 410 Gone disables the webhook --------------------------------------------------------------------
+-- 410 Gone pauses the webhook, keeping its queue (issue 11) -------------------------------------------
 INSERT INTO public.gone VALUES (1), (2);
 SELECT is(pg_temp.claim('g', 'gone'), 2, 'gone: two deliveries claimed');
 SELECT is((SELECT status FROM webhooks.complete((SELECT jsonb_build_array(jsonb_build_object(
                'delivery_id', min(delivery_id), 'attempt', 1, 'status_code', 410, 'latency_ms', 3))
            FROM claims WHERE label = 'g'))),
-          'failed', '410 -> failed at once, whatever the retries left');
-SELECT is((SELECT enabled FROM webhooks.webhooks WHERE name = 'gone'), false, '410 disables the webhook');
-SELECT matches((SELECT disabled_reason FROM webhooks.get_webhook(pg_temp.hook('gone'))), '410',
+          'pending', '410 -> the delivery is kept, to be sent after resume');
+SELECT is((SELECT (enabled, paused)::text FROM webhooks.webhooks WHERE name = 'gone'), '(t,t)',
+          '410 pauses the webhook (it stays enabled: capture goes on)');
+SELECT matches((SELECT paused_reason FROM webhooks.webhook_status WHERE name = 'gone'), '410',
                'and keeps the reason');
 SELECT is((SELECT status FROM webhooks.complete((SELECT jsonb_build_array(jsonb_build_object(
                'delivery_id', max(delivery_id), 'attempt', 1, 'status_code', 500))
@@ -247,11 +248,11 @@ SELECT is((SELECT status FROM webhooks.complete((SELECT jsonb_build_array(jsonb_
           'pending', 'the other in-flight delivery is still reported');
 UPDATE webhooks.deliveries SET next_attempt_at = now() - interval '1 second' WHERE webhook_id = pg_temp.hook('gone');
 INSERT INTO public.gone VALUES (3);
-SELECT is(pg_temp.claim('g2', 'gone'), 0, 'a disabled webhook''s pending deliveries are not claimed');
-SELECT is((SELECT count(*)::int FROM webhooks.deliveries WHERE webhook_id = pg_temp.hook('gone') AND status = 'pending'), 1,
-          'they stay pending');
-SELECT lives_ok($$SELECT webhooks.update_webhook(pg_temp.hook('gone'), '{"enabled": true}')$$, 're-enable it');
-SELECT is(pg_temp.claim('g3', 'gone'), 1, 'the pending delivery is claimed again');
+SELECT is(pg_temp.claim('g2', 'gone'), 0, 'a paused webhook''s pending deliveries are not claimed');
+SELECT is((SELECT count(*)::int FROM webhooks.deliveries WHERE webhook_id = pg_temp.hook('gone') AND status = 'pending'), 3,
+          'they stay pending, and the change made while paused is queued too');
+SELECT lives_ok($$SELECT webhooks.resume_webhook(pg_temp.hook('gone'))$$, 'resume it');
+SELECT is(pg_temp.claim('g3', 'gone'), 3, 'every queued delivery is claimed again');
 
 -- Fencing: stale attempts and expired leases -------------------------------------------------------
 INSERT INTO public.leases VALUES (1);

@@ -52,11 +52,13 @@ SELECT is(
     (SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c
      WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')
        AND has_table_privilege('webhooks_capture', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')),
-    ARRAY['captures', 'events'], 'webhooks_capture (owner of the capture triggers) touches captures and events only');
+    ARRAY['capture_routes', 'captures', 'events'],
+    'webhooks_capture (owner of the capture triggers) touches captures and events, and reads capture_routes (filters'' routing)');
 SELECT is_empty(
     $$SELECT c.oid::regclass FROM pg_class c
       WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')
-        AND has_table_privilege('webhooks_capture', c.oid, 'SELECT, UPDATE, DELETE, TRUNCATE')$$,
+        AND has_table_privilege('webhooks_capture', c.oid, 'SELECT, UPDATE, DELETE, TRUNCATE')
+        AND c.relname <> 'capture_routes'  -- filter values and webhook ids: no secret, nothing captured$$,
     'and can only append to them: no secret, no webhook, no delivery is readable by it');
 
 -- webhooks_admin ---------------------------------------------------------------------------------

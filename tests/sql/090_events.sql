@@ -23,7 +23,9 @@ SELECT throws_ok($$SELECT webhooks.create_event_type('order.*')$$, 'WH020', NULL
 SELECT throws_ok($$SELECT webhooks.create_event_type(NULL)$$, 'WH020', NULL, 'null name');
 SELECT throws_ok($$SELECT webhooks.create_event_type('a.' || repeat('b', 200))$$, 'WH020', NULL, 'too long');
 SELECT is((SELECT array_agg(name ORDER BY name) FROM webhooks.list_event_types()),
-          ARRAY['order.completed', 'order.created', 'user.signup'], 'list_event_types lists them in order');
+          ARRAY['order.completed', 'order.created', 'pgwebhooks.delivery.exhausted', 'pgwebhooks.webhook.disabled',
+                'pgwebhooks.webhook.failing', 'pgwebhooks.webhook.paused', 'pgwebhooks.webhook.recovered', 'user.signup'],
+          'list_event_types lists them in order (the alert types are declared by the install)');
 
 -- subscriptions by event type -------------------------------------------------------------------
 CREATE TEMP TABLE hooks AS
