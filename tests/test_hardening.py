@@ -378,3 +378,19 @@ def test_guarded_capture_pairs_bulk_updates_like_the_direct_path(conn: psycopg.C
             assert b["old_record"] == {"id": b["record"]["id"], "m": "ok", "v": b["record"]["v"] // 10}
     assert sorted(b["record"]["id"] for b in by_event["DELETE"]) == [*range(41, 50), 1050]
     assert all(b["old_record"] == b["record"] for b in by_event["DELETE"])
+
+
+def test_an_owners_code_raising_our_sentinel_cannot_make_a_capture_vanish(conn: psycopg.Connection) -> None:
+    """The read-only image step ends by raising WHR00 on purpose; the same code raised by a cast must
+    fail the write, not swallow its events."""
+    conn.execute("CREATE TYPE public.quiet AS ENUM ('a')")
+    conn.execute("CREATE FUNCTION public.quiet_json(public.quiet) RETURNS json LANGUAGE plpgsql AS "
+                 "$$ BEGIN RAISE EXCEPTION USING ERRCODE = 'WHR00'; END $$")
+    conn.execute("CREATE CAST (public.quiet AS json) WITH FUNCTION public.quiet_json(public.quiet)")
+    conn.execute("CREATE TABLE public.q (id int PRIMARY KEY, v public.quiet)")
+    _create(conn, "q", "q")
+    for statement in ("INSERT INTO public.q VALUES (1, 'a')", "INSERT INTO public.q VALUES (2, 'a'), (3, 'a')"):
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(statement)
+        assert err.value.sqlstate == "WHR00"
+    assert conn.execute("SELECT count(*) FROM public.q").fetchone() == (0,)

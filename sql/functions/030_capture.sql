@@ -99,6 +99,7 @@ DECLARE
     key_join pg_catalog.text;
     new_images pg_catalog.json;
     old_images pg_catalog.json;
+    taken pg_catalog.bool := false;
 BEGIN
     -- _needs_guarded_images(TG_RELID), inline: a function call here costs a one-row insert ~5%.
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -122,9 +123,14 @@ BEGIN
                     ' FROM n LEFT JOIN o ON %s', key_join)
                 INTO new_images, old_images;
             END IF;
+            taken := true;
             RAISE EXCEPTION USING ERRCODE = 'WHR00';
         EXCEPTION WHEN SQLSTATE 'WHR00' THEN
-            NULL;  -- read-write again; the images are kept
+            -- Read-write again; the images are kept. The owner's code raising WHR00 itself must
+            -- not turn the capture into a silent nothing.
+            IF NOT taken THEN
+                RAISE;
+            END IF;
         END;
         PERFORM webhooks._capture_guarded(this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0],
                                           new_images, old_images);
@@ -240,6 +246,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
     images pg_catalog.json;
+    taken pg_catalog.bool := false;
     record pg_catalog.json;
     old_record pg_catalog.json;
     relid pg_catalog.oid := TG_RELID;
@@ -250,9 +257,12 @@ BEGIN
         BEGIN  -- read-only while the owner's code may run; see _capture_statement
             PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
             images := pg_catalog.to_json(ARRAY[NEW, OLD]);
+            taken := true;
             RAISE EXCEPTION USING ERRCODE = 'WHR00';
         EXCEPTION WHEN SQLSTATE 'WHR00' THEN
-            NULL;
+            IF NOT taken THEN
+                RAISE;  -- raised by the owner's code, not by us: see _capture_statement
+            END IF;
         END;
         record := images OPERATOR(pg_catalog.->) CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN 1 ELSE 0 END;
         old_record := images OPERATOR(pg_catalog.->) 1;

@@ -107,6 +107,8 @@ DECLARE
     query text := TG_ARGV[1];
     found_rows json;
     captured int4;
+    taken bool := false;
+    unfiltered bool := false;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         query := replace(query, '/*key*/',
@@ -118,24 +120,33 @@ BEGIN
         PERFORM set_config('search_path', 'pg_catalog, public', true);
         EXECUTE 'SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', f.record, ''o'', f.old_record,'
                 ' ''h'', f.hooks)) FROM (' || query || ') f' INTO found_rows;
+        taken := true;
         RAISE EXCEPTION USING ERRCODE = 'WHR00';
     EXCEPTION
-        WHEN SQLSTATE 'WHR00' THEN NULL;
-        WHEN OTHERS THEN
-            -- Fail open: every subscribed webhook gets every row (see the top of this file).
-            BEGIN
-                PERFORM set_config('transaction_read_only', 'on', true);
-                EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', pg_catalog.row_to_json(r),'
-                               ' ''o'', NULL, ''h'', $1)) FROM %s r',
-                               CASE WHEN TG_OP = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END)
-                INTO found_rows
-                USING TG_ARGV[0]::uuid[] || ARRAY(
-                    SELECT DISTINCT rt.webhook_id FROM webhooks.capture_routes rt
-                    WHERE rt.relid = TG_RELID AND rt.operation = TG_OP);
-                RAISE EXCEPTION USING ERRCODE = 'WHR00';
-            EXCEPTION WHEN SQLSTATE 'WHR00' THEN NULL;
-            END;
+        -- WHR00 raised by a predicate's own code, not by us, is an error like any other.
+        WHEN SQLSTATE 'WHR00' THEN unfiltered := NOT taken;
+        WHEN OTHERS THEN unfiltered := true;
     END;
+    IF unfiltered THEN
+        -- Fail open: every subscribed webhook gets every row (see the top of this file).
+        taken := false;
+        BEGIN
+            PERFORM set_config('transaction_read_only', 'on', true);
+            EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', pg_catalog.row_to_json(r),'
+                           ' ''o'', NULL, ''h'', $1)) FROM %s r',
+                           CASE WHEN TG_OP = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END)
+            INTO found_rows
+            USING TG_ARGV[0]::uuid[] || ARRAY(
+                SELECT DISTINCT rt.webhook_id FROM webhooks.capture_routes rt
+                WHERE rt.relid = TG_RELID AND rt.operation = TG_OP);
+            taken := true;
+            RAISE EXCEPTION USING ERRCODE = 'WHR00';
+        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
+            IF NOT taken THEN
+                RAISE;  -- the owner's code, not us: fail the write rather than capture nothing
+            END IF;
+        END;
+    END IF;
     captured := coalesce(json_array_length(found_rows), 0);
     IF captured = 0 THEN
         RETURN NULL;  -- no webhook wants any of these rows: nothing stored
