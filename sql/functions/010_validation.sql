@@ -498,7 +498,8 @@ $$;
 
 -- issue 11: capture filters of one events entry. `columns` and `exclude_columns` must name
 -- columns of the table (WH017); `where` must be one boolean expression over the table's columns
--- (the old row of an UPDATE is `(old).column`), checked by _check_where (WH018, WH026, WH027). An equality on one column of a plain type (`tenant_id = 42`) is returned as a
+-- (the old row of an UPDATE is `(old).column`), checked by _check_where (WH018, WH026, WH027).
+-- An equality on one column of a plain type (`tenant_id = 42`) is returned as a
 -- route, looked up at capture rather than evaluated.
 CREATE OR REPLACE FUNCTION webhooks._parse_filters(field text, relid oid, item jsonb)
 RETURNS TABLE (columns text[], exclude_columns text[], where_clause text, route_column name, route_value text)
@@ -587,7 +588,8 @@ DECLARE
         'date_trunc', 'date_part', 'extract', 'jsonb_typeof', 'json_typeof', 'jsonb_exists', 'jsonb_extract_path_text',
         'jsonb_extract_path', 'json_extract_path_text', 'json_extract_path', 'jsonb_array_length',
         'array_length', 'cardinality', 'array_position', 'isfinite', 'num_nulls', 'num_nonnulls',
-        'like', 'textlike', 'textnlike', 'bool', 'int4', 'int8', 'int2', 'numeric', 'float8', 'text'];
+        'like', 'textlike', 'textnlike', 'bool', 'int4', 'int8', 'int2', 'numeric', 'float8', 'text',
+        'chr', 'ascii', 'md5', 'concat', 'concat_ws', 'nullif', 'to_char', 'split_part', 'replace', 'initcap'];
 BEGIN
     IF length(clause) > 4000 THEN
         PERFORM webhooks._fail('WH018', field, format('is %s characters long; at most 4000 are allowed', length(clause)));
@@ -605,13 +607,16 @@ BEGIN
     END IF;
     BEGIN
         PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-        EXECUTE format('CREATE VIEW webhooks._where_probe AS SELECT (%s)::boolean AS keep FROM %s AS r '
+        EXECUTE format('CREATE VIEW webhooks._where_probe AS SELECT (%s) AS keep FROM %s AS r '
                        'CROSS JOIN (SELECT NULL::%s AS old, NULL::boolean AS paired) x',
                        clause, relid::regclass, relid::regclass);
         probe := 'webhooks._where_probe'::regclass;
         SELECT w.ev_action::text INTO tree FROM pg_rewrite w WHERE w.ev_class = probe AND w.rulename = '_RETURN';
         IF (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum > 0) <> 1 THEN
             refusal := 'must be one condition, not a list';
+        ELSIF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1) <> 'boolean'::regtype THEN
+            problem := format('is of type %s, not boolean',
+                              (SELECT a.atttypid::regtype FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1));
         ELSIF tree ~ ':hasSubLinks true' THEN
             refusal := 'may not hold a subquery';
         ELSIF tree ~ ':hasAggs true' THEN
