@@ -20,7 +20,7 @@
 
 -- Per subscription of `relid` and `op`: its kind ('plain', 'route', 'predicate'), the condition
 -- on the row (r, with x.old and x.paired) and the condition on the old row alone.
-CREATE OR REPLACE FUNCTION webhooks._filter_conds(relid oid, op text)
+CREATE OR REPLACE FUNCTION webhooks._filter_conds(relid oid, op text, in_trigger boolean DEFAULT true)
 RETURNS TABLE (webhook_id uuid, kind text, cond text, ocond text, route_column name, route_value text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -58,12 +58,24 @@ BEGIN
                     (SELECT string_agg(format('(x.old).%I', c), ', ') FROM unnest(live_columns) c)) END);
             -- The old row judged alone: in the subquery, r is the old row and (old) is NULL.
             ocond := CASE WHEN s.where_clause IS NULL THEN 'true' ELSE format(
-                '(SELECT (%s) FROM (SELECT (x.old).*) r CROSS JOIN (SELECT NULL::%s AS old, NULL::pg_catalog.bool AS paired) x)',
-                s.where_clause, relid::regclass) END;
+                '(SELECT (%s) FROM (SELECT (x.old).*) r LEFT JOIN %s x ON true)',
+                s.where_clause, webhooks._no_old_row(relid, CASE WHEN in_trigger THEN op END)) END;
         END IF;
         RETURN NEXT;
     END LOOP;
 END
+$$;
+
+-- A one-row-at-most source of x(old, paired) with old NULL and of the table's row type. In a
+-- trigger it is taken from a transition table: the capture's owner may not be allowed to name
+-- the table's schema (the type's name), and needs not.
+CREATE OR REPLACE FUNCTION webhooks._no_old_row(relid oid, op text)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN op IS NULL THEN format('(SELECT NULL::%s AS old, NULL::pg_catalog.bool AS paired)', relid::regclass)
+                ELSE format('(SELECT o AS old, NULL::pg_catalog.bool AS paired FROM %s o WHERE false)',
+                            CASE WHEN op = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END) END
 $$;
 
 -- The FROM clause over the transition tables: r the row, x.old its old row (UPDATE, paired by
@@ -77,7 +89,7 @@ AS $$
             ' CROSS JOIN LATERAL (SELECT r AS new_row) n'
             ' LEFT JOIN LATERAL (SELECT o.old_row AS old, true AS paired'
             ' FROM (SELECT old_row FROM old_rows old_row) o WHERE /*key*/ LIMIT 1) x ON true'
-        ELSE format(' CROSS JOIN (SELECT NULL::%s AS old, NULL::pg_catalog.bool AS paired) x', relid::regclass) END)
+        ELSE format(' LEFT JOIN %s x ON true', webhooks._no_old_row(relid, op)) END)
 $$;
 
 -- The query giving (record, old_record, hooks, ohooks) for each changed row of `op` on `relid`,
@@ -351,7 +363,7 @@ BEGIN
     dropped := 0;
     still_held := 0;
     FOR h IN SELECT * FROM webhooks.held_rows x WHERE x.webhook_id = release_held.id ORDER BY x.id FOR UPDATE LOOP
-        SELECT * INTO c FROM webhooks._filter_conds(h.relid, h.operation) f WHERE f.webhook_id = release_held.id;
+        SELECT * INTO c FROM webhooks._filter_conds(h.relid, h.operation, false) f WHERE f.webhook_id = release_held.id;
         IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = h.relid) THEN
             DELETE FROM webhooks.held_rows x WHERE x.id = h.id;  -- no longer subscribed: nothing owed
             dropped := dropped + 1;

@@ -23,7 +23,8 @@ GRANT SELECT ON webhooks.capture_routes TO webhooks_capture;  -- capture filters
 GRANT SELECT (webhook_id, relid, operations, columns, where_clause, route_column, route_value)
     ON webhooks.subscriptions TO webhooks_capture;
 GRANT INSERT ON webhooks.held_rows TO webhooks_capture;
-GRANT EXECUTE ON FUNCTION webhooks._filter_conds(oid, text), webhooks._filter_from(oid, text) TO webhooks_capture;
+GRANT EXECUTE ON FUNCTION webhooks._filter_conds(oid, text, boolean), webhooks._filter_from(oid, text),
+    webhooks._no_old_row(oid, text) TO webhooks_capture;
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
     webhooks._needs_guarded_images(oid),
     webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
