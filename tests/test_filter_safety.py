@@ -80,8 +80,9 @@ def test_pg_temp_immutable_function_never_runs_as_the_installer(roles: dict[str,
 def test_e_string_cannot_smuggle_a_statement(roles: dict[str, str]) -> None:
     # The old scanner took E'\'' for a closed string and a new one opened: everything after it,
     # the `;` and a statement reading the signing secrets included, looked quoted to it.
-    smuggled = ("true = E'\\'' ; SELECT ('secr' || 'et:' || (SELECT pg_catalog.string_agg(secret, ',')"
-                " FROM webhooks.secrets))::pg_catalog.int4 ; SELECT (true -- '\n")
+    # Its depth count missed the `))` it thought quoted; the `)` after the comment's quote balanced it.
+    smuggled = ("(true OR E'\\'' IS NULL)) ; SELECT ('secr' || 'et:' || (SELECT pg_catalog.string_agg(secret, ',')"
+                " FROM webhooks.secrets))::pg_catalog.int4 ; SELECT (true -- ')\n")
     with psycopg.connect(roles["admin"], autocommit=True) as admin:
         _create(admin, "existing", None)
         err = _refused(admin, smuggled)
