@@ -77,6 +77,22 @@ def test_pg_temp_immutable_function_never_runs_as_the_installer(roles: dict[str,
     assert notices == []
 
 
+def test_domain_check_never_runs_as_the_installer_while_parsing(roles: dict[str, str]) -> None:
+    # Parsing alone types a string literal: an array of a domain checks each element on input.
+    notices: list[str] = []
+    with psycopg.connect(roles["admin"], autocommit=True) as admin:
+        admin.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        admin.execute("""
+            CREATE FUNCTION pg_temp.boom(int) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN RAISE NOTICE 'ran as %', current_user; RETURN true; END $$""")
+        admin.execute("CREATE DOMAIN pg_temp.d AS int CHECK (pg_temp.boom(VALUE))")
+        err = _refused(admin, "'{1}'::pg_temp.d[] IS NOT NULL")
+        assert err.sqlstate == "WH026"
+        err = _refused(admin, "ARRAY[1]::pg_temp.d[] IS NOT NULL")
+        assert err.sqlstate == "WH027"
+    assert notices == []
+
+
 def test_e_string_cannot_smuggle_a_statement(roles: dict[str, str]) -> None:
     # The old scanner took E'\'' for a closed string and a new one opened: everything after it,
     # the `;` and a statement reading the signing secrets included, looked quoted to it.

@@ -617,15 +617,15 @@ BEGIN
         ELSIF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1) <> 'boolean'::regtype THEN
             problem := format('is of type %s, not boolean',
                               (SELECT a.atttypid::regtype FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1));
-        ELSIF tree ~ ':hasSubLinks true' THEN
+        ELSIF tree ~ '\:hasSubLinks true' THEN
             refusal := 'may not hold a subquery';
-        ELSIF tree ~ ':hasAggs true' THEN
+        ELSIF tree ~ '\:hasAggs true' THEN
             refusal := 'may not hold an aggregate';
-        ELSIF tree ~ ':hasWindowFuncs true' THEN
+        ELSIF tree ~ '\:hasWindowFuncs true' THEN
             refusal := 'may not hold a window function';
-        ELSIF tree ~ ':hasTargetSRFs true' THEN
+        ELSIF tree ~ '\:hasTargetSRFs true' THEN
             refusal := 'may not hold a set-returning function';
-        ELSIF tree ~ ':setOperations [^<]' THEN
+        ELSIF tree ~ '\:setOperations [^<]' THEN
             refusal := 'may not hold UNION, INTERSECT or EXCEPT';
         END IF;
         IF refusal IS NULL THEN
@@ -643,10 +643,10 @@ BEGIN
             SELECT 'pg_proc'::regclass, m[2]::oid FROM regexp_matches(tree, ':(funcid|opfuncid) (\d+)', 'g') m
             WHERE m[2] <> '0'
             UNION
-            SELECT 'pg_operator'::regclass, m[1]::oid FROM regexp_matches(tree, ':opno (\d+)', 'g') m
+            SELECT 'pg_operator'::regclass, m[1]::oid FROM regexp_matches(tree, '\:opno (\d+)', 'g') m
             UNION
             SELECT 'pg_operator'::regclass, o::oid
-            FROM regexp_matches(tree, ':opnos \(o ([0-9 ]+)\)', 'g') m, regexp_split_to_table(m[1], ' ') o
+            FROM regexp_matches(tree, '\:opnos \(o ([0-9 ]+)\)', 'g') m, regexp_split_to_table(m[1], ' ') o
             UNION
             SELECT 'pg_type'::regclass, m[2]::oid
             FROM regexp_matches(tree, ':(consttype|resulttype|funcresulttype|opresulttype|row_typeid|vartype|casetype'

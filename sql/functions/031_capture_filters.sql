@@ -269,24 +269,29 @@ BEGIN
         END IF;
     END IF;
     -- One entry per row and set of webhooks: those whose filter the old row passes too get the
-    -- old image, the others the row without it.
-    SELECT json_agg(json_build_object('r', p.r, 'o', p.o, 'h', p.hooks) ORDER BY p.i, p.part) INTO found_rows
-    FROM (
-        SELECT e.i, 0 AS part, e.r, e.o, ARRAY(SELECT unnest(e.h) INTERSECT SELECT unnest(e.oh)) AS hooks
-        FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
-                     ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
-                     ARRAY(SELECT json_array_elements_text(coalesce(v -> 'oh', '[]')))::uuid[] AS oh
-              FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
-        WHERE TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
-        UNION ALL
-        SELECT e.i, 1, e.r, NULL, CASE WHEN TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
-                                       THEN ARRAY(SELECT unnest(e.h) EXCEPT SELECT unnest(e.oh)) ELSE e.h END
-        FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
-                     ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
-                     ARRAY(SELECT json_array_elements_text(coalesce(v -> 'oh', '[]')))::uuid[] AS oh
-              FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
-    ) p
-    WHERE cardinality(p.hooks) > 0;
+    -- old image, the others the row without it. (An INSERT's or DELETE's set-based result is
+    -- already that.)
+    IF TG_OP = 'UPDATE' OR failed THEN
+        SELECT json_agg(json_build_object('r', p.r, 'o', p.o, 'h', p.hooks) ORDER BY p.i, p.part) INTO found_rows
+        FROM (
+            SELECT e.i, 0 AS part, e.r, e.o, ARRAY(SELECT unnest(e.h) INTERSECT SELECT unnest(e.oh)) AS hooks
+            FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
+                         ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
+                         ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
+                                                                     THEN v -> 'oh' ELSE '[]' END))::uuid[] AS oh
+                  FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
+            WHERE TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
+            UNION ALL
+            SELECT e.i, 1, e.r, NULL, CASE WHEN TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
+                                           THEN ARRAY(SELECT unnest(e.h) EXCEPT SELECT unnest(e.oh)) ELSE e.h END
+            FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
+                         ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
+                         ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
+                                                                     THEN v -> 'oh' ELSE '[]' END))::uuid[] AS oh
+                  FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
+        ) p
+        WHERE cardinality(p.hooks) > 0;
+    END IF;
     captured := coalesce(json_array_length(found_rows), 0);
     IF captured = 0 THEN
         RETURN NULL;  -- no webhook wants any of these rows: nothing stored
