@@ -185,6 +185,7 @@ DECLARE
     base_rows json;
     flags json;
     all_flags jsonb := '{}';
+    routed jsonb := '[]';
     held jsonb := '{}';
     c record;
     problem text;
@@ -225,7 +226,36 @@ BEGIN
                 RAISE;  -- the owner's code, not us: fail the write rather than capture nothing
             END IF;
         END;
-        FOR c IN SELECT * FROM webhooks._filter_conds(TG_RELID, TG_OP) LOOP
+        -- Webhooks routed by value: one query per routing column, however many tenants.
+        FOR c IN SELECT DISTINCT f.route_column FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.kind = 'route' LOOP
+            taken := false;
+            problem := NULL;
+            BEGIN
+                PERFORM set_config('transaction_read_only', 'on', true);
+                PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+                EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_array('
+                               'ARRAY(SELECT rt.webhook_id FROM webhooks.capture_routes rt WHERE rt.relid OPERATOR(pg_catalog.=) %1$s::pg_catalog.oid'
+                               ' AND rt.operation OPERATOR(pg_catalog.=) %2$L AND rt.column_name OPERATOR(pg_catalog.=) %3$L'
+                               ' AND rt.value OPERATOR(pg_catalog.=) (r.%3$I)::pg_catalog.text),'
+                               'ARRAY(SELECT rt.webhook_id FROM webhooks.capture_routes rt WHERE x.paired AND rt.relid OPERATOR(pg_catalog.=) %1$s::pg_catalog.oid'
+                               ' AND rt.operation OPERATOR(pg_catalog.=) %2$L AND rt.column_name OPERATOR(pg_catalog.=) %3$L'
+                               ' AND rt.value OPERATOR(pg_catalog.=) ((x.old).%3$I)::pg_catalog.text)))',
+                               TG_RELID, TG_OP, c.route_column) || from_clause INTO flags;
+                taken := true;
+                RAISE EXCEPTION USING ERRCODE = 'WHR00';
+            EXCEPTION
+                WHEN SQLSTATE 'WHR00' THEN
+                    IF NOT taken THEN problem := SQLERRM; END IF;
+                WHEN OTHERS THEN problem := SQLERRM;
+            END;
+            IF problem IS NULL THEN
+                routed := routed || jsonb_build_array(coalesce(flags::jsonb, '[]'));
+            ELSE
+                held := held || (SELECT jsonb_object_agg(f.webhook_id::text, problem)
+                                 FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.route_column = c.route_column);
+            END IF;
+        END LOOP;
+        FOR c IN SELECT * FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.kind <> 'route' LOOP
             taken := false;
             problem := NULL;
             BEGIN
@@ -248,10 +278,18 @@ BEGIN
             END IF;
         END LOOP;
         SELECT json_agg(json_build_object('r', b.v -> 'r', 'o', b.v -> 'o',
-                   'h', coalesce((SELECT json_agg(f.key) FROM jsonb_each(all_flags) f
-                                  WHERE f.value -> (b.i::int - 1) ->> 0 = '1'), '[]'),
-                   'oh', (SELECT json_agg(f.key) FROM jsonb_each(all_flags) f
-                          WHERE TG_OP = 'UPDATE' AND f.value -> (b.i::int - 1) ->> 1 = '1')))
+                   'h', coalesce((SELECT json_agg(u.k) FROM (
+                                      SELECT f.key AS k FROM jsonb_each(all_flags) f
+                                      WHERE f.value -> (b.i::int - 1) ->> 0 = '1'
+                                      UNION ALL
+                                      SELECT jsonb_array_elements_text(rs -> (b.i::int - 1) -> 0)
+                                      FROM jsonb_array_elements(routed) rs) u), '[]'),
+                   'oh', coalesce((SELECT json_agg(u.k) FROM (
+                                      SELECT f.key AS k FROM jsonb_each(all_flags) f
+                                      WHERE TG_OP = 'UPDATE' AND f.value -> (b.i::int - 1) ->> 1 = '1'
+                                      UNION ALL
+                                      SELECT jsonb_array_elements_text(rs -> (b.i::int - 1) -> 1)
+                                      FROM jsonb_array_elements(routed) rs WHERE TG_OP = 'UPDATE') u), '[]')))
         INTO found_rows
         FROM json_array_elements(base_rows) WITH ORDINALITY AS b(v, i);
         IF held <> '{}' THEN
