@@ -15,22 +15,58 @@ AS $$
 $$;
 
 -- Keep event_types.webhook_ids current after any change to event_subscriptions (including the
--- cascade of a deleted webhook). Changes are serialised by the table lock, and the update runs in
+-- cascade of a deleted webhook). Only the types the changed patterns match are recomputed (an
+-- exact name: one type; order.*: its family; *: all), from the statement's transition tables; a
+-- TRUNCATE recomputes every type. Changes are serialised by the table lock, and the update runs in
 -- a statement of its own after it, so it sees every change committed before: two webhooks
 -- subscribing at once cannot leave a type missing one of them.
 CREATE OR REPLACE FUNCTION webhooks._refresh_subscribers()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    patterns text[];
+    affected text[];
 BEGIN
+    -- Each branch names only the transition tables its trigger declares.
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT a.pattern) INTO patterns FROM added a;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT r.pattern) INTO patterns FROM removed r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(DISTINCT x.pattern) INTO patterns
+        FROM (SELECT a.pattern FROM added a UNION SELECT r.pattern FROM removed r) x;
+    ELSE
+        patterns := ARRAY['*'];
+    END IF;
+    IF patterns IS NULL THEN
+        RETURN NULL;  -- a statement that changed no row
+    END IF;
     LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
-    WHERE t.webhook_ids IS DISTINCT FROM webhooks._subscribers(t.name);
+    -- The affected names first, in a statement of their own: in one UPDATE the planner is free to
+    -- compute _subscribers() for every type before it applies the pattern test.
+    SELECT array_agg(t.name) INTO affected FROM webhooks.event_types t
+    WHERE EXISTS (SELECT 1 FROM unnest(patterns) p
+                  WHERE p = t.name OR p = '*' OR (right(p, 2) = '.*' AND starts_with(t.name, left(p, -1))));
+    UPDATE webhooks.event_types t SET webhook_ids = x.ids
+    FROM (SELECT n.name, webhooks._subscribers(n.name) AS ids FROM unnest(affected) AS n(name)) x
+    WHERE t.name = x.name AND t.webhook_ids IS DISTINCT FROM x.ids;
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER event_subscriptions_refresh
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_subscriptions
+-- Transition tables need one trigger per event.
+DROP TRIGGER IF EXISTS event_subscriptions_refresh ON webhooks.event_subscriptions;
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_insert
+    AFTER INSERT ON webhooks.event_subscriptions REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_update
+    AFTER UPDATE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_delete
+    AFTER DELETE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_truncate
+    AFTER TRUNCATE ON webhooks.event_subscriptions
     FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
 
 CREATE OR REPLACE FUNCTION webhooks.create_event_type(name text, description text DEFAULT NULL,
