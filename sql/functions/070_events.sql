@@ -15,42 +15,60 @@ AS $$
 $$;
 
 -- Keep event_types.webhook_ids current after any change to event_subscriptions (including the
--- cascade of a deleted webhook). Only the types the changed patterns match are recomputed (an
--- exact name: one type; order.*: its family; *: all), from the statement's transition tables; a
--- TRUNCATE recomputes every type. Changes are serialised by the table lock, and the update runs in
--- a statement of its own after it, so it sees every change committed before: two webhooks
--- subscribing at once cannot leave a type missing one of them.
+-- cascade of a deleted webhook), incrementally: only the (type, webhook) pairs a changed row's
+-- pattern matches are looked at (an exact name: one type; order.*: its family; *: all), and for
+-- each the webhook is added or removed as it now subscribes to the type by any pattern, one
+-- primary-key probe each. A TRUNCATE recomputes every type. Changes are serialised by the table
+-- lock, and the update runs in a statement of its own after it, so it sees every change committed
+-- before: two webhooks subscribing at once cannot leave a type missing one of them.
 CREATE OR REPLACE FUNCTION webhooks._refresh_subscribers()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    hooks uuid[];
     patterns text[];
-    affected text[];
 BEGIN
     -- Each branch names only the transition tables its trigger declares.
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT a.pattern) INTO patterns FROM added a;
+        SELECT array_agg(a.webhook_id), array_agg(a.pattern) INTO hooks, patterns FROM added a;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT r.pattern) INTO patterns FROM removed r;
+        SELECT array_agg(r.webhook_id), array_agg(r.pattern) INTO hooks, patterns FROM removed r;
     ELSIF TG_OP = 'UPDATE' THEN
-        SELECT array_agg(DISTINCT x.pattern) INTO patterns
-        FROM (SELECT a.pattern FROM added a UNION SELECT r.pattern FROM removed r) x;
+        SELECT array_agg(x.webhook_id), array_agg(x.pattern) INTO hooks, patterns
+        FROM (SELECT a.webhook_id, a.pattern FROM added a UNION SELECT r.webhook_id, r.pattern FROM removed r) x;
     ELSE
-        patterns := ARRAY['*'];
+        LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
+        UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
+        WHERE t.webhook_ids <> '{}';
+        RETURN NULL;
     END IF;
-    IF patterns IS NULL THEN
+    IF hooks IS NULL THEN
         RETURN NULL;  -- a statement that changed no row
     END IF;
     LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
-    -- The affected names first, in a statement of their own: in one UPDATE the planner is free to
-    -- compute _subscribers() for every type before it applies the pattern test.
-    SELECT array_agg(t.name) INTO affected FROM webhooks.event_types t
-    WHERE EXISTS (SELECT 1 FROM unnest(patterns) p
-                  WHERE p = t.name OR p = '*' OR (right(p, 2) = '.*' AND starts_with(t.name, left(p, -1))));
-    UPDATE webhooks.event_types t SET webhook_ids = x.ids
-    FROM (SELECT n.name, webhooks._subscribers(n.name) AS ids FROM unnest(affected) AS n(name)) x
-    WHERE t.name = x.name AND t.webhook_ids IS DISTINCT FROM x.ids;
+    WITH changed AS (
+        SELECT DISTINCT t.name, c.webhook_id
+        FROM unnest(hooks, patterns) AS c(webhook_id, pattern)
+        JOIN webhooks.event_types t
+          ON c.pattern = t.name OR c.pattern = '*' OR (right(c.pattern, 2) = '.*' AND starts_with(t.name, left(c.pattern, -1)))
+    ), verdict AS (
+        SELECT c.name, c.webhook_id, EXISTS (
+            SELECT 1 FROM webhooks.event_subscriptions s
+            WHERE s.webhook_id = c.webhook_id
+              AND (s.pattern = c.name OR s.pattern = '*'
+                   OR (right(s.pattern, 2) = '.*' AND starts_with(c.name, left(s.pattern, -1))))) AS subscribed
+        FROM changed c
+    ), per_type AS (
+        SELECT v.name, array_agg(v.webhook_id) FILTER (WHERE v.subscribed) AS plus,
+               array_agg(v.webhook_id) FILTER (WHERE NOT v.subscribed) AS minus
+        FROM verdict v GROUP BY v.name
+    )
+    UPDATE webhooks.event_types t
+    SET webhook_ids = ARRAY(SELECT DISTINCT u FROM unnest(t.webhook_ids || coalesce(p.plus, '{}')) u
+                            WHERE u <> ALL (coalesce(p.minus, '{}')) ORDER BY u)
+    FROM per_type p
+    WHERE t.name = p.name;
     RETURN NULL;
 END
 $$;
