@@ -19,8 +19,10 @@ DECLARE
     delivery bigint;
     parts text[];
     op text := upper(event);
+    target oid;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
     PERFORM webhooks._ensure_identity();  -- before creating a delivery (045_restore.sql)
     IF event_type IS NOT NULL OR data IS NOT NULL THEN
         IF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
@@ -48,11 +50,18 @@ BEGIN
         IF record IS NOT NULL AND jsonb_typeof(record) <> 'object' OR old_record IS NOT NULL AND jsonb_typeof(old_record) <> 'object' THEN
             PERFORM webhooks._fail('WH013', 'record', 'record and old_record must be JSON objects');
         END IF;
+        target := to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
+                                     parts[cardinality(parts)]))::oid;
+        -- A test row change is signed like a real one, so it may only claim a change its caller
+        -- could have made: the receiver cannot tell "INSERT" from a test that says so.
+        IF target IS NOT NULL AND NOT has_table_privilege(webhooks._caller(), target, op) THEN
+            PERFORM webhooks._fail('WH035', 'event', format('role %I may not %s %s; a test %s of a table needs '
+                'the same right on it', webhooks._caller(), op, target::regclass, op));
+        END IF;
         -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                        fanned_out, record, old_record)
-        VALUES (op, coalesce(to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
-                                           parts[cardinality(parts)]))::oid, 0),
+        VALUES (op, coalesce(target, 0),
                 CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
                 ARRAY[id], 1, 1,
                 CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
@@ -91,6 +100,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
     END IF;
+    PERFORM webhooks._check_reach(original.webhook_id);  -- 040_management.sql
     PERFORM 1 FROM webhooks.captures c WHERE c.id = original.capture_id FOR KEY SHARE;
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id',
@@ -114,6 +124,7 @@ DECLARE
     queued integer;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
     -- As in replay(): hold each event's capture, and skip events already purged.
     WITH failed AS (
         SELECT d.id, d.capture_id, d.n, d.webhook_id

@@ -15,22 +15,76 @@ AS $$
 $$;
 
 -- Keep event_types.webhook_ids current after any change to event_subscriptions (including the
--- cascade of a deleted webhook). Changes are serialised by the table lock, and the update runs in
--- a statement of its own after it, so it sees every change committed before: two webhooks
--- subscribing at once cannot leave a type missing one of them.
+-- cascade of a deleted webhook), incrementally: only the (type, webhook) pairs a changed row's
+-- pattern matches are looked at (an exact name: one type; order.*: its family; *: all), and for
+-- each the webhook is added or removed as it now subscribes to the type by any pattern, one
+-- primary-key probe each. A TRUNCATE recomputes every type. Changes are serialised by the table
+-- lock, and the update runs in a statement of its own after it, so it sees every change committed
+-- before: two webhooks subscribing at once cannot leave a type missing one of them.
 CREATE OR REPLACE FUNCTION webhooks._refresh_subscribers()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    hooks uuid[];
+    patterns text[];
 BEGIN
+    -- Each branch names only the transition tables its trigger declares.
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(a.webhook_id), array_agg(a.pattern) INTO hooks, patterns FROM added a;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(r.webhook_id), array_agg(r.pattern) INTO hooks, patterns FROM removed r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(x.webhook_id), array_agg(x.pattern) INTO hooks, patterns
+        FROM (SELECT a.webhook_id, a.pattern FROM added a UNION SELECT r.webhook_id, r.pattern FROM removed r) x;
+    ELSE
+        LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
+        UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
+        WHERE t.webhook_ids <> '{}';
+        RETURN NULL;
+    END IF;
+    IF hooks IS NULL THEN
+        RETURN NULL;  -- a statement that changed no row
+    END IF;
     LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
-    WHERE t.webhook_ids IS DISTINCT FROM webhooks._subscribers(t.name);
+    WITH changed AS (
+        SELECT DISTINCT t.name, c.webhook_id
+        FROM unnest(hooks, patterns) AS c(webhook_id, pattern)
+        JOIN webhooks.event_types t
+          ON c.pattern = t.name OR c.pattern = '*' OR (right(c.pattern, 2) = '.*' AND starts_with(t.name, left(c.pattern, -1)))
+    ), verdict AS (
+        SELECT c.name, c.webhook_id, EXISTS (
+            SELECT 1 FROM webhooks.event_subscriptions s
+            WHERE s.webhook_id = c.webhook_id
+              AND (s.pattern = c.name OR s.pattern = '*'
+                   OR (right(s.pattern, 2) = '.*' AND starts_with(c.name, left(s.pattern, -1))))) AS subscribed
+        FROM changed c
+    ), per_type AS (
+        SELECT v.name, array_agg(v.webhook_id) FILTER (WHERE v.subscribed) AS plus,
+               array_agg(v.webhook_id) FILTER (WHERE NOT v.subscribed) AS minus
+        FROM verdict v GROUP BY v.name
+    )
+    UPDATE webhooks.event_types t
+    SET webhook_ids = ARRAY(SELECT DISTINCT u FROM unnest(t.webhook_ids || coalesce(p.plus, '{}')) u
+                            WHERE u <> ALL (coalesce(p.minus, '{}')) ORDER BY u)
+    FROM per_type p
+    WHERE t.name = p.name;
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER event_subscriptions_refresh
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_subscriptions
+-- Transition tables need one trigger per event.
+DROP TRIGGER IF EXISTS event_subscriptions_refresh ON webhooks.event_subscriptions;
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_insert
+    AFTER INSERT ON webhooks.event_subscriptions REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_update
+    AFTER UPDATE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_delete
+    AFTER DELETE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_truncate
+    AFTER TRUNCATE ON webhooks.event_subscriptions
     FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
 
 CREATE OR REPLACE FUNCTION webhooks.create_event_type(name text, description text DEFAULT NULL,
