@@ -38,7 +38,7 @@ def bench_bulk_neighbour(env: Env, rows: int, events: int = 20, rate: float = 20
             runner = env.start_runner(dsn, "bulk-neighbour")
             time.sleep(1.5)  # up and listening
             conn.execute("INSERT INTO bulk_orders (customer_id, amount, status)"
-                         " SELECT g % 1000, g / 100.0, 'paid' FROM generate_series(1, %s) g", (rows,))
+                         " SELECT g %% 1000, g / 100.0, 'paid' FROM generate_series(1, %s) g", (rows,))
             begin = time.perf_counter()
             for i in range(events):
                 pause = begin + i / rate - time.perf_counter()
