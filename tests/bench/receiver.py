@@ -56,9 +56,8 @@ def make_app(delay: float, record_tokens: bool, fail_first: bool = False) -> web
         key = (request.path, request.headers.get("webhook-id", ""))
         first_time = key[1] not in counters.arrivals
         counters.arrivals.setdefault(key[1], []).append(now)
-        if fail_first:
-            if first_time:
-                return web.Response(status=429, body=b"slow down", headers={"Retry-After": "1"})
+        if fail_first and first_time:
+            return web.Response(status=429, body=b"slow down", headers={"Retry-After": "1"})
         if key in counters.seen:
             counters.duplicates += 1
         else:
