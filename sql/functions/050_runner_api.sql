@@ -130,22 +130,39 @@ AS $$
         -- A capture nobody receives any more is closed at once and costs one unit.
         SELECT t.*, CASE WHEN t.hook_count = 0 THEN 1 ELSE (t.row_count - t.fanned_out) * t.hook_count END AS cost
         FROM targeted t
+    ), grouped AS (
+        -- Captures going to the same webhooks form a group; every group gets an equal share of the
+        -- budget first, oldest capture first within it. Oldest-first across all groups let one
+        -- 200,000-row statement use every call's budget until it was done, and another webhook's
+        -- one-row changes captured after it waited seconds behind it. (Running sums minus the row's
+        -- own cost: a frame ending at 1 PRECEDING is recomputed for every row, quadratic in the batch.)
+        SELECT p.*,
+               greatest(1, budget / max(p.grp) OVER ()) AS share,
+               sum(p.cost) OVER (PARTITION BY p.hooks ORDER BY p.id) - p.cost AS before_in_group
+        FROM (SELECT p.*, dense_rank() OVER (ORDER BY p.hooks) AS grp FROM priced p) p
+    ), shared AS (
+        SELECT g.*, greatest(0, least(g.cost, g.share - g.before_in_group)) AS first_units
+        FROM grouped g
     ), costed AS (
-        -- What the captures before this one spend. (A frame ending at 1 PRECEDING is recomputed
-        -- for every row, quadratic in the batch; a running sum minus the row's own cost is not.)
-        SELECT p.*, sum(p.cost) OVER (ORDER BY p.id) - p.cost AS spent
-        FROM priced p
+        -- What the shares leave goes to the oldest captures that still have rows to fan out.
+        SELECT s.*,
+               budget - sum(s.first_units) OVER () AS leftover,
+               sum(s.cost - s.first_units) OVER (ORDER BY s.id) - (s.cost - s.first_units) AS spent
+        FROM shared s
     ), planned AS (
         SELECT c.id, c.hooks, c.fanned_out, c.routed,
                CASE WHEN c.hook_count = 0 THEN c.row_count - c.fanned_out
-                    ELSE least(c.row_count - c.fanned_out, ceil((budget - c.spent)::numeric / c.hook_count)::integer)
+                    ELSE least(c.row_count - c.fanned_out,
+                               ceil((c.first_units + greatest(0, least(c.cost - c.first_units, c.leftover - c.spent)))::numeric
+                                    / c.hook_count)::integer)
                END AS take
         FROM costed c
-        WHERE c.spent < budget
+    ), taken AS (
+        SELECT p.* FROM planned p WHERE p.take > 0
     ), created AS (
         INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
         SELECT p.id, g, hook
-        FROM planned p
+        FROM taken p
         CROSS JOIN LATERAL generate_series(p.fanned_out + 1, p.fanned_out + p.take) AS g
         CROSS JOIN LATERAL unnest(p.hooks) AS hook
         -- A filtered capture's rows each go to their own webhooks (see _capture_filtered).
@@ -156,7 +173,7 @@ AS $$
         RETURNING 1
     ), advanced AS (
         UPDATE webhooks.captures c SET fanned_out = c.fanned_out + p.take
-        FROM planned p WHERE c.id = p.id
+        FROM taken p WHERE c.id = p.id
     )
     SELECT count(*)::integer FROM created
 $$;
