@@ -393,7 +393,7 @@ BEGIN
                 RETURNING q.id, q.attempts, q.webhook_id)
             INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
             SELECT g.id, g.attempts, why, g.webhook_id FROM gone g;
-            RAISE WARNING 'pgwebhooks: delivery % failed: %', d.id, why;
+            RAISE LOG 'pgwebhooks: delivery % failed: %', d.id, why;
             failed := failed + 1;
         END;
     END LOOP;
