@@ -196,8 +196,9 @@ AS $$ SELECT least(rate::float8, tokens + rate * extract(epoch FROM now() - toke
 
 -- How many more deliveries of a webhook may be leased now. A webhook's `max_concurrency` is
 -- counted against the leases in flight across all runners (only meaningful under its endpoints
--- row lock); without one, `runner_limit` (the runner's --per-webhook-concurrency, which the
--- runner counts against its own sends) caps one claim. One probe at a time while its circuit is
+-- row lock); `runner_limit` (what the runner may start of one webhook, which it counts against
+-- its own sends) caps one claim, with a max_concurrency or without: a max_concurrency of 10000
+-- must not fill a runner with one webhook. One probe at a time while its circuit is
 -- not closed; whole tokens of its rate limit.
 CREATE OR REPLACE FUNCTION webhooks._room(
     webhook_id uuid, max_concurrency integer, runner_limit integer, rate integer, circuit text,
@@ -207,6 +208,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT greatest(0, least(
         CASE WHEN max_concurrency IS NULL THEN coalesce(runner_limit, 1000000) ELSE max_concurrency - f.n END,
+        coalesce(runner_limit, 1000000),
         CASE WHEN circuit = 'closed' THEN 1000000 ELSE 1 - f.n END,
         CASE WHEN rate IS NULL THEN 1000000 ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
     FROM (SELECT CASE WHEN max_concurrency IS NULL AND circuit = 'closed' THEN 0  -- no need to count
