@@ -160,8 +160,10 @@ BEGIN
     PERFORM webhooks._check_event_data('data', data);
     -- A restored copy starts a new salt before its first event id is handed out (045_restore.sql);
     -- checked once per session, the test inline to keep a GUC save and restore off every call.
-    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true)
-           IS DISTINCT FROM webhooks._identity_token() THEN
+    -- (_identity_token() inline: a function with its own search_path costs a GUC save and restore.)
+    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM
+           (SELECT pg_catalog.md5(k.key OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
+            FROM webhooks._identity_key k) THEN
         settled := webhooks._ensure_identity();
     END IF;
     -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
