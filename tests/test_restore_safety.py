@@ -50,6 +50,8 @@ def test_an_open_transaction_that_published_in_a_copy_blocks_no_claim_or_publish
         assert other.execute("SELECT * FROM webhooks.claim()").fetchall() == []
         other_id = other.execute("SELECT webhooks.publish('order.created', '{\"n\": 2}')").fetchone()[0]
         assert other.execute("SELECT * FROM webhooks.claim()").fetchall() == []  # still nothing fanned out
+        # ... and a runner asking when to claim again is told to wait, not to spin.
+        assert other.execute("SELECT webhooks.next_due_in()").fetchone()[0] == 1
         holder.commit()
         sent = other.execute("SELECT headers ->> 'webhook-id' FROM webhooks.claim() ORDER BY delivery_id").fetchall()
         # The ids publish() returned are the ids sent, in both sessions, under the copy's new salt.

@@ -668,7 +668,13 @@ AS $$
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
     RETURN (SELECT CASE
-        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
+        -- Captures to fan out: now, unless this session's restore check is not settled (another
+        -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
+        -- nothing until it commits, so asking at once would only spin.
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN
+            CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
+                      OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
+                 THEN 0 ELSE 1 END
         -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
         ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
                           THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
