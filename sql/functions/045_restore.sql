@@ -14,7 +14,8 @@
 -- capture fanned out by then came from the original: its deliveries are the original's events
 -- and keep their ids (a receiver deduplicates the ones both send). Captures not yet fanned out,
 -- whether they came in the dump or were written since, get ids nobody has used. The check is
--- once per session (a session never changes database), so claim() pays a setting lookup.
+-- once per session (a session never changes database), so claim() pays a setting lookup and a
+-- one-row read (the flag's value comes from webhooks._identity_key, see _identity_token).
 --
 -- A check that fires without a restore (pg_upgrade makes a new system identifier) is harmless:
 -- it only renames events no one has been sent yet.
