@@ -6,7 +6,8 @@ DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
 -- Queue a test event for one webhook, whatever it watches: the way to check an endpoint and its
 -- signature verification. Without arguments a TEST event; with `event` (INSERT, UPDATE, DELETE,
 -- TRUNCATE), "table" and `record` (and `old_record`) a row change of that shape; with `event_type`
--- (declared) and `data` an application event. Sent in the webhook's profile like real ones.
+-- (declared) and `data` an application event. Sent in the webhook's profile like real ones, and
+-- marked as a test: "test": true in the body, a `webhook-test: true` header (see claim()).
 -- Returns the delivery id (see get_deliveries).
 CREATE OR REPLACE FUNCTION webhooks.send_test(
     id uuid, event text DEFAULT NULL, "table" text DEFAULT NULL, record jsonb DEFAULT NULL,
@@ -23,7 +24,15 @@ DECLARE
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     PERFORM webhooks._check_reach(id);  -- 040_management.sql
-    PERFORM webhooks._ensure_identity();  -- before creating a delivery (045_restore.sql)
+    -- Before creating a delivery (045_restore.sql); not while another transaction records a
+    -- restored copy's new salt: this delivery skips fan-out, which must wait for that.
+    IF NOT webhooks._ensure_identity() THEN
+        PERFORM webhooks._fail('WH033', 'id', 'this database is a restored copy and another transaction is '
+            'recording its new event ids right now; try again once it has committed');
+    END IF;
+    PERFORM webhooks._check_event_data('data', data);
+    PERFORM webhooks._check_event_data('record', record);
+    PERFORM webhooks._check_event_data('old_record', old_record);
     IF event_type IS NOT NULL OR data IS NOT NULL THEN
         IF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
             PERFORM webhooks._fail('WH013', 'event_type',
@@ -31,8 +40,8 @@ BEGIN
         END IF;
         PERFORM webhooks._check_event_type_declared('event_type', event_type);
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, event_type, data)
-        VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'))
+                                       fanned_out, event_type, data, test)
+        VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'), true)
         RETURNING captures.id INTO capture;
     ELSIF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
         IF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
@@ -60,19 +69,19 @@ BEGIN
         END IF;
         -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record, old_record)
+                                       fanned_out, record, old_record, test)
         VALUES (op, coalesce(target, 0),
                 CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
                 ARRAY[id], 1, 1,
                 CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
                      WHEN op <> 'TRUNCATE' THEN webhooks._compact_json(coalesce(record, '{}'))::json END,
-                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END)
+                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END, true)
         RETURNING captures.id INTO capture;
     ELSE
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record)
+                                       fanned_out, record, test)
         VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
-                (SELECT row_to_json(x) FROM (SELECT 'test event from pgwebhooks' AS message, now() AS sent_at) x))
+                (SELECT row_to_json(x) FROM (SELECT 'test event from pgwebhooks' AS message, now() AS sent_at) x), true)
         RETURNING captures.id INTO capture;
     END IF;
     INSERT INTO webhooks.deliveries (capture_id, n, webhook_id) VALUES (capture, 1, id)
