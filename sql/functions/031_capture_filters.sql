@@ -399,6 +399,7 @@ DECLARE
     taken boolean;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);
     PERFORM webhooks._check_watchable('id', t.relid)
     FROM (SELECT DISTINCT x.relid FROM webhooks.held_rows x
           WHERE x.webhook_id = release_held.id AND EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = x.relid)) t;

@@ -57,6 +57,8 @@ GRANT EXECUTE ON FUNCTION
     webhooks.claim(integer, integer, integer, uuid[]),
     webhooks.next_due_in(integer, uuid[]),
     webhooks.complete(jsonb),
+    webhooks.complete(text),
     webhooks.release(jsonb),
+    webhooks.release(text),
     webhooks.version()
 TO webhooks_runner;

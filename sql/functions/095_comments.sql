@@ -57,6 +57,10 @@ COMMENT ON FUNCTION webhooks.complete(jsonb) IS
     'For the runner: apply a JSON array of attempt results under their leases; returns each delivery''s new status or refused.';
 COMMENT ON FUNCTION webhooks.release(jsonb) IS
     'For the runner: hand leased deliveries back unsent ([{"delivery_id", "attempt"}]); the attempt does not count.';
+COMMENT ON FUNCTION webhooks.complete(text) IS
+    'complete() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
+COMMENT ON FUNCTION webhooks.release(text) IS
+    'release() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
 
 -- issue 11 (health)
 COMMENT ON VIEW webhooks.webhook_status IS
