@@ -116,6 +116,7 @@ def test_e_string_cannot_smuggle_a_statement(roles: dict[str, str]) -> None:
     "current_query() LIKE '%password%'",
     "current_user = 'postgres'",
     "note ~ '(a+)+$'",
+    "substring(note from '(a+)+$') IS NULL",
     "EXISTS (SELECT 1 FROM webhooks.secrets)",
     "'webhooks.secrets'::regclass IS NOT NULL",
     "txid_current() > 0",

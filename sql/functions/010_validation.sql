@@ -701,7 +701,7 @@ AS $$
     SELECT CASE
         WHEN p.oid IS NULL THEN format('may not call function %s', fn)
         WHEN p.oid >= 16384 THEN format('may not call %s, which is not built in', p.oid::regprocedure)
-        WHEN p.proname ~ 'regex|similar' THEN format('may not use a regular expression (%s)', p.oid::regprocedure)
+        WHEN p.proname ~ 'regex|similar' OR p.prosrc ~ 'regex|similar' THEN format('may not use a regular expression (%s)', p.oid::regprocedure)
         WHEN p.provolatile <> 'i' OR p.prokind <> 'f' OR p.proretset
             THEN format('may not call %s, which is not an immutable scalar function', p.oid::regprocedure)
         WHEN NOT (p.proleakproof OR p.proname = ANY (allowed)
