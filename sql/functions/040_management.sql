@@ -555,6 +555,17 @@ BEGIN
                0 AS part, q.capture_id AS k1, q.n::bigint AS k2
         FROM queued q
         UNION ALL
+        -- Rows held for this webhook because its `where` failed at capture (release_held()).
+        SELECT * FROM (
+            SELECT NULL::bigint, NULL::uuid, h.operation, format('%I.%I', h.schema_name, h.table_name), 'held'::text,
+                   0, NULL::integer, NULL::text, h.held_error, NULL::integer, h.held_at, NULL::timestamptz,
+                   NULL::timestamptz, NULL::timestamptz, -1, h.id, 0::bigint
+            FROM webhooks.held_rows h
+            WHERE h.webhook_id = get_deliveries.id
+            ORDER BY h.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) held
+        UNION ALL
         SELECT * FROM (
             SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
                    CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,

@@ -71,3 +71,9 @@ COMMENT ON FUNCTION webhooks.resume_webhook(uuid) IS
     'Resume a paused webhook (paused by hand, by a 410 Gone or by pause_after): everything queued meanwhile is sent.';
 COMMENT ON FUNCTION webhooks.get_webhook_status() IS
     'The rows of the webhook_status view (which reads them from here): health per webhook.';
+
+COMMENT ON FUNCTION webhooks.release_held(uuid) IS
+    'Re-evaluate the rows held for a webhook (its where filter failed at capture) with its current filter: '
+    'queue those that match, drop the others, keep those whose filter still fails. Returns the three counts.';
+COMMENT ON TABLE webhooks.held_rows IS
+    'Rows kept for one webhook whose where filter failed at capture, with the error; see release_held()';

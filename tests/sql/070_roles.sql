@@ -52,8 +52,8 @@ SELECT is(
     (SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c
      WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')
        AND has_table_privilege('webhooks_capture', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')),
-    ARRAY['capture_routes', 'captures', 'events'],
-    'webhooks_capture (owner of the capture triggers) touches captures and events, and reads capture_routes (filters'' routing)');
+    ARRAY['capture_routes', 'captures', 'events', 'held_rows'],
+    'webhooks_capture (owner of the capture triggers) touches captures, events and held_rows (filters that failed), and reads capture_routes (filters'' routing)');
 SELECT is_empty(
     $$SELECT c.oid::regclass FROM pg_class c
       WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')
