@@ -209,13 +209,16 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @click.option("--secret", help="Signing secret (default: a new whsec_ secret, shown once).")
 @click.option("--description")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
-@click.option("--max-retries", type=int, default=3, show_default=True)
+@click.option("--max-retries", type=int,
+              help="Retries with exponential --backoff (default 3) instead of the default schedule.")
 @click.option("--timeout", "timeout_seconds", type=int, default=30, show_default=True)
-@click.option("--backoff", "retry_backoff_seconds", type=int, default=5, show_default=True)
+@click.option("--backoff", "retry_backoff_seconds", type=int,
+              help="First retry delay in seconds, doubling (default 5) instead of the default schedule.")
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
 @click.option("--profile", default="standard", show_default=True,
               help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
-@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'.")
+@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'."
+              " Without this, --max-retries and --backoff: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.")
 @click.option("--secret-header", "secret_header_pairs", multiple=True, metavar="NAME=VALUE",
               help="Extra request header whose value is never shown (e.g. Authorization).")
 @click.option("--pause-after", default="3 days", show_default=True,
@@ -223,7 +226,8 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @AS_JSON
 def create(
     dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
-    description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
+    description: str | None, disabled: bool, max_retries: int | None, timeout_seconds: int,
+    retry_backoff_seconds: int | None,
     header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None,
     secret_header_pairs: tuple[str, ...], pause_after: str, as_json: bool,
 ) -> None:
@@ -420,21 +424,35 @@ def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait
 @click.argument("delivery_id", type=int, required=False)
 @click.option("--failed-of", "webhook_id", help="Replay every failed delivery of this webhook instead.")
 @click.option("--since", help="With --failed-of: only failures completed since this timestamp.")
-def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None) -> None:
-    """Send a delivery again (same event id), or all failed deliveries of a webhook."""
+@click.option("--dry-run", is_flag=True, help="With --failed-of: count what would be replayed, queue nothing.")
+@AS_JSON
+def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None, dry_run: bool,
+           as_json: bool) -> None:
+    """Send a delivery again (same event id), or each failed delivery of a webhook once."""
     if (delivery_id is None) == (webhook_id is None):
         raise click.UsageError("give either DELIVERY_ID or --failed-of WEBHOOK_ID")
+    if dry_run and webhook_id is None:
+        raise click.UsageError("--dry-run goes with --failed-of")
     with sql_api(dsn) as conn:
         if webhook_id is not None:
             row = conn.execute(
-                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz) AS n", (webhook_id, since)
+                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz, %s) AS n", (webhook_id, since, dry_run)
             ).fetchone()
             assert row is not None
-            click.echo(f"queued {row['n']} replay(s)")
+            if as_json:
+                click.echo(json.dumps({"replayed": 0 if dry_run else row["n"], "would_replay": row["n"],
+                                       "dry_run": dry_run}))
+            elif dry_run:
+                click.echo(f"would replay {row['n']} failed deliveries (dry run: nothing queued)")
+            else:
+                click.echo(f"queued {row['n']} replay(s)")
             return
         row = conn.execute("SELECT webhooks.replay(%s) AS id", (delivery_id,)).fetchone()
     assert row is not None
-    click.echo(f"queued delivery {row['id']}")
+    if as_json:
+        click.echo(json.dumps({"delivery_id": row["id"]}))
+    else:
+        click.echo(f"queued delivery {row['id']}")
 
 
 @main.command()

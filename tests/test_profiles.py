@@ -111,7 +111,7 @@ def check_shape(profile: str, kind: str, payload: dict[str, Any], hook: dict[str
         assert payload["event"]["data"] == {"old": old, "new": new}
         assert payload["table"] == {"schema": "public", "name": "orders"}
         assert payload["trigger"] == {"name": hook["name"]}
-        assert payload["delivery_info"] == {"max_retries": 3, "current_retry": 0}
+        assert payload["delivery_info"] == {"max_retries": 7, "current_retry": 0}  # the default schedule
     else:  # rowbase, flux: row changes in the event envelope
         assert payload["type"] == f"orders.{kind.lower()}"
         assert payload["data"]["event"] == kind and payload["data"]["record"] == (new or old)

@@ -51,5 +51,6 @@ GRANT EXECUTE ON FUNCTION
     webhooks.next_due_in(integer, uuid[]),
     webhooks.complete(jsonb),
     webhooks.release(jsonb),
+    webhooks.hold_refused(jsonb),
     webhooks.version()
 TO webhooks_runner;

@@ -45,8 +45,12 @@ COMMENT ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jso
     'Queue a test event for one webhook (TEST; or a row change: event, table, record; or an application event: event_type, data); returns the delivery id.';
 COMMENT ON FUNCTION webhooks.replay(bigint) IS
     'Send a delivery''s event again as a new delivery (same webhook-id); WH404 if the event was purged.';
-COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz) IS
-    'Replay every failed delivery of a webhook (completed since `since`, if given); returns how many were queued.';
+COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz, boolean) IS
+    'Replay every failed delivery of a webhook (completed since `since`, if given) once: a second call queues nothing new; dry_run only counts. Returns how many were (or would be) queued.';
+COMMENT ON FUNCTION webhooks.hold_refused(jsonb) IS
+    'For the runner: hand back deliveries its network policy refused to send ([{"delivery_id", "attempt", "reason"}]) without spending their attempt, and pause their webhooks with the reason.';
+COMMENT ON FUNCTION webhooks._default_retry_schedule() IS
+    'The retry schedule of a webhook created without retry settings (about 27 hours).';
 COMMENT ON FUNCTION webhooks.purge(interval) IS
     'Delete finished deliveries and captures older than older_than (0 to 100 years); pending and leased work is never purged.';
 COMMENT ON FUNCTION webhooks.version() IS

@@ -1,0 +1,7 @@
+-- pgwebhooks 0012: replay_failed replays each failed delivery once.
+-- The failed delivery remembers the delivery that replays it; replay_failed() skips the ones that
+-- have one, so a second call (or two at once) queues nothing new. Nullable and without default:
+-- adding it rewrites no row.
+ALTER TABLE webhooks.deliveries ADD COLUMN IF NOT EXISTS replayed_as bigint;
+COMMENT ON COLUMN webhooks.deliveries.replayed_as IS
+    'The delivery that replays this one (replay, replay_failed); NULL if never replayed.';
