@@ -210,3 +210,28 @@ def test_get_shows_a_retry_schedule_and_the_limits(db: str) -> None:
     lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if len(line.split()) > 1}
     assert lines["retry_schedule"] == '["0:01:00","0:05:00"]'
     assert (lines["max_concurrency"], lines["profile"], lines["paused"]) == ("3", "standard", "False")
+
+
+def test_create_uses_the_default_schedule_and_replay_failed_shows_its_count(db: str) -> None:
+    make_table(db)
+    code, out = invoke("webhooks", "create", "h", "http://127.0.0.1:9/", "--table", "orders", "--dsn", db, "--json")
+    assert code == 0, out
+    created = json.loads(out)
+    assert created["max_retries"] == 7 and len(created["retry_schedule"]) == 7
+    code, out = invoke("webhooks", "create", "b", "http://127.0.0.1:9/", "--table", "orders", "--dsn", db,
+                       "--max-retries", "2", "--json")
+    assert code == 0 and json.loads(out)["retry_schedule"] is None and json.loads(out)["max_retries"] == 2
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE webhooks.webhooks SET max_retries = 0 WHERE name = 'h'")
+        conn.execute("INSERT INTO orders (total) SELECT g FROM generate_series(1, 2) g")
+        leased = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(10, 30) c"
+                              " JOIN webhooks.webhooks w ON w.id = c.webhook_id WHERE w.name = 'h'").fetchall()
+        conn.execute("SELECT * FROM webhooks.complete(%s)",
+                     (Jsonb([{"delivery_id": d, "attempt": a, "status_code": 500} for d, a in leased]),))
+    hook = created["id"]
+    code, out = invoke("replay", "--failed-of", hook, "--dry-run", "--dsn", db)
+    assert code == 0 and "would replay 2" in out
+    code, out = invoke("replay", "--failed-of", hook, "--dsn", db, "--json")
+    assert code == 0 and json.loads(out) == {"replayed": 2, "would_replay": 2, "dry_run": False}
+    code, out = invoke("replay", "--failed-of", hook, "--dsn", db)
+    assert code == 0 and "queued 0 replay(s)" in out

@@ -224,7 +224,7 @@ def test_replay_failed_replays_each_failure_once_and_dry_run_only_counts(conn: p
     # A single replay() counts too.
     hook2_failed = conn.execute("SELECT id FROM webhooks.deliveries WHERE status = 'failed' LIMIT 1").fetchone()
     assert hook2_failed is not None
-    with pytest.raises(psycopg.Error, match="WH045|dry_run"):
+    with pytest.raises(psycopg.Error, match=r"WH045|dry_run"):
         conn.execute(replay, (hook, None))
 
 
