@@ -53,11 +53,11 @@ def bodies_of(conn: psycopg.Connection, profile: str, excluded: list[str] | None
                  (Jsonb([event, {"event_type": "order.*"}]), profile))
     label = 'say "hi": {ok} [1, 2]\n\t\u00e9\u2028 \U0001f600 \\ / \x01'
     conn.execute("INSERT INTO items (id, label, doc, raw, amount, flag, tags) VALUES"
-                 " (1, %s, %s, %s::json, 7.55, true, ARRAY['a b', 'c']),"
+                 " (1, %s, %s, %s::json, 12.50, true, ARRAY['a b', 'c']),"
                  " (2, 'plain', '{\"b\": {\"c\": [1, 2, {\"d\": null}]}, \"a\": \"x: y\"}', '[ 1 , \"\\u00e9\" ]',"
                  " -0.5, NULL, NULL)",
-                 (label, Jsonb({"nested": {"k": [1, "two", {"three": 3}]}, "s": "a: b, c"}),
-                  '{ "x" : [1, 2],  "y" : "\\u00e9\\/" }'))
+                 (label, Jsonb({"nested": {"k": [1, "two", {"three": 3}], "n": 7.550}, "s": "a: b, c"}),
+                  '{ "x" : [1, 2.50, 1e3, -0],  "y" : "\\u00e9\\/" }'))
     conn.execute("UPDATE items SET label = 'changed', doc = '{\"z\": 1}' WHERE id = 1")
     conn.execute("DELETE FROM items WHERE id = 2")
     conn.execute("SELECT webhooks.publish('order.completed', %s)",
@@ -83,10 +83,11 @@ def test_bodies_are_compact_json_as_json_stringify_prints_them(
         first = next(r["record"] for r in rows if (r.get("record") or {}).get("label", "").startswith("say"))
         # Column order kept, nested values intact.
         assert list(first)[:3] == ["id", "label", "doc"]
-        assert first["doc"] == {"nested": {"k": [1, "two", {"three": 3}]}, "s": "a: b, c"}
+        assert first["doc"] == {"nested": {"k": [1, "two", {"three": 3}], "n": 7.55}, "s": "a: b, c"}
+        assert first["amount"] == 12.5
         assert first["label"].startswith('say "hi": {ok} [1, 2]\n')
         if excluded is None:
-            assert first["raw"] == {"x": [1, 2], "y": "\u00e9/"}
+            assert first["raw"] == {"x": [1, 2.5, 1000, 0], "y": "\u00e9/"}
 
 
 def test_compact_image_keeps_an_already_compact_image_as_it_is(conn: psycopg.Connection) -> None:
