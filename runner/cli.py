@@ -216,7 +216,7 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
               help="First retry delay in seconds, doubling (default 5) instead of the default schedule.")
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
 @click.option("--profile", default="standard", show_default=True,
-              help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
+              help="Receiver profile: standard, fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura.")
 @click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'."
               " Without this, --max-retries and --backoff: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.")
 @click.option("--secret-header", "secret_header_pairs", multiple=True, metavar="NAME=VALUE",

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-PROFILES = ["standard", "fluxbase", "truss", "rowbase", "flux", "supabase", "hasura"]
+PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura"]
 
 # Node re-serialises each body of a JSON array of bodies, as an express receiver would.
 NODE_STRINGIFY = """
@@ -79,7 +79,7 @@ def test_bodies_are_compact_json_as_json_stringify_prints_them(
     rows = [json.loads(b) for b in bodies]
     text = json.dumps(rows)
     assert ('"gone"' in text) is (excluded is None)
-    if profile in ("standard", "fluxbase", "supabase"):
+    if profile in ("standard", "fluxbase", "fluxbase_hex", "supabase"):
         first = next(r["record"] for r in rows if (r.get("record") or {}).get("label", "").startswith("say"))
         # Column order kept, nested values intact.
         assert list(first)[:3] == ["id", "label", "doc"]

@@ -262,9 +262,10 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF profile IS NULL OR profile NOT IN ('standard', 'fluxbase', 'truss', 'rowbase', 'flux', 'supabase', 'hasura') THEN
+    IF profile IS NULL OR profile NOT IN ('standard', 'fluxbase', 'fluxbase_hex', 'truss', 'rowbase', 'flux',
+                                          'supabase', 'hasura') THEN
         PERFORM webhooks._fail('WH022', 'profile', format('%s is not a receiver profile; expected standard, '
-            'fluxbase, truss, rowbase, flux, supabase or hasura', coalesce(quote_literal(profile), 'null')));
+            'fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura', coalesce(quote_literal(profile), 'null')));
     END IF;
 END
 $$;

@@ -5,3 +5,8 @@
 ALTER TABLE webhooks.deliveries ADD COLUMN IF NOT EXISTS replayed_as bigint;
 COMMENT ON COLUMN webhooks.deliveries.replayed_as IS
     'The delivery that replays this one (replay, replay_failed); NULL if never replayed.';
+
+-- The fluxbase_hex receiver profile: X-Fluxbase-Signature as a bare hex HMAC of the body.
+ALTER TABLE webhooks.webhooks DROP CONSTRAINT IF EXISTS webhooks_profile_valid;
+ALTER TABLE webhooks.webhooks ADD CONSTRAINT webhooks_profile_valid
+    CHECK (profile IN ('standard', 'fluxbase', 'fluxbase_hex', 'truss', 'rowbase', 'flux', 'supabase', 'hasura'));
