@@ -257,3 +257,36 @@ def test_concurrent_replay_failed_calls_queue_each_failure_once(db: str) -> None
         b.commit()
     assert first == (5,) and other == (0,)
     assert query(db, "SELECT count(*) AS n FROM webhooks.deliveries")[0]["n"] == 10
+
+
+# -- events as strings, and event types still in use ----------------------------------------------
+
+
+def test_string_array_events_are_event_types(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT webhooks.create_event_type('order.completed')")
+    conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    row = conn.execute("SELECT events FROM webhooks.create_webhook(name => 'flux', url => 'https://e.com/',"
+                       " events => %s)", (Jsonb(["order.completed", "user.*", {"table": "orders"}]),)).fetchone()
+    assert row is not None
+    assert row[0] == [{"table": "public.orders", "operations": ["INSERT", "UPDATE", "DELETE"]},
+                      {"event_type": "order.completed"}, {"event_type": "user.*"}]
+    conn.execute("SELECT webhooks.publish('order.completed', '{}')")
+    assert len(conn.execute("SELECT * FROM webhooks.claim(10, 30)").fetchall()) == 1
+    with pytest.raises(psycopg.Error, match=r'events\[0\]: "orders" is not an event type.*\{"table": "orders"\}'):
+        conn.execute("SELECT webhooks.create_webhook('t', 'https://e.com/', '[\"orders\"]')")
+    with pytest.raises(psycopg.Error, match="WH021|not declared"):
+        conn.execute("SELECT webhooks.create_webhook('u', 'https://e.com/', '[\"order.unknown\"]')")
+    with pytest.raises(psycopg.Error, match=r"events\[1\]"):
+        conn.execute("SELECT webhooks.create_webhook('v', 'https://e.com/', '[\"order.completed\", 5]')")
+
+
+def test_a_type_reached_by_a_pattern_cannot_be_deleted(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT webhooks.create_event_type('order.completed')")
+    hook = conn.execute("SELECT id FROM webhooks.create_webhook('p', 'https://e.com/', '[\"order.*\"]')").fetchone()
+    assert hook is not None
+    with pytest.raises(psycopg.DatabaseError) as refused:
+        conn.execute("SELECT webhooks.delete_event_type('order.completed')")
+    assert refused.value.sqlstate == "WH025" and "'order.*'" in str(refused.value)
+    conn.execute("SELECT webhooks.update_webhook(%s, '{\"events\": [\"user.*\"]}')", (hook[0],))
+    conn.execute("SELECT webhooks.delete_event_type('order.completed')")
+    assert conn.execute("SELECT count(*) FROM webhooks.event_types WHERE name = 'order.completed'").fetchone() == (0,)

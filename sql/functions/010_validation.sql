@@ -323,6 +323,16 @@ BEGIN
     END IF;
     FOR item IN SELECT value FROM jsonb_array_elements(events) LOOP
         field := format('events[%s]', i);
+        -- Flux-style ["order.completed", "user.*"]: a string is an event type or pattern, never
+        -- a table (table entries carry operations and filters; a bare name would be ambiguous).
+        IF jsonb_typeof(item) = 'string' THEN
+            IF strpos(item #>> '{}', '.') = 0 AND item #>> '{}' <> '*' THEN
+                PERFORM webhooks._fail('WH004', field, format('%s is not an event type (a string entry is a type '
+                    'like "order.completed" or a pattern like "order.*"); to watch a table write {"table": %s}',
+                    item, item));
+            END IF;
+            item := jsonb_build_object('event_type', item);
+        END IF;
         IF jsonb_typeof(item) <> 'object' THEN
             PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
         END IF;

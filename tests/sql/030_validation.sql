@@ -66,7 +66,8 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[]')$$,
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', NULL)$$,
     'WH004', NULL, 'events null');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '["users"]')$$,
-    'WH004', 'events[0]: must be an object, got "users"', 'event element not an object');
+    'WH004', 'events[0]: "users" is not an event type (a string entry is a type like "order.completed" or a pattern like "order.*"); to watch a table write {"table": "users"}',
+    'a string entry is an event type, not a table');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}, 7]')$$,
     'WH004', 'events[1]: must be an object, got 7', 'the second element is named events[1]');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","ops":["INSERT"]}]')$$,
