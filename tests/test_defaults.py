@@ -274,7 +274,7 @@ def test_string_array_events_are_event_types(conn: psycopg.Connection) -> None:
     assert len(conn.execute("SELECT * FROM webhooks.claim(10, 30)").fetchall()) == 1
     with pytest.raises(psycopg.Error, match=r'events\[0\]: "orders" is not an event type.*\{"table": "orders"\}'):
         conn.execute("SELECT webhooks.create_webhook('t', 'https://e.com/', '[\"orders\"]')")
-    with pytest.raises(psycopg.Error, match="WH021|not declared"):
+    with pytest.raises(psycopg.Error, match=r"WH021|not declared"):
         conn.execute("SELECT webhooks.create_webhook('u', 'https://e.com/', '[\"order.unknown\"]')")
     with pytest.raises(psycopg.Error, match=r"events\[1\]"):
         conn.execute("SELECT webhooks.create_webhook('v', 'https://e.com/', '[\"order.completed\", 5]')")
