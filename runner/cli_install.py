@@ -9,11 +9,9 @@ from pathlib import Path
 import click
 import psycopg
 
-from pgwebhooks import __version__, migrations
+from pgwebhooks import __version__, cli_common, migrations
 
-DSN = click.option(
-    "--dsn", envvar="PGWEBHOOKS_DSN", required=True, show_envvar=True, help="PostgreSQL connection string."
-)
+DSN = cli_common.DSN
 SIGNER = click.option(
     "--signer", type=click.Choice(sorted(migrations.SIGNERS)),
     help="How signatures are computed: plpython (plpython3u) or pgcrypto (managed PostgreSQL)."
@@ -26,22 +24,31 @@ FORMATS = ("plain", "sqitch", "dbmate")
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        return click.ClickException(exc.diag.message_primary)
+    """One line (and a hint at the fix) for a database error, also when a migration wraps it."""
+    if isinstance(exc, psycopg.Error):
+        return click.ClickException(cli_common.error_line(exc))
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.Error) and (hint := cli_common.hint_for(cause)):
+        return click.ClickException(f"{exc} [{cause.sqlstate}]\nhint: {hint}")
     return click.ClickException(str(exc))
 
 
 @click.command()
 @DSN
 @SIGNER
-def migrate(dsn: str, signer: str | None) -> None:
+@cli_common.AS_JSON
+def migrate(dsn: str, signer: str | None, as_json: bool) -> None:
     """Install or upgrade the webhooks schema (safe to run concurrently); adopts installs made by other tools."""
+    cli_common.check_dsn(dsn)
     try:
         applied = migrations.migrate(dsn, signer)
         with psycopg.connect(dsn) as conn:
             current = migrations.installed_signer(conn)
     except (migrations.MigrationError, psycopg.Error) as exc:
         raise _fail(exc) from exc
+    if as_json:
+        click.echo(cli_common.to_json({"applied": applied, "signer": current, "version": __version__}))
+        return
     if applied:
         click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
     else:
@@ -51,19 +58,19 @@ def migrate(dsn: str, signer: str | None) -> None:
 
 @click.command("sql")
 @SIGNER
-@click.option("--pending", is_flag=True, help="Only what the database at --dsn still lacks.")
-@click.option("--dsn", envvar="PGWEBHOOKS_DSN", help="With --pending: the database to compare with.")
+@click.option("--pending", is_flag=True, help="Only what the database (see --dsn) still lacks.")
+@click.option("--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=cli_common.resolve_dsn,
+              help="With --pending: the database to compare with. " + cli_common.DSN_HELP)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="plain", show_default=True,
               help="sqitch: a deploy script in its own transaction; dbmate: a migration file with"
                    " -- migrate:up / -- migrate:down markers, written into --out.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the migration file into (required with --format dbmate).")
-def print_sql(signer: str | None, pending: bool, dsn: str | None, fmt: str, out_dir: Path | None) -> None:
+def print_sql(signer: str | None, pending: bool, dsn: str, fmt: str, out_dir: Path | None) -> None:
     """Print the install script (for psql and migration tools); applying it again changes nothing."""
     try:
         if pending:
-            if not dsn:
-                raise click.UsageError("--pending needs --dsn (or PGWEBHOOKS_DSN)")
+            cli_common.check_dsn(dsn)
             script = migrations.pending_script(dsn, signer)
         else:
             script = migrations.install_script(signer or migrations.DEFAULT_SIGNER)
@@ -116,6 +123,7 @@ def uninstall(dsn: str, yes: bool) -> None:
     """Remove pgwebhooks: capture triggers and the webhooks schema. The roles are left in place."""
     if not yes:
         raise click.UsageError("this deletes every webhook and delivery; pass --yes to go ahead")
+    cli_common.check_dsn(dsn)
     try:
         tables = migrations.uninstall(dsn)
     except psycopg.Error as exc:
