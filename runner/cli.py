@@ -86,6 +86,9 @@ def run(
     from pgwebhooks.worker import Runner, RunnerConfig
 
     logs.configure(log_format, log_level)
+    # Until the runner's own handlers are in place (serve() below), SIGTERM ends it quietly:
+    # nothing is claimed yet, so there is nothing to hand back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     for cidr in allowed_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)
