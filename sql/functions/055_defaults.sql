@@ -47,3 +47,11 @@ BEGIN
     RETURN held;
 END
 $$;
+
+-- Restoring a dump as the database's owner (no superuser) needs webhooks_capture to hold CREATE on
+-- the `webhooks` schema while pg_restore hands it the capture functions (ALTER FUNCTION ... OWNER
+-- TO checks it; the dump's grants come only at its end), so the README has the owner run
+-- `ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO webhooks_capture` first. The `migrate`
+-- that follows the restore takes that default back (and 031 the schema grant), so the window
+-- lasts only as long as the restore.
+ALTER DEFAULT PRIVILEGES REVOKE CREATE ON SCHEMAS FROM webhooks_capture;
