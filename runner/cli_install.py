@@ -119,7 +119,8 @@ def render_plpython() -> None:
 @click.command()
 @DSN
 @click.option("--yes", is_flag=True, help="Really drop the webhooks schema, its data and every capture trigger.")
-def uninstall(dsn: str, yes: bool) -> None:
+@cli_common.AS_JSON
+def uninstall(dsn: str, yes: bool, as_json: bool) -> None:
     """Remove pgwebhooks: capture triggers and the webhooks schema. The roles are left in place."""
     if not yes:
         raise click.UsageError("this deletes every webhook and delivery; pass --yes to go ahead")
@@ -128,6 +129,9 @@ def uninstall(dsn: str, yes: bool) -> None:
         tables = migrations.uninstall(dsn)
     except psycopg.Error as exc:
         raise _fail(exc) from exc
+    if as_json:
+        click.echo(cli_common.to_json({"dropped_schema": "webhooks", "triggers_dropped_on": tables}))
+        return
     click.echo(f"dropped the webhooks schema and the capture triggers on {len(tables)} table(s)")
     click.echo("left the roles webhooks_admin, webhooks_runner, webhooks_capture (cluster-wide; DROP ROLE them "
                "once no database uses them)")

@@ -101,9 +101,6 @@ BEGIN
     INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
     VALUES (original.capture_id, original.n, original.webhook_id)
     RETURNING id INTO replayed;
-    -- Counts as its replay for replay_failed(), which then leaves it alone.
-    UPDATE webhooks.deliveries d SET replayed_as = replayed
-    WHERE d.id = original.id AND d.replayed_as IS NULL;
     PERFORM pg_notify('webhooks', '');
     RETURN replayed;
 END
@@ -112,7 +109,8 @@ $$;
 -- Replay every failed delivery of a webhook (completed since `since`, if given): the way back
 -- after an endpoint's outage outlasted its retries. Each failed delivery is replayed once: it
 -- records its replay (replayed_as), and a second call queues nothing new (two at once wait for
--- each other's row locks and the second finds them replayed). A replay that fails in turn is a
+-- each other's row locks and the second finds them replayed). replay() of one delivery records
+-- nothing: marking the original would lock a row purge() may be deleting. A replay that fails in turn is a
 -- failed delivery of its own, replayed by a later call. With dry_run, nothing is queued and the
 -- count is what would be. Returns how many were (or would be) queued.
 CREATE OR REPLACE FUNCTION webhooks.replay_failed(id uuid, since timestamptz DEFAULT NULL,

@@ -24,7 +24,7 @@ COMMENT ON VIEW webhooks._new_webhook IS
     'create_webhook()''s result: the webhook and, this once, its secret.';
 
 COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb, integer, integer) IS
-    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"], "where": "tenant_id = 42"}, {"event_type": "order.*"}]; profile: standard, fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff; pause_after: pause automatically after failing this long (NULL: never); secret_headers: sent but never shown; max_concurrency (1-10000) and rate_limit_per_second (1-100000), NULL for no limit of its own. Returns it with its secret, shown only now. Errors: WH001-WH025.';
+    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"], "where": "tenant_id = 42"}, {"event_type": "order.*"}]; profile: standard, fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff (with none of max_retries, retry_backoff_seconds and retry_schedule given: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); pause_after: pause automatically after failing this long (NULL: never); secret_headers: sent but never shown; max_concurrency (1-10000) and rate_limit_per_second (1-100000), NULL for no limit of its own. Returns it with its secret, shown only now. Errors: WH001-WH025.';
 COMMENT ON FUNCTION webhooks.list_webhooks() IS
     'Every webhook, oldest first; never shows secrets.';
 COMMENT ON FUNCTION webhooks.get_webhook(uuid) IS

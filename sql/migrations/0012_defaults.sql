@@ -4,7 +4,7 @@
 -- adding it rewrites no row.
 ALTER TABLE webhooks.deliveries ADD COLUMN IF NOT EXISTS replayed_as bigint;
 COMMENT ON COLUMN webhooks.deliveries.replayed_as IS
-    'The delivery that replays this one (replay, replay_failed); NULL if never replayed.';
+    'The delivery replay_failed() queued to replay this one; NULL if it has not.';
 
 -- The fluxbase_hex receiver profile: X-Fluxbase-Signature as a bare hex HMAC of the body.
 ALTER TABLE webhooks.webhooks DROP CONSTRAINT IF EXISTS webhooks_profile_valid;

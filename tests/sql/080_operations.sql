@@ -48,16 +48,15 @@ SELECT is((SELECT status FROM webhooks.complete((SELECT jsonb_agg(jsonb_build_ob
 SELECT throws_ok($$SELECT webhooks.replay(-1)$$, 'WH404', 'delivery_id: no delivery with id -1', 'replay: unknown delivery');
 
 -- replay_failed -----------------------------------------------------------------------------------
--- The failed delivery replay() sent again above counts as replayed: only the other one goes.
-SELECT is(webhooks.replay_failed((SELECT id FROM h)), 1, 'replay_failed queues each failed delivery not yet replayed');
-SELECT is(webhooks.replay_failed((SELECT id FROM h)), 0, 'a second replay_failed queues nothing new');
+SELECT is(webhooks.replay_failed((SELECT id FROM h)), 2, 'replay_failed queues every failed delivery');
+SELECT is((SELECT count(*)::int FROM webhooks.deliveries WHERE status = 'pending'), 2, 'two pending deliveries');
 SELECT is(webhooks.replay_failed((SELECT id FROM h), now() + interval '1 hour'), 0,
           'replay_failed with since after the failures queues nothing');
 SELECT throws_ok($$SELECT webhooks.replay_failed('00000000-0000-0000-0000-000000000000')$$, 'WH404', NULL,
                  'replay_failed: unknown webhook');
 
 -- purge -------------------------------------------------------------------------------------------
-SELECT is(pg_temp.fail_all(), ARRAY['failed'], 'the replay fails again');
+SELECT is(pg_temp.fail_all(), ARRAY['failed', 'failed'], 'the replays fail again');
 SELECT is((SELECT (deliveries, captures)::text FROM webhooks.purge()), '(0,0)', 'purge keeps what is recent');
 UPDATE webhooks.deliveries SET completed_at = now() - interval '8 days'
 WHERE id IN (SELECT id FROM failed) OR id = (SELECT id FROM test_delivery);
@@ -68,7 +67,7 @@ SELECT is((SELECT (deliveries, captures)::text FROM webhooks.purge()), '(3,1)',
 SELECT is_empty($$SELECT 1 FROM webhooks.delivery_attempts a WHERE NOT EXISTS
                   (SELECT 1 FROM webhooks.deliveries d WHERE d.id = a.delivery_id)$$,
                 'their attempts go with them');
-SELECT is((SELECT count(*)::int FROM webhooks.deliveries), 2, 'the replays (finished now) are kept');
+SELECT is((SELECT count(*)::int FROM webhooks.deliveries), 3, 'the replays (finished now) are kept');
 SELECT is((SELECT count(*)::int FROM webhooks.events), 2, 'so is the capture they need');
 SELECT is((SELECT count(*)::int FROM webhooks.claim()), 1, 'the unclaimed change is untouched');
 SELECT is((SELECT (deliveries, captures)::text FROM webhooks.purge('0 seconds')), '(0,0)',
