@@ -3,45 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
-import os
+import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import click
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, cli_health, cli_install, logs, roles
+from pgwebhooks import __version__, cli_common, cli_health, cli_install, logs, roles
 
-
-def _resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    """--dsn, else PGWEBHOOKS_DSN (click reads it), else DATABASE_URL, else "" (libpq's PG* and defaults)."""
-    if value:
-        return value
-    # An empty conninfo lets libpq fill in everything from PGHOST, PGPORT, PGDATABASE, PGUSER,
-    # PGPASSWORD, PGSERVICE, ~/.pgpass and its built-in defaults, as psql does.
-    return os.environ.get("DATABASE_URL") or ""
-
-
-DSN = click.option(
-    "--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=_resolve_dsn,
-    help="PostgreSQL connection string. If not given: $PGWEBHOOKS_DSN, then $DATABASE_URL, then the libpq"
-         " variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE...) and defaults, as psql uses.",
-)
+DSN = cli_common.DSN
+AS_JSON = cli_common.AS_JSON
+sql_api = cli_common.sql_api
+webhook_id_of = cli_common.webhook_id
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 @click.group()
 @click.version_option(__version__, prog_name="pgwebhooks")
-def main() -> None:
+@click.option("--verbose", is_flag=True, envvar="PGWEBHOOKS_VERBOSE",
+              help="Show the server's CONTEXT lines with database errors.")
+def main(verbose: bool) -> None:
     """PostgreSQL row changes as signed HTTP webhooks."""
+    cli_common.VERBOSE["on"] = verbose
 
 
 main.add_command(roles.roles)
@@ -56,29 +47,54 @@ for _command in cli_install.COMMANDS:
 # -- runner and receiver -----------------------------------------------------------------------
 
 
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": f"PGWEBHOOKS_{name}", "show_envvar": True}
+
+
 @main.command()
 @DSN
-@click.option("--concurrency", default=200, show_default=True, help="Requests in flight at most.")
-@click.option("--per-webhook-concurrency", default=100, show_default=True,
+@click.option("--concurrency", default=200, show_default=True, help="Requests in flight at most.",
+              **_env("CONCURRENCY"))
+@click.option("--per-webhook-concurrency", default=100, show_default=True, **_env("PER_WEBHOOK_CONCURRENCY"),
               help="Requests in flight per webhook, reached by slow start from 20 as the endpoint answers.")
-@click.option("--batch-size", default=200, show_default=True, help="Deliveries leased per claim.")
-@click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY comes.")
-@click.option("--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight sends get on SIGTERM.")
-@click.option("--lease-margin", default=30, show_default=True,
+@click.option("--batch-size", default=200, show_default=True, help="Deliveries leased per claim.",
+              **_env("BATCH_SIZE"))
+@click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY comes.",
+              **_env("POLL_INTERVAL"))
+@click.option("--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight sends get on SIGTERM.",
+              **_env("SHUTDOWN_GRACE"))
+@click.option("--lease-margin", default=30, show_default=True, **_env("LEASE_MARGIN"),
               help="Seconds a lease outlasts twice the webhook's timeout; after it, another runner takes over.")
-@click.option("--allow-private-networks", is_flag=True, help="Allow loopback, private and link-local destinations.")
-@click.option("--allow-cidr", "allowed_cidrs", multiple=True, help="Allow destinations in this CIDR (repeatable).")
-@click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+@click.option("--allow-private-networks", is_flag=True, help="Allow loopback, private and link-local destinations.",
+              **_env("ALLOW_PRIVATE_NETWORKS"))
+@click.option("--allow-cidr", "allowed_cidrs", multiple=True, **_env("ALLOW_CIDR"),
+              help="Allow destinations in this CIDR (repeatable; in the variable, separated by spaces).")
+@click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True,
+              **_env("LOG_FORMAT"))
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
+              **_env("LOG_LEVEL"))
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
     shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
     log_format: str, log_level: str,
 ) -> None:
-    """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C."""
+    """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C.
+
+    Every option also comes from its PGWEBHOOKS_... variable. A malformed DSN or a refused login
+    ends the runner at once; an unreachable server is retried until it answers.
+    """
     from pgwebhooks.worker import Runner, RunnerConfig
 
     logs.configure(log_format, log_level)
+    # Until the runner's own handlers are in place (serve() below), SIGTERM ends it quietly:
+    # nothing is claimed yet, so there is nothing to hand back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for cidr in allowed_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--allow-cidr") from exc
+    _preflight(dsn)
     config = RunnerConfig(
         dsn=dsn, concurrency=concurrency, per_webhook_concurrency=per_webhook_concurrency,
         batch_size=batch_size, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
@@ -93,7 +109,28 @@ def run(
             loop.add_signal_handler(sig, runner.request_stop)
         await runner.run()
 
-    asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop without a traceback
+        asyncio.run(serve())
+
+
+def _preflight(dsn: str) -> None:
+    """Exit at once, in one line, when retrying cannot help: a DSN libpq cannot parse, a login the
+    server refuses, a database or role that does not exist. A server that does not answer (yet) is
+    the runner's to wait for: it reconnects with backoff."""
+    cli_common.check_dsn(dsn)
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            if conn.execute("SELECT to_regnamespace('webhooks')").fetchone() == (None,):
+                logging.getLogger("pgwebhooks.runner").warning(
+                    "the webhooks schema is not installed in this database yet; run `pgwebhooks migrate`")
+    except psycopg.OperationalError as exc:
+        line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if cli_common.is_permanent_connect_error(exc):
+            raise click.ClickException(f"cannot connect: {line}") from exc
+        logging.getLogger("pgwebhooks.runner").warning(
+            "database unreachable; retrying until it answers", extra={"error": line})
+    except psycopg.Error as exc:
+        raise click.ClickException(cli_common.error_line(exc)) from exc
 
 
 @main.command()
@@ -118,31 +155,17 @@ def listen(port: int, host: str, secrets: tuple[str, ...], status: int, forward_
 # -- management ------------------------------------------------------------------------------
 
 
-@contextmanager
-def sql_api(dsn: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-    """A connection for calling the SQL API; its errors become one readable line."""
-    try:
-        with psycopg.connect(dsn, row_factory=dict_row, autocommit=True) as conn:
-            yield conn
-    except psycopg.Error as exc:
-        code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-        message = exc.diag.message_primary or str(exc)
-        hint = f"\nhint: {exc.diag.message_hint}" if exc.diag.message_hint else ""
-        raise click.ClickException(f"{message}{code}{hint}") from exc
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        # default=str: retry_schedule is a list of intervals (timedelta), shown as "0:01:00".
-        return json.dumps(value, separators=(",", ":"), default=str)
+        return cli_common.to_json(value, compact=True)
     return str(value)
 
 
 def emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None) -> None:
     if as_json:
-        click.echo(json.dumps(rows, default=str, indent=2))
+        click.echo(cli_common.to_json(list(rows)))
         return
     if not rows:
         click.echo("(none)")
@@ -157,7 +180,7 @@ def emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str] |
 
 def emit_record(row: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(row, default=str, indent=2))
+        click.echo(cli_common.to_json(row))
         return
     width = max(len(k) for k in row)
     for key, value in row.items():
@@ -209,13 +232,16 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @click.option("--secret", help="Signing secret (default: a new whsec_ secret, shown once).")
 @click.option("--description")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
-@click.option("--max-retries", type=int, default=3, show_default=True)
+@click.option("--max-retries", type=int,
+              help="Retries with exponential --backoff (default 3) instead of the default schedule.")
 @click.option("--timeout", "timeout_seconds", type=int, default=30, show_default=True)
-@click.option("--backoff", "retry_backoff_seconds", type=int, default=5, show_default=True)
+@click.option("--backoff", "retry_backoff_seconds", type=int,
+              help="First retry delay in seconds, doubling (default 5) instead of the default schedule.")
 @click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE", help="Extra request header.")
 @click.option("--profile", default="standard", show_default=True,
-              help="Receiver profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura.")
-@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'.")
+              help="Receiver profile: standard, fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura.")
+@click.option("--retry-schedule", help="Fixed retry delays replacing backoff, e.g. '{1 minute,5 minutes}'."
+              " Without this, --max-retries and --backoff: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.")
 @click.option("--secret-header", "secret_header_pairs", multiple=True, metavar="NAME=VALUE",
               help="Extra request header whose value is never shown (e.g. Authorization).")
 @click.option("--pause-after", default="3 days", show_default=True,
@@ -223,7 +249,8 @@ SUMMARY_COLUMNS = ("id", "name", "url", "enabled", "events", "max_retries", "tim
 @AS_JSON
 def create(
     dsn: str, name: str, url: str, tables: tuple[str, ...], events_json: str | None, secret: str | None,
-    description: str | None, disabled: bool, max_retries: int, timeout_seconds: int, retry_backoff_seconds: int,
+    description: str | None, disabled: bool, max_retries: int | None, timeout_seconds: int,
+    retry_backoff_seconds: int | None,
     header_pairs: tuple[str, ...], profile: str, retry_schedule: str | None,
     secret_header_pairs: tuple[str, ...], pause_after: str, as_json: bool,
 ) -> None:
@@ -267,7 +294,8 @@ def list_webhooks(dsn: str, as_json: bool) -> None:
 def get(dsn: str, webhook_id: str, as_json: bool) -> None:
     """Show one webhook."""
     with sql_api(dsn) as conn:
-        row = conn.execute("SELECT * FROM webhooks.get_webhook(%s::uuid)", (webhook_id,)).fetchone()
+        row = conn.execute("SELECT * FROM webhooks.get_webhook(%s::uuid)",
+                           (webhook_id_of(conn, webhook_id),)).fetchone()
     assert row is not None
     emit_record(row, as_json)
 
@@ -308,7 +336,7 @@ def update(dsn: str, webhook_id: str, tables: tuple[str, ...], events_json: str 
         raise click.UsageError("nothing to change")
     with sql_api(dsn) as conn:
         row = conn.execute(
-            "SELECT * FROM webhooks.update_webhook(%s::uuid, %s)", (webhook_id, Jsonb(changes))
+            "SELECT * FROM webhooks.update_webhook(%s::uuid, %s)", (webhook_id_of(conn, webhook_id), Jsonb(changes))
         ).fetchone()
     assert row is not None
     emit_record(row, as_json)
@@ -324,7 +352,8 @@ def rotate_secret(dsn: str, webhook_id: str, secret: str | None, grace: str, as_
     """Start signing with a new secret; the old one stays valid for the grace period."""
     with sql_api(dsn) as conn:
         row = conn.execute(
-            "SELECT * FROM webhooks.rotate_secret(%s::uuid, %s, %s::interval)", (webhook_id, secret, grace)
+            "SELECT * FROM webhooks.rotate_secret(%s::uuid, %s, %s::interval)",
+            (webhook_id_of(conn, webhook_id), secret, grace)
         ).fetchone()
     assert row is not None
     emit_record(row, as_json)
@@ -333,11 +362,13 @@ def rotate_secret(dsn: str, webhook_id: str, secret: str | None, grace: str, as_
 @webhooks_group.command("delete")
 @DSN
 @click.argument("webhook_id")
-def delete(dsn: str, webhook_id: str) -> None:
+@AS_JSON
+def delete(dsn: str, webhook_id: str, as_json: bool) -> None:
     """Delete a webhook, its deliveries, and any capture trigger no longer needed."""
     with sql_api(dsn) as conn:
-        conn.execute("SELECT webhooks.delete_webhook(%s::uuid)", (webhook_id,))
-    click.echo(f"deleted {webhook_id}")
+        hook = webhook_id_of(conn, webhook_id)
+        conn.execute("SELECT webhooks.delete_webhook(%s::uuid)", (hook,))
+    click.echo(cli_common.to_json({"deleted": hook}) if as_json else f"deleted {webhook_id}")
 
 
 @main.command()
@@ -365,7 +396,7 @@ def deliveries(
             emit(rows, as_json)
             return
         rows = conn.execute(
-            "SELECT * FROM webhooks.get_deliveries(%s::uuid, %s, %s)", (webhook_id, limit, offset)
+            "SELECT * FROM webhooks.get_deliveries(%s::uuid, %s, %s)", (webhook_id_of(conn, webhook_id), limit, offset)
         ).fetchall()
     columns = ("delivery_id", "event", "table", "status", "attempts", "response_status", "latency_ms",
                "error", "created_at")
@@ -380,9 +411,12 @@ def deliveries(
 @click.option("--wait", is_flag=True, help="Wait for the attempt (a runner must be running) and print its "
               "status, latency and response excerpt.")
 @click.option("--timeout", default=60.0, show_default=True, help="With --wait: give up after this many seconds.")
-def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait: bool, timeout: float) -> None:
+@AS_JSON
+def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait: bool, timeout: float,
+              as_json: bool) -> None:
     """Queue a test event for a webhook (checks the endpoint and its signature verification)."""
     with sql_api(dsn) as conn:
+        webhook_id = webhook_id_of(conn, webhook_id)
         if event_type:
             row = conn.execute(
                 "SELECT webhooks.send_test(%s::uuid, event_type => %s, data => %s::jsonb) AS delivery_id",
@@ -391,8 +425,11 @@ def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait
             row = conn.execute("SELECT webhooks.send_test(%s::uuid) AS delivery_id", (webhook_id,)).fetchone()
         assert row is not None
         delivery = row["delivery_id"]
-        click.echo(f"queued test delivery {delivery}")
+        if not as_json:
+            click.echo(f"queued test delivery {delivery}")
         if not wait:
+            if as_json:
+                click.echo(cli_common.to_json({"delivery_id": delivery}))
             return
         deadline = time.monotonic() + timeout
         while True:  # bounded by --timeout
@@ -405,6 +442,11 @@ def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait
                 raise click.ClickException(
                     f"no attempt of delivery {delivery} within {timeout:g} s; is a runner running?")
             time.sleep(0.2)
+    if as_json:
+        click.echo(cli_common.to_json({"delivery_id": delivery, **attempt}))
+        if attempt["status_code"] is None or not 200 <= attempt["status_code"] < 300:
+            raise SystemExit(1)
+        return
     status = attempt["status_code"] if attempt["status_code"] is not None else "no response"
     click.echo(f"attempt {attempt['attempt']}: {status} in {attempt['latency_ms']} ms")
     if attempt["error"]:
@@ -420,29 +462,48 @@ def send_test(dsn: str, webhook_id: str, event_type: str | None, data: str, wait
 @click.argument("delivery_id", type=int, required=False)
 @click.option("--failed-of", "webhook_id", help="Replay every failed delivery of this webhook instead.")
 @click.option("--since", help="With --failed-of: only failures completed since this timestamp.")
-def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None) -> None:
-    """Send a delivery again (same event id), or all failed deliveries of a webhook."""
+@click.option("--dry-run", is_flag=True, help="With --failed-of: count what would be replayed, queue nothing.")
+@AS_JSON
+def replay(dsn: str, delivery_id: int | None, webhook_id: str | None, since: str | None, dry_run: bool,
+           as_json: bool) -> None:
+    """Send a delivery again (same event id), or each failed delivery of a webhook once."""
     if (delivery_id is None) == (webhook_id is None):
         raise click.UsageError("give either DELIVERY_ID or --failed-of WEBHOOK_ID")
+    if dry_run and webhook_id is None:
+        raise click.UsageError("--dry-run goes with --failed-of")
     with sql_api(dsn) as conn:
         if webhook_id is not None:
             row = conn.execute(
-                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz) AS n", (webhook_id, since)
+                "SELECT webhooks.replay_failed(%s::uuid, %s::timestamptz, %s) AS n",
+                (webhook_id_of(conn, webhook_id), since, dry_run),
             ).fetchone()
             assert row is not None
-            click.echo(f"queued {row['n']} replay(s)")
+            if as_json:
+                click.echo(cli_common.to_json({"replayed": 0 if dry_run else row["n"], "would_replay": row["n"],
+                                       "dry_run": dry_run}))
+            elif dry_run:
+                click.echo(f"would replay {row['n']} failed deliveries (dry run: nothing queued)")
+            else:
+                click.echo(f"queued {row['n']} replay(s)")
             return
         row = conn.execute("SELECT webhooks.replay(%s) AS id", (delivery_id,)).fetchone()
     assert row is not None
-    click.echo(f"queued delivery {row['id']}")
+    if as_json:
+        click.echo(cli_common.to_json({"delivery_id": row["id"]}))
+    else:
+        click.echo(f"queued delivery {row['id']}")
 
 
 @main.command()
 @DSN
 @click.option("--older-than", default="7 days", show_default=True, help="Keep finished work younger than this.")
-def purge(dsn: str, older_than: str) -> None:
+@AS_JSON
+def purge(dsn: str, older_than: str, as_json: bool) -> None:
     """Delete finished deliveries and captured changes older than the window."""
     with sql_api(dsn) as conn:
         row = conn.execute("SELECT * FROM webhooks.purge(%s::interval)", (older_than,)).fetchone()
     assert row is not None
+    if as_json:
+        click.echo(cli_common.to_json(row))
+        return
     click.echo(f"purged {row['deliveries']} deliveries and {row['captures']} captured statements")

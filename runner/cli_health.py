@@ -13,6 +13,8 @@ from typing import Any
 import click
 import psycopg
 
+from pgwebhooks import cli_common
+
 STATUS_COLUMNS = ("id", "name", "state", "pending", "oldest_pending_at", "consecutive_failures",
                   "last_success_at", "last_error", "delivered", "failed_attempts", "p95_latency_ms")
 
@@ -34,20 +36,27 @@ def register(main: click.Group, webhooks_group: click.Group, dsn_option: Any, as
     @dsn_option
     @click.argument("webhook_id")
     @click.option("--reason", help="Why (shown by status).")
-    def pause(dsn: str, webhook_id: str, reason: str | None) -> None:
+    @as_json
+    def pause(dsn: str, webhook_id: str, reason: str | None, as_json: bool) -> None:
         """Stop sending to a webhook; its changes keep being captured and queued."""
         with sql_api(dsn) as conn:
-            conn.execute("SELECT webhooks.pause_webhook(%s::uuid, %s)", (webhook_id, reason))
-        click.echo(f"paused {webhook_id}: changes are queued until resume")
+            hook = cli_common.webhook_id(conn, webhook_id)
+            conn.execute("SELECT webhooks.pause_webhook(%s::uuid, %s)", (hook, reason))
+        if as_json:
+            click.echo(cli_common.to_json({"paused": hook}))
+        else:
+            click.echo(f"paused {webhook_id}: changes are queued until resume")
 
     @webhooks_group.command("resume")
     @dsn_option
     @click.argument("webhook_id")
-    def resume(dsn: str, webhook_id: str) -> None:
+    @as_json
+    def resume(dsn: str, webhook_id: str, as_json: bool) -> None:
         """Resume a paused webhook: everything queued meanwhile is sent."""
         with sql_api(dsn) as conn:
-            conn.execute("SELECT webhooks.resume_webhook(%s::uuid)", (webhook_id,))
-        click.echo(f"resumed {webhook_id}")
+            hook = cli_common.webhook_id(conn, webhook_id)
+            conn.execute("SELECT webhooks.resume_webhook(%s::uuid)", (hook,))
+        click.echo(cli_common.to_json({"resumed": hook}) if as_json else f"resumed {webhook_id}")
 
     @main.command("alerts")
     @dsn_option

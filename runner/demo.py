@@ -137,6 +137,8 @@ async def demo() -> int:
               f"{len(leaked)} from the rolled-back transaction")
         ok = len(events) == EXPECTED_EVENTS and len(verified) == len(events) and not leaked
         print("    OK" if ok else "    FAILED")
+        print("    To verify signatures in your own receiver: README, \"Verifying a signature in your"
+              " receiver\" (Python and Node examples), or any Standard Webhooks library.")
         return 0 if ok else 1
     finally:
         say("Stopping everything")

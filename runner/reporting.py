@@ -165,11 +165,19 @@ class ReportingMixin:
         return lost
 
     async def _complete(self, conn: psycopg.AsyncConnection[Any], batch: list[dict[str, Any]]) -> None:
-        cur = await conn.execute(
-            "SELECT delivery_id, attempt, status FROM webhooks.complete(%s) WHERE status IN ('refused', 'pending')",
-            (Jsonb(batch),),
-        )
-        rows = await cur.fetchall()
+        held = [{"delivery_id": r["delivery_id"], "attempt": r["attempt"], "reason": r["refused_by_policy"]}
+                for r in batch if "refused_by_policy" in r]
+        results = [r for r in batch if "refused_by_policy" not in r]
+        rows: list[Any] = []
+        if held:
+            await conn.execute("SELECT webhooks.hold_refused(%s)", (Jsonb(held),))
+        if results:
+            cur = await conn.execute(
+                "SELECT delivery_id, attempt, status FROM webhooks.complete(%s)"
+                " WHERE status IN ('refused', 'pending')",
+                (Jsonb(results),),
+            )
+            rows = await cur.fetchall()
         # Reported leases no longer count against their webhook's max_concurrency in claim(): a
         # claim loop held back by one may go on. A retry may have been scheduled sooner than the
         # claim loop means to wake: it looks again.

@@ -45,6 +45,9 @@ class SendResult:
     error: str | None  # None on any HTTP response
     latency_ms: int
     retry_after_seconds: int | None  # only for 429 and 503
+    # Nothing was sent: this runner's own network policy refused every address of the destination.
+    # Not the endpoint's fault, so it must not cost the delivery an attempt (see hold_refused()).
+    refused_by_policy: bool = False
 
 
 class _RefusedDestination(OSError):
@@ -149,7 +152,8 @@ class Sender:
             return failure(f"timeout after {timeout:g}s")
         except (httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError, ValueError) as exc:
             if refused:
-                return failure(f"destination {', '.join(refused)}; {_ALLOW_HINT}")
+                return SendResult(None, None, f"destination {', '.join(refused)}; {_ALLOW_HINT}",
+                                  _elapsed_ms(started), None, refused_by_policy=True)
             return failure(_describe(exc))
 
         try:

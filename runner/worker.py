@@ -79,6 +79,7 @@ class RunnerStats:
     delivered: int = 0
     failed_attempts: int = 0
     refused: int = 0
+    refused_by_policy: int = 0  # sends this runner would not make (private destinations)
     unreported: int = 0  # results the database would not take; retried after their leases expire
     released: int = 0
     reconnects: int = 0
@@ -364,6 +365,19 @@ class Runner(ReportingMixin):
             log.error("send crashed", extra={"delivery_id": job.delivery_id, "error": repr(exc)})
 
     def _record(self, job: Job, result: SendResult) -> None:
+        if result.refused_by_policy:
+            # The endpoint was never asked: hand the delivery back with its attempt and pause
+            # the webhook until an operator allows the destination (see hold_refused()).
+            self.stats.refused_by_policy += 1
+            log.warning("destination refused by this runner's network policy; pausing the webhook", extra={
+                "delivery_id": job.delivery_id, "url": origin(job.url), "error": scrub(result.error, job.url),
+            })
+            self._results.append(clean_result({
+                "delivery_id": job.delivery_id, "attempt": job.attempt,
+                "refused_by_policy": scrub(result.error, job.url),
+            }))
+            self._results_ready.set()
+            return
         ok = result.status_code is not None and 200 <= result.status_code < 300
         if result.status_code is None or result.status_code >= 500:
             self._failing[job.webhook_id] += 1

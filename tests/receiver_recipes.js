@@ -32,6 +32,18 @@ function fluxbaseLegacyVerify(payload, signature, secret) {
   return safeEqual(signature, expectedSignature);
 }
 
+// Fluxbase (001, "Verifying Webhook Signatures"): X-Fluxbase-Signature is the bare hex HMAC of
+// JSON.stringify(payload), compared with timingSafeEqual.
+function fluxbaseHexVerify(payload, signature, secret) {
+  const expectedSignature = crypto
+    .createHmac('sha256', secret)
+    .update(JSON.stringify(payload))
+    .digest('hex');
+  const a = Buffer.from(signature);
+  const b = Buffer.from(expectedSignature);
+  return a.length === b.length && crypto.timingSafeEqual(a, b);
+}
+
 // Truss (004): X-Truss-Signature, hex HMAC of the payload.
 function trussVerify(payload, signature, secret) {
   const expected = crypto.createHmac('sha256', secret).update(payload).digest('hex');
@@ -51,7 +63,10 @@ process.stdin.on('end', () => {
   const req = { body: JSON.parse(body), headers: {} };
   for (const [k, v] of Object.entries(headers)) req.headers[k.toLowerCase()] = v;
   const out = {};
-  if (req.headers['x-fluxbase-signature'] !== undefined) {
+  const fluxbaseHeader = req.headers['x-fluxbase-signature'];
+  if (fluxbaseHeader !== undefined && !fluxbaseHeader.startsWith('t=')) {
+    out.fluxbase_hex = fluxbaseHexVerify(req.body, fluxbaseHeader, secret);
+  } else if (fluxbaseHeader !== undefined) {
     out.fluxbase = fluxbaseVerify(req.body, req.headers['x-fluxbase-signature'], secret);
     out.fluxbase_legacy = fluxbaseLegacyVerify(req.body, req.headers['x-webhook-signature'], secret);
   }

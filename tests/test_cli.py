@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import click
 import psycopg
+import pytest
 from click.testing import CliRunner
+from installs import empty_database
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from conftest import dsn_params
-from pgwebhooks import migrations
+from conftest import Server, dsn_params
+from pgwebhooks import cli_common, migrations
 from pgwebhooks.cli import main
 
 
@@ -208,5 +214,146 @@ def test_get_shows_a_retry_schedule_and_the_limits(db: str) -> None:
     code, out = invoke("webhooks", "get", str(row[0]), "--dsn", db)
     assert code == 0, out
     lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if len(line.split()) > 1}
-    assert lines["retry_schedule"] == '["0:01:00","0:05:00"]'
+    assert lines["retry_schedule"] == '[60,300]'  # seconds, as --json prints intervals
     assert (lines["max_concurrency"], lines["profile"], lines["paused"]) == ("3", "standard", "False")
+
+
+def test_create_uses_the_default_schedule_and_replay_failed_shows_its_count(db: str) -> None:
+    make_table(db)
+    code, out = invoke("webhooks", "create", "h", "http://127.0.0.1:9/", "--table", "orders", "--dsn", db, "--json")
+    assert code == 0, out
+    created = json.loads(out)
+    assert created["max_retries"] == 7 and len(created["retry_schedule"]) == 7
+    code, out = invoke("webhooks", "create", "b", "http://127.0.0.1:9/", "--table", "orders", "--dsn", db,
+                       "--max-retries", "2", "--json")
+    assert code == 0 and json.loads(out)["retry_schedule"] is None and json.loads(out)["max_retries"] == 2
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE webhooks.webhooks SET max_retries = 0 WHERE name = 'h'")
+        conn.execute("INSERT INTO orders (total) SELECT g FROM generate_series(1, 2) g")
+        leased = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(10, 30) c"
+                              " JOIN webhooks.webhooks w ON w.id = c.webhook_id WHERE w.name = 'h'").fetchall()
+        conn.execute("SELECT * FROM webhooks.complete(%s)",
+                     (Jsonb([{"delivery_id": d, "attempt": a, "status_code": 500} for d, a in leased]),))
+    hook = created["id"]
+    code, out = invoke("replay", "--failed-of", hook, "--dry-run", "--dsn", db)
+    assert code == 0 and "would replay 2" in out
+    code, out = invoke("replay", "--failed-of", hook, "--dsn", db, "--json")
+    assert code == 0 and json.loads(out) == {"replayed": 2, "would_replay": 2, "dry_run": False}
+    code, out = invoke("replay", "--failed-of", hook, "--dsn", db)
+    assert code == 0 and "queued 0 replay(s)" in out
+
+
+# -- one DSN rule, names for ids, JSON, errors with hints, and `run` refusing what cannot work ------
+
+
+def test_install_commands_follow_the_same_dsn_rule(db: str) -> None:
+    params = dsn_params(db)
+    libpq = {"PGHOST": params["host"], "PGPORT": params["port"], "PGDATABASE": params["dbname"],
+             "PGUSER": params["user"]}
+    for env in ({"DATABASE_URL": db}, {"PGWEBHOOKS_DSN": db}, libpq):
+        result = CliRunner().invoke(main, ["migrate", "--json"], env={**NO_DSN_ENV, **env})
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["applied"] == []
+        result = CliRunner().invoke(main, ["sql", "--pending"], env={**NO_DSN_ENV, **env})
+        assert result.exit_code == 0 and "nothing to apply" in result.output, result.output
+        result = CliRunner().invoke(main, ["uninstall"], env={**NO_DSN_ENV, **env})
+        assert result.exit_code == 2 and "--yes" in result.output  # reached the command, not a missing --dsn
+
+
+def test_names_work_wherever_ids_do_and_json_has_iso_timestamps_and_seconds(db: str) -> None:
+    make_table(db)
+    code, out = invoke("webhooks", "create", "local", "https://example.com/h", "--table", "orders", "--dsn", db)
+    assert code == 0, out
+    code, out = invoke("webhooks", "get", "local", "--dsn", db, "--json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["name"] == "local" and shown["pause_after"] == 259200
+    assert shown["retry_schedule"] == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert "T" in shown["created_at"] and shown["created_at"][:4].isdigit()
+    for args in (("webhooks", "pause", "local"), ("webhooks", "resume", "local"), ("webhooks", "test", "local"),
+                 ("deliveries", "local"), ("replay", "--failed-of", "local", "--dry-run"),
+                 ("webhooks", "rotate-secret", "local"), ("webhooks", "update", "local", "--timeout", "5")):
+        code, out = invoke(*args, "--dsn", db, "--json")
+        assert code == 0, (args, out)
+        json.loads(out)
+    code, out = invoke("status", "--dsn", db, "--json")
+    status = json.loads(out)[0]
+    assert status["pending"] == 1 and isinstance(status["pending"], int) and status["pause_after"] == 259200
+    code, out = invoke("purge", "--dsn", db, "--json")
+    assert json.loads(out) == {"deliveries": 0, "captures": 0}
+    result = CliRunner().invoke(main, ["webhooks", "get", "nope", "--dsn", db])
+    assert result.exit_code == 1 and "no webhook named 'nope'" in result.output
+    code, out = invoke("webhooks", "delete", "local", "--dsn", db, "--json")
+    assert code == 0 and json.loads(out) == {"deleted": shown["id"]}
+
+
+def test_wh_errors_are_one_line_and_context_only_with_verbose(db: str) -> None:
+    args = ["webhooks", "update", "00000000-0000-0000-0000-000000000000", "--timeout", "5", "--dsn", db]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+    assert "[WH404]" in result.output and "PL/pgSQL" not in result.output
+    verbose = CliRunner().invoke(main, ["--verbose", *args])
+    assert verbose.exit_code == 1 and "context: PL/pgSQL" in verbose.output
+
+
+def test_a_missing_schema_says_to_migrate(server: Server) -> None:
+    with empty_database(server, "noschema") as dsn:
+        result = CliRunner().invoke(main, ["webhooks", "list", "--dsn", dsn])
+    assert result.exit_code == 1 and "run `pgwebhooks migrate`" in result.output, result.output
+
+
+def test_the_pg16_role_grant_error_names_the_grant_to_run() -> None:
+    exc = psycopg.errors.InsufficientPrivilege('permission denied to grant role "webhooks_capture"')
+    hint = cli_common.hint_for(exc)
+    assert hint is not None and "GRANT webhooks_capture TO CURRENT_USER WITH ADMIN OPTION" in hint
+
+
+def test_every_run_option_has_its_pgwebhooks_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = main.commands["run"]
+    values = {"PGWEBHOOKS_DSN": "host=x", "PGWEBHOOKS_CONCURRENCY": "7", "PGWEBHOOKS_PER_WEBHOOK_CONCURRENCY": "3",
+              "PGWEBHOOKS_BATCH_SIZE": "9", "PGWEBHOOKS_POLL_INTERVAL": "0.5", "PGWEBHOOKS_SHUTDOWN_GRACE": "25",
+              "PGWEBHOOKS_LEASE_MARGIN": "40", "PGWEBHOOKS_ALLOW_PRIVATE_NETWORKS": "1",
+              "PGWEBHOOKS_ALLOW_CIDR": "10.0.0.0/8 127.0.0.0/8", "PGWEBHOOKS_LOG_FORMAT": "json",
+              "PGWEBHOOKS_LOG_LEVEL": "debug"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    params = run.make_context("run", []).params
+    assert params == {"dsn": "host=x", "concurrency": 7, "per_webhook_concurrency": 3, "batch_size": 9,
+                      "poll_interval": 0.5, "shutdown_grace": 25.0, "lease_margin": 40,
+                      "allow_private_networks": True, "allowed_cidrs": ("10.0.0.0/8", "127.0.0.0/8"),
+                      "log_format": "json", "log_level": "DEBUG"}
+    assert all(isinstance(p, click.Option) and str(p.envvar).startswith("PGWEBHOOKS_") for p in run.params)
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).parent / "pgwebhooks"
+    return subprocess.Popen([str(exe), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def test_run_exits_at_once_on_a_malformed_dsn_or_a_refused_login(db: str) -> None:
+    for dsn, expected in (("host=127.0.0.1 port", "malformed DSN"),
+                          (make_conninfo(db, user="no_such_role_here"), "cannot connect")):
+        proc = _run("--dsn", dsn)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert expected in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+
+
+def test_run_keeps_trying_an_unreachable_server_and_stops_cleanly_on_sigterm() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    proc = _run(env={"PGWEBHOOKS_DSN": f"host=127.0.0.1 port={port} user=x dbname=x connect_timeout=2",
+                     "PGWEBHOOKS_LOG_FORMAT": "json", "PGWEBHOOKS_POLL_INTERVAL": "0.2"})
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # bounded: the preflight connect gives up within connect_timeout
+        assert json.loads(first)["msg"] == "database unreachable; retrying until it answers", first
+        assert proc.poll() is None  # still running: the server may come back
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err

@@ -151,7 +151,7 @@ def test_limits_pause_and_profile_are_set_and_shown_by_the_management_api(db: st
             " profile => 'flux', max_concurrency => 4, rate_limit_per_second => 50)").fetchone()
         assert hook is not None
         assert (hook["profile"], hook["max_concurrency"], hook["rate_limit_per_second"], hook["paused"],
-                hook["pause_after"], hook["retry_schedule"]) == ("flux", 4, 50, False, timedelta(days=3), None)
+                hook["pause_after"], hook["max_retries"]) == ("flux", 4, 50, False, timedelta(days=3), 7)
         changed = conn.execute(
             "SELECT * FROM webhooks.update_webhook(%s, '{\"max_concurrency\": null, \"rate_limit_per_second\": 7,"
             " \"retry_schedule\": [\"1 minute\"], \"pause_after\": null}')", (hook["id"],)).fetchone()

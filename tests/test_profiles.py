@@ -29,7 +29,7 @@ from test_runner import create_webhook, receiver, runner_config, running
 
 SECRET = "a-plain-string-secret-for-profiles ✓"
 RECIPES_JS = Path(__file__).parent / "receiver_recipes.js"
-PROFILES = ["standard", "fluxbase", "truss", "rowbase", "flux", "supabase", "hasura"]
+PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura"]
 ORDER = {"id": 42, "user_id": 1, "total": 99.99, "note": "Zoë ✓ \"quoted\"", "tags": ["a", "b"]}
 EVENT_DATA = {"orderId": "ord_8x7kj2", "amount": 9900, "currency": "usd", "nested": {"ok": True, "none": None}}
 
@@ -93,7 +93,7 @@ def check_shape(profile: str, kind: str, payload: dict[str, Any], hook: dict[str
     updated = {**ORDER, "total": 5}  # the UPDATE's new row, which the DELETE then removes
     new = {"INSERT": ORDER, "UPDATE": updated, "DELETE": None}[kind]
     old = {"INSERT": None, "UPDATE": ORDER, "DELETE": updated}[kind]
-    if profile in ("standard", "fluxbase"):
+    if profile in ("standard", "fluxbase", "fluxbase_hex"):
         assert list(payload) == ["id", "event", "table", "schema", "record", "old_record", "timestamp", "webhook_id"]
         assert (payload["event"], payload["table"], payload["schema"]) == (kind, "orders", "public")
         assert payload["record"] == (new or old) and payload["old_record"] == old
@@ -111,7 +111,7 @@ def check_shape(profile: str, kind: str, payload: dict[str, Any], hook: dict[str
         assert payload["event"]["data"] == {"old": old, "new": new}
         assert payload["table"] == {"schema": "public", "name": "orders"}
         assert payload["trigger"] == {"name": hook["name"]}
-        assert payload["delivery_info"] == {"max_retries": 3, "current_retry": 0}
+        assert payload["delivery_info"] == {"max_retries": 7, "current_retry": 0}  # the default schedule
     else:  # rowbase, flux: row changes in the event envelope
         assert payload["type"] == f"orders.{kind.lower()}"
         assert payload["data"]["event"] == kind and payload["data"]["record"] == (new or old)
@@ -129,6 +129,11 @@ def check_signatures(profile: str, body: bytes, headers: CIMultiDict[str]) -> No
         assert f"v1={hex_hmac(f'{t}.{stringify(body)}')}" in headers["X-Fluxbase-Signature"]
         assert hmac.compare_digest(headers["X-Webhook-Signature"], hex_hmac(stringify(body)))
         assert js is None or (js["fluxbase"] and js["fluxbase_legacy"]), js
+    elif profile == "fluxbase_hex":
+        # 001's receivers: a bare hex HMAC of JSON.stringify(req.body), no t=.
+        assert hmac.compare_digest(headers["X-Fluxbase-Signature"], hex_hmac(stringify(body)))
+        assert headers["X-Webhook-Signature"].startswith("t=")
+        assert js is None or js["fluxbase_hex"], js
     else:
         assert headers["X-Webhook-Signature"].startswith("t=")
         assert "X-Fluxbase-Signature" not in headers
@@ -183,13 +188,14 @@ async def test_profiles_without_a_secret_send_no_hex_signature(db: str) -> None:
     """A webhook whose secrets all expired signs nothing: no empty or bogus profile header."""
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
-        for profile in ("truss", "rowbase", "fluxbase"):
+        for profile in ("truss", "rowbase", "fluxbase", "fluxbase_hex"):
             conn.execute("SELECT webhooks.create_webhook(%s, 'https://r.example', '[{\"table\": \"orders\"}]', "
                          "profile => %s)", (profile, profile))
         conn.execute("DELETE FROM webhooks.secrets")
         conn.execute("INSERT INTO orders VALUES (1)")
         rows = conn.execute("SELECT headers FROM webhooks.claim(10)").fetchall()
-    assert len(rows) == 3
+    assert len(rows) == 4
     for (headers,) in rows:
         assert "X-Truss-Signature" not in headers and "X-Rowbase-Signature" not in headers
+        assert headers.get("X-Fluxbase-Signature", "t=").startswith("t=")
         assert headers.get("X-Webhook-Signature", "").startswith("t=")

@@ -335,10 +335,12 @@ async def test_private_destinations_are_refused_by_default(db: str, host: str) -
         hook = create_webhook(db, url, max_retries=0)
         async with running(runner_config(db, allowed_cidrs=())):
             insert(db, 1)
-            await eventually(lambda: len(attempts_of(db, hook["id"])) == 1, timeout=15)
-    attempts = attempts_of(db, hook["id"])
-    assert len(attempts) == 1
-    assert attempts[0]["status_code"] is None and "allow it with" in attempts[0]["error"]
+            await eventually(lambda: query(db, "SELECT paused FROM webhooks.webhooks WHERE id = %s",
+                                           hook["id"])[0]["paused"], timeout=15)
+    # Refused by the runner itself: no attempt spent, the webhook paused with the way out.
+    assert attempts_of(db, hook["id"]) == []
+    status = query(db, "SELECT * FROM webhooks.get_webhook_status() WHERE id = %s", hook["id"])[0]
+    assert status["state"] == "paused" and "allow it with" in status["paused_reason"]
     assert rx.requests == []
 
 

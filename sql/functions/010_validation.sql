@@ -276,9 +276,10 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF profile IS NULL OR profile NOT IN ('standard', 'fluxbase', 'truss', 'rowbase', 'flux', 'supabase', 'hasura') THEN
+    IF profile IS NULL OR profile NOT IN ('standard', 'fluxbase', 'fluxbase_hex', 'truss', 'rowbase', 'flux',
+                                          'supabase', 'hasura') THEN
         PERFORM webhooks._fail('WH022', 'profile', format('%s is not a receiver profile; expected standard, '
-            'fluxbase, truss, rowbase, flux, supabase or hasura', coalesce(quote_literal(profile), 'null')));
+            'fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura', coalesce(quote_literal(profile), 'null')));
     END IF;
 END
 $$;
@@ -336,6 +337,16 @@ BEGIN
     END IF;
     FOR item IN SELECT value FROM jsonb_array_elements(events) LOOP
         field := format('events[%s]', i);
+        -- Flux-style ["order.completed", "user.*"]: a string is an event type or pattern, never
+        -- a table (table entries carry operations and filters; a bare name would be ambiguous).
+        IF jsonb_typeof(item) = 'string' THEN
+            IF strpos(item #>> '{}', '.') = 0 AND item #>> '{}' <> '*' THEN
+                PERFORM webhooks._fail('WH004', field, format('%s is not an event type (a string entry is a type '
+                    'like "order.completed" or a pattern like "order.*"); to watch a table write {"table": %s}',
+                    item, item));
+            END IF;
+            item := jsonb_build_object('event_type', item);
+        END IF;
         IF jsonb_typeof(item) <> 'object' THEN
             PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
         END IF;

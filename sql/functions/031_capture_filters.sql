@@ -369,16 +369,18 @@ GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
 ALTER FUNCTION webhooks._capture_filtered() OWNER TO webhooks_capture;
 REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
--- A row image without the columns `excluded`, its column order kept (json, not jsonb). Called
--- by claim() for subscriptions with exclude_columns; a NULL list returns the image untouched.
+-- A row image without the columns `excluded`, its column order kept (json, not jsonb), as
+-- compact JSON (webhooks._compact_image: json_object_agg prints { "id" : 1 }, and a jsonb column
+-- embeds "a": 1). Called by claim() for every row image it sends; a NULL list removes nothing.
 CREATE OR REPLACE FUNCTION webhooks._without(image json, excluded text[])
 RETURNS json
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN excluded IS NULL OR image IS NULL OR json_typeof(image) <> 'object' THEN image
-                ELSE coalesce((SELECT json_object_agg(k.key, k.value ORDER BY k.ord)
-                               FROM json_each(image) WITH ORDINALITY AS k(key, value, ord)
-                               WHERE k.key <> ALL (excluded)), '{}'::json) END
+    SELECT webhooks._compact_image(
+        CASE WHEN excluded IS NULL OR image IS NULL OR json_typeof(image) <> 'object' THEN image
+             ELSE coalesce((SELECT json_object_agg(k.key, k.value ORDER BY k.ord)
+                            FROM json_each(image) WITH ORDINALITY AS k(key, value, ord)
+                            WHERE k.key <> ALL (excluded)), '{}'::json) END)
 $$;
 
 -- Re-evaluate the rows held for webhook `id` (its filter failed at capture) with its CURRENT

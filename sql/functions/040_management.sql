@@ -202,9 +202,10 @@ CREATE OR REPLACE FUNCTION webhooks.create_webhook(
     secret text DEFAULT NULL,
     description text DEFAULT NULL,
     enabled boolean DEFAULT true,
-    max_retries integer DEFAULT 3,
+    -- NULL, with retry_backoff_seconds and retry_schedule NULL too: webhooks._default_retry_schedule()
+    max_retries integer DEFAULT NULL,
     timeout_seconds integer DEFAULT 30,
-    retry_backoff_seconds integer DEFAULT 5,
+    retry_backoff_seconds integer DEFAULT NULL,
     headers jsonb DEFAULT '{}',
     -- issue 10: receiver profile and fixed retry schedule (a schedule sets max_retries to its length)
     profile text DEFAULT 'standard',
@@ -222,6 +223,13 @@ DECLARE
     new_id uuid;
     signing_secret text;
 BEGIN
+    -- Nothing said about retries: the default schedule, which outlasts a day's outage. Saying
+    -- either number keeps the exponential backoff, its other number defaulting as before.
+    IF max_retries IS NULL AND retry_backoff_seconds IS NULL AND retry_schedule IS NULL THEN
+        retry_schedule := webhooks._default_retry_schedule();
+    END IF;
+    max_retries := coalesce(max_retries, 3);
+    retry_backoff_seconds := coalesce(retry_backoff_seconds, 5);
     PERFORM webhooks._check_settings(name, url, max_retries, timeout_seconds,
                                      retry_backoff_seconds, headers, description, NULL);
     IF secret IS NOT NULL THEN

@@ -249,7 +249,7 @@ $$;
 -- The request body of one delivery, in the webhook's receiver profile (see README, "Receiver
 -- profiles"). Built from records with row_to_json, which prints compact JSON in the records'
 -- column order; the row images are embedded exactly as the capture stored them.
---   standard, fluxbase  {"id","event"[,"type"],"table","schema","record","old_record","timestamp","webhook_id"}
+--   standard, fluxbase, fluxbase_hex  {"id","event"[,"type"],"table","schema","record","old_record","timestamp","webhook_id"}
 --   truss               {"event","schema","table","row","old_row","timestamp"}
 --   supabase            {"type","table","schema","record","old_record"}
 --   hasura              {"event":{"session_variables","op","data":{"old","new"}},"created_at","id",
@@ -320,6 +320,7 @@ $$;
 -- The profile's own signature headers, next to the standard ones in `signed` (_sign_headers),
 -- over the exact body, keyed with the current (newest) secret:
 --   fluxbase  X-Fluxbase-Signature: t=...,v1=... and the legacy X-Webhook-Signature: <hex HMAC of the body>
+--   fluxbase_hex  X-Fluxbase-Signature: <hex HMAC of the body> (Fluxbase's older receivers)
 --   truss     X-Truss-Signature: <hex HMAC of the body>
 --   rowbase   X-Rowbase-Signature: sha256=<hex HMAC of the body>
 CREATE OR REPLACE FUNCTION webhooks._profile_headers(profile text, signed jsonb, body text, secret text)
@@ -330,6 +331,8 @@ AS $$
         WHEN 'fluxbase' THEN jsonb_build_object('X-Fluxbase-Signature', signed ->> 'X-Webhook-Signature')
             || CASE WHEN secret IS NOT NULL
                     THEN jsonb_build_object('X-Webhook-Signature', webhooks._hmac_hex(secret, body)) ELSE '{}' END
+        WHEN 'fluxbase_hex' THEN CASE WHEN secret IS NOT NULL
+            THEN jsonb_build_object('X-Fluxbase-Signature', webhooks._hmac_hex(secret, body)) ELSE '{}' END
         WHEN 'truss' THEN CASE WHEN secret IS NOT NULL
             THEN jsonb_build_object('X-Truss-Signature', webhooks._hmac_hex(secret, body)) ELSE '{}' END
         WHEN 'rowbase' THEN CASE WHEN secret IS NOT NULL

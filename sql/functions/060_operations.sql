@@ -2,6 +2,8 @@
 
 -- send_test takes the shape of the test event since 0.2 (issue 10).
 DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
+-- replay_failed takes dry_run since 0.2.
+DROP FUNCTION IF EXISTS webhooks.replay_failed(uuid, timestamptz);
 
 -- Queue a test event for one webhook, whatever it watches: the way to check an endpoint and its
 -- signature verification. Without arguments a TEST event; with `event` (INSERT, UPDATE, DELETE,
@@ -124,8 +126,14 @@ END
 $$;
 
 -- Replay every failed delivery of a webhook (completed since `since`, if given): the way back
--- after an endpoint's outage outlasted its retries. Returns how many were queued.
-CREATE OR REPLACE FUNCTION webhooks.replay_failed(id uuid, since timestamptz DEFAULT NULL)
+-- after an endpoint's outage outlasted its retries. Each failed delivery is replayed once: it
+-- records its replay (replayed_as), and a second call queues nothing new (two at once wait for
+-- each other's row locks and the second finds them replayed). replay() of one delivery records
+-- nothing: marking the original would lock a row purge() may be deleting. A replay that fails in turn is a
+-- failed delivery of its own, replayed by a later call. With dry_run, nothing is queued and the
+-- count is what would be. Returns how many were (or would be) queued.
+CREATE OR REPLACE FUNCTION webhooks.replay_failed(id uuid, since timestamptz DEFAULT NULL,
+                                                  dry_run boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -134,22 +142,41 @@ DECLARE
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     PERFORM webhooks._check_reach(id);  -- 040_management.sql
+    IF dry_run IS NULL THEN
+        PERFORM webhooks._fail('WH045', 'dry_run', 'must be true or false, not null');
+    END IF;
+    IF dry_run THEN
+        SELECT count(*) INTO queued
+        FROM webhooks.deliveries d
+        WHERE d.webhook_id = replay_failed.id AND d.status = 'failed' AND d.replayed_as IS NULL
+          AND (since IS NULL OR d.completed_at >= since)
+          AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.id = d.capture_id);
+        RETURN queued;
+    END IF;
     -- As in replay(): hold each event's capture, and skip events already purged.
-    WITH failed AS (
+    WITH failed AS MATERIALIZED (
         SELECT d.id, d.capture_id, d.n, d.webhook_id
         FROM webhooks.deliveries d
-        WHERE d.webhook_id = replay_failed.id AND d.status = 'failed'
+        WHERE d.webhook_id = replay_failed.id AND d.status = 'failed' AND d.replayed_as IS NULL
           AND (since IS NULL OR d.completed_at >= since)
+        ORDER BY d.id
+        FOR NO KEY UPDATE
     ), held AS (
         SELECT c.id FROM webhooks.captures c
         WHERE c.id IN (SELECT f.capture_id FROM failed f)
         FOR KEY SHARE
+    ), queued_rows AS (
+        INSERT INTO webhooks.deliveries AS nd (capture_id, n, webhook_id)
+        SELECT f.capture_id, f.n, f.webhook_id
+        FROM failed f JOIN held h ON h.id = f.capture_id
+        ORDER BY f.id
+        RETURNING nd.id, nd.capture_id, nd.n
+    ), marked AS (
+        UPDATE webhooks.deliveries d SET replayed_as = q.id
+        FROM failed f JOIN queued_rows q ON q.capture_id = f.capture_id AND q.n = f.n
+        WHERE d.id = f.id
     )
-    INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
-    SELECT f.capture_id, f.n, f.webhook_id
-    FROM failed f JOIN held h ON h.id = f.capture_id
-    ORDER BY f.id;
-    GET DIAGNOSTICS queued = ROW_COUNT;
+    SELECT count(*) INTO queued FROM queued_rows;
     IF queued > 0 THEN
         PERFORM pg_notify('webhooks', '');
     END IF;
@@ -220,6 +247,6 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
-    webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) FROM PUBLIC;
+    webhooks.replay_failed(uuid, timestamptz, boolean), webhooks.purge(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
-    webhooks.replay_failed(uuid, timestamptz), webhooks.purge(interval) TO webhooks_admin;
+    webhooks.replay_failed(uuid, timestamptz, boolean), webhooks.purge(interval) TO webhooks_admin;

@@ -132,17 +132,30 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     user_name text;
+    used_as text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = delete_event_type.name) THEN
         PERFORM webhooks._fail('WH021', 'name', format('event type %L is not declared', name));
     END IF;
-    SELECT w.name INTO user_name
+    -- Still received by a webhook, by name or through a pattern (order.*, *) that reaches it: the
+    -- webhook would silently stop getting it. The same match as _subscribers().
+    SELECT w.name, u.used_as INTO user_name, used_as
     FROM webhooks.webhooks w
-    WHERE EXISTS (SELECT 1 FROM webhooks.event_subscriptions s WHERE s.webhook_id = w.id AND s.pattern = delete_event_type.name)
-       OR EXISTS (SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = w.id AND s.event_type = delete_event_type.name)
+    CROSS JOIN LATERAL (
+        SELECT format('subscribes to %L', s.pattern) AS used_as
+        FROM webhooks.event_subscriptions s
+        WHERE s.webhook_id = w.id
+          AND (s.pattern = delete_event_type.name OR s.pattern = '*'
+               OR (right(s.pattern, 2) = '.*' AND starts_with(delete_event_type.name, left(s.pattern, -1))))
+        UNION ALL
+        SELECT 'sends a table''s changes as it' FROM webhooks.subscriptions s
+        WHERE s.webhook_id = w.id AND s.event_type = delete_event_type.name
+        LIMIT 1
+    ) u
     ORDER BY w.name LIMIT 1;
     IF user_name IS NOT NULL THEN
-        PERFORM webhooks._fail('WH025', 'name', format('event type %L is used by webhook %L', name, user_name),
+        PERFORM webhooks._fail('WH025', 'name', format('event type %L is used by webhook %L, which %s', name,
+                                                       user_name, used_as),
             'remove it from that webhook''s events first (update_webhook)');
     END IF;
     DELETE FROM webhooks.event_types t WHERE t.name = delete_event_type.name;

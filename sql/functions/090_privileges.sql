@@ -3,7 +3,7 @@
 -- webhooks_admin   manages webhooks through the functions; reads webhooks, subscriptions,
 --                  deliveries and attempts, but neither secrets nor the captured rows (those
 --                  may come from tables this admin may not read: another admin's webhooks).
--- webhooks_runner  claim / complete / release only; no table, so no secret, is readable.
+-- webhooks_runner  claim / complete / release / hold_refused only; no table, so no secret, is readable.
 -- webhooks_capture owns the capture trigger functions; may only append to the outbox.
 -- everyone else    nothing here. Their writes to watched tables fill the outbox through
 --                  SECURITY DEFINER triggers, which need no privilege of theirs.
@@ -60,5 +60,6 @@ GRANT EXECUTE ON FUNCTION
     webhooks.complete(text),
     webhooks.release(jsonb),
     webhooks.release(text),
+    webhooks.hold_refused(jsonb),
     webhooks.version()
 TO webhooks_runner;

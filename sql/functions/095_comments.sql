@@ -24,7 +24,7 @@ COMMENT ON VIEW webhooks._new_webhook IS
     'create_webhook()''s result: the webhook and, this once, its secret.';
 
 COMMENT ON FUNCTION webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[], interval, jsonb, integer, integer) IS
-    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"], "where": "tenant_id = 42"}, {"event_type": "order.*"}]; profile: standard, fluxbase, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff; pause_after: pause automatically after failing this long (NULL: never); secret_headers: sent but never shown; max_concurrency (1-10000) and rate_limit_per_second (1-100000), NULL for no limit of its own. Returns it with its secret, shown only now. Errors: WH001-WH025.';
+    'Create a webhook. events: [{"table": "orders", "operations": ["INSERT", "UPDATE"], "where": "tenant_id = 42"}, {"event_type": "order.*"}]; profile: standard, fluxbase, fluxbase_hex, truss, rowbase, flux, supabase or hasura; retry_schedule replaces backoff (with none of max_retries, retry_backoff_seconds and retry_schedule given: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); pause_after: pause automatically after failing this long (NULL: never); secret_headers: sent but never shown; max_concurrency (1-10000) and rate_limit_per_second (1-100000), NULL for no limit of its own. Returns it with its secret, shown only now. Errors: WH001-WH025.';
 COMMENT ON FUNCTION webhooks.list_webhooks() IS
     'Every webhook, oldest first; never shows secrets.';
 COMMENT ON FUNCTION webhooks.get_webhook(uuid) IS
@@ -45,8 +45,12 @@ COMMENT ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jso
     'Queue a test event for one webhook (TEST; or a row change: event, table, record; or an application event: event_type, data); returns the delivery id.';
 COMMENT ON FUNCTION webhooks.replay(bigint) IS
     'Send a delivery''s event again as a new delivery (same webhook-id); WH404 if the event was purged.';
-COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz) IS
-    'Replay every failed delivery of a webhook (completed since `since`, if given); returns how many were queued.';
+COMMENT ON FUNCTION webhooks.replay_failed(uuid, timestamptz, boolean) IS
+    'Replay every failed delivery of a webhook (completed since `since`, if given) once: a second call queues nothing new; dry_run only counts. Returns how many were (or would be) queued.';
+COMMENT ON FUNCTION webhooks.hold_refused(jsonb) IS
+    'For the runner: hand back deliveries its network policy refused to send ([{"delivery_id", "attempt", "reason"}]) without spending their attempt, and pause their webhooks with the reason.';
+COMMENT ON FUNCTION webhooks._default_retry_schedule() IS
+    'The retry schedule of a webhook created without retry settings (about 27 hours).';
 COMMENT ON FUNCTION webhooks.purge(interval) IS
     'Delete finished deliveries and captures older than older_than (0 to 100 years); pending and leased work is never purged.';
 COMMENT ON FUNCTION webhooks.version() IS

@@ -114,7 +114,7 @@ SELECT has_function('webhooks', 'version', ARRAY[]::text[], 'version()');
 SELECT has_function('webhooks', 'send_test', ARRAY['uuid', 'text', 'text', 'jsonb', 'jsonb', 'text', 'jsonb'],
     'send_test(id, event, table, record, old_record, event_type, data)');
 SELECT has_function('webhooks', 'replay', ARRAY['bigint'], 'replay(delivery_id)');
-SELECT has_function('webhooks', 'replay_failed', ARRAY['uuid', 'timestamptz'], 'replay_failed(id, since)');
+SELECT has_function('webhooks', 'replay_failed', ARRAY['uuid', 'timestamptz', 'boolean'], 'replay_failed(id, since, dry_run)');
 SELECT has_function('webhooks', 'purge', ARRAY['interval'], 'purge(older_than)');
 SELECT function_returns('webhooks', 'complete', ARRAY['jsonb'], 'setof record', 'complete returns rows');
 

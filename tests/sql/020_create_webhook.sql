@@ -38,7 +38,9 @@ SELECT isnt((SELECT secret FROM created), (SELECT secret FROM webhooks.create_we
             'two generated secrets differ');
 
 -- Defaults -------------------------------------------------------------------------------------
-SELECT is((SELECT max_retries FROM created), 3, 'max_retries defaults to 3');
+SELECT is((SELECT (max_retries, retry_schedule)::text FROM created),
+          '(7,"{00:00:05,00:05:00,00:30:00,02:00:00,05:00:00,10:00:00,10:00:00}")',
+          'retries default to the schedule of about 27 hours');
 SELECT is((SELECT timeout_seconds FROM created), 30, 'timeout_seconds defaults to 30');
 SELECT is((SELECT retry_backoff_seconds FROM created), 5, 'retry_backoff_seconds defaults to 5');
 SELECT is((SELECT enabled FROM created), true, 'enabled defaults to true');

@@ -66,7 +66,8 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[]')$$,
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', NULL)$$,
     'WH004', NULL, 'events null');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '["users"]')$$,
-    'WH004', 'events[0]: must be an object, got "users"', 'event element not an object');
+    'WH004', 'events[0]: "users" is not an event type (a string entry is a type like "order.completed" or a pattern like "order.*"); to watch a table write {"table": "users"}',
+    'a string entry is an event type, not a table');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}, 7]')$$,
     'WH004', 'events[1]: must be an object, got 7', 'the second element is named events[1]');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users","ops":["INSERT"]}]')$$,
@@ -116,8 +117,9 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"tabl
     'WH008', 'max_retries: -1 is out of range; expected an integer from 0 to 50', 'negative max_retries');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}]', max_retries => 1000)$$,
     'WH008', 'max_retries: 1000 is out of range; expected an integer from 0 to 50', 'absurd max_retries');
-SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}]', max_retries => NULL)$$,
-    'WH008', NULL, 'null max_retries');
+-- A NULL max_retries means "not given" (the default schedule); a given one is still checked.
+SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}]', max_retries => 51, retry_backoff_seconds => NULL)$$,
+    'WH008', NULL, 'max_retries out of range with the backoff left NULL');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}]', timeout_seconds => 0)$$,
     'WH008', 'timeout_seconds: 0 is out of range; expected an integer from 1 to 300', 'timeout 0');
 SELECT throws_ok($$SELECT webhooks.create_webhook('n', 'https://e.com', '[{"table":"users"}]', timeout_seconds => 10000)$$,

@@ -85,7 +85,10 @@ SELECT lives_ok($$SELECT webhooks.publish('user.signup', '[1]')$$, 'an event nob
 SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 1, '...and reaches only the * subscriber');
 SELECT throws_ok($$SELECT webhooks.delete_event_type('order.completed')$$, 'WH025', NULL, 'a type in use cannot be deleted');
 SELECT throws_ok($$SELECT webhooks.delete_event_type('order.nope')$$, 'WH021', NULL, 'deleting an unknown type');
-SELECT lives_ok($$SELECT webhooks.delete_event_type('user.signup')$$, 'an unused type can be deleted');
+-- user.signup is reached only through the "*" subscription: still in use.
+SELECT throws_ok($$SELECT webhooks.delete_event_type('user.signup')$$, 'WH025',
+                 $m$name: event type 'user.signup' is used by webhook 'all', which subscribes to '*'$m$,
+                 'a type reached by a wildcard subscription cannot be deleted');
 -- publish() reads each type's subscribers from event_types.webhook_ids: kept current.
 SELECT lives_ok($$SELECT webhooks.create_event_type('order.refunded')$$, 'a type declared after its subscribers');
 SELECT is((SELECT webhook_ids FROM webhooks.event_types WHERE name = 'order.refunded'),

@@ -1,0 +1,74 @@
+-- Compact JSON for row images: what JSON.stringify(JSON.parse(body)) and Python's
+-- json.dumps(..., separators=(",", ":"), ensure_ascii=False) print, in the image's own key order
+-- (json, not jsonb, whose key order is its own). Receivers that verify a signature over
+-- JSON.stringify(req.body) need the body byte for byte in that form.
+
+-- Any JSON value, compacted recursively; strings re-escaped as to_json() escapes text.
+CREATE OR REPLACE FUNCTION webhooks._compact(value json)
+RETURNS json
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    CASE json_typeof(value)
+    WHEN 'object' THEN
+        RETURN ('{' || coalesce((SELECT string_agg(to_json(e.k)::text || ':' || webhooks._compact(e.v)::text, ','
+                                                    ORDER BY e.o)
+                                 FROM json_each(value) WITH ORDINALITY AS e(k, v, o)), '') || '}')::json;
+    WHEN 'array' THEN
+        RETURN ('[' || coalesce((SELECT string_agg(webhooks._compact(a.v)::text, ',' ORDER BY a.o)
+                                 FROM json_array_elements(value) WITH ORDINALITY AS a(v, o)), '') || ']')::json;
+    WHEN 'string' THEN
+        RETURN to_json(value #>> '{}');  -- a json column's "\u00e9" or "\/" as JSON.stringify writes it
+    WHEN 'number' THEN
+        RETURN webhooks._compact_number(btrim(value::text, E' \t\n\r'))::json;
+    ELSE
+        RETURN btrim(value::text, E' \t\n\r')::json;
+    END CASE;
+END
+$$;
+
+-- A JSON number as JavaScript prints it: a numeric column's 12.50 is 12.5 to JSON.stringify, so
+-- a body carrying 12.50 fails every signature check over JSON.stringify(req.body). Between 1e-4
+-- and 1e15 PostgreSQL's shortest float8 text (extra_float_digits 1) is JavaScript's; outside it,
+-- and for integers beyond 2^53 (which JavaScript cannot hold), the number is left as it is.
+CREATE OR REPLACE FUNCTION webhooks._compact_number(t text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1
+AS $$
+DECLARE
+    f float8;
+BEGIN
+    IF t ~ '^-?[0-9]{1,15}$' THEN
+        RETURN CASE WHEN t = '-0' THEN '0' ELSE t END;
+    END IF;
+    f := t::float8;
+    IF f = 0 THEN
+        RETURN '0';
+    ELSIF abs(f) >= 1e-4 AND abs(f) < 1e15 THEN
+        RETURN f::text;
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- A row image, compact. row_to_json() already prints its own level compactly; what it embeds
+-- verbatim (a jsonb column's "a": 1, a json column as typed) and images built elsewhere (jsonb
+-- text, json_object_agg's { "a" : 1 }) are not. An image with no nested object or array and no
+-- ": " or number to reprint is already compact and is returned as it is: the common row costs
+-- a few strpos and one regular expression.
+CREATE OR REPLACE FUNCTION webhooks._compact_image(image json)
+RETURNS json
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t text := image::text;
+BEGIN
+    IF image IS NULL OR (left(t, 1) = '{' AND right(t, 1) = '}' AND strpos(t, ': ') = 0
+                         AND strpos(t, ' :') = 0 AND strpos(substr(t, 2), '{') = 0 AND strpos(t, '[') = 0
+                         -- no number JavaScript prints otherwise: 12.50, 1e3, -0
+                         AND t !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]') THEN
+        RETURN image;
+    END IF;
+    RETURN webhooks._compact(image);
+END
+$$;

@@ -1,0 +1,97 @@
+"""Every body pgwebhooks builds is compact JSON, byte for byte what JSON.stringify and Python's
+compact json.dumps print for it, in every profile, with and without exclude_columns.
+
+Receivers that verify a signature over JSON.stringify(req.body) (the Fluxbase and Rowbase recipes)
+answer 401 to anything else. Row images are the hard part: row_to_json embeds a jsonb column as
+jsonb prints it ("a": 1) and a json column as it was typed, and the redacted image was built with
+json_object_agg ({ "id" : 1 }).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura"]
+
+# Node re-serialises each body of a JSON array of bodies, as an express receiver would.
+NODE_STRINGIFY = """
+let input = '';
+process.stdin.on('data', c => { input += c; });
+process.stdin.on('end', () => {
+  process.stdout.write(JSON.stringify(JSON.parse(input).map(b => JSON.stringify(JSON.parse(b)))));
+});
+"""
+
+
+def node_stringify(bodies: list[str]) -> list[str]:
+    node = shutil.which("node")
+    assert node is not None, "node is needed to check bodies against JSON.stringify"
+    out = subprocess.run([node, "-e", NODE_STRINGIFY], input=json.dumps(bodies), capture_output=True,
+                         text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+def python_compact(body: str) -> str:
+    return json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False)
+
+
+def bodies_of(conn: psycopg.Connection, profile: str, excluded: list[str] | None) -> list[str]:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, label text, doc jsonb, raw json, amount numeric,"
+                 " flag boolean, gone text, tags text[], at timestamptz DEFAULT '2026-01-02 03:04:05.678+00')")
+    event: dict = {"table": "items"}
+    if excluded:
+        event["exclude_columns"] = excluded
+    conn.execute("SELECT webhooks.create_event_type('order.completed', 'paid')")
+    conn.execute("SELECT * FROM webhooks.create_webhook(name => 'h', url => 'https://example.com/h',"
+                 " events => %s, profile => %s)",
+                 (Jsonb([event, {"event_type": "order.*"}]), profile))
+    label = 'say "hi": {ok} [1, 2]\n\t\u00e9\u2028 \U0001f600 \\ / \x01'
+    conn.execute("INSERT INTO items (id, label, doc, raw, amount, flag, tags) VALUES"
+                 " (1, %s, %s, %s::json, 12.50, true, ARRAY['a b', 'c']),"
+                 " (2, 'plain', '{\"b\": {\"c\": [1, 2, {\"d\": null}]}, \"a\": \"x: y\"}', '[ 1 , \"\\u00e9\" ]',"
+                 " -0.5, NULL, NULL)",
+                 (label, Jsonb({"nested": {"k": [1, "two", {"three": 3}], "n": 7.550}, "s": "a: b, c"}),
+                  '{ "x" : [1, 2.50, 1e3, -0],  "y" : "\\u00e9\\/" }'))
+    conn.execute("UPDATE items SET label = 'changed', doc = '{\"z\": 1}' WHERE id = 1")
+    conn.execute("DELETE FROM items WHERE id = 2")
+    conn.execute("SELECT webhooks.publish('order.completed', %s)",
+                 (Jsonb({"order": {"id": 7, "lines": [{"sku": "a: b", "qty": 2}]}, "total": 12.5}),))
+    conn.execute("SELECT webhooks.send_test((SELECT id FROM webhooks.webhooks))")
+    rows = conn.execute("SELECT body FROM webhooks.claim(100, 30) ORDER BY delivery_id").fetchall()
+    assert len(rows) == 6  # 2 inserts, 1 update, 1 delete, 1 event, 1 test
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("excluded", [None, ["gone", "raw"]], ids=["plain", "exclude_columns"])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_bodies_are_compact_json_as_json_stringify_prints_them(
+    conn: psycopg.Connection, profile: str, excluded: list[str] | None
+) -> None:
+    bodies = bodies_of(conn, profile, excluded)
+    assert node_stringify(bodies) == bodies
+    assert [python_compact(b) for b in bodies] == bodies
+    rows = [json.loads(b) for b in bodies]
+    text = json.dumps(rows)
+    assert ('"gone"' in text) is (excluded is None)
+    if profile in ("standard", "fluxbase", "fluxbase_hex", "supabase"):
+        first = next(r["record"] for r in rows if (r.get("record") or {}).get("label", "").startswith("say"))
+        # Column order kept, nested values intact.
+        assert list(first)[:3] == ["id", "label", "doc"]
+        assert first["doc"] == {"nested": {"k": [1, "two", {"three": 3}], "n": 7.55}, "s": "a: b, c"}
+        assert first["amount"] == 12.5
+        assert first["label"].startswith('say "hi": {ok} [1, 2]\n')
+        if excluded is None:
+            assert first["raw"] == {"x": [1, 2.5, 1000, 0], "y": "\u00e9/"}
+
+
+def test_compact_image_keeps_an_already_compact_image_as_it_is(conn: psycopg.Connection) -> None:
+    same = conn.execute("""SELECT webhooks._compact_image('{"id":1,"label":"a b"}'::json)::text""").fetchone()
+    assert same == ('{"id":1,"label":"a b"}',)
+    redacted = conn.execute("""SELECT webhooks._without('{"id":1,"x":2,"label":"a"}'::json, '{x}')::text""")
+    assert redacted.fetchone() == ('{"id":1,"label":"a"}',)
