@@ -70,10 +70,16 @@ for _command in cli_install.COMMANDS:
 @click.option("--allow-cidr", "allowed_cidrs", multiple=True, help="Allow destinations in this CIDR (repeatable).")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="PGWEBHOOKS_METRICS_PORT", show_envvar=True,
+              help="Serve /metrics (Prometheus), /healthz and /readyz on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="PGWEBHOOKS_METRICS_HOST",
+              show_envvar=True, help="Address for --metrics-port (0.0.0.0 for a Prometheus elsewhere).")
+@click.option("--progress-interval", default=60.0, show_default=True,
+              help="Seconds between progress log lines (delivered, failed, pending); 0: none.")
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
     shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
-    log_format: str, log_level: str,
+    log_format: str, log_level: str, metrics_port: int | None, metrics_host: str, progress_interval: float,
 ) -> None:
     """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C."""
     from pgwebhooks.worker import Runner, RunnerConfig
@@ -84,6 +90,7 @@ def run(
         batch_size=batch_size, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
         lease_margin_seconds=lease_margin,
         allow_private_networks=allow_private_networks, allowed_cidrs=allowed_cidrs,
+        metrics_port=metrics_port, metrics_host=metrics_host, progress_interval=progress_interval,
     )
 
     async def serve() -> None:

@@ -36,7 +36,8 @@ def test_delivery_log_names_published_events_by_type_and_filters(conn: psycopg.C
     assert conn.execute("SELECT count(*) FROM webhooks.delivery_log(%s::uuid, only_status => 'failed')",
                         (hook,)).fetchone() == (0,)
     with pytest.raises(psycopg.Error) as err:
-        conn.execute("SELECT * FROM webhooks.delivery_log(%s::uuid, only_status => 'x''); DROP TABLE items; --')", (hook,))
+        conn.execute("SELECT * FROM webhooks.delivery_log(%s::uuid, only_status => %s)",
+                     (hook, "x'); DROP TABLE items; --"))
     assert err.value.sqlstate == "WH040"
     assert "DROP TABLE" in str(err.value)  # the message names the value it refused
 
