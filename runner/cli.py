@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, cli_health, cli_install, logs, roles
+from pgwebhooks import __version__, cli_dashboard, cli_health, cli_install, logs, roles
 
 
 def _resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
@@ -255,6 +255,7 @@ def create(
 
 
 cli_health.register(main, webhooks_group, DSN, AS_JSON, sql_api, emit)
+cli_dashboard.register(main, DSN, sql_api, emit)
 
 
 @webhooks_group.command("list")

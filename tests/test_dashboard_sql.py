@@ -49,7 +49,9 @@ def test_delivery_request_masks_secret_headers_and_signatures(conn: psycopg.Conn
     claimed = conn.execute("SELECT delivery_id, body, headers FROM webhooks.claim(10, 30)").fetchall()
     assert len(claimed) == 1
     delivery_id, body, sent_headers = claimed[0]
-    url, shown_body, shown = conn.execute("SELECT * FROM webhooks.delivery_request(%s)", (delivery_id,)).fetchone()
+    webhook_id, url, shown_body, shown = conn.execute(
+        "SELECT * FROM webhooks.delivery_request(%s)", (delivery_id,)).fetchone()
+    assert str(webhook_id) == hook
     assert url == "https://example.com/h"
     assert shown_body == body  # byte-identical to what claim() handed the runner
     assert "topsecret" not in str(shown)
@@ -57,7 +59,6 @@ def test_delivery_request_masks_secret_headers_and_signatures(conn: psycopg.Conn
     assert set(shown) == set(sent_headers)
     assert shown["webhook-id"] == sent_headers["webhook-id"]
     assert all("v1," not in v for v in shown.values())
-    assert hook
 
 
 def test_tokens_are_stored_as_hashes_and_map_to_roles(conn: psycopg.Connection) -> None:

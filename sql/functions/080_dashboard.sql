@@ -78,13 +78,13 @@ BEGIN
 END
 $$;
 
--- The request a delivery sent (its latest attempt, or `attempt`): URL, body and headers,
+-- The request a delivery sent (its latest attempt, or `attempt`): webhook, URL, body and headers,
 -- re-rendered from the outbox as claim() renders them. The body is byte-identical to what the
 -- receiver got as long as the webhook's profile and name have not changed since. Secret header
 -- values and signatures are never shown (they stand as "[secret]" and "[signed when sent]"); a
 -- table change is shown only to a caller who may SELECT that table.
 CREATE OR REPLACE FUNCTION webhooks.delivery_request(delivery_id bigint, attempt integer DEFAULT NULL)
-RETURNS TABLE (url text, body text, headers jsonb)
+RETURNS TABLE (webhook_id uuid, url text, body text, headers jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
 DECLARE
@@ -142,7 +142,7 @@ BEGIN
                                                      WHEN lower(k) = 'webhook-timestamp' THEN '[time of sending]'
                                                      ELSE '[signed when sent]' END);
     END LOOP;
-    RETURN QUERY SELECT w.url, rendered,
+    RETURN QUERY SELECT w.id, w.url, rendered,
         w.headers
         || coalesce((SELECT jsonb_object_agg(h.key, '[secret]')
                      FROM webhooks.secret_headers sh, jsonb_each(sh.headers) h WHERE sh.webhook_id = w.id), '{}')

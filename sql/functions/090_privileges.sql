@@ -58,6 +58,8 @@ TO webhooks_runner;
 -- at webhooks, their health and their log, and change nothing. The dashboard's own login role
 -- is a member of webhooks_admin and webhooks_viewer and acts as one of them per request.
 GRANT USAGE ON SCHEMA webhooks TO webhooks_viewer;
+-- Revoked and granted again, as webhooks_admin's above: every migrate leaves the same ACLs.
+REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_viewer;
 GRANT SELECT ON webhooks.webhook_status TO webhooks_viewer;
 GRANT EXECUTE ON FUNCTION
     webhooks.get_webhook_status(),
