@@ -42,7 +42,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it a browser sends `Origin: null` on same-origin form posts.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
@@ -213,7 +214,7 @@ async def _guarded(request: web.Request, handler: Handler, settings: Settings, a
             sent = str(form.get("csrf", ""))
             if not request.cookies.get(CSRF_COOKIE) or not hmac.compare_digest(sent, csrf_token(request)):
                 raise web.HTTPForbidden(reason="missing or wrong CSRF token; reload the page and try again")
-    if request.path.startswith("/static/") or request.path in ("/login", "/api/v1/openapi.json"):
+    if request.path.startswith("/static/") or request.path in ("/login", "/logout", "/api/v1/openapi.json"):
         return await handler(request)
     principal = await _principal(request, api)
     if principal is None:

@@ -205,7 +205,8 @@ async def action(request: web.Request) -> web.Response:
     webhook_id = _webhook_id(request)
     form = await request.post()
     verb = request.match_info["verb"]
-    here = f"/webhooks/{webhook_id}"
+    location, notice = f"/webhooks/{webhook_id}", ""
+    # Redirects are raised after the transaction: raised inside it, they would roll it back.
     async with _call(request) as conn:
         if verb == "pause":
             await ops.pause(conn, webhook_id, str(form.get("reason", "")).strip() or None)
@@ -223,7 +224,7 @@ async def action(request: web.Request) -> web.Response:
                 except json.JSONDecodeError as exc:
                     raise ops.BadInput("data", f"is not JSON: {exc}") from None
             delivery = await ops.send_test(conn, webhook_id, args)
-            raise _back(f"/deliveries/{delivery}", "test queued: its attempt appears here once a runner sends it")
+            location, notice = f"/deliveries/{delivery}", "test queued: its attempt appears here once a runner sends it"
         elif verb == "rotate-secret":
             row = await ops.rotate_secret(conn, webhook_id, None, str(form.get("grace", "")).strip() or None)
             hook = await ops.get_webhook(conn, webhook_id)
@@ -235,10 +236,10 @@ async def action(request: web.Request) -> web.Response:
             if not hook or str(form.get("confirm", "")) != hook["name"]:
                 raise ops.BadInput("confirm", "type the webhook's name to delete it")
             await ops.delete_webhook(conn, webhook_id)
-            raise _back("/", f"deleted {hook['name']}")
+            location, notice = "/", f"deleted {hook['name']}"
         else:
             raise web.HTTPNotFound()
-    raise _back(here, notice)
+    raise _back(location, notice)
 
 
 async def replay(request: web.Request) -> web.Response:
@@ -276,17 +277,18 @@ async def login(request: web.Request) -> web.Response:
     principal = await request.app[DB].authenticate(token) if token else None
     if principal is None:
         return render(request, "login.html", {"title": "Sign in", "failed": True}, status=401)
-    response = web.HTTPSeeOther("/")
+    # Returned, not raised: a raised redirect loses the cookies set on it.
+    response = web.Response(status=303, headers={"Location": "/"})
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/",
                         secure=request.app[SETTINGS].secure_cookies, max_age=12 * 3600)
-    raise response
+    return response
 
 
 async def logout(_: web.Request) -> web.Response:
-    response = web.HTTPSeeOther("/login")
+    response = web.Response(status=303, headers={"Location": "/login"})
     response.del_cookie(SESSION_COOKIE, path="/")
     response.del_cookie(CSRF_COOKIE, path="/")
-    raise response
+    return response
 
 
 def setup(app: web.Application) -> None:
