@@ -93,6 +93,19 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=default)
 
 
+def interval_text(value: timedelta | None) -> str:
+    """An interval as people write it ("3 days", "1 h 30 min"), not Python's "3 days, 0:00:00"."""
+    if value is None:
+        return "never"
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size:
+            count, seconds = divmod(seconds, size)
+            parts.append(f"{count} {'day' if unit == 'days' and count == 1 else unit}")
+    return " ".join(parts) or "0 s"
+
+
 def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(text=to_json(value), status=status, content_type="application/json")
 
@@ -251,6 +264,7 @@ def create_app(dsn: str, settings: Settings) -> web.Application:
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("pgwebhooks.dashboard", "templates"),
         autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    app[TEMPLATES].filters["interval"] = interval_text
     views.setup(app)
     api.setup(app)
 
