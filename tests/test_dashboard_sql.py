@@ -99,3 +99,14 @@ def test_viewer_reads_but_cannot_change_or_mint_tokens(conn: psycopg.Connection)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM webhooks.webhook_status")
         assert cur.fetchone()["name"] == "ro"
+
+
+def test_get_deliveries_lists_published_events_by_type(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT webhooks.create_event_type('invoice.paid', 'paid')")
+    hook = _hook(conn, "events", [{"event_type": "invoice.*"}])
+    conn.execute("SELECT webhooks.publish('invoice.paid', '{}')")
+    queued = conn.execute("SELECT event, status FROM webhooks.get_deliveries(%s::uuid)", (hook,)).fetchall()
+    assert queued == [("invoice.paid", "queued")]
+    conn.execute("SELECT count(*) FROM webhooks.claim(10, 30)")
+    leased = conn.execute("SELECT event, status FROM webhooks.get_deliveries(%s::uuid)", (hook,)).fetchall()
+    assert leased == [("invoice.paid", "leased")]
