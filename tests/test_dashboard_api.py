@@ -183,3 +183,25 @@ async def test_request_shown_is_what_the_receiver_got_and_pages_escape(db: str) 
                 assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
             assert "<script" not in html and "<img src=x" not in html and "k-123" not in html
         assert "&lt;script&gt;document.title=" in html
+
+
+async def test_test_form_sends_the_chosen_shape(db: str) -> None:
+    create_table(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT webhooks.create_event_type('order.created', 'placed')")
+        row = conn.execute("SELECT id FROM webhooks.create_webhook('shapes', 'https://example.com/h',"
+                           " '[{\"table\": \"items\"}, {\"event_type\": \"order.*\"}]')").fetchone()
+    assert row is not None
+    async with dashboard(db) as base, _session() as http:
+        csrf = await _csrf_session(http, base)
+        for shape, data in (("row:UPDATE", '{"id": 7, "label": "x"}'), ("order.created", '{"n": 1}'), ("", "")):
+            status, _ = await call(http, "POST", f"{base}/webhooks/{row[0]}/test",
+                                   data={"csrf": csrf, "event_type": shape, "table": "public.items", "data": data})
+            assert status == 303
+        status, _ = await call(http, "POST", f"{base}/webhooks/{row[0]}/test",
+                               data={"csrf": csrf, "event_type": "order.created", "data": "{not json"})
+        assert status == 400
+    sent = query(db, "SELECT operation, event_type, record::text AS record, data FROM webhooks.captures ORDER BY id")
+    assert [(s["operation"], s["event_type"]) for s in sent] == [("UPDATE", None), ("EVENT", "order.created"),
+                                                                 ("TEST", None)]
+    assert sent[0]["record"] == '{"id":7,"label":"x"}' and sent[1]["data"] == {"n": 1}

@@ -110,3 +110,14 @@ def test_get_deliveries_lists_published_events_by_type(conn: psycopg.Connection)
     conn.execute("SELECT count(*) FROM webhooks.claim(10, 30)")
     leased = conn.execute("SELECT event, status FROM webhooks.get_deliveries(%s::uuid)", (hook,)).fetchall()
     assert leased == [("invoice.paid", "leased")]
+
+
+def test_runner_role_reads_the_backlog_and_nothing_more(conn: psycopg.Connection) -> None:
+    _hook(conn, "backlog", [{"event_type": "*"}])
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE webhooks_runner")
+        rows = conn.execute("SELECT name, state, pending, circuit FROM webhooks.runner_backlog()").fetchall()
+        assert rows == [("backlog", "healthy", 0, "closed")]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        conn.execute("SET LOCAL ROLE webhooks_runner")
+        conn.execute("SELECT * FROM webhooks.delivery_log(gen_random_uuid())")

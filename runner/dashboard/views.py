@@ -171,6 +171,22 @@ def _settings(form: Any) -> dict[str, Any]:
     return args
 
 
+def _test_shape(form: Any) -> dict[str, Any]:
+    """send_test's arguments from the test form: TEST, a row change (row:INSERT...) of `table`
+    with `data` as its record, or an event type with `data` as its data."""
+    shape = str(form.get("event_type", "")).strip()
+    raw = str(form.get("data", "")).strip() or "{}"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ops.BadInput("data", f"is not JSON: {exc}") from None
+    if not shape:
+        return {}
+    if shape.startswith("row:"):
+        return {"event": shape[4:], "table": str(form.get("table", "")).strip(), "record": data}
+    return {"event_type": shape, "data": data}
+
+
 async def new_form(request: web.Request) -> web.Response:
     return render(request, "edit.html", {"title": "New webhook", "hook": None, "profiles": ops.PROFILES})
 
@@ -217,13 +233,7 @@ async def action(request: web.Request) -> web.Response:
         elif verb == "replay-failed":
             notice = f"queued {await ops.replay_failed(conn, webhook_id, str(form.get('since', '')).strip())} replays"
         elif verb == "test":
-            args = {"event_type": str(form.get("event_type", "")).strip() or None}
-            if args["event_type"]:
-                try:
-                    args["data"] = json.loads(str(form.get("data", "")).strip() or "{}")
-                except json.JSONDecodeError as exc:
-                    raise ops.BadInput("data", f"is not JSON: {exc}") from None
-            delivery = await ops.send_test(conn, webhook_id, args)
+            delivery = await ops.send_test(conn, webhook_id, _test_shape(form))
             location, notice = f"/deliveries/{delivery}", "test queued: its attempt appears here once a runner sends it"
         elif verb == "rotate-secret":
             row = await ops.rotate_secret(conn, webhook_id, None, str(form.get("grace", "")).strip() or None)
