@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 import click
+import psycopg
 
 from pgwebhooks import logs
 
@@ -40,6 +41,10 @@ def register(main: click.Group, dsn_option: Any, sql_api: Any, emit: Any) -> Non
             needs_tokens = asyncio.run(check_startup(dsn, host, require_token))
         except SystemExit as exc:
             raise click.ClickException(str(exc)) from None
+        except psycopg.Error as exc:
+            first = (exc.diag.message_primary or str(exc)).strip().splitlines()[0]
+            raise click.ClickException(f"cannot check the API tokens (is the schema installed and up to date? "
+                                       f"run pgwebhooks migrate): {first}") from None
         key = os.environ.get("PGWEBHOOKS_DASHBOARD_KEY", "").encode() or secrets.token_bytes(32)
         settings = Settings(host=host, port=port, require_tokens=needs_tokens, csrf_key=key,
                             secure_cookies=secure_cookies)

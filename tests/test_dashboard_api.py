@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import aiohttp
 import psycopg
@@ -15,6 +20,7 @@ from test_runner import create_table, eventually, insert, query, receiver, runne
 
 from pgwebhooks.cli import main
 from pgwebhooks.dashboard.app import check_startup
+from pgwebhooks.localpg import free_port
 
 API = "/api/v1"
 
@@ -205,3 +211,40 @@ async def test_test_form_sends_the_chosen_shape(db: str) -> None:
     assert [(s["operation"], s["event_type"]) for s in sent] == [("UPDATE", None), ("EVENT", "order.created"),
                                                                  ("TEST", None)]
     assert sent[0]["record"] == '{"id":7,"label":"x"}' and sent[1]["data"] == {"n": 1}
+
+
+def test_token_cli_prints_the_token_once_and_revokes(db: str) -> None:
+    created = CliRunner().invoke(main, ["dashboard", "token", "create", "deploy-bot", "--access", "admin",
+                                        "--dsn", db])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("pgwh_")
+    listed = CliRunner().invoke(main, ["dashboard", "token", "list", "--dsn", db])
+    assert "deploy-bot" in listed.output and "admin" in listed.output and token not in listed.output
+    token_id = query(db, "SELECT id FROM webhooks.api_tokens")[0]["id"]
+    revoked = CliRunner().invoke(main, ["dashboard", "token", "revoke", str(token_id), "--dsn", db])
+    assert revoked.exit_code == 0
+    assert query(db, "SELECT webhooks.authenticate_api_token(%s) AS role", token)[0]["role"] is None
+    unknown = CliRunner().invoke(main, ["dashboard", "token", "revoke", "00000000-0000-0000-0000-000000000000",
+                                        "--dsn", db])
+    assert unknown.exit_code != 0 and "WH042" in unknown.output
+
+
+def test_dashboard_command_serves_pages(db: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("pgwebhooks")), "dashboard", "--dsn", db,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        body = ""
+        for _ in range(100):  # bounded: 100 x 0.1 s
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    body = resp.read().decode()
+                    csp = resp.headers["Content-Security-Policy"]
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert "<h1>Webhooks</h1>" in body and "default-src 'none'" in csp
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
