@@ -215,3 +215,28 @@ async def test_event_types_page_publishes(db: str) -> None:
         await page.click("button[name=publish]")
         assert "published event" in await page.locator(".notice").inner_text()
     assert query(db, "SELECT count(*) AS n FROM webhooks.captures WHERE operation = 'EVENT'")[0]["n"] == 1
+
+
+async def test_create_form_makes_a_webhook_and_shows_its_secret_once(db: str) -> None:
+    create_table(db)
+    async with dashboard(db) as base, browser() as b:
+        page = await new_page(b)
+        await page.goto(f"{base}/")
+        await page.click("nav >> text=New webhook")
+        await page.fill("input[name=name]", "search-index")
+        await page.fill("input[name=url]", "https://search.example.com/hooks")
+        await page.fill("textarea[name=tables]", "public.items:INSERT,UPDATE")
+        await page.select_option("select[name=profile]", "supabase")
+        await page.fill("input[name=retry_schedule]", "1 minute, 10 minutes")
+        await page.fill("textarea[name=secret_headers]", "Authorization: Bearer sk-live-1")
+        await page.click("button:has-text('Create')")
+        secret = await page.locator("#secret").inner_text()
+        assert secret.startswith("whsec_")
+        await page.click("text=Continue")
+        html = await page.content()
+        assert "sk-live-1" not in html and secret not in html
+        assert "public.items" in await page.locator(".subs").inner_text()
+    row = query(db, "SELECT w.profile, w.max_retries, s.headers FROM webhooks.webhooks w"
+                    " JOIN webhooks.secret_headers s ON s.webhook_id = w.id")[0]
+    assert (row["profile"], row["max_retries"], row["headers"]) == (
+        "supabase", 2, {"Authorization": "Bearer sk-live-1"})

@@ -101,8 +101,7 @@ async def webhook_page(request: web.Request) -> web.Response:
     return render(request, "webhook.html", {
         "title": hook["name"] if hook else "Webhook", "hook": hook, "status": status, "log": log,
         "filters": filters, "statuses": ops.STATUSES, "next_page": next_page, "event_types": types,
-        "notice": q.get("notice"), "new_secret": None,
-        "events_json": json.dumps(hook["events"] if hook else [], indent=2)})
+        "notice": q.get("notice")})
 
 
 async def delivery_page(request: web.Request) -> web.Response:
