@@ -1,6 +1,6 @@
 """`pgwebhooks run --metrics-port`: /metrics, /healthz and /readyz on a small aiohttp server.
 
-/healthz: the process answers, its event loop is not stuck and it is not shutting down.
+/healthz: the process answers, neither its event loop nor its claim loop is stuck, it is not stopping.
 /readyz:  the database answers and its schema is one this runner can serve (see metrics.Monitor).
 Both answer 200 "ok" or 503 with a one-line reason, for orchestrators and humans alike.
 """
@@ -8,6 +8,7 @@ Both answer 200 "ok" or 503 with a one-line reason, for orchestrators and humans
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgwebhooks.runner")
 
 STUCK_LOOP_SECONDS = 10.0  # an event loop this late waking up is not serving its sends
+STUCK_CLAIM_SECONDS = 60.0
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -39,6 +41,12 @@ def build_app(runner: Runner, metrics: RunnerMetrics, monitor: Monitor) -> web.A
             return _plain(503, "shutting down")
         if monitor.loop_lag > STUCK_LOOP_SECONDS:
             return _plain(503, f"event loop stalled {monitor.loop_lag:.1f} s")
+        # The claim loop goes round at least every poll interval (or reconnect backoff), except
+        # while every slot is busy, when it waits for a send to end.
+        quiet = time.monotonic() - metrics.heartbeat
+        busy = len(runner._tasks) >= runner.config.concurrency
+        if quiet > max(STUCK_CLAIM_SECONDS, 10 * runner.config.poll_interval) and not busy:
+            return _plain(503, f"claim loop stalled: no round for {quiet:.0f} s")
         return _plain(200, "ok")
 
     async def readyz(_: web.Request) -> web.Response:

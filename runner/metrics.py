@@ -102,6 +102,7 @@ class RunnerMetrics(Collector):
         self.ready_reason: str | None = "not checked yet"
         self.ready_checked_at = 0.0
         self.schema_version: str | None = None
+        self.heartbeat = time.monotonic()  # the claim loop's last round (see health_server)
 
     # -- the send path: keep these cheap --------------------------------------------------
 

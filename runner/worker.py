@@ -180,6 +180,7 @@ class Runner(ReportingMixin):
         self._sender = sender
         try:
             while not self._stopping.is_set():
+                self.metrics.heartbeat = time.monotonic()  # /healthz: the claim loop goes round
                 room = cfg.concurrency + self.prefetch - len(self._tasks) - len(self._ready)
                 idle_slots = len(self._tasks) + len(self._ready) < cfg.concurrency
                 # With slots busy and jobs waiting, top up only once half the prefetch is used:

@@ -179,3 +179,15 @@ async def test_progress_line(db: str, caplog: pytest.LogCaptureFixture) -> None:
 
             assert await eventually(lambda: sum(getattr(r, "delivered", 0) for r in logged()) == 5, timeout=10)
     assert all(hasattr(r, "failed_attempts") and hasattr(r, "in_flight") for r in logged())
+
+
+async def test_healthz_fails_when_the_claim_loop_stops_going_round(db: str) -> None:
+    port = free_port()
+    async with running(runner_config(db, metrics_port=port, poll_interval=100.0)) as runner:
+        assert await _wait_status(port, "/healthz", 200)
+        await asyncio.sleep(0.3)  # the claim loop is now asleep until a NOTIFY (or 100 s)
+        runner.metrics.heartbeat -= 5000
+        status, reason = await _get(port, "/healthz")
+        assert status == 503 and reason.startswith("claim loop stalled")
+        query(db, "SELECT pg_notify('webhooks', '')")  # wakes it: it goes round again
+        assert await _wait_status(port, "/healthz", 200)
