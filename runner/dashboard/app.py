@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import jinja2
@@ -156,7 +157,8 @@ def _same_origin(request: web.Request) -> bool:
     if site is not None and site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    # The host only: behind an HTTPS proxy the browser's scheme is not the one this server sees.
+    return origin is None or urlsplit(origin).netloc == request.host
 
 
 def _allowed_host(request: web.Request, settings: Settings) -> bool:
