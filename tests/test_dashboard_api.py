@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from dashboard_server import call, dashboard, grant_tables, make_token
+from psycopg.conninfo import make_conninfo
 from receivers import Reply
 from test_runner import create_table, eventually, insert, query, receiver, runner_config, running
 
@@ -248,3 +250,26 @@ def test_dashboard_command_serves_pages(db: str) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_plain_login_role_serves_tokens_of_both_kinds(db: str) -> None:
+    """As the README sets it up: a login role that may become webhooks_admin or webhooks_viewer."""
+    role = f"dash_{uuid.uuid4().hex[:8]}"
+    create_table(db)
+    grant_tables(db, "items")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_admin, webhooks_viewer")
+    admin, read = make_token(db, "admin"), make_token(db, "read")
+    dsn = make_conninfo(db, user=role)
+    new = {"name": "n", "url": "https://example.com/h", "events": [{"table": "items"}]}
+    try:
+        async with dashboard(dsn, require_tokens=True) as base, _session() as http:
+            assert (await call(http, "POST", f"{base}{API}/webhooks", token=admin, json=new))[0] == 201
+            status, hooks = await call(http, "GET", f"{base}{API}/status", token=read)
+            assert status == 200 and [h["name"] for h in hooks] == ["n"]
+            assert (await call(http, "POST", f"{base}{API}/webhooks/{hooks[0]['id']}/pause", token=read,
+                               json={}))[0] == 403
+        assert query(db, "SELECT paused FROM webhooks.webhooks")[0]["paused"] is False
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:  # roles belong to the cluster, not to the database
+            conn.execute(f"DROP ROLE {role}")
