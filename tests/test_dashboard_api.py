@@ -273,3 +273,28 @@ async def test_a_plain_login_role_serves_tokens_of_both_kinds(db: str) -> None:
     finally:
         with psycopg.connect(db, autocommit=True) as conn:  # roles belong to the cluster, not to the database
             conn.execute(f"DROP ROLE {role}")
+
+
+async def test_delivery_log_pages_and_filters(db: str) -> None:
+    create_table(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        hook = conn.execute("SELECT id FROM webhooks.create_webhook('pages', 'https://example.com/h',"
+                            " '[{\"table\": \"items\"}]')").fetchone()
+        assert hook is not None
+        conn.execute("INSERT INTO items (label) SELECT 'x' FROM generate_series(1, 7)")
+        conn.execute("SELECT count(*) FROM webhooks.claim(100, 30)")  # fan out: deliveries exist
+    url = f"{API}/webhooks/{hook[0]}/deliveries"
+    async with dashboard(db) as base, _session() as http:
+        status, first = await call(http, "GET", f"{base}{url}?limit=3")
+        assert status == 200 and len(first) == 3
+        status, second = await call(http, "GET", f"{base}{url}?limit=3&before={first[-1]['delivery_id']}")
+        ids = [d["delivery_id"] for d in first + second]
+        assert len(second) == 3 and ids == sorted(ids, reverse=True) and len(set(ids)) == 6
+        assert (await call(http, "GET", f"{base}{url}?status=leased&event=INSERT"))[1][0]["event"] == "INSERT"
+        assert (await call(http, "GET", f"{base}{url}?event=DELETE"))[1] == []
+        status, err = await call(http, "GET", f"{base}{url}?status=lost")
+        assert status == 422 and err["error"]["code"] == "WH040"
+        status, err = await call(http, "GET", f"{base}{url}?limit=0")
+        assert status == 400 and err["error"]["field"] == "limit"
+        status, err = await call(http, "GET", f"{base}{url}?since=yesterday-ish")
+        assert status == 422 and err["error"]["code"].startswith("22")
