@@ -106,16 +106,18 @@ async def webhook_page(request: web.Request) -> web.Response:
 
 async def delivery_page(request: web.Request) -> web.Response:
     delivery_id = _delivery_id(request)
+    shown = ops.parse_int(request.query.get("attempt"), "attempt", 1, 1_000_000)
     async with _call(request) as conn:
         attempts = await ops.attempts(conn, delivery_id)
         try:
             async with conn.transaction():  # a savepoint: a request that cannot be shown is said so
-                sent = await ops.request_of(conn, delivery_id)
+                sent = await ops.request_of(conn, delivery_id, shown)
             refused = None
         except psycopg.Error as exc:
             sent, refused = None, exc.diag.message_primary or str(exc)
     return render(request, "delivery.html", {"title": f"Delivery {delivery_id}", "delivery_id": delivery_id,
                                              "attempts": attempts, "sent": sent, "refused": refused,
+                                             "shown": shown or (attempts[-1]["attempt"] if attempts else None),
                                              "notice": request.query.get("notice")})
 
 
