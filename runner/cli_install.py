@@ -34,10 +34,18 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.command()
 @DSN
 @SIGNER
-def migrate(dsn: str, signer: str | None) -> None:
+@click.option("--lock-timeout", type=click.FloatRange(0.1, 600), default=migrations.LOCK_TIMEOUT_SECONDS,
+              show_default=True, help="Seconds to wait for any one lock (a session holding one on a webhooks table)"
+              f" before rolling back and trying again; {migrations.LOCK_ATTEMPTS} attempts in all.")
+def migrate(dsn: str, signer: str | None, lock_timeout: float) -> None:
     """Install or upgrade the webhooks schema (safe to run concurrently); adopts installs made by other tools."""
+
+    def retrying(attempt: int, reason: str) -> None:
+        click.echo(f"attempt {attempt} of {migrations.LOCK_ATTEMPTS}: a lock stayed busy for {lock_timeout:g}s "
+                   f"({reason}); rolled back, trying again", err=True)
+
     try:
-        applied = migrations.migrate(dsn, signer)
+        applied = migrations.migrate(dsn, signer, lock_timeout=lock_timeout, on_retry=retrying)
         with psycopg.connect(dsn) as conn:
             current = migrations.installed_signer(conn)
     except (migrations.MigrationError, psycopg.Error) as exc:

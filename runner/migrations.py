@@ -27,6 +27,8 @@ tables (ADOPT_PROBE), so later migrations should use IF NOT EXISTS where they ca
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -52,6 +54,12 @@ FUNCTIONS_RECORD = "(functions)"
 # Any constant will do, as long as it is ours: pg_advisory_xact_lock takes a bigint.
 MIGRATION_LOCK_KEY = 0x7067_7768_6F6F_6B73  # "pgwhooks"
 SIGN_HEADERS = "webhooks._sign_headers(text,bigint,text,text[])"
+# migrate() waits at most this long for any one lock: a lock request queued behind a long
+# transaction blocks every writer queued behind it, so it gives up, rolls back and tries again a
+# bounded number of times rather than stall the application.
+LOCK_TIMEOUT_SECONDS = 5.0
+LOCK_ATTEMPTS = 3
+LOCK_RETRY_PAUSE_SECONDS = 1.0
 
 
 class MigrationError(RuntimeError):
@@ -243,21 +251,63 @@ def choose_signer(conn: psycopg.Connection, requested: str | None = None) -> str
     return "plpython"
 
 
-def migrate(dsn: str, signer: str | None = None) -> list[str]:
-    """Install or upgrade; returns the migrations recorded now (applied, or adopted as they stood)."""
+class LockBusy(MigrationError):
+    """A lock migrate() needs was held by another session for longer than its lock_timeout."""
+
+
+def _migrate_once(dsn: str, signer: str | None, lock_timeout: float) -> list[str]:
     known = {m.name for m in migrations()}
     with psycopg.connect(dsn, autocommit=False) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        chosen = choose_signer(conn, signer)
-        before = recorded(conn)
-        for name, sql in script_parts(chosen):
-            try:
-                conn.execute(sql.encode())
-            except psycopg.Error as exc:
-                raise MigrationError(f"{name}: {exc.diag.message_primary or exc}") from exc
-        after = recorded(conn)
-        conn.commit()
+        conn.execute(pgsql.SQL("SET lock_timeout = {}").format(pgsql.Literal(f"{int(lock_timeout * 1000)}ms")))
+        part = "prelude"
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            chosen = choose_signer(conn, signer)
+            before = recorded(conn)
+            for part, sql in script_parts(chosen):
+                try:
+                    conn.execute(sql.encode())
+                except psycopg.errors.LockNotAvailable:
+                    raise
+                except psycopg.Error as exc:
+                    raise MigrationError(f"{part}: {exc.diag.message_primary or exc}") from exc
+            after = recorded(conn)
+            conn.commit()
+        except psycopg.errors.LockNotAvailable as exc:
+            raise LockBusy(f"{part}: {exc.diag.message_primary or exc}") from exc
     return [m.name for m in migrations() if m.name in known and m.name in after and m.name not in before]
+
+
+def migrate(
+    dsn: str,
+    signer: str | None = None,
+    *,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    attempts: int = LOCK_ATTEMPTS,
+    on_retry: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Install or upgrade; returns the migrations recorded now (applied, or adopted as they stood).
+
+    Everything runs in one transaction with `lock_timeout`; when a lock stays busy that long the
+    transaction is rolled back (nothing applied) and tried again, `attempts` times in all;
+    `on_retry(attempt, reason)` hears of each retry.
+    """
+    if lock_timeout <= 0 or attempts < 1:
+        raise MigrationError("lock_timeout must be positive and attempts at least 1")
+    for attempt in range(1, attempts + 1):
+        try:
+            return _migrate_once(dsn, signer, lock_timeout)
+        except LockBusy as exc:
+            if attempt == attempts:
+                raise LockBusy(
+                    f"gave up after {attempts} attempt(s): another session held a lock for more than "
+                    f"{lock_timeout:g}s each time ({exc}); nothing was applied. Find it in pg_stat_activity "
+                    "(a long or idle-in-transaction session on webhooks tables) and run migrate again"
+                ) from exc
+            if on_retry is not None:
+                on_retry(attempt, str(exc))
+            time.sleep(LOCK_RETRY_PAUSE_SECONDS)
+    raise AssertionError("unreachable")
 
 
 def pending_script(dsn: str, signer: str | None = None) -> str:

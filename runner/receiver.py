@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -27,22 +29,44 @@ from urllib.parse import urlsplit
 import httpx
 from aiohttp import web
 
-from pgwebhooks.signatures import SignatureError, verify_legacy, verify_standard
+from pgwebhooks.signatures import SignatureError, verify_profile, verify_standard
 
 Verify = Callable[[bytes, Mapping[str, str], list[str]], None]
 # Set by the HTTP connection itself, not by the sender: never forwarded.
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return [str(info[4][0]) for info in found]
 
 
 def forward_url(target: str) -> str:
-    """`localhost:3000/hook` or a full URL, checked to point at this machine (a development server)."""
+    """`localhost:3000/hook` or a full URL, checked to point at this machine (a development server).
+
+    The name is resolved and every address it resolves to must be a loopback one: a name's
+    spelling proves nothing (127.attacker.example is anyone's), and a name that does not resolve
+    now could resolve anywhere later. (The client resolves again when it sends; a name that
+    changes its answer between the two is outside what a development tool defends against.)
+    """
     url = target if "://" in target else f"http://{target}"
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.hostname is None:
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"--forward-to {target!r} has an invalid port") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--forward-to {target!r} is not an http(s) URL")
-    if parts.hostname not in LOOPBACK_HOSTS and not parts.hostname.startswith("127."):
-        raise ValueError(f"--forward-to {target!r}: forwarding is for a local development server (localhost only)")
+    addresses = _addresses(parts.hostname, port)
+    if not addresses:
+        raise ValueError(f"--forward-to {target!r}: {parts.hostname} does not resolve")
+    outside = sorted({a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback})
+    if outside:
+        raise ValueError(f"--forward-to {target!r}: {parts.hostname} resolves to {', '.join(outside)}, not a loopback "
+                         "address; forwarding is for a local development server (this machine only)")
     return url
 
 
@@ -78,7 +102,7 @@ class Receiver:
         body = await request.read()
         headers = dict(request.headers)
         standard_ok, standard_note = _verdict(verify_standard, body, headers, self.secrets)
-        legacy_ok, legacy_note = _verdict(verify_legacy, body, headers, self.secrets)
+        legacy_ok, legacy_note = _verdict(verify_profile, body, headers, self.secrets)
         try:
             payload = json.loads(body)
         except ValueError:

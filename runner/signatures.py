@@ -95,3 +95,45 @@ def verify_legacy(
         if any(hmac.compare_digest(expected, candidate) for candidate in offered):
             return
     raise SignatureError("no X-Webhook-Signature v1= matches any secret")
+
+
+def _body_hex(body: bytes, secrets: Iterable[str]) -> list[str]:
+    return [hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest() for secret in secrets]
+
+
+def _check_body_hex(name: str, value: str, body: bytes, secrets: list[str], prefix: str = "") -> None:
+    """A profile's plain signature: hex HMAC-SHA256 of the body alone, keyed with the secret as is."""
+    if any(hmac.compare_digest(f"{prefix}{expected}", value.strip()) for expected in _body_hex(body, secrets)):
+        return
+    raise SignatureError(f"no {name} matches any secret")
+
+
+def verify_profile(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Iterable[str],
+    *,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+) -> None:
+    """Check every signature header a receiver profile sends besides the Standard Webhooks one.
+
+    standard: `X-Webhook-Signature: t=,v1=`; fluxbase: `X-Fluxbase-Signature: t=,v1=` and a plain
+    hex `X-Webhook-Signature`; truss: `X-Truss-Signature` (hex); rowbase: `X-Rowbase-Signature:
+    sha256=<hex>` (see `_profile_headers` in 050_runner_api.sql). Each one present must verify,
+    so a request is never accepted on the strength of its weakest header alone.
+    """
+    keys = list(secrets)
+    present = {key.lower(): value for key, value in headers.items()}
+    if "x-fluxbase-signature" in present:
+        verify_legacy(body, {"X-Webhook-Signature": present["x-fluxbase-signature"]}, keys, now=now,
+                      tolerance=tolerance)
+    legacy = _header(headers, "X-Webhook-Signature")
+    if legacy.lstrip().startswith("t="):
+        verify_legacy(body, headers, keys, now=now, tolerance=tolerance)
+    else:
+        _check_body_hex("X-Webhook-Signature", legacy, body, keys)
+    if "x-truss-signature" in present:
+        _check_body_hex("X-Truss-Signature", present["x-truss-signature"], body, keys)
+    if "x-rowbase-signature" in present:
+        _check_body_hex("X-Rowbase-Signature", present["x-rowbase-signature"], body, keys, prefix="sha256=")

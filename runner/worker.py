@@ -121,9 +121,13 @@ class Runner(ReportingMixin):
         self._failing: Counter[UUID] = Counter()
         self._sender: Sender | None = None
         self.prefetch = max(1, min(config.batch_size, config.concurrency // 2))
-        # How many of one webhook (without max_concurrency) a claim may take: a limit's worth in
-        # flight and another waiting to start as they end (see _saturated).
-        self._per_claim = 2 * min(SLOW_START, config.per_webhook_concurrency)  # grows with the windows
+        # The most of this runner's slots one webhook may hold, whatever its max_concurrency or
+        # --per-webhook-concurrency say: a slow endpoint with max_concurrency 10000 otherwise took
+        # every slot, and every other webhook waited for its timeouts.
+        self._share = max(1, config.concurrency * 4 // 5)
+        # How many of one webhook a claim may take: a limit's worth in flight and another waiting
+        # to start as they end (see _saturated).
+        self._per_claim = 2 * min(SLOW_START, config.per_webhook_concurrency, self._share)  # grows with the windows
         self._results: list[dict[str, Any]] = []
         self._results_ready = asyncio.Event()
         self._reporter_idle = asyncio.Event()
@@ -272,7 +276,7 @@ class Runner(ReportingMixin):
         self.metrics.claimed(time.monotonic() - started)
         self.stats.claimed += len(rows)
         for row in rows:
-            self._limits[row["webhook_id"]] = row["max_concurrency"] or cfg.per_webhook_concurrency
+            self._limits[row["webhook_id"]] = min(row["max_concurrency"] or cfg.per_webhook_concurrency, self._share)
         if len(self._limits) > 10_000:  # webhooks come and go; keep it bounded
             self._limits = {k: v for k, v in self._limits.items() if k in self._in_flight}
             self._window = {k: v for k, v in self._window.items() if k in self._in_flight}
@@ -296,18 +300,20 @@ class Runner(ReportingMixin):
         at the default limit of 20, that round trip per 20 sends halved the runner's rate."""
         hooks = set(self._in_flight) | set(self._waiting)
         failing = {w for w, n in self._failing.items() if n >= CIRCUIT_FAILURE_THRESHOLD}
-        return list({w for w in hooks if self._load(w) >= 2 * self._limit(w)} | failing)
+        # Waiting jobs count too, but not so many that they fill what the runner may claim.
+        full = {w for w in hooks if self._load(w) >= min(2 * self._limit(w), self._share + max(1, self.prefetch // 2))}
+        return list(full | failing)
 
     def _load(self, webhook: UUID) -> int:
         return self._in_flight.get(webhook, 0) + self._waiting[webhook]
 
     def _limit(self, webhook: UUID) -> int:
         """Sends of `webhook` this runner may have in flight now: its limit, within its window."""
-        limit = self._limits.get(webhook, self.config.per_webhook_concurrency)
+        limit = self._limits.get(webhook, min(self.config.per_webhook_concurrency, self._share))
         return min(limit, self._window.get(webhook, SLOW_START))
 
     def _grow(self, webhook: UUID, answered: bool) -> None:
-        limit = self._limits.get(webhook, self.config.per_webhook_concurrency)
+        limit = self._limits.get(webhook, min(self.config.per_webhook_concurrency, self._share))
         window = min(self._window.get(webhook, SLOW_START) + 1, limit) if answered else SLOW_START
         self._window[webhook] = window
         # One claim takes at most two windows' worth of a webhook: one in flight, one waiting.

@@ -141,7 +141,7 @@ async def test_listen_forward_to_an_absent_server_answers_502() -> None:
     assert "forwarded to http://127.0.0.1:9/hook: ConnectError" in out.getvalue()
 
 
-@pytest.mark.parametrize("target", ["example.com:3000/hook", "http://10.0.0.1/x", "ftp://localhost/x"])
+@pytest.mark.parametrize("target", ["example.invalid:3000/hook", "http://10.0.0.1/x", "ftp://localhost/x"])
 def test_forward_to_is_for_local_servers_only(target: str) -> None:
     with pytest.raises(ValueError):
         forward_url(target)

@@ -415,11 +415,13 @@ async def test_work_that_waited_past_its_lease_is_handed_back_not_sent_late(db: 
     create_table(db)
     create_table(db, "other")
     async with receiver([Reply(200, delay=4)]) as slow, receiver() as quick:
+        # Two slow webhooks, one slot each: one webhook may hold at most 80% of the slots.
+        create_webhook(db, slow.url, table="items", timeout_seconds=10)
         create_webhook(db, slow.url, table="items", timeout_seconds=10)
         quick_hook = create_webhook(db, quick.url, table="other", timeout_seconds=1)
         config = runner_config(db, concurrency=2, per_webhook_concurrency=2, lease_margin_seconds=1)
         async with running(config) as runner:
-            insert(db, 2)  # both slots busy for 4 s
+            insert(db, 1)  # both slots busy for 4 s
             await slow.wait_for(2, timeout=10)
             insert(db, 1, table="other")  # claimed ahead; may start until 1.5 s after its claim
             await quick.wait_for(1, timeout=20)
@@ -427,5 +429,9 @@ async def test_work_that_waited_past_its_lease_is_handed_back_not_sent_late(db: 
                              == [{"status": "delivered"}], timeout=10)
         assert runner.stats.released >= 1
     attempts = attempts_of(db, quick_hook["id"])
-    assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 200)]  # the release did not count
+    # One attempt logged, under a new number: the released lease's is never reused.
+    assert [(a["attempt"], a["status_code"]) for a in attempts] == [(2, 200)]
+    spent = query(db, "SELECT attempts - free_attempts AS n FROM webhooks.deliveries WHERE webhook_id = %s",
+                  quick_hook["id"])
+    assert spent == [{"n": 1}]  # the release did not count
     assert len(quick.requests) == 1

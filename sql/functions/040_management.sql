@@ -123,6 +123,49 @@ BEGIN
 END
 $$;
 
+-- Every operation on a webhook needs the right its creation needed: the caller must be allowed
+-- to watch every table it watches (SELECT, and whatever else _check_watchable asks). Otherwise an
+-- admin who may not read a table could rotate_secret() a webhook on it and learn how to forge its
+-- deliveries, or send_test() and replay() through it. A subscription whose table was dropped no
+-- longer carries any row, so it asks nothing.
+CREATE OR REPLACE FUNCTION webhooks._check_reach(webhook_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._check_watchable(format('id (webhook watches %s)', s.table_name), s.relid)
+    FROM webhooks.subscriptions s
+    WHERE s.webhook_id = _check_reach.webhook_id AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = s.relid);
+END
+$$;
+
+-- A URL's user:password is sent as an Authorization: Basic header, so it cannot be combined with
+-- an Authorization header of one's own (plain or secret): the runner could never send both.
+CREATE OR REPLACE FUNCTION webhooks._check_url_credentials(url text, headers jsonb, secret_headers jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    field text;
+BEGIN
+    IF url !~ '^[A-Za-z]+://[^/?#]*@' THEN
+        RETURN;
+    END IF;
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM jsonb_object_keys(coalesce(headers, '{}')) k
+                             WHERE lower(k) = 'authorization') THEN 'headers'
+                WHEN jsonb_typeof(secret_headers) = 'object'
+                     AND EXISTS (SELECT 1 FROM jsonb_object_keys(secret_headers) k
+                                 WHERE lower(k) = 'authorization') THEN 'secret_headers' END
+    INTO field;
+    IF field IS NOT NULL THEN
+        PERFORM webhooks._fail('WH036', field, format('has an Authorization header, but the url %s carries '
+            'user:password credentials (sent as Authorization: Basic); the runner cannot send both',
+            regexp_replace(url, '^([A-Za-z]+://)[^/?#]*@', '\1***@')),
+            'keep one: remove the credentials from the url or the Authorization header');
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._replace_subscriptions(webhook_id uuid, events jsonb)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -193,6 +236,7 @@ BEGIN
     -- issue 11 (health): pause_after and secret_headers.
     PERFORM webhooks._check_pause_after(pause_after);
     PERFORM webhooks._check_secret_headers(secret_headers);
+    PERFORM webhooks._check_url_credentials(url, headers, secret_headers);
     PERFORM webhooks._check_limits(max_concurrency, rate_limit_per_second);
 
     BEGIN
@@ -289,6 +333,8 @@ DECLARE
     current webhooks.webhooks;
     unknown text;
     new_enabled boolean;
+    old_url text;
+    kept_secret_headers jsonb;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     IF changes IS NULL OR jsonb_typeof(changes) <> 'object' THEN
@@ -308,11 +354,10 @@ BEGIN
     END IF;
 
     SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
+    old_url := current.url;
     -- Whoever could redirect a webhook could read what it carries: only a caller who may read
     -- every table it watches may change it (the new `events` are checked the same way).
-    PERFORM webhooks._check_watchable(format('events (%s)', s.table_name), s.relid)
-    FROM webhooks.subscriptions s
-    WHERE s.webhook_id = update_webhook.id AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = s.relid);
+    PERFORM webhooks._check_reach(id);
     IF changes ? 'name' THEN current.name := webhooks._change(changes, 'name', 'string') #>> '{}'; END IF;
     IF changes ? 'url' THEN current.url := webhooks._change(changes, 'url', 'string') #>> '{}'; END IF;
     IF changes ? 'description' THEN
@@ -363,6 +408,17 @@ BEGIN
     IF changes ? 'secret' THEN
         PERFORM webhooks._check_secret(webhooks._change(changes, 'secret', 'string') #>> '{}');
     END IF;
+    -- Secret headers are credentials for the endpoint they were given for: a new URL drops them
+    -- unless this same call restates them, so that nobody can redirect them to an address of theirs.
+    IF changes ? 'secret_headers' THEN
+        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
+        kept_secret_headers := changes -> 'secret_headers';
+    ELSIF current.url IS DISTINCT FROM old_url THEN
+        kept_secret_headers := '{}';
+    ELSE
+        SELECT h.headers INTO kept_secret_headers FROM webhooks.secret_headers h WHERE h.webhook_id = update_webhook.id;
+    END IF;
+    PERFORM webhooks._check_url_credentials(current.url, current.headers, kept_secret_headers);
 
     UPDATE webhooks.webhooks w SET
         name = current.name, url = current.url, description = current.description,
@@ -386,9 +442,8 @@ BEGIN
         PERFORM webhooks._check_pause_after_text(changes ->> 'pause_after');
         UPDATE webhooks.webhooks w SET pause_after = (changes ->> 'pause_after')::interval WHERE w.id = update_webhook.id;
     END IF;
-    IF changes ? 'secret_headers' THEN
-        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
-        INSERT INTO webhooks.secret_headers AS h (webhook_id, headers) VALUES (id, changes -> 'secret_headers')
+    IF changes ? 'secret_headers' OR current.url IS DISTINCT FROM old_url THEN
+        INSERT INTO webhooks.secret_headers AS h (webhook_id, headers) VALUES (id, kept_secret_headers)
         ON CONFLICT (webhook_id) DO UPDATE SET headers = EXCLUDED.headers;
     END IF;
     IF changes ? 'secret' THEN
@@ -414,6 +469,7 @@ DECLARE
     expiry timestamptz;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);
     IF new_secret IS NOT NULL THEN
         PERFORM webhooks._check_secret(new_secret);
     END IF;
@@ -440,6 +496,7 @@ DECLARE
     relids oid[];
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);
     -- Locked first, so a fan-out that reads the webhook (FOR KEY SHARE) either finishes before
     -- the deliveries are removed or finds the webhook gone.
     PERFORM 1 FROM webhooks.webhooks w WHERE w.id = delete_webhook.id FOR UPDATE;
@@ -473,6 +530,8 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    -- The log holds the receiver's answers, which may echo what was sent.
+    PERFORM webhooks._check_reach(id);
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
     RETURN QUERY
@@ -497,6 +556,17 @@ BEGIN
                NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
                0 AS part, q.capture_id AS k1, q.n::bigint AS k2
         FROM queued q
+        UNION ALL
+        -- Rows held for this webhook because its `where` failed at capture (release_held()).
+        SELECT * FROM (
+            SELECT NULL::bigint, NULL::uuid, h.operation, format('%I.%I', h.schema_name, h.table_name), 'held'::text,
+                   0, NULL::integer, NULL::text, h.held_error, NULL::integer, h.held_at, NULL::timestamptz,
+                   NULL::timestamptz, NULL::timestamptz, -1, h.id, 0::bigint
+            FROM webhooks.held_rows h
+            WHERE h.webhook_id = get_deliveries.id
+            ORDER BY h.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) held
         UNION ALL
         SELECT * FROM (
             SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
@@ -535,6 +605,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.id = get_delivery_attempts.delivery_id) THEN
         PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
     END IF;
+    PERFORM webhooks._check_reach(d.webhook_id) FROM webhooks.deliveries d WHERE d.id = get_delivery_attempts.delivery_id;
     RETURN QUERY
     SELECT a.attempt, a.status_code, a.response_excerpt, a.error, a.latency_ms, a.attempted_at
     FROM webhooks.delivery_attempts a

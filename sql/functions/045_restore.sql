@@ -14,7 +14,8 @@
 -- capture fanned out by then came from the original: its deliveries are the original's events
 -- and keep their ids (a receiver deduplicates the ones both send). Captures not yet fanned out,
 -- whether they came in the dump or were written since, get ids nobody has used. The check is
--- once per session (a session never changes database), so claim() pays a setting lookup.
+-- once per session (a session never changes database), so claim() pays a setting lookup and a
+-- one-row read (the flag's value comes from webhooks._identity_key, see _identity_token).
 --
 -- A check that fires without a restore (pg_upgrade makes a new system identifier) is harmless:
 -- it only renames events no one has been sent yet.
@@ -50,35 +51,87 @@ AS $$
     LIMIT 1
 $$;
 
--- Start a new salt if this database is a copy made since the last check (see the top).
+-- _ensure_identity returns whether the check is settled since 0.2 (it returned void).
+DO $$
+BEGIN
+    IF to_regprocedure('webhooks._ensure_identity()') IS NOT NULL
+       AND (SELECT p.prorettype FROM pg_proc p WHERE p.oid = to_regprocedure('webhooks._ensure_identity()'))
+           = 'void'::regtype THEN
+        DROP FUNCTION webhooks._ensure_identity();
+    END IF;
+END
+$$;
+
+-- The value of the session flag `pgwebhooks.identity_checked` once this session has checked:
+-- derived from a key no ordinary role can read (webhooks._identity_key), so a session that sets
+-- the flag by hand (any role may set a custom setting) does not skip the check.
+CREATE OR REPLACE FUNCTION webhooks._identity_token()
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(k.key || '/' || pg_backend_pid()) FROM webhooks._identity_key k
+$$;
+
+-- The salt a copy at `here` gives its new captures. Derived, not random, so that every session
+-- of the copy knows it without waiting for the one that records it (see _ensure_identity).
+CREATE OR REPLACE FUNCTION webhooks._salt_at(here text)
+RETURNS uuid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(k.key || '/salt/' || here)::uuid FROM webhooks._identity_key k
+$$;
+
+-- Start a new salt if this database is a copy made since the last check (see the top). Returns
+-- false when another transaction is recording the new salt right now: the caller then creates no
+-- delivery from captures (claim skips its fan-out) and asks again on its next call.
+--
+-- Never waits and never makes anyone wait for long: the switch is taken with SKIP LOCKED, and a
+-- session that finds it taken goes on. Until the switch commits no capture is fanned out in the
+-- copy (everyone else skips fan-out), so the boundary it records is the dump's, whoever records
+-- it and whenever, and the new salt is derived from the identity: publish() in a session that
+-- could not take the switch names its event with the very id the switch will give it.
 CREATE OR REPLACE FUNCTION webhooks._ensure_identity()
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     here text;
     boundary bigint;
+    token text := webhooks._identity_token();
 BEGIN
-    IF current_setting('pgwebhooks.identity_checked', true) = 'on' THEN
-        RETURN;
+    IF current_setting('pgwebhooks.identity_checked', true) = token THEN
+        RETURN true;
     END IF;
     here := webhooks._database_identity();
-    -- Locks only on a mismatch; a concurrent first check waits here and then finds it settled.
-    PERFORM 1 FROM webhooks._installation i WHERE i.identity IS DISTINCT FROM here FOR UPDATE;
-    IF FOUND THEN
-        -- deliveries.capture_id has no index: scanned once per restore, not per claim.
-        boundary := greatest(
-            (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0),
-            (SELECT max(d.capture_id) FROM webhooks.deliveries d),
-            0);
-        -- A later range here (purged captures lowered the boundary) named nothing sent from this copy.
-        DELETE FROM webhooks._salts s WHERE s.first_capture_id > boundary;
-        INSERT INTO webhooks._salts (first_capture_id, identity) VALUES (boundary + 1, here);
-        UPDATE webhooks._installation SET identity = here;
-        RAISE LOG 'pgwebhooks: database identity changed to %: events of captures from % on get a new salt',
-            here, boundary + 1;
+    IF EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity IS NOT DISTINCT FROM here) THEN
+        PERFORM set_config('pgwebhooks.identity_checked', token, false);
+        RETURN true;
     END IF;
-    PERFORM set_config('pgwebhooks.identity_checked', 'on', false);
+    -- A copy. Whoever takes the row records the switch; a transaction holding it (uncommitted)
+    -- is skipped, not waited for.
+    PERFORM 1 FROM webhooks._installation i WHERE i.identity IS DISTINCT FROM here FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        -- Either it is being switched by someone else, or it was switched since this snapshot
+        -- (READ COMMITTED: the next statement sees it).
+        IF EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity IS NOT DISTINCT FROM here) THEN
+            PERFORM set_config('pgwebhooks.identity_checked', token, false);
+            RETURN true;
+        END IF;
+        RETURN false;
+    END IF;
+    -- deliveries.capture_id has no index: scanned once per restore, not per claim.
+    boundary := greatest(
+        (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0),
+        (SELECT max(d.capture_id) FROM webhooks.deliveries d),
+        0);
+    -- A later range here (purged captures lowered the boundary) named nothing sent from this copy.
+    DELETE FROM webhooks._salts s WHERE s.first_capture_id > boundary;
+    INSERT INTO webhooks._salts (first_capture_id, salt, identity) VALUES (boundary + 1, webhooks._salt_at(here), here);
+    UPDATE webhooks._installation SET identity = here;
+    RAISE LOG 'pgwebhooks: database identity changed to %: events of captures from % on get a new salt',
+        here, boundary + 1;
+    PERFORM set_config('pgwebhooks.identity_checked', token, false);
+    RETURN true;
 END
 $$;
 

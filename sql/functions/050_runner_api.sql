@@ -130,22 +130,39 @@ AS $$
         -- A capture nobody receives any more is closed at once and costs one unit.
         SELECT t.*, CASE WHEN t.hook_count = 0 THEN 1 ELSE (t.row_count - t.fanned_out) * t.hook_count END AS cost
         FROM targeted t
+    ), grouped AS (
+        -- Captures going to the same webhooks form a group; every group gets an equal share of the
+        -- budget first, oldest capture first within it. Oldest-first across all groups let one
+        -- 200,000-row statement use every call's budget until it was done, and another webhook's
+        -- one-row changes captured after it waited seconds behind it. (Running sums minus the row's
+        -- own cost: a frame ending at 1 PRECEDING is recomputed for every row, quadratic in the batch.)
+        SELECT p.*,
+               greatest(1, budget / max(p.grp) OVER ()) AS share,
+               sum(p.cost) OVER (PARTITION BY p.hooks ORDER BY p.id) - p.cost AS before_in_group
+        FROM (SELECT p.*, dense_rank() OVER (ORDER BY p.hooks) AS grp FROM priced p) p
+    ), shared AS (
+        SELECT g.*, greatest(0, least(g.cost, g.share - g.before_in_group)) AS first_units
+        FROM grouped g
     ), costed AS (
-        -- What the captures before this one spend. (A frame ending at 1 PRECEDING is recomputed
-        -- for every row, quadratic in the batch; a running sum minus the row's own cost is not.)
-        SELECT p.*, sum(p.cost) OVER (ORDER BY p.id) - p.cost AS spent
-        FROM priced p
+        -- What the shares leave goes to the oldest captures that still have rows to fan out.
+        SELECT s.*,
+               budget - sum(s.first_units) OVER () AS leftover,
+               sum(s.cost - s.first_units) OVER (ORDER BY s.id) - (s.cost - s.first_units) AS spent
+        FROM shared s
     ), planned AS (
         SELECT c.id, c.hooks, c.fanned_out, c.routed,
                CASE WHEN c.hook_count = 0 THEN c.row_count - c.fanned_out
-                    ELSE least(c.row_count - c.fanned_out, ceil((budget - c.spent)::numeric / c.hook_count)::integer)
+                    ELSE least(c.row_count - c.fanned_out,
+                               ceil((c.first_units + greatest(0, least(c.cost - c.first_units, c.leftover - c.spent)))::numeric
+                                    / c.hook_count)::integer)
                END AS take
         FROM costed c
-        WHERE c.spent < budget
+    ), taken AS (
+        SELECT p.* FROM planned p WHERE p.take > 0
     ), created AS (
         INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
         SELECT p.id, g, hook
-        FROM planned p
+        FROM taken p
         CROSS JOIN LATERAL generate_series(p.fanned_out + 1, p.fanned_out + p.take) AS g
         CROSS JOIN LATERAL unnest(p.hooks) AS hook
         -- A filtered capture's rows each go to their own webhooks (see _capture_filtered).
@@ -156,7 +173,7 @@ AS $$
         RETURNING 1
     ), advanced AS (
         UPDATE webhooks.captures c SET fanned_out = c.fanned_out + p.take
-        FROM planned p WHERE c.id = p.id
+        FROM taken p WHERE c.id = p.id
     )
     SELECT count(*)::integer FROM created
 $$;
@@ -196,8 +213,9 @@ AS $$ SELECT least(rate::float8, tokens + rate * extract(epoch FROM now() - toke
 
 -- How many more deliveries of a webhook may be leased now. A webhook's `max_concurrency` is
 -- counted against the leases in flight across all runners (only meaningful under its endpoints
--- row lock); without one, `runner_limit` (the runner's --per-webhook-concurrency, which the
--- runner counts against its own sends) caps one claim. One probe at a time while its circuit is
+-- row lock); `runner_limit` (what the runner may start of one webhook, which it counts against
+-- its own sends) caps one claim, with a max_concurrency or without: a max_concurrency of 10000
+-- must not fill a runner with one webhook. One probe at a time while its circuit is
 -- not closed; whole tokens of its rate limit.
 CREATE OR REPLACE FUNCTION webhooks._room(
     webhook_id uuid, max_concurrency integer, runner_limit integer, rate integer, circuit text,
@@ -207,6 +225,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT greatest(0, least(
         CASE WHEN max_concurrency IS NULL THEN coalesce(runner_limit, 1000000) ELSE max_concurrency - f.n END,
+        coalesce(runner_limit, 1000000),
         CASE WHEN circuit = 'closed' THEN 1000000 ELSE 1 - f.n END,
         CASE WHEN rate IS NULL THEN 1000000 ELSE floor(webhooks._tokens(rate, tokens, tokens_at))::integer END))
     FROM (SELECT CASE WHEN max_concurrency IS NULL AND circuit = 'closed' THEN 0  -- no need to count
@@ -217,23 +236,14 @@ $$;
 
 -- JSON text with no space after ':' or ',' (jsonb's own text has both), keys in jsonb's order:
 -- what JSON.stringify(JSON.parse(body)) and json.dumps(..., separators=(",", ":")) print.
+-- jsonb prints a space only after ':' and ',' outside strings, so dropping every space outside
+-- a string is enough: one pass over the text, however deep the value (a recursive walk ran out
+-- of stack on an event nested 800 deep and failed every claim), and faster than the walk.
 CREATE OR REPLACE FUNCTION webhooks._compact_json(value jsonb)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    CASE jsonb_typeof(value)
-    WHEN 'object' THEN
-        RETURN '{' || coalesce((SELECT string_agg(to_json(e.k)::text || ':' || webhooks._compact_json(e.v), ','
-                                                   ORDER BY e.o)
-                                FROM jsonb_each(value) WITH ORDINALITY AS e(k, v, o)), '') || '}';
-    WHEN 'array' THEN
-        RETURN '[' || coalesce((SELECT string_agg(webhooks._compact_json(a.v), ',' ORDER BY a.o)
-                                FROM jsonb_array_elements(value) WITH ORDINALITY AS a(v, o)), '') || ']';
-    ELSE
-        RETURN value::text;  -- a scalar's text is already compact
-    END CASE;
-END
+    SELECT regexp_replace(value::text, '("(?:[^"\\]|\\.)*")| ', '\1', 'g')
 $$;
 
 -- The request body of one delivery, in the webhook's receiver profile (see README, "Receiver
@@ -328,6 +338,88 @@ AS $$
     END
 $$;
 
+-- Render and sign one delivery as claim() would at its next attempt, for _quarantine: the
+-- same expressions as claim()'s last step, one delivery at a time.
+CREATE OR REPLACE FUNCTION webhooks._render(delivery_id bigint)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.body || (g.signed || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1]))::text
+    FROM webhooks.deliveries l
+    JOIN webhooks.webhooks w ON w.id = l.webhook_id
+    JOIN webhooks.captures c ON c.id = l.capture_id
+    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
+    LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
+                                        AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+    CROSS JOIN LATERAL (
+        SELECT u.uid, webhooks._envelope(
+            w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
+            webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
+            webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
+            to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            w.id, c.data, w.name, l.attempts + 1, w.max_retries) AS env
+        FROM (SELECT webhooks._event_uid(l.capture_id, l.n) AS uid) u
+    ) p0
+    CROSS JOIN LATERAL (
+        SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
+    ) p
+    CROSS JOIN LATERAL (
+        SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
+        FROM webhooks.secrets s
+        WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
+    ) k
+    CROSS JOIN LATERAL (
+        SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
+            AS signed
+    ) g
+    WHERE l.id = _render.delivery_id
+$$;
+
+-- After a claim failed: try each due delivery of the webhooks it served (the oldest `batch_size`
+-- of each, the ones no other claim holds) alone, and fail those that cannot be rendered or
+-- signed, with the error in their attempt log (a new attempt number that spends nothing).
+-- Returns how many were failed; 0 means the claim's error was something else.
+CREATE OR REPLACE FUNCTION webhooks._quarantine(serving uuid[], batch_size integer)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record;
+    failed integer := 0;
+    why text;
+BEGIN
+    FOR d IN
+        SELECT x.id, x.webhook_id
+        FROM unnest(serving) AS s(id)
+        CROSS JOIN LATERAL (
+            SELECT q.id, q.webhook_id FROM webhooks.deliveries q
+            WHERE q.webhook_id = s.id AND q.status IN ('pending', 'leased') AND q.next_attempt_at <= now()
+            ORDER BY q.next_attempt_at
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED
+        ) x
+        LIMIT 10000
+    LOOP
+        BEGIN
+            PERFORM webhooks._render(d.id);
+        EXCEPTION WHEN OTHERS THEN
+            why := format('not sent: the event cannot be rendered or signed (%s: %s)', SQLSTATE, left(SQLERRM, 500));
+            WITH gone AS (
+                UPDATE webhooks.deliveries q
+                SET status = 'failed', completed_at = now(), attempts = q.attempts + 1,
+                    free_attempts = q.free_attempts + 1
+                WHERE q.id = d.id
+                RETURNING q.id, q.attempts, q.webhook_id)
+            INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+            SELECT g.id, g.attempts, why, g.webhook_id FROM gone g;
+            RAISE LOG 'pgwebhooks: delivery % failed: %', d.id, why;
+            failed := failed + 1;
+        END;
+    END LOOP;
+    RETURN failed;
+END
+$$;
+
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
 -- token complete() checks), the exact body and every header already signed, and the webhook's
 -- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
@@ -375,8 +467,11 @@ BEGIN
     END IF;
     -- Fan out ahead of this batch, so that other runners find committed work too while this one
     -- holds a large capture.
-    PERFORM webhooks._ensure_identity();  -- a restored copy gets new event ids (045_restore.sql)
-    PERFORM webhooks._fan_out(batch_size * 4);
+    -- A restored copy gets new event ids (045_restore.sql); while another transaction records
+    -- them, nothing is fanned out (already fanned-out deliveries are the original's).
+    IF webhooks._ensure_identity() THEN
+        PERFORM webhooks._fan_out(batch_size * 4);
+    END IF;
     -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
     -- missing all the same, add it without ever waiting: a claim that finds another transaction
     -- adding the same row (the advisory lock taken) leaves it to that one.
@@ -416,137 +511,163 @@ BEGIN
         serving := ARRAY(SELECT h FROM unnest(serving) WITH ORDINALITY AS u(h, o)
                          WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
     END IF;
-    RETURN QUERY
-    WITH hook AS (
-        SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
-               w.max_concurrency,
-               CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
-                    ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
-                                        w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
-        FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
-        JOIN webhooks.webhooks w ON w.id = s.id
-        JOIN webhooks.endpoints e ON e.webhook_id = s.id
-    ),
-    -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
-    roomy AS (
-        SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
-        FROM hook h WHERE h.room > 0
-    ),
-    candidate AS (
-        SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id, h.max_retries
-        FROM (SELECT h.* FROM roomy h ORDER BY h.ord) h
-        CROSS JOIN LATERAL (
-            SELECT d.id, d.webhook_id, d.status, d.attempts, d.capture_id
-            FROM webhooks.deliveries d
-            WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
-            ORDER BY d.next_attempt_at
-            LIMIT least(h.room, h.share)
-            FOR UPDATE OF d SKIP LOCKED
-        ) d
-        LIMIT batch_size
-    ),
-    -- What can never be sent is failed here rather than leased again and again: an event purged
-    -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
-    -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
-    judged AS (
-        SELECT c.*, CASE
-            WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
-                THEN 'not sent: the event was purged before it could be delivered'
-            WHEN c.attempts > c.max_retries AND c.status = 'leased'
-                THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
-            WHEN c.attempts > c.max_retries
-                THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
-        END AS fatal
-        FROM candidate c
-    ),
-    doomed AS (
-        UPDATE webhooks.deliveries d
-        SET status = 'failed', completed_at = now()
-        FROM judged j
-        WHERE d.id = j.id AND j.fatal IS NOT NULL
-        RETURNING d.id, d.attempts, d.webhook_id, j.fatal
-    ),
-    doomed_logged AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
-        SELECT x.id, greatest(x.attempts, 1), x.fatal, x.webhook_id FROM doomed x
-    ),
-    leased AS (
-        UPDATE webhooks.deliveries d
-        SET status = 'leased',
-            attempts = d.attempts + 1,
-            next_attempt_at = now() + make_interval(secs => 2 * h.timeout_seconds + lease_margin_seconds)
-        FROM judged j, hook h
-        WHERE d.id = j.id AND j.fatal IS NULL AND h.id = d.webhook_id
-        RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, j.status AS previous_status
-    ),
-    -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
-    expired AS (
-        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
-        SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
-               l.webhook_id
-        FROM leased l
-        WHERE l.previous_status = 'leased'
-    ),
-    -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
-    served AS (
-        UPDATE webhooks.endpoints e
-        SET tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
-            tokens_at = now(),
-            circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
-            circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
-            circuit_reason = CASE WHEN e.circuit <> 'closed'
-                                  THEN format('probing with delivery %s, attempt %s', t.probe, t.probe_attempt)
-                                  ELSE e.circuit_reason END,
-            probe_delivery_id = CASE WHEN e.circuit <> 'closed' THEN t.probe END,
-            probe_attempt = CASE WHEN e.circuit <> 'closed' THEN t.probe_attempt END
-        FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
-              FROM leased l GROUP BY l.webhook_id) t
-        JOIN hook h ON h.id = t.webhook_id
-        WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
-    )
-    SELECT l.id, l.attempts, w.id, w.url, p.body,
-           w.headers
-           -- Secret headers (issue 11): sent, never shown by list/get.
-           || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
-           || jsonb_build_object('Content-Type', 'application/json',
-                                 'User-Agent', 'pgwebhooks/' || webhooks.version())
-           || g.signed
-           || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1]),
-           w.timeout_seconds, h.max_concurrency
-    FROM leased l
-    JOIN hook h ON h.id = l.webhook_id
-    JOIN webhooks.webhooks w ON w.id = l.webhook_id
-    JOIN webhooks.captures c ON c.id = l.capture_id
-    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
-    -- The event type a table subscription sends its changes as (issue 10), and the columns it
-    -- never sends (exclude_columns, issue 11).
-    LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
-                                        AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-    -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
-    CROSS JOIN LATERAL (
-        SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
-    ) u
-    CROSS JOIN LATERAL (
-        -- exclude_columns (issue 11) are removed here: kept in the outbox, never sent.
-        SELECT u.uid, webhooks._envelope(
-            w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
-            webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
-            webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
-            to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-            w.id, c.data, w.name, l.attempts, w.max_retries) AS body
-        OFFSET 0  -- not flattened: the body is used three times and must be built once
-    ) p
-    CROSS JOIN LATERAL (
-        SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
-        FROM webhooks.secrets s
-        WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
-    ) k
-    CROSS JOIN LATERAL (
-        SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
-            AS signed
-        OFFSET 0
-    ) g
-    ORDER BY l.id;
+    -- A delivery that cannot be rendered or signed (an event stored before publish()'s limits,
+    -- a row put into the outbox by hand) must not fail every claim: the failing statement is
+    -- rolled back, every due delivery of the webhooks served is tried alone (_quarantine), those
+    -- that fail are failed with their reason, and the claim runs again. The rows of a failed
+    -- attempt are never returned: they are sorted (ORDER BY l.id) after all are rendered, so an
+    -- error comes before the first row. One subtransaction per claim is all the happy path pays.
+    FOR round IN 1..3 LOOP
+        BEGIN
+            RETURN QUERY
+            WITH hook AS (
+                SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
+                       w.max_concurrency,
+                       CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
+                            ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                                w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
+                FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+                JOIN webhooks.webhooks w ON w.id = s.id
+                JOIN webhooks.endpoints e ON e.webhook_id = s.id
+            ),
+            -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
+            roomy AS (
+                SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
+                FROM hook h WHERE h.room > 0
+            ),
+            candidate AS (
+                SELECT d.id, d.webhook_id, d.status, d.attempts, d.free_attempts, d.capture_id, h.max_retries
+                FROM (SELECT h.* FROM roomy h ORDER BY h.ord) h
+                CROSS JOIN LATERAL (
+                    SELECT d.id, d.webhook_id, d.status, d.attempts, d.free_attempts, d.capture_id
+                    FROM webhooks.deliveries d
+                    WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+                    ORDER BY d.next_attempt_at
+                    LIMIT least(h.room, h.share)
+                    FOR UPDATE OF d SKIP LOCKED
+                ) d
+                LIMIT batch_size
+            ),
+            -- What can never be sent is failed here rather than leased again and again: an event purged
+            -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
+            -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
+            judged AS (
+                SELECT c.*, CASE
+                    WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
+                        THEN 'not sent: the event was purged before it could be delivered'
+                    WHEN c.attempts - c.free_attempts > c.max_retries AND c.status = 'leased'
+                        THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
+                    WHEN c.attempts - c.free_attempts > c.max_retries
+                        THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
+                END AS fatal
+                FROM candidate c
+            ),
+            -- An expired lease's verdict is logged under its own attempt number; any other verdict
+            -- takes a new one, which spends nothing (free_attempts): numbers are never logged twice.
+            doomed AS (
+                UPDATE webhooks.deliveries d
+                SET status = 'failed', completed_at = now(),
+                    attempts = CASE WHEN j.status = 'leased' THEN d.attempts ELSE d.attempts + 1 END,
+                    free_attempts = CASE WHEN j.status = 'leased' THEN d.free_attempts ELSE d.free_attempts + 1 END
+                FROM judged j
+                WHERE d.id = j.id AND j.fatal IS NOT NULL
+                RETURNING d.id, d.attempts, d.webhook_id, j.fatal
+            ),
+            doomed_logged AS (
+                INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+                SELECT x.id, x.attempts, x.fatal, x.webhook_id FROM doomed x
+            ),
+            leased AS (
+                UPDATE webhooks.deliveries d
+                SET status = 'leased',
+                    attempts = d.attempts + 1,
+                    next_attempt_at = now() + make_interval(secs => 2 * h.timeout_seconds + lease_margin_seconds)
+                FROM judged j, hook h
+                WHERE d.id = j.id AND j.fatal IS NULL AND h.id = d.webhook_id
+                RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, j.status AS previous_status
+            ),
+            -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
+            expired AS (
+                INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+                SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
+                       l.webhook_id
+                FROM leased l
+                WHERE l.previous_status = 'leased'
+            ),
+            -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
+            served AS (
+                UPDATE webhooks.endpoints e
+                SET tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
+                    tokens_at = now(),
+                    circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
+                    circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
+                    circuit_reason = CASE WHEN e.circuit <> 'closed'
+                                          THEN format('probing with delivery %s, attempt %s', t.probe, t.probe_attempt)
+                                          ELSE e.circuit_reason END,
+                    probe_delivery_id = CASE WHEN e.circuit <> 'closed' THEN t.probe END,
+                    probe_attempt = CASE WHEN e.circuit <> 'closed' THEN t.probe_attempt END
+                FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
+                      FROM leased l GROUP BY l.webhook_id) t
+                JOIN hook h ON h.id = t.webhook_id
+                WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
+            )
+            SELECT l.id, l.attempts, w.id, w.url, p.body,
+                   w.headers
+                   -- Secret headers (issue 11): sent, never shown by list/get.
+                   || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
+                   || jsonb_build_object('Content-Type', 'application/json',
+                                         'User-Agent', 'pgwebhooks/' || webhooks.version())
+                   || g.signed
+                   || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1])
+                   || CASE WHEN c.test THEN '{"webhook-test": "true"}'::jsonb ELSE '{}'::jsonb END,
+                   w.timeout_seconds, h.max_concurrency
+            FROM leased l
+            JOIN hook h ON h.id = l.webhook_id
+            JOIN webhooks.webhooks w ON w.id = l.webhook_id
+            JOIN webhooks.captures c ON c.id = l.capture_id
+            LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
+            -- The event type a table subscription sends its changes as (issue 10), and the columns it
+            -- never sends (exclude_columns, issue 11).
+            LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
+                                                AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+            -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
+            CROSS JOIN LATERAL (
+                SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
+            ) u
+            CROSS JOIN LATERAL (
+                -- exclude_columns (issue 11) are removed here: kept in the outbox, never sent.
+                SELECT u.uid, webhooks._envelope(
+                    w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
+                    webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
+                    webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
+                    to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                    w.id, c.data, w.name, l.attempts, w.max_retries) AS env
+                OFFSET 0  -- not flattened: the body is used three times and must be built once
+            ) p0
+            -- A test event (send_test) says so in its body, which is what is signed, and a header.
+            -- (The literal is split: Alembic's text() would read a colon and a word as a parameter.)
+            CROSS JOIN LATERAL (
+                SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
+                OFFSET 0
+            ) p
+            CROSS JOIN LATERAL (
+                SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
+                FROM webhooks.secrets s
+                WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
+            ) k
+            CROSS JOIN LATERAL (
+                SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
+                    AS signed
+                OFFSET 0
+            ) g
+            ORDER BY l.id;
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            IF round = 3 OR webhooks._quarantine(serving, batch_size) = 0 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
 END
 $$;
 
@@ -564,7 +685,13 @@ AS $$
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
     RETURN (SELECT CASE
-        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN 0
+        -- Captures to fan out: now, unless this session's restore check is not settled (another
+        -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
+        -- nothing until it commits, so asking at once would only spin.
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN
+            CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
+                      OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
+                 THEN 0 ELSE 1 END
         -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
         ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
                           THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
@@ -649,7 +776,8 @@ BEGIN
             error text, latency_ms integer, retry_after_seconds integer)
     ),
     judged AS (
-        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule, d.attempts,
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
+               d.attempts - d.free_attempts AS attempts,
                (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
                coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
                         false) AS probe
@@ -675,7 +803,9 @@ BEGIN
     applied AS (
         UPDATE webhooks.deliveries d
         SET status = o.new_status,
-            attempts = CASE WHEN o.refund THEN d.attempts - 1 ELSE d.attempts END,
+            -- A failed probe's attempt keeps its number (the lease's fencing token) and spends no
+            -- retry budget: counted as free rather than taken back.
+            free_attempts = CASE WHEN o.refund THEN d.free_attempts + 1 ELSE d.free_attempts END,
             next_attempt_at = CASE WHEN o.refund THEN now()
                                    WHEN o.new_status = 'pending' THEN now() + o.delay
                                    ELSE d.next_attempt_at END,
@@ -775,7 +905,9 @@ END
 $$;
 
 -- Hand leased deliveries back unsent (a runner shutting down): they are due again at once and
--- the attempt does not count. `leases` is a JSON array of {"delivery_id": 1, "attempt": 1}.
+-- the attempt does not count (free_attempts). Its number is not reused: a late report for it
+-- is refused. Nothing is logged for it, as nothing was sent.
+-- `leases` is a JSON array of {"delivery_id": 1, "attempt": 1}.
 CREATE OR REPLACE FUNCTION webhooks.release(leases jsonb)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -788,10 +920,42 @@ BEGIN
         "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
         "attempt": ["integer", -2147483648, 2147483647, true]}');
     UPDATE webhooks.deliveries d
-    SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = now()
+    SET status = 'pending', free_attempts = d.free_attempts + 1, next_attempt_at = now()
     FROM jsonb_to_recordset(leases) AS l(delivery_id bigint, attempt integer)
     WHERE d.id = l.delivery_id AND d.status = 'leased' AND d.attempts = l.attempt;
     GET DIAGNOSTICS released = ROW_COUNT;
     RETURN released;
 END
+$$;
+
+-- complete() and release() given JSON text (an untyped literal, a string parameter): parsed
+-- here, so that text jsonb cannot hold (\u0000, a NUL) is the caller's WH034 and text that is no
+-- JSON its WH013, not 22P05 or 22P02 from the cast. A jsonb argument goes straight to the above.
+CREATE OR REPLACE FUNCTION webhooks._parse_json_input(field text, value text)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN value::jsonb;
+EXCEPTION
+    WHEN untranslatable_character THEN
+        PERFORM webhooks._fail('WH034', field, format('contains a NUL character (\u0000), which the database '
+            'cannot store: %s', left(value, 80)));
+    WHEN invalid_text_representation OR invalid_parameter_value THEN
+        PERFORM webhooks._fail('WH013', field, format('is not valid JSON: %s', left(value, 80)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.complete(results text)
+RETURNS TABLE (delivery_id bigint, attempt integer, status text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM webhooks.complete(webhooks._parse_json_input('results', results))
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.release(leases text)
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT webhooks.release(webhooks._parse_json_input('leases', leases))
 $$;

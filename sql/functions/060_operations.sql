@@ -6,7 +6,8 @@ DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
 -- Queue a test event for one webhook, whatever it watches: the way to check an endpoint and its
 -- signature verification. Without arguments a TEST event; with `event` (INSERT, UPDATE, DELETE,
 -- TRUNCATE), "table" and `record` (and `old_record`) a row change of that shape; with `event_type`
--- (declared) and `data` an application event. Sent in the webhook's profile like real ones.
+-- (declared) and `data` an application event. Sent in the webhook's profile like real ones, and
+-- marked as a test: "test": true in the body, a `webhook-test: true` header (see claim()).
 -- Returns the delivery id (see get_deliveries).
 CREATE OR REPLACE FUNCTION webhooks.send_test(
     id uuid, event text DEFAULT NULL, "table" text DEFAULT NULL, record jsonb DEFAULT NULL,
@@ -19,9 +20,19 @@ DECLARE
     delivery bigint;
     parts text[];
     op text := upper(event);
+    target oid;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
-    PERFORM webhooks._ensure_identity();  -- before creating a delivery (045_restore.sql)
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
+    -- Before creating a delivery (045_restore.sql); not while another transaction records a
+    -- restored copy's new salt: this delivery skips fan-out, which must wait for that.
+    IF NOT webhooks._ensure_identity() THEN
+        PERFORM webhooks._fail('WH033', 'id', 'this database is a restored copy and another transaction is '
+            'recording its new event ids right now; try again once it has committed');
+    END IF;
+    PERFORM webhooks._check_event_data('data', data);
+    PERFORM webhooks._check_event_data('record', record);
+    PERFORM webhooks._check_event_data('old_record', old_record);
     IF event_type IS NOT NULL OR data IS NOT NULL THEN
         IF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
             PERFORM webhooks._fail('WH013', 'event_type',
@@ -29,8 +40,8 @@ BEGIN
         END IF;
         PERFORM webhooks._check_event_type_declared('event_type', event_type);
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, event_type, data)
-        VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'))
+                                       fanned_out, event_type, data, test)
+        VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'), true)
         RETURNING captures.id INTO capture;
     ELSIF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
         IF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
@@ -48,22 +59,29 @@ BEGIN
         IF record IS NOT NULL AND jsonb_typeof(record) <> 'object' OR old_record IS NOT NULL AND jsonb_typeof(old_record) <> 'object' THEN
             PERFORM webhooks._fail('WH013', 'record', 'record and old_record must be JSON objects');
         END IF;
+        target := to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
+                                     parts[cardinality(parts)]))::oid;
+        -- A test row change is signed like a real one, so it may only claim a change its caller
+        -- could have made: the receiver cannot tell "INSERT" from a test that says so.
+        IF target IS NOT NULL AND NOT has_table_privilege(webhooks._caller(), target, op) THEN
+            PERFORM webhooks._fail('WH035', 'event', format('role %I may not %s %s; a test %s of a table needs '
+                'the same right on it', webhooks._caller(), op, target::regclass, op));
+        END IF;
         -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record, old_record)
-        VALUES (op, coalesce(to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
-                                           parts[cardinality(parts)]))::oid, 0),
+                                       fanned_out, record, old_record, test)
+        VALUES (op, coalesce(target, 0),
                 CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
                 ARRAY[id], 1, 1,
                 CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
                      WHEN op <> 'TRUNCATE' THEN webhooks._compact_json(coalesce(record, '{}'))::json END,
-                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END)
+                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END, true)
         RETURNING captures.id INTO capture;
     ELSE
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record)
+                                       fanned_out, record, test)
         VALUES ('TEST', 0, 'webhooks', 'test', ARRAY[id], 1, 1,
-                (SELECT row_to_json(x) FROM (SELECT 'test event from pgwebhooks' AS message, now() AS sent_at) x))
+                (SELECT row_to_json(x) FROM (SELECT 'test event from pgwebhooks' AS message, now() AS sent_at) x), true)
         RETURNING captures.id INTO capture;
     END IF;
     INSERT INTO webhooks.deliveries (capture_id, n, webhook_id) VALUES (capture, 1, id)
@@ -91,6 +109,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
     END IF;
+    PERFORM webhooks._check_reach(original.webhook_id);  -- 040_management.sql
     PERFORM 1 FROM webhooks.captures c WHERE c.id = original.capture_id FOR KEY SHARE;
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id',
@@ -114,6 +133,7 @@ DECLARE
     queued integer;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
     -- As in replay(): hold each event's capture, and skip events already purged.
     WITH failed AS (
         SELECT d.id, d.capture_id, d.n, d.webhook_id

@@ -15,22 +15,76 @@ AS $$
 $$;
 
 -- Keep event_types.webhook_ids current after any change to event_subscriptions (including the
--- cascade of a deleted webhook). Changes are serialised by the table lock, and the update runs in
--- a statement of its own after it, so it sees every change committed before: two webhooks
--- subscribing at once cannot leave a type missing one of them.
+-- cascade of a deleted webhook), incrementally: only the (type, webhook) pairs a changed row's
+-- pattern matches are looked at (an exact name: one type; order.*: its family; *: all), and for
+-- each the webhook is added or removed as it now subscribes to the type by any pattern, one
+-- primary-key probe each. A TRUNCATE recomputes every type. Changes are serialised by the table
+-- lock, and the update runs in a statement of its own after it, so it sees every change committed
+-- before: two webhooks subscribing at once cannot leave a type missing one of them.
 CREATE OR REPLACE FUNCTION webhooks._refresh_subscribers()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    hooks uuid[];
+    patterns text[];
 BEGIN
+    -- Each branch names only the transition tables its trigger declares.
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(a.webhook_id), array_agg(a.pattern) INTO hooks, patterns FROM added a;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(r.webhook_id), array_agg(r.pattern) INTO hooks, patterns FROM removed r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(x.webhook_id), array_agg(x.pattern) INTO hooks, patterns
+        FROM (SELECT a.webhook_id, a.pattern FROM added a UNION SELECT r.webhook_id, r.pattern FROM removed r) x;
+    ELSE
+        LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
+        UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
+        WHERE t.webhook_ids <> '{}';
+        RETURN NULL;
+    END IF;
+    IF hooks IS NULL THEN
+        RETURN NULL;  -- a statement that changed no row
+    END IF;
     LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
-    WHERE t.webhook_ids IS DISTINCT FROM webhooks._subscribers(t.name);
+    WITH changed AS (
+        SELECT DISTINCT t.name, c.webhook_id
+        FROM unnest(hooks, patterns) AS c(webhook_id, pattern)
+        JOIN webhooks.event_types t
+          ON c.pattern = t.name OR c.pattern = '*' OR (right(c.pattern, 2) = '.*' AND starts_with(t.name, left(c.pattern, -1)))
+    ), verdict AS (
+        SELECT c.name, c.webhook_id, EXISTS (
+            SELECT 1 FROM webhooks.event_subscriptions s
+            WHERE s.webhook_id = c.webhook_id
+              AND (s.pattern = c.name OR s.pattern = '*'
+                   OR (right(s.pattern, 2) = '.*' AND starts_with(c.name, left(s.pattern, -1))))) AS subscribed
+        FROM changed c
+    ), per_type AS (
+        SELECT v.name, array_agg(v.webhook_id) FILTER (WHERE v.subscribed) AS plus,
+               array_agg(v.webhook_id) FILTER (WHERE NOT v.subscribed) AS minus
+        FROM verdict v GROUP BY v.name
+    )
+    UPDATE webhooks.event_types t
+    SET webhook_ids = ARRAY(SELECT DISTINCT u FROM unnest(t.webhook_ids || coalesce(p.plus, '{}')) u
+                            WHERE u <> ALL (coalesce(p.minus, '{}')) ORDER BY u)
+    FROM per_type p
+    WHERE t.name = p.name;
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER event_subscriptions_refresh
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.event_subscriptions
+-- Transition tables need one trigger per event.
+DROP TRIGGER IF EXISTS event_subscriptions_refresh ON webhooks.event_subscriptions;
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_insert
+    AFTER INSERT ON webhooks.event_subscriptions REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_update
+    AFTER UPDATE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_delete
+    AFTER DELETE ON webhooks.event_subscriptions REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
+CREATE OR REPLACE TRIGGER event_subscriptions_refresh_truncate
+    AFTER TRUNCATE ON webhooks.event_subscriptions
     FOR EACH STATEMENT EXECUTE FUNCTION webhooks._refresh_subscribers();
 
 CREATE OR REPLACE FUNCTION webhooks.create_event_type(name text, description text DEFAULT NULL,
@@ -95,31 +149,88 @@ BEGIN
 END
 $$;
 
+-- What an event's data may be (publish, send_test, README "Limits"): at most
+-- _max_data_depth() levels of arrays and objects, and at most _max_data_bytes() bytes as JSON
+-- text. Checked where the data comes in, so no delivery is ever asked to render more; claim()
+-- still fails a delivery it cannot render rather than fail the whole claim.
+CREATE OR REPLACE FUNCTION webhooks._max_data_depth()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 64 $$;
+
+CREATE OR REPLACE FUNCTION webhooks._max_data_bytes()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 1048576 $$;
+
+-- WH030 (too deep) or WH031 (too large) for an event's data. The text length is measured only
+-- when the stored size says it could matter: a JSON text is at most about six times its jsonb
+-- (a string of control characters, each \u00XX), so small events pay one size lookup.
+CREATE OR REPLACE FUNCTION webhooks._check_event_data(field text, data jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    size bigint;
+BEGIN
+    IF data IS NULL THEN
+        RETURN;
+    END IF;
+    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() THEN
+        size := octet_length(data::text);
+        IF size > webhooks._max_data_bytes() THEN
+            PERFORM webhooks._fail('WH031', field, format('is %s bytes of JSON text; at most %s are allowed',
+                                                          size, webhooks._max_data_bytes()));
+        END IF;
+    END IF;
+    -- Level 0 is the value itself: a container at level 64 is the 65th level of nesting.
+    IF jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")') THEN
+        PERFORM webhooks._fail('WH030', field, format('nests arrays and objects more than %s levels deep '
+            '(starts %s)', webhooks._max_data_depth(), left(data::text, 40)));
+    END IF;
+END
+$$;
+
 -- Publish an application event in the caller's transaction; returns its id (the webhook-id
 -- receivers see). The receiving webhooks are resolved now, from event_subscriptions; whether
 -- each is enabled is decided at fan-out, like for row changes. Runs in every publishing
 -- transaction, so like the capture triggers it skips `SET search_path` (a GUC save and restore
 -- per call) and names everything with its schema.
+--
+-- Types under `pgwebhooks.` are reserved for pgwebhooks' own alerts (webhooks._alert); no one
+-- may publish one (WH032), so a receiver can trust that an alert came from pgwebhooks.
 CREATE OR REPLACE FUNCTION webhooks.publish(event_type text, data jsonb)
 RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 AS $$
 DECLARE
     event_id pg_catalog.uuid;
+    settled boolean := true;
 BEGIN
+    IF pg_catalog.starts_with(event_type, 'pgwebhooks.') THEN
+        PERFORM webhooks._fail('WH032', 'event_type', pg_catalog.format(
+            '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
+    END IF;
+    PERFORM webhooks._check_event_data('data', data);
     -- A restored copy starts a new salt before its first event id is handed out (045_restore.sql);
     -- checked once per session, the test inline to keep a GUC save and restore off every call.
-    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM 'on' THEN
-        PERFORM webhooks._ensure_identity();
+    -- (_identity_token() inline: a function with its own search_path costs a GUC save and restore.)
+    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM
+           (SELECT pg_catalog.md5(k.key OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
+            FROM webhooks._identity_key k) THEN
+        settled := webhooks._ensure_identity();
     END IF;
     -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
     -- costs about as much as the insert itself. The subscribers are the type's webhook_ids.
+    -- Unsettled (another transaction is recording a copy's new salt): this capture is past the
+    -- copy's boundary, so its id is under the copy's derived salt (_salt_at).
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    event_type, data)
     SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data
     FROM webhooks.event_types t
     WHERE t.name OPERATOR(pg_catalog.=) event_type AND data IS NOT NULL
-    RETURNING pg_catalog.md5((SELECT i.salt FROM webhooks._salt_for(id) i)::pg_catalog.text
+    RETURNING pg_catalog.md5((CASE WHEN settled THEN (SELECT i.salt FROM webhooks._salt_for(id) i)
+                                   ELSE webhooks._salt_at(webhooks._database_identity()) END)::pg_catalog.text
                              OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) id
                              OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid
     INTO event_id;

@@ -34,12 +34,32 @@ FROM (VALUES
     ('pgwebhooks.delivery.exhausted', 'pgwebhooks alert: a delivery ran out of retries')) AS v(name, description)
 ON CONFLICT (name) DO NOTHING;
 
+-- An alert as a NOTIFY payload, which PostgreSQL caps at 8000 bytes: string fields (a pause
+-- reason may be 2,000 characters, an error as long) are cut, with a marker, until it fits.
+CREATE OR REPLACE FUNCTION webhooks._alert_note(body jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        (SELECT n.note FROM (
+            SELECT l.keep, (SELECT jsonb_object_agg(e.key, CASE
+                                WHEN jsonb_typeof(e.value) = 'string' AND length(e.value #>> '{}') > l.keep
+                                THEN to_jsonb(left(e.value #>> '{}', l.keep) || '… [truncated]')
+                                ELSE e.value END)
+                            FROM jsonb_each(body) e)::text AS note
+            FROM (VALUES (1000000), (1000), (200), (40)) AS l(keep)) n
+         WHERE octet_length(n.note) < 8000 ORDER BY n.keep DESC LIMIT 1),
+        jsonb_build_object('kind', body -> 'kind', 'at', body -> 'at', 'webhook_id', body -> 'webhook_id',
+                           'truncated', true)::text)
+$$;
+
 -- Send one alert: a NOTIFY on webhooks_alerts, and an application event of type
 -- pgwebhooks.webhook.<kind> (pgwebhooks.delivery.exhausted) with the same JSON as data, to every
 -- webhook subscribed to it except the one the alert is about (its endpoint is the one in
--- trouble). An `exhausted` alert about a delivery of an alert event is not published again, so
--- two failing webhooks subscribed to each other's alerts cannot keep feeding each other.
--- Inserts the capture as publish() does (publish() cannot leave a subscriber out).
+-- trouble). An `exhausted` alert about a delivery of an alert event is not published again, and
+-- deliveries of alert events count in no webhook's health (_record_health), so webhooks
+-- subscribed to each other's alerts cannot keep feeding each other.
+-- Inserts the capture as publish() does (publish() refuses the reserved pgwebhooks.* types).
 CREATE OR REPLACE FUNCTION webhooks._alert(kind text, payload jsonb)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -49,12 +69,14 @@ DECLARE
     type_name text := CASE WHEN kind = 'exhausted' THEN 'pgwebhooks.delivery.exhausted'
                            ELSE 'pgwebhooks.webhook.' || kind END;
 BEGIN
-    PERFORM pg_notify('webhooks_alerts', body::text);
+    PERFORM pg_notify('webhooks_alerts', webhooks._alert_note(body));
     IF kind = 'exhausted' AND starts_with(coalesce(payload ->> 'event_type', ''), 'pgwebhooks.') THEN
         RETURN;
     END IF;
-    IF current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM 'on' THEN
-        PERFORM webhooks._ensure_identity();  -- as publish(): a restored copy's ids start a new salt
+    -- As publish(): a restored copy's ids start a new salt. Unsettled, the capture waits for the
+    -- switch like any other (nothing is fanned out before it).
+    IF current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM webhooks._identity_token() THEN
+        PERFORM webhooks._ensure_identity();
     END IF;
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    event_type, data)
@@ -94,10 +116,16 @@ BEGIN
     FOR ch IN
         WITH logged AS (
             -- This transaction's attempts for the reported results: now() is the same instant.
+            -- Deliveries of alert events (pgwebhooks.*) are left out: counted, their failures would
+            -- raise alerts that are delivered to the other alert subscribers, whose failures raise
+            -- alerts delivered back, without end.
             SELECT a.id, a.webhook_id, a.status_code, a.error
             FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
             JOIN webhooks.delivery_attempts a ON a.delivery_id = r.delivery_id AND a.attempt = r.attempt
+            JOIN webhooks.deliveries d ON d.id = r.delivery_id
             WHERE a.attempted_at = now() AND a.webhook_id IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM webhooks.captures c
+                              WHERE c.id = d.capture_id AND starts_with(c.event_type, 'pgwebhooks.'))
         ), per_hook AS (
             SELECT l.webhook_id,
                    coalesce(bool_or(l.status_code BETWEEN 200 AND 299), false) AS ok,
@@ -149,7 +177,7 @@ BEGIN
     JOIN webhooks.deliveries d ON d.id = r.delivery_id
     JOIN webhooks.webhooks w ON w.id = d.webhook_id
     LEFT JOIN webhooks.captures c ON c.id = d.capture_id
-    WHERE r.status = 'failed';
+    WHERE r.status = 'failed' AND NOT coalesce(starts_with(c.event_type, 'pgwebhooks.'), false);
 END
 $$;
 
@@ -181,6 +209,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
     IF length(reason) > 2000 THEN
         PERFORM webhooks._fail('WH013', 'reason', format('is %s characters long; at most 2000 are allowed', length(reason)));
     END IF;
@@ -199,6 +228,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- 040_management.sql
     UPDATE webhooks.webhooks w SET paused = false, paused_at = NULL, paused_reason = NULL, updated_at = now()
     WHERE w.id = resume_webhook.id AND w.paused;
     UPDATE webhooks.endpoints e SET failing_since = now()

@@ -44,6 +44,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp S
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_reach(id);  -- as get_deliveries: receivers' answers may echo the rows
     PERFORM webhooks._check_range('limit', "limit", 1, 500);
     IF only_status IS NOT NULL AND only_status NOT IN ('pending', 'leased', 'delivered', 'failed') THEN
         PERFORM webhooks._fail('WH040', 'only_status', format('%L is not one of pending, leased, delivered, failed', only_status));
@@ -108,6 +109,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH043', 'delivery_id', format('delivery %s belongs to a deleted webhook', delivery_id));
     END IF;
+    PERFORM webhooks._check_reach(w.id);  -- as get_delivery_attempts (040_management.sql)
     SELECT * INTO c FROM webhooks.captures x WHERE x.id = d.capture_id;
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH043', 'delivery_id', format('the event of delivery %s was purged', delivery_id));

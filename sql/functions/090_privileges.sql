@@ -19,6 +19,12 @@ GRANT USAGE ON SCHEMA webhooks TO webhooks_admin, webhooks_runner, webhooks_capt
 GRANT INSERT ON webhooks.captures, webhooks.events TO webhooks_capture;
 GRANT USAGE ON SEQUENCE webhooks.captures_id_seq TO webhooks_capture;
 GRANT SELECT ON webhooks.capture_routes TO webhooks_capture;  -- capture filters: routing by value
+-- Capture filters failing closed: each webhook's filter evaluated alone, failing ones held.
+GRANT SELECT (webhook_id, relid, operations, columns, where_clause, route_column, route_value)
+    ON webhooks.subscriptions TO webhooks_capture;
+GRANT INSERT ON webhooks.held_rows TO webhooks_capture;
+GRANT EXECUTE ON FUNCTION webhooks._filter_conds(oid, text, boolean), webhooks._filter_from(oid, text),
+    webhooks._no_old_row(oid, text) TO webhooks_capture;
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join(oid), webhooks._pairing_index(oid),
     webhooks._needs_guarded_images(oid),
     webhooks._capture_guarded(bigint, text, oid, name, name, text, json, json)
@@ -40,6 +46,7 @@ GRANT EXECUTE ON FUNCTION
     webhooks.rotate_secret(uuid, text, interval),
     webhooks.delete_webhook(uuid),
     webhooks.get_deliveries(uuid, integer, integer),
+    webhooks.release_held(uuid),
     webhooks.get_delivery_attempts(bigint),
     webhooks.refresh_triggers(),
     webhooks.version(),
@@ -50,7 +57,9 @@ GRANT EXECUTE ON FUNCTION
     webhooks.claim(integer, integer, integer, uuid[]),
     webhooks.next_due_in(integer, uuid[]),
     webhooks.complete(jsonb),
+    webhooks.complete(text),
     webhooks.release(jsonb),
+    webhooks.release(text),
     webhooks.version()
 TO webhooks_runner;
 

@@ -57,6 +57,10 @@ COMMENT ON FUNCTION webhooks.complete(jsonb) IS
     'For the runner: apply a JSON array of attempt results under their leases; returns each delivery''s new status or refused.';
 COMMENT ON FUNCTION webhooks.release(jsonb) IS
     'For the runner: hand leased deliveries back unsent ([{"delivery_id", "attempt"}]); the attempt does not count.';
+COMMENT ON FUNCTION webhooks.complete(text) IS
+    'complete() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
+COMMENT ON FUNCTION webhooks.release(text) IS
+    'release() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
 
 -- issue 11 (health)
 COMMENT ON VIEW webhooks.webhook_status IS
@@ -67,6 +71,12 @@ COMMENT ON FUNCTION webhooks.resume_webhook(uuid) IS
     'Resume a paused webhook (paused by hand, by a 410 Gone or by pause_after): everything queued meanwhile is sent.';
 COMMENT ON FUNCTION webhooks.get_webhook_status() IS
     'The rows of the webhook_status view (which reads them from here): health per webhook.';
+
+COMMENT ON FUNCTION webhooks.release_held(uuid) IS
+    'Re-evaluate the rows held for a webhook (its where filter failed at capture) with its current filter: '
+    'queue those that match, drop the others, keep those whose filter still fails. Returns the three counts.';
+COMMENT ON TABLE webhooks.held_rows IS
+    'Rows kept for one webhook whose where filter failed at capture, with the error; see release_held()';
 
 -- issue 17 (dashboard, API, metrics)
 COMMENT ON TABLE webhooks.api_tokens IS

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from common import PROCS, BenchError, Env, Receiver, create_orders, create_webhook, median, tail
 from delivery import bulk_backlog
+from fanout import bench_bulk_neighbour
 from outage import bench_outage
 from report import Result, failed, info, ratio, threshold
 
@@ -279,6 +280,7 @@ def bench_isolation(env: Env, deliveries: int, neighbour: int, rounds: int = 2,
     """All of the above; one that fails is reported as such and the others still run."""
     parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour, rounds)),
              ("claim cost", lambda: bench_claim_isolation(env, neighbour)),
+             ("bulk neighbour", lambda: bench_bulk_neighbour(env, 2 * neighbour)),
              ("retry punctuality", lambda: bench_retry_punctuality(env)),
              ("rate limit", lambda: bench_rate_limit(env)),
              ("endpoint outage", lambda: bench_outage(env, outage_seconds)))

@@ -12,8 +12,8 @@ them, GET /_tokens returns [token, receipt time] pairs when `--record-tokens` is
 record.token, with time.time() taken as the request arrives: the latency benchmark compares it
 with the inserter's commit time on the same clock). With `--fail-first`, the first request of each
 (path, webhook-id) is answered 429 with `Retry-After: 1` (an answer, not a failure of the endpoint:
-its circuit stays closed), and GET /_arrivals returns every request's arrival time per webhook-id
-(the retry punctuality benchmark).
+its circuit stays closed), and GET /_arrivals returns every request's arrival time per webhook-id (the retry punctuality
+and bulk neighbour benchmarks).
 """
 
 from __future__ import annotations
@@ -54,11 +54,10 @@ def make_app(delay: float, record_tokens: bool, fail_first: bool = False) -> web
         now = time.time()
         body = await request.read()
         key = (request.path, request.headers.get("webhook-id", ""))
-        if fail_first:
-            first_time = key[1] not in counters.arrivals
-            counters.arrivals.setdefault(key[1], []).append(now)
-            if first_time:
-                return web.Response(status=429, body=b"slow down", headers={"Retry-After": "1"})
+        first_time = key[1] not in counters.arrivals
+        counters.arrivals.setdefault(key[1], []).append(now)
+        if fail_first and first_time:
+            return web.Response(status=429, body=b"slow down", headers={"Retry-After": "1"})
         if key in counters.seen:
             counters.duplicates += 1
         else:

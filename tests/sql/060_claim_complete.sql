@@ -4,7 +4,7 @@
 -- fencing by attempt number and lease expiry; release(); get_deliveries / get_delivery_attempts;
 -- secret rotation. now() is frozen in the transaction: "time passes" by moving next_attempt_at.
 BEGIN;
-SELECT plan(113);
+SELECT plan(114);
 
 CREATE EXTENSION IF NOT EXISTS pgcrypto;  -- independent HMACs to check the signatures against
 
@@ -279,11 +279,13 @@ SELECT is((SELECT webhooks.release(jsonb_build_array(jsonb_build_object('deliver
            FROM claims WHERE label = 'x1'), 0, 'release with a wrong attempt releases nothing');
 SELECT is((SELECT webhooks.release(jsonb_build_array(jsonb_build_object('delivery_id', delivery_id, 'attempt', attempt)))
            FROM claims WHERE label = 'x1'), 1, 'release returns how many were released');
-SELECT is(((pg_temp.delivery('x1')).status, (pg_temp.delivery('x1')).attempts, (pg_temp.delivery('x1')).next_attempt_at)::text,
+SELECT is(((pg_temp.delivery('x1')).status, (pg_temp.delivery('x1')).attempts - (pg_temp.delivery('x1')).free_attempts,
+           (pg_temp.delivery('x1')).next_attempt_at)::text,
           ('pending', 0, now())::text, 'released: pending, attempt not counted, due at once');
 SELECT is(pg_temp.claim('x2', 'leases'), 1, 'a released delivery is claimed again at once');
-SELECT is((pg_temp.claimed('x2')).attempt, 1, 'as attempt 1 again');
-SELECT is(pg_temp.complete('x1', 200), 'delivered', 'the re-claimed attempt 1 completes');
+SELECT is((pg_temp.claimed('x2')).attempt, 2, 'under a new attempt number (the released one is never reused)');
+SELECT is(pg_temp.complete('x1', 200), 'refused', 'a late report for the released attempt 1 is refused');
+SELECT is(pg_temp.complete('x2', 200), 'delivered', 'the re-claimed attempt 2 completes');
 
 -- Secret rotation: two signatures during the grace period ----------------------------------------
 SELECT is((SELECT previous_secrets_expire_at FROM webhooks.rotate_secret(pg_temp.hook('rotation'), 'a new plain secret, 33 chars long')),

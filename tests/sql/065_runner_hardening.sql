@@ -57,7 +57,7 @@ UPDATE webhooks.webhooks SET max_retries = 0 WHERE name = 'one-retry';
 CALL pg_temp.expire('one-retry');
 SELECT is(pg_temp.claim('one-retry'), 0, 'max_retries lowered to 0: not leased again');
 SELECT is((SELECT count(*)::int FROM webhooks.deliveries
-           WHERE webhook_id = pg_temp.hook('one-retry') AND status = 'failed' AND attempts = 1), 1,
+           WHERE webhook_id = pg_temp.hook('one-retry') AND status = 'failed' AND attempts - free_attempts = 1), 1,
           'failed with the one attempt it had');
 
 -- An event purged under a delivery (replay racing purge) --------------------------------------

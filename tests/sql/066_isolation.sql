@@ -50,7 +50,7 @@ CREATE PROCEDURE pg_temp.all_due(hook_name text) LANGUAGE sql AS $$
     WHERE webhook_id = pg_temp.hook(hook_name) AND status = 'pending'
 $$;
 CREATE FUNCTION pg_temp.spent(hook_name text) RETURNS int LANGUAGE sql AS $$
-    SELECT sum(attempts)::int FROM webhooks.deliveries WHERE webhook_id = pg_temp.hook(hook_name)
+    SELECT sum(attempts - free_attempts)::int FROM webhooks.deliveries WHERE webhook_id = pg_temp.hook(hook_name)
 $$;
 
 SELECT is((SELECT count(*)::int FROM webhooks.webhooks w JOIN webhooks.endpoints e ON e.webhook_id = w.id), 5,

@@ -18,8 +18,8 @@ SELECT is(
     (SELECT array_agg(p.proname::text ORDER BY p.proname) FROM pg_proc p
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_runner', p.oid, 'EXECUTE')),
     -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret).
-    ARRAY['claim', 'complete', 'next_due_in', 'release', 'runner_backlog', 'version'],
-    'webhooks_runner can execute claim, next_due_in, complete, release, runner_backlog and version, nothing else');
+    ARRAY['claim', 'complete', 'complete', 'next_due_in', 'release', 'release', 'runner_backlog', 'version'],
+    'webhooks_runner can execute claim, next_due_in, complete, release (jsonb and text), runner_backlog and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'
@@ -53,8 +53,8 @@ SELECT is(
     (SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c
      WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')
        AND has_table_privilege('webhooks_capture', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')),
-    ARRAY['capture_routes', 'captures', 'events'],
-    'webhooks_capture (owner of the capture triggers) touches captures and events, and reads capture_routes (filters'' routing)');
+    ARRAY['capture_routes', 'captures', 'events', 'held_rows'],
+    'webhooks_capture (owner of the capture triggers) touches captures, events and held_rows (filters that failed), and reads capture_routes (filters'' routing)');
 SELECT is_empty(
     $$SELECT c.oid::regclass FROM pg_class c
       WHERE c.relnamespace = 'webhooks'::regnamespace AND c.relkind IN ('r', 'p')

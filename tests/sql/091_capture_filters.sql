@@ -1,8 +1,9 @@
 -- 091: capture filters (issue 11): columns, exclude_columns, where (validated with WH017 / WH018,
 -- evaluated at capture, routed by value for equalities), key-changing UPDATEs, NULLs, dropped
--- columns, a predicate that errors (fails open, never fails the write), read-only predicates.
+-- columns (the filter fails closed: rows held for that webhook, never the write failed), functions
+-- that are not built in refused.
 BEGIN;
-SELECT plan(28);
+SELECT plan(30);
 
 CREATE TABLE public.orders (id int PRIMARY KEY, tenant_id int, status text, total int, password_hash text,
                             note text);
@@ -33,16 +34,18 @@ SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[
                  'WH018', NULL, 'a where naming no column is refused when prepared');
 SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "total + 1"}]')$$,
                  'WH018', NULL, 'a where that is not boolean is refused');
-SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "true) OR (true"}]')$$,
-                 'WH018', NULL, 'a where closing its parenthesis early is refused');
+SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "true) AS keep, (true"}]')$$,
+                 'WH018', NULL, 'a where closing its parenthesis early to add a column is refused');
 SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "true; DROP TABLE orders"}]')$$,
                  'WH018', NULL, 'a second statement is refused');
 SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "true --"}]')$$,
                  'WH018', NULL, 'a comment is refused');
 SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "parts", "where": "k = 1"}]')$$,
                  'WH018', NULL, 'filters on a partitioned table are refused');
-SELECT lives_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "note = '';--'' AND (old).total IS NULL"}]')$$,
-                'quoted text may hold anything; the old row is (old).column');
+SELECT throws_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "note = '';--''"}]')$$,
+                 'WH018', NULL, 'not even quoted text may hold ; or -- (one EXECUTE must be one statement)');
+SELECT lives_ok($$SELECT webhooks.create_webhook('x', 'https://r.example/x', '[{"table": "orders", "where": "note = chr(59) AND (old).total IS NULL"}]')$$,
+                'a semicolon is written chr(59); the old row is (old).column');
 SELECT webhooks.delete_webhook(pg_temp.hook('x'));
 
 -- Filters -----------------------------------------------------------------------------------------
@@ -97,21 +100,24 @@ DO $$ BEGIN PERFORM webhooks.delete_webhook(pg_temp.hook('all')); PERFORM webhoo
 INSERT INTO orders VALUES (20, 9, 'draft', 1, 'h', NULL);
 SELECT is((SELECT count(*)::int FROM webhooks.captures), 0, 'a row no webhook wants is not stored');
 
--- Dropped column: the filter fails open, the write succeeds.
+-- Dropped column: the filter fails closed for its webhook alone, the write succeeds.
 ALTER TABLE orders DROP COLUMN status;
 SELECT lives_ok($$INSERT INTO orders VALUES (21, 5, 1000, 'h', NULL)$$, 'a write after a filter''s column was dropped succeeds');
-SELECT is(pg_temp.got('big'), '21', 'and is captured unfiltered rather than lost');
+SELECT is(pg_temp.got('big'), '', 'the failing webhook gets nothing sent');
+SELECT is((SELECT string_agg(record ->> 'id', ',') FROM webhooks.held_rows WHERE webhook_id = pg_temp.hook('big')), '21',
+          'its row is held for it');
+SELECT is((SELECT status || ': ' || error FROM webhooks.get_deliveries(pg_temp.hook('big'))),
+          'held: column "status" does not exist', 'get_deliveries shows it held, with the error');
 SELECT pg_temp.reset();
 
--- Predicates run read-only: a function that writes cannot.
+-- A filter is data: a function that is not built in is refused (it would have run as the definer).
 CREATE TABLE public.loot (v text);
 CREATE FUNCTION public.sneaky(int) RETURNS boolean LANGUAGE plpgsql AS $f$
 BEGIN INSERT INTO public.loot VALUES ('x'); RETURN true; END $f$;
-SELECT lives_ok($$SELECT webhooks.create_webhook('sneak', 'https://r.example/sn', '[{"table": "orders", "where": "sneaky(id)"}]')$$,
-                'a where may call a function');
+SELECT throws_ok($$SELECT webhooks.create_webhook('sneak', 'https://r.example/sn', '[{"table": "orders", "where": "public.sneaky(id)"}]')$$,
+                 'WH027', NULL, 'a where may not call a function that is not built in');
 INSERT INTO orders VALUES (30, 5, 1, 'h', NULL);
-SELECT is((SELECT count(*)::int FROM public.loot), 0, 'which cannot write when the capture evaluates it');
-SELECT is(pg_temp.got('sneak'), '30', 'the row is still captured (fail open)');
+SELECT is((SELECT count(*)::int FROM public.loot), 0, 'which never ran');
 
 SELECT * FROM finish();
 ROLLBACK;

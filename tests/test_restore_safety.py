@@ -1,0 +1,74 @@
+"""The restore check as an attacker (or an unlucky application) meets it in a copy of the
+database: an open transaction that published must not stall every claim and publish, and a
+session setting `pgwebhooks.identity_checked` by hand must not skip the check."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from conftest import Server
+
+LATEST_SALT = "SELECT first_capture_id, salt FROM webhooks._salts ORDER BY first_capture_id DESC LIMIT 1"
+
+
+@pytest.fixture
+def clone(server: Server, conn: psycopg.Connection) -> Iterator[tuple[str, tuple[int, uuid.UUID]]]:
+    """A copy (CREATE DATABASE ... TEMPLATE) of a database that has sent an event, and the salt
+    the original used."""
+    conn.execute("SELECT webhooks.create_event_type('order.created')")
+    conn.execute("SELECT webhooks.create_webhook('w', 'https://e.com/x', '[{\"event_type\": \"order.created\"}]')")
+    conn.execute("SELECT webhooks.publish('order.created', '{\"n\": 0}')")
+    assert len(conn.execute("SELECT * FROM webhooks.claim()").fetchall()) == 1
+    conn.commit()
+    before = conn.execute(LATEST_SALT).fetchone()
+    assert before is not None
+    name = conn.info.dbname
+    copy = "clone_" + uuid.uuid4().hex[:10]
+    conn.close()
+    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {copy} TEMPLATE {name}")
+    try:
+        yield server.dsn_for(copy), before
+    finally:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {copy} WITH (FORCE)")
+
+
+def test_an_open_transaction_that_published_in_a_copy_blocks_no_claim_or_publish(
+        clone: tuple[str, tuple[int, uuid.UUID]]) -> None:
+    dsn, before = clone
+    with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as other:
+        # The first to look records the copy's new salt, and keeps its transaction open.
+        held_id = holder.execute("SELECT webhooks.publish('order.created', '{\"n\": 1}')").fetchone()[0]
+        # A wait would be an error here, not a slow test.
+        other.execute("SET lock_timeout = '2s'")
+        other.execute("SET statement_timeout = '10s'")
+        assert other.execute("SELECT * FROM webhooks.claim()").fetchall() == []
+        other_id = other.execute("SELECT webhooks.publish('order.created', '{\"n\": 2}')").fetchone()[0]
+        assert other.execute("SELECT * FROM webhooks.claim()").fetchall() == []  # still nothing fanned out
+        # ... and a runner asking when to claim again is told to wait, not to spin.
+        assert other.execute("SELECT webhooks.next_due_in()").fetchone()[0] == 1
+        holder.commit()
+        sent = other.execute("SELECT headers ->> 'webhook-id' FROM webhooks.claim() ORDER BY delivery_id").fetchall()
+        # The ids publish() returned are the ids sent, in both sessions, under the copy's new salt.
+        assert [uuid.UUID(r[0]) for r in sent] == [held_id, other_id]
+        after = other.execute(LATEST_SALT).fetchone()
+        assert after is not None and after[1] != before[1] and after[0] > before[0]
+
+
+def test_setting_the_session_flag_by_hand_does_not_skip_the_check(
+        clone: tuple[str, tuple[int, uuid.UUID]]) -> None:
+    dsn, before = clone
+    with psycopg.connect(dsn, autocommit=True) as c:
+        # 'on' is what the check itself used to set.
+        c.execute("SELECT set_config('pgwebhooks.identity_checked', 'on', false)")
+        c.execute("SELECT webhooks.publish('order.created', '{\"n\": 3}')")
+        c.execute("SELECT * FROM webhooks.claim()")
+        after = c.execute(LATEST_SALT).fetchone()
+        assert after is not None and after[1] != before[1], "the copy kept the original's salt"
+        identity = c.execute("SELECT identity FROM webhooks._installation").fetchone()
+        assert identity == c.execute("SELECT webhooks._database_identity()").fetchone()
