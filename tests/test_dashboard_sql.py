@@ -121,3 +121,21 @@ def test_runner_role_reads_the_backlog_and_nothing_more(conn: psycopg.Connection
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("SET LOCAL ROLE webhooks_runner")
         conn.execute("SELECT * FROM webhooks.delivery_log(gen_random_uuid())")
+
+
+def test_log_and_request_need_the_right_to_read_the_watched_table(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TABLE payroll (id int PRIMARY KEY, salary int)")
+    hook = _hook(conn, "payroll", [{"table": "payroll"}])
+    conn.execute("INSERT INTO payroll VALUES (1, 99000)")
+    (delivery,) = conn.execute("SELECT delivery_id FROM webhooks.claim(10, 30)").fetchone()
+    for role in ("webhooks_admin", "webhooks_viewer"):  # neither may SELECT payroll
+        for call in ("SELECT * FROM webhooks.delivery_log(%s::uuid)", "SELECT * FROM webhooks.delivery_request(%s)"):
+            with pytest.raises(psycopg.Error) as err, conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role}")
+                conn.execute(call, (hook if "log" in call else delivery,))
+            assert err.value.sqlstate == "WH014", (role, call, err.value)
+    conn.execute("GRANT SELECT ON payroll TO webhooks_viewer")
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE webhooks_viewer")
+        body = conn.execute("SELECT body FROM webhooks.delivery_request(%s)", (delivery,)).fetchone()
+        assert body is not None and '"salary":99000' in body[0]
