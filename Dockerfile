@@ -27,9 +27,15 @@ RUN groupadd --system --gid 10001 pgwebhooks \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels /wheels/pgwebhooks-*.whl
 USER 10001:10001
-# No HEALTHCHECK: the runner serves no health endpoint yet (it reconnects to the database by
-# itself, and a crash ends the container for the restart policy). Add one calling the endpoint
-# once `pgwebhooks run` serves it.
+# /metrics (Prometheus), /healthz and /readyz on port 9187 (publish it for a Prometheus outside;
+# unset PGWEBHOOKS_METRICS_PORT to serve none). The health check asks /healthz: the process is
+# alive and its event loop not stuck. /readyz (database reachable, schema compatible) is for
+# orchestrators that route or roll out by readiness; a database outage must not restart runners.
+ENV PGWEBHOOKS_METRICS_PORT=9187 \
+    PGWEBHOOKS_METRICS_HOST=0.0.0.0
+EXPOSE 9187
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9187/healthz', timeout=4)"]
 # SIGTERM (docker stop) makes the runner stop claiming, finish in-flight requests within
 # --shutdown-grace (10 s) and hand back the rest; keep `docker stop -t` above that.
 STOPSIGNAL SIGTERM

@@ -11,13 +11,17 @@ PG_MAJORS ?= 14 15 16 17 18
 MATRIX_PYTEST_ARGS ?= -q -p no:cacheprovider
 HADOLINT_VERSION := 2.15.1
 
-.PHONY: test test-matrix demo bench lint sql deps deps-matrix venv clean migration-tools
+.PHONY: test test-matrix demo bench lint sql deps deps-matrix venv clean migration-tools screenshots
 
 test: deps venv migration-tools lint
 	$(VENV)/bin/pytest -q
 
 demo: deps venv
 	$(PY) -m pgwebhooks.demo
+
+# A PNG of each dashboard page into docs/screenshots/ (the browser tests, saving what they see).
+screenshots: deps venv
+	PGWEBHOOKS_SCREENSHOTS=docs/screenshots $(VENV)/bin/pytest -q tests/test_dashboard_browser.py
 
 # Crashes, restarts, connection storms and hostile receivers (a few minutes; not part of `make test`).
 test-chaos: deps venv
@@ -50,6 +54,7 @@ sql: venv
 	$(VENV)/bin/pgwebhooks render-plpython
 
 # Debian packages, installed only when missing (apt-get update first, as root or through sudo).
+# chromium: the dashboard's browser tests drive it with Playwright (never `playwright install`).
 deps:
 	@set -e; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
@@ -63,6 +68,7 @@ deps:
 	fi; \
 	if [ -z "$$major" ]; then echo "make deps: apt-cache offers no postgresql-N package" >&2; exit 1; fi; \
 	pkgs="postgresql-$$major postgresql-plpython3-$$major postgresql-$$major-pgtap libtap-parser-sourcehandler-pgtap-perl"; \
+	pkgs="$$pkgs chromium"; \
 	missing=$$(for p in $$pkgs; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \

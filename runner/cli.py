@@ -17,7 +17,7 @@ import click
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgwebhooks import __version__, cli_common, cli_health, cli_install, logs, roles
+from pgwebhooks import __version__, cli_common, cli_dashboard, cli_health, cli_install, logs, roles
 
 DSN = cli_common.DSN
 AS_JSON = cli_common.AS_JSON
@@ -73,10 +73,16 @@ def _env(name: str) -> dict[str, Any]:
               **_env("LOG_FORMAT"))
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
               **_env("LOG_LEVEL"))
+@click.option("--metrics-port", type=click.IntRange(1, 65535), **_env("METRICS_PORT"),
+              help="Serve /metrics (Prometheus), /healthz and /readyz on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, **_env("METRICS_HOST"),
+              help="Address for --metrics-port (0.0.0.0 for a Prometheus elsewhere).")
+@click.option("--progress-interval", type=float, default=60.0, show_default=True, **_env("PROGRESS_INTERVAL"),
+              help="Seconds between progress log lines (delivered, failed, pending); 0: none.")
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
     shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
-    log_format: str, log_level: str,
+    log_format: str, log_level: str, metrics_port: int | None, metrics_host: str, progress_interval: float,
 ) -> None:
     """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C.
 
@@ -100,6 +106,7 @@ def run(
         batch_size=batch_size, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
         lease_margin_seconds=lease_margin,
         allow_private_networks=allow_private_networks, allowed_cidrs=allowed_cidrs,
+        metrics_port=metrics_port, metrics_host=metrics_host, progress_interval=progress_interval,
     )
 
     async def serve() -> None:
@@ -275,6 +282,7 @@ def create(
 
 
 cli_health.register(main, webhooks_group, DSN, AS_JSON, sql_api, emit)
+cli_dashboard.register(main, DSN, sql_api, emit)
 
 
 @webhooks_group.command("list")

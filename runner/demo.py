@@ -150,6 +150,9 @@ async def demo() -> int:
         pg.destroy()
         shutil.rmtree(demo_dir, ignore_errors=True)
         print(f"    receiver and PostgreSQL stopped, {demo_dir} removed")
+        say("See and operate your own database's webhooks in a browser")
+        print(f"    {Path(sys.executable).with_name('pgwebhooks')} dashboard --dsn postgresql://USER@HOST/DB"
+              "    # then open http://127.0.0.1:8080/")
 
 
 def main() -> None:

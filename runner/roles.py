@@ -4,7 +4,7 @@ Roles belong to the cluster, so `pg_dump` does not carry them: restored without 
 `OWNER TO webhooks_capture` and `GRANT ... TO webhooks_runner` fails and the capture functions
 end up owned by whoever restores. `pgwebhooks roles | psql -v ON_ERROR_STOP=1 NEW_CLUSTER`
 before `pg_restore` puts them back. The statements are idempotent, like the ones in
-the migrations that first made these roles (0001, 0006; a test checks they agree).
+the migrations that first made these roles (0001, 0006, 0011; a test checks they agree).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 # Each NOLOGIN; what each may do is granted by sql/functions/090_privileges.sql.
-ROLES = ("webhooks_admin", "webhooks_runner", "webhooks_capture", "webhooks_publisher")
+ROLES = ("webhooks_admin", "webhooks_runner", "webhooks_capture", "webhooks_publisher", "webhooks_viewer")
 
 
 def roles_sql() -> str:

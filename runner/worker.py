@@ -23,6 +23,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from pgwebhooks.health_server import HealthServer
+from pgwebhooks.metrics import RunnerMetrics
 from pgwebhooks.redact import clean_result, origin, scrub
 from pgwebhooks.reporting import Backoff, ReportingMixin, first_of
 from pgwebhooks.sender import Sender, SendResult
@@ -54,6 +56,11 @@ class RunnerConfig:
     # Reconnect backoff: from `reconnect_min` doubling up to `reconnect_max` seconds.
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
+    # /metrics, /healthz, /readyz (health_server.py); None: not served. A progress line every
+    # `progress_interval` seconds (0: none).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    progress_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,7 @@ class Runner(ReportingMixin):
         self._results_ready = asyncio.Event()
         self._reporter_idle = asyncio.Event()
         self._reporter_idle.set()
+        self.metrics = RunnerMetrics(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +150,8 @@ class Runner(ReportingMixin):
             "concurrency": cfg.concurrency, "per_webhook": cfg.per_webhook_concurrency,
             "private_networks": "allowed" if cfg.allow_private_networks else "refused",
         })
+        health = HealthServer(self, cfg.metrics_host, cfg.metrics_port, cfg.progress_interval)
+        await health.start()
         async with Sender(
             allow_private_networks=cfg.allow_private_networks,
             allowed_cidrs=cfg.allowed_cidrs,
@@ -158,6 +168,7 @@ class Runner(ReportingMixin):
                 await reporter
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+                await health.stop()
         elapsed = time.monotonic() - self.stats.started_at
         log.info("runner stopped", extra={
             "delivered": self.stats.delivered, "failed_attempts": self.stats.failed_attempts,
@@ -174,6 +185,7 @@ class Runner(ReportingMixin):
         self._sender = sender
         try:
             while not self._stopping.is_set():
+                self.metrics.heartbeat = time.monotonic()  # /healthz: the claim loop goes round
                 room = cfg.concurrency + self.prefetch - len(self._tasks) - len(self._ready)
                 idle_slots = len(self._tasks) + len(self._ready) < cfg.concurrency
                 # With slots busy and jobs waiting, top up only once half the prefetch is used:
@@ -254,6 +266,7 @@ class Runner(ReportingMixin):
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], wanted: int, saturated: list[UUID]) -> list[Job]:
         cfg = self.config
+        started = time.monotonic()
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "SELECT delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
@@ -261,6 +274,7 @@ class Runner(ReportingMixin):
                 (wanted, cfg.lease_margin_seconds, self._per_claim, saturated),
             )
             rows = await cur.fetchall()
+        self.metrics.claimed(time.monotonic() - started)
         self.stats.claimed += len(rows)
         for row in rows:
             self._limits[row["webhook_id"]] = min(row["max_concurrency"] or cfg.per_webhook_concurrency, self._share)
@@ -379,6 +393,7 @@ class Runner(ReportingMixin):
             self._results_ready.set()
             return
         ok = result.status_code is not None and 200 <= result.status_code < 300
+        self.metrics.attempt(job.webhook_id, result.status_code, result.latency_ms)
         if result.status_code is None or result.status_code >= 500:
             self._failing[job.webhook_id] += 1
             self._grow(job.webhook_id, False)

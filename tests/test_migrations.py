@@ -207,7 +207,7 @@ def test_uninstall_drops_triggers_and_schema_and_keeps_roles(empty_db: str) -> N
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'watched'::regclass").fetchone() == (0,)
         conn.execute("INSERT INTO watched VALUES (1)")  # the table works without pgwebhooks
         roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'webhooks\\_%'").fetchone()
-        assert roles == (4,)  # admin, runner, capture, publisher
+        assert roles == (5,)  # admin, runner, capture, publisher, viewer
     assert migrations.migrate(empty_db) == [m.name for m in migrations.migrations()]  # and installs again
 
 

@@ -119,3 +119,13 @@ def test_migrate_without_sql_fails_loudly(wheel_venv: Path, server: Server, tmp_
         assert proc.returncode != 0
         assert "no migrations found" in proc.stderr
         assert query(dsn, "SELECT to_regnamespace('webhooks') AS s")[0]["s"] is None
+
+
+def test_wheel_carries_the_dashboard_templates_and_styles(wheel_venv: Path) -> None:
+    code = ("from importlib import resources; d = resources.files('pgwebhooks.dashboard');"
+            " print((d / 'templates' / 'overview.html').is_file(), (d / 'static' / 'app.css').is_file());"
+            " from pgwebhooks.dashboard.app import Settings, create_app;"
+            " create_app('', Settings('127.0.0.1', 8080, False, b'k' * 32))")
+    out = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         check=True, cwd=wheel_venv.parent).stdout
+    assert out.split() == ["True", "True"]

@@ -172,7 +172,7 @@ async def test_restore_into_a_new_cluster_with_the_roles_one_liner(
 def test_roles_sql_creates_the_roles_the_migrations_create() -> None:
     made = {name for m in migrations.migrations() for name in re.findall(r"CREATE ROLE (\w+) NOLOGIN", m.sql)}
     assert made == set(roles.ROLES)
-    assert roles.roles_sql().count("CREATE ROLE") == len(made) == 4
+    assert roles.roles_sql().count("CREATE ROLE") == len(made) == 5
 
 
 def test_a_copy_changes_salt_once_and_the_original_never(server: Server, conn: psycopg.Connection) -> None:

@@ -547,7 +547,9 @@ BEGIN
     -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
     -- Only an enabled webhook's: a disabled one gets no delivery from them.
     WITH queued AS (
-        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id, c.operation,
+        -- A published event is listed by its type, not as EVENT.
+        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id,
+               CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END AS operation,
                format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
         FROM webhooks.captures c
         CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
@@ -575,7 +577,8 @@ BEGIN
         ) held
         UNION ALL
         SELECT * FROM (
-            SELECT d.id, webhooks._event_uid(d.capture_id, d.n), coalesce(c.operation, 'PURGED'),
+            SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
+                   coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
                    CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
                    d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
                    a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,

@@ -63,3 +63,35 @@ GRANT EXECUTE ON FUNCTION
     webhooks.hold_refused(jsonb),
     webhooks.version()
 TO webhooks_runner;
+
+-- Dashboard, JSON API and runner metrics (issue 17). webhooks_viewer (read-only tokens) may look
+-- at webhooks, their health and their log, and change nothing. The dashboard's own login role
+-- is a member of webhooks_admin and webhooks_viewer and acts as one of them per request.
+GRANT USAGE ON SCHEMA webhooks TO webhooks_viewer;
+-- Revoked and granted again, as webhooks_admin's above: every migrate leaves the same ACLs.
+REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_viewer;
+GRANT SELECT ON webhooks.webhook_status TO webhooks_viewer;
+GRANT EXECUTE ON FUNCTION
+    webhooks.get_webhook_status(),
+    webhooks.list_webhooks(),
+    webhooks.get_webhook(uuid),
+    webhooks.get_deliveries(uuid, integer, integer),
+    webhooks.get_delivery_attempts(bigint),
+    webhooks.list_event_types(),
+    webhooks.version(),
+    webhooks.signer()
+TO webhooks_viewer;
+GRANT EXECUTE ON FUNCTION
+    webhooks.delivery_log(uuid, text, text, timestamptz, timestamptz, integer, bigint),
+    webhooks.delivery_request(bigint, integer),
+    webhooks.delivery_histogram(interval, integer),
+    webhooks.runner_backlog(),
+    webhooks.authenticate_api_token(text),
+    webhooks.api_tokens_configured()
+TO webhooks_admin, webhooks_viewer;
+GRANT EXECUTE ON FUNCTION
+    webhooks.create_api_token(text, text),
+    webhooks.revoke_api_token(uuid),
+    webhooks.list_api_tokens()
+TO webhooks_admin;
+GRANT EXECUTE ON FUNCTION webhooks.runner_backlog() TO webhooks_runner;

@@ -81,3 +81,25 @@ COMMENT ON FUNCTION webhooks.release_held(uuid) IS
     'queue those that match, drop the others, keep those whose filter still fails. Returns the three counts.';
 COMMENT ON TABLE webhooks.held_rows IS
     'Rows kept for one webhook whose where filter failed at capture, with the error; see release_held()';
+
+-- issue 17 (dashboard, API, metrics)
+COMMENT ON TABLE webhooks.api_tokens IS
+    'Dashboard and API tokens: only the SHA-256 of each is kept; access admin acts as webhooks_admin, read as webhooks_viewer.';
+COMMENT ON FUNCTION webhooks.runner_backlog() IS
+    'For the runner''s /metrics: per webhook its state, pending deliveries, oldest pending time and circuit (no URL, no secret).';
+COMMENT ON FUNCTION webhooks.delivery_log(uuid, text, text, timestamptz, timestamptz, integer, bigint) IS
+    'A webhook''s deliveries, newest first, filtered by status, event (operation or event type), created since/until; pages with before_id. Published events are listed by their type.';
+COMMENT ON FUNCTION webhooks.delivery_request(bigint, integer) IS
+    'The URL, body and headers a delivery sent, re-rendered from the outbox; secret header values and signatures are masked. Table changes only for callers who may SELECT the table.';
+COMMENT ON FUNCTION webhooks.delivery_histogram(interval, integer) IS
+    'Attempts per webhook (delivered, failed) in time slots up to now, for the dashboard''s charts.';
+COMMENT ON FUNCTION webhooks.create_api_token(text, text) IS
+    'Create a dashboard/API token (access admin or read); returns the token, shown only now (only its hash is kept).';
+COMMENT ON FUNCTION webhooks.revoke_api_token(uuid) IS
+    'Revoke a dashboard/API token at once.';
+COMMENT ON FUNCTION webhooks.list_api_tokens() IS
+    'Dashboard/API tokens: id, name, access, created, last used, revoked (never the token).';
+COMMENT ON FUNCTION webhooks.authenticate_api_token(text) IS
+    'The role a dashboard/API token acts as (webhooks_admin or webhooks_viewer), or NULL for an unknown or revoked token.';
+COMMENT ON FUNCTION webhooks.api_tokens_configured() IS
+    'Whether any dashboard/API token is usable (not revoked).';

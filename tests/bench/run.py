@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dashboard
 import delivery
 import events
 import health
@@ -29,7 +30,7 @@ from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
 MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health")
+                "health", "dashboard")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -41,6 +42,7 @@ TITLES = {
     "isolation": "8 isolation between webhooks",
     "events": "9 application events",
     "health": "10 health and capture filters",
+    "dashboard": "11 dashboard and metrics",
 }
 
 
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "down (default 60; quick 10)")
     parser.add_argument("--status-deliveries", type=int, help="deliveries kept for the webhook_status row "
                         "(default 100000; quick 20000; the issue's full size: 1000000)")
+    parser.add_argument("--dashboard-deliveries", type=int, help="deliveries kept for the dashboard's pages "
+                        "(default 1000000; quick 100000)")
     parser.add_argument("--tenant-writes", type=int, help="one-row transactions per tenants round (default 2000)")
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
@@ -70,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "backlog": 20_000 if quick else 100_000, "seconds": 2 if quick else 5,
                 "neighbour": 20_000 if quick else 100_000, "outage_seconds": 10 if quick else 60,
                 "status_deliveries": 20_000 if quick else 100_000, "tenant_writes": 500 if quick else 2_000,
-                "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3}
+                "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3,
+                "dashboard_deliveries": 100_000 if quick else 1_000_000}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2,
                                                          args.outage_seconds),
         "events": lambda: events.bench_publish(env, args.rows, args.rounds),
+        "dashboard": lambda: dashboard.bench_dashboard(env, args.dashboard_deliveries, args.deliveries, args.rounds),
         "health": lambda: health.bench_health(env, args.tenant_writes, args.rows, args.status_deliveries,
                                               args.rounds),
     }

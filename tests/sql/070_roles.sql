@@ -17,8 +17,9 @@ GRANT ALL ON scratch TO PUBLIC;
 SELECT is(
     (SELECT array_agg(p.proname::text ORDER BY p.proname) FROM pg_proc p
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_runner', p.oid, 'EXECUTE')),
-    ARRAY['claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'version'],
-    'webhooks_runner can execute claim, next_due_in, complete, release (jsonb and text), hold_refused and version, nothing else');
+    -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret).
+    ARRAY['claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'version'],
+    'webhooks_runner can execute claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'
