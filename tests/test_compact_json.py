@@ -95,3 +95,18 @@ def test_compact_image_keeps_an_already_compact_image_as_it_is(conn: psycopg.Con
     assert same == ('{"id":1,"label":"a b"}',)
     redacted = conn.execute("""SELECT webhooks._without('{"id":1,"x":2,"label":"a"}'::json, '{x}')::text""")
     assert redacted.fetchone() == ('{"id":1,"label":"a"}',)
+
+
+def test_numbers_keep_every_digit_and_range(conn: psycopg.Connection) -> None:
+    """Reprinting a number as JavaScript would must never lose digits or fail on range."""
+    cases = {
+        "12.50": "12.5",
+        "-0.0": "0",
+        "1234567.123456789012": "1234567.123456789012",  # more digits than a double: kept as is
+        "1e-400": "1e-400",  # outside float8's range: kept, and no error
+        "0." + "0" * 399 + "1": "0." + "0" * 399 + "1",
+        "1" + "0" * 400: "1" + "0" * 400,
+    }
+    for given, sent in cases.items():
+        row = conn.execute("SELECT webhooks._compact_number(%s)", (given,)).fetchone()
+        assert row is not None and row[0] == sent, (given, row)

@@ -36,18 +36,24 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1
 AS $$
 DECLARE
-    f float8;
+    n numeric;
+    shortest text;
 BEGIN
     IF t ~ '^-?[0-9]{1,15}$' THEN
         RETURN CASE WHEN t = '-0' THEN '0' ELSE t END;
     END IF;
-    f := t::float8;
-    IF f = 0 THEN
+    -- numeric first: a numeric column holds values far outside float8's range (1e-400), which
+    -- a float8 cast would refuse, failing the delivery.
+    n := t::numeric;
+    IF n = 0 THEN
         RETURN '0';
-    ELSIF abs(f) >= 1e-4 AND abs(f) < 1e15 THEN
-        RETURN f::text;
+    ELSIF abs(n) < 1e-4 OR abs(n) >= 1e15 THEN
+        RETURN t;
     END IF;
-    RETURN t;
+    shortest := n::float8::text;
+    -- Reprinted only when nothing is lost: 1234567.123456789012 keeps its digits (a receiver in
+    -- Python or Go reads them; JavaScript rounds what it parses either way).
+    RETURN CASE WHEN shortest::numeric = n THEN shortest ELSE t END;
 END
 $$;
 
