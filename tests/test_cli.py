@@ -20,8 +20,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from conftest import Server, dsn_params
-from pgwebhooks import cli_common, migrations
-from pgwebhooks.cli import main
+from pgwebhooks import migrations
+from pgwebhooks.cli import common, main
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -304,7 +304,7 @@ def test_a_missing_schema_says_to_migrate(server: Server) -> None:
 
 def test_the_pg16_role_grant_error_names_the_grant_to_run() -> None:
     exc = psycopg.errors.InsufficientPrivilege('permission denied to grant role "webhooks_capture"')
-    hint = cli_common.hint_for(exc)
+    hint = common.hint_for(exc)
     assert hint is not None and "GRANT webhooks_capture TO CURRENT_USER WITH ADMIN OPTION" in hint
 
 
