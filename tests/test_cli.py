@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,8 +22,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from conftest import Server, dsn_params
-from pgwebhooks import cli_common, migrations
-from pgwebhooks.cli import main
+from pgwebhooks import migrations
+from pgwebhooks.cli import common, main
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -117,11 +119,25 @@ def test_an_unknown_log_level_is_a_usage_error_not_a_traceback() -> None:
     assert "Traceback" not in result.output
 
 
-def test_log_levels_are_case_insensitive() -> None:
-    ctx = main.commands["run"].make_context("run", ["--dsn", "x", "--log-level", "debug"])
-    assert ctx.params["log_level"].upper() == "DEBUG"
-    ctx = main.commands["run"].make_context("run", ["--dsn", "x", "--log-level", "Warning"])
-    assert ctx.params["log_level"].upper() == "WARNING"
+@pytest.mark.parametrize(("spelling", "level"), [("DeBuG", logging.DEBUG), ("debug", logging.DEBUG),
+                                                  ("wArNiNg", logging.WARNING), ("error", logging.ERROR)])
+def test_log_levels_are_case_insensitive(spelling: str, level: int) -> None:
+    # The effect, not the parsed value: `run` must get past option parsing and set the logger to
+    # that level. A case-sensitive choice ends in a usage error (exit 2); a level passed on
+    # unnormalised makes logging raise. The malformed DSN then stops `run` before it connects.
+    logger = logging.getLogger("pgwebhooks")
+    saved = (logger.level, logger.handlers[:], logger.propagate, signal.getsignal(signal.SIGTERM))
+    logger.setLevel(logging.CRITICAL)
+    try:
+        result = CliRunner().invoke(main, ["run", "--dsn", "host=127.0.0.1 port", "--log-level", spelling])
+        configured = logger.level
+    finally:
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
+        signal.signal(signal.SIGTERM, saved[3])
+    assert result.exit_code == 1 and "malformed DSN" in result.output, result.output
+    assert configured == level
 
 
 NO_DSN_ENV: dict[str, str | None] = {
@@ -304,7 +320,7 @@ def test_a_missing_schema_says_to_migrate(server: Server) -> None:
 
 def test_the_pg16_role_grant_error_names_the_grant_to_run() -> None:
     exc = psycopg.errors.InsufficientPrivilege('permission denied to grant role "webhooks_capture"')
-    hint = cli_common.hint_for(exc)
+    hint = common.hint_for(exc)
     assert hint is not None and "GRANT webhooks_capture TO CURRENT_USER WITH ADMIN OPTION" in hint
 
 
@@ -322,8 +338,8 @@ def test_every_run_option_has_its_pgwebhooks_variable(monkeypatch: pytest.Monkey
     assert params == {"dsn": "host=x", "concurrency": 7, "per_webhook_concurrency": 3, "batch_size": 9,
                       "poll_interval": 0.5, "shutdown_grace": 25.0, "lease_margin": 40,
                       "allow_private_networks": True, "allowed_cidrs": ("10.0.0.0/8", "127.0.0.0/8"),
-                      "log_format": "json", "log_level": "DEBUG", "metrics_port": 9187, "metrics_host": "0.0.0.0",
-                      "progress_interval": 15.0}
+                      "log_format": "json", "log_level": "DEBUG", "metrics_port": 9187,
+                      "metrics_host": "0.0.0.0", "progress_interval": 15.0}
     assert all(isinstance(p, click.Option) and str(p.envvar).startswith("PGWEBHOOKS_") for p in run.params)
 
 
@@ -359,3 +375,49 @@ def test_run_keeps_trying_an_unreachable_server_and_stops_cleanly_on_sigterm() -
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+# -- the package's shape ------------------------------------------------------------------------
+
+
+def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        path = f"{prefix}{name}"
+        found[path] = command
+        if isinstance(command, click.Group):
+            found.update(_commands(command, f"{path} "))
+    return found
+
+
+def test_every_command_keeps_its_name() -> None:
+    assert set(_commands(main)) == {
+        "run", "listen", "migrate", "sql", "uninstall", "roles", "render-plpython", "status", "alerts", "purge",
+        "deliveries", "replay", "webhooks", "webhooks create", "webhooks list", "webhooks get", "webhooks update",
+        "webhooks rotate-secret", "webhooks delete", "webhooks test", "webhooks pause", "webhooks resume",
+        "dashboard", "dashboard token", "dashboard token create", "dashboard token revoke", "dashboard token list",
+    }
+
+
+def test_every_command_that_connects_takes_the_one_dsn_option() -> None:
+    for path, command in _commands(main).items():
+        for param in command.params:
+            if param.name == "dsn":
+                assert isinstance(param, click.Option) and param.opts == ["--dsn"], path
+                assert param.envvar == "PGWEBHOOKS_DSN" and param.callback is common.resolve_dsn, path
+
+
+def test_no_command_relies_on_assert() -> None:
+    # `python -O` strips asserts: one guarding a missing row lets the command crash on None
+    # instead of saying what is wrong. Looks at every module a command of the CLI lives in.
+    modules = {sys.modules[c.callback.__module__] for c in _commands(main).values() if c.callback is not None}
+    for module in modules:
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+        assert asserts == [], f"{module.__file__}: assert at lines {asserts}"
+
+
+def test_an_api_call_returning_no_row_is_a_clear_error_not_a_crash(db: str) -> None:
+    with common.sql_api(db) as conn, pytest.raises(click.ClickException, match="returned no row"):
+        common.fetch_one(conn, "SELECT * FROM webhooks.list_webhooks() WHERE false")

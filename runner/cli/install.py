@@ -1,4 +1,4 @@
-"""Install commands of `pgwebhooks`: migrate, sql, uninstall (registered by cli.py)."""
+"""The database owner's commands: migrate, sql, uninstall, roles (and render-plpython for contributors)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 import psycopg
 
-from pgwebhooks import __version__, cli_common, migrations
+from pgwebhooks import __version__, migrations, roles
+from pgwebhooks.cli import common
 
-DSN = cli_common.DSN
+DSN = common.DSN
 SIGNER = click.option(
     "--signer", type=click.Choice(sorted(migrations.SIGNERS)),
     help="How signatures are computed: plpython (plpython3u) or pgcrypto (managed PostgreSQL)."
@@ -26,9 +27,9 @@ FORMATS = ("plain", "sqitch", "dbmate")
 def _fail(exc: Exception) -> click.ClickException:
     """One line (and a hint at the fix) for a database error, also when a migration wraps it."""
     if isinstance(exc, psycopg.Error):
-        return click.ClickException(cli_common.error_line(exc))
+        return click.ClickException(common.error_line(exc))
     cause = exc.__cause__
-    if isinstance(cause, psycopg.Error) and (hint := cli_common.hint_for(cause)):
+    if isinstance(cause, psycopg.Error) and (hint := common.hint_for(cause)):
         return click.ClickException(f"{exc} [{cause.sqlstate}]\nhint: {hint}")
     return click.ClickException(str(exc))
 
@@ -39,10 +40,10 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--lock-timeout", type=click.FloatRange(0.1, 600), default=migrations.LOCK_TIMEOUT_SECONDS,
               show_default=True, help="Seconds to wait for any one lock (a session holding one on a webhooks table)"
               f" before rolling back and trying again; {migrations.LOCK_ATTEMPTS} attempts in all.")
-@cli_common.AS_JSON
+@common.AS_JSON
 def migrate(dsn: str, signer: str | None, lock_timeout: float, as_json: bool) -> None:
     """Install or upgrade the webhooks schema (safe to run concurrently); adopts installs made by other tools."""
-    cli_common.check_dsn(dsn)
+    common.check_dsn(dsn)
 
     def retrying(attempt: int, reason: str) -> None:
         click.echo(f"attempt {attempt} of {migrations.LOCK_ATTEMPTS}: a lock stayed busy for {lock_timeout:g}s "
@@ -55,7 +56,7 @@ def migrate(dsn: str, signer: str | None, lock_timeout: float, as_json: bool) ->
     except (migrations.MigrationError, psycopg.Error) as exc:
         raise _fail(exc) from exc
     if as_json:
-        click.echo(cli_common.to_json({"applied": applied, "signer": current, "version": __version__}))
+        click.echo(common.to_json({"applied": applied, "signer": current, "version": __version__}))
         return
     if applied:
         click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
@@ -67,8 +68,7 @@ def migrate(dsn: str, signer: str | None, lock_timeout: float, as_json: bool) ->
 @click.command("sql")
 @SIGNER
 @click.option("--pending", is_flag=True, help="Only what the database (see --dsn) still lacks.")
-@click.option("--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=cli_common.resolve_dsn,
-              help="With --pending: the database to compare with. " + cli_common.DSN_HELP)
+@common.dsn_option("With --pending: the database to compare with. ")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="plain", show_default=True,
               help="sqitch: a deploy script in its own transaction; dbmate: a migration file with"
                    " -- migrate:up / -- migrate:down markers, written into --out.")
@@ -78,7 +78,7 @@ def print_sql(signer: str | None, pending: bool, dsn: str, fmt: str, out_dir: Pa
     """Print the install script (for psql and migration tools); applying it again changes nothing."""
     try:
         if pending:
-            cli_common.check_dsn(dsn)
+            common.check_dsn(dsn)
             script = migrations.pending_script(dsn, signer)
         else:
             script = migrations.install_script(signer or migrations.DEFAULT_SIGNER)
@@ -127,22 +127,21 @@ def render_plpython() -> None:
 @click.command()
 @DSN
 @click.option("--yes", is_flag=True, help="Really drop the webhooks schema, its data and every capture trigger.")
-@cli_common.AS_JSON
+@common.AS_JSON
 def uninstall(dsn: str, yes: bool, as_json: bool) -> None:
     """Remove pgwebhooks: capture triggers and the webhooks schema. The roles are left in place."""
     if not yes:
         raise click.UsageError("this deletes every webhook and delivery; pass --yes to go ahead")
-    cli_common.check_dsn(dsn)
+    common.check_dsn(dsn)
     try:
         tables = migrations.uninstall(dsn)
     except psycopg.Error as exc:
         raise _fail(exc) from exc
     if as_json:
-        click.echo(cli_common.to_json({"dropped_schema": "webhooks", "triggers_dropped_on": tables}))
+        click.echo(common.to_json({"dropped_schema": "webhooks", "triggers_dropped_on": tables}))
         return
     click.echo(f"dropped the webhooks schema and the capture triggers on {len(tables)} table(s)")
-    click.echo("left the roles webhooks_admin, webhooks_runner, webhooks_capture (cluster-wide; DROP ROLE them "
-               "once no database uses them)")
+    click.echo(f"left the roles {', '.join(roles.ROLES)} (cluster-wide; DROP ROLE them once no database uses them)")
 
 
-COMMANDS = (migrate, print_sql, render_plpython, uninstall)
+COMMANDS = (migrate, print_sql, render_plpython, uninstall, roles.roles)

@@ -1,5 +1,5 @@
-"""What every `pgwebhooks` command shares: the DSN rule, webhook names for ids, JSON output, and
-errors as one line with a hint at the fix."""
+"""What every `pgwebhooks` command shares: the one DSN rule, the connection, webhook names for ids,
+text and JSON output, and errors as one line with a hint at the fix."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -33,7 +33,15 @@ def resolve_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 DSN_HELP = ("PostgreSQL connection string. If not given: $PGWEBHOOKS_DSN, then $DATABASE_URL, then the libpq"
             " variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSERVICE...) and defaults, as psql uses.")
-DSN = click.option("--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=resolve_dsn, help=DSN_HELP)
+
+
+def dsn_option(purpose: str = "") -> Any:
+    """The --dsn option every command that connects takes: one rule (see resolve_dsn) everywhere."""
+    return click.option("--dsn", envvar="PGWEBHOOKS_DSN", show_envvar=True, callback=resolve_dsn,
+                        help=purpose + DSN_HELP)
+
+
+DSN = dsn_option()
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -68,6 +76,40 @@ def to_json(value: Any, compact: bool = False) -> str:
     if compact:
         return json.dumps(value, default=_plain, separators=(",", ":"), ensure_ascii=False)
     return json.dumps(value, default=_plain, indent=2, ensure_ascii=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return to_json(value, compact=True)
+    return str(value)
+
+
+def emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None) -> None:
+    """Rows as a JSON array, or as an aligned text table of `columns` (all of them by default)."""
+    if as_json:
+        click.echo(to_json(list(rows)))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def emit_record(row: dict[str, Any], as_json: bool) -> None:
+    """One row as a JSON object, or as `key  value` lines."""
+    if as_json:
+        click.echo(to_json(row))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value)}")
 
 
 # -- webhooks by name --------------------------------------------------------------------------
@@ -127,6 +169,17 @@ def sql_api(dsn: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
             yield conn
     except psycopg.Error as exc:
         raise click.ClickException(error_line(exc)) from exc
+
+
+def fetch_one(conn: psycopg.Connection[dict[str, Any]], query: Any, params: Any = None) -> dict[str, Any]:
+    """The one row a SQL API call returns. The API raises its own WH error rather than return
+    nothing, so an empty result means a server this client does not match: say so, do not crash
+    (and do not rely on `assert`, which `python -O` removes)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise click.ClickException(f"the database returned no row for: {str(query).split('(')[0]}"
+                                   " (is the webhooks schema current? run `pgwebhooks migrate`)")
+    return row
 
 
 # Connection failures that retrying cannot fix: the runner exits on these at once.
