@@ -1,3 +1,6 @@
 """pgwebhooks: PostgreSQL row changes as signed HTTP webhooks."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# pyproject.toml is the one place the version is written; the installed metadata carries it here.
+__version__ = version("pgwebhooks")
