@@ -12,9 +12,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from aiohttp import web
-from psycopg.rows import dict_row
-from receivers import Reply
-from test_runner import (
+from helpers import (
     attempts_of,
     create_table,
     create_webhook,
@@ -25,6 +23,8 @@ from test_runner import (
     runner_config,
     running,
 )
+from psycopg.rows import dict_row
+from receivers import Reply
 
 
 def closed_port() -> int:
