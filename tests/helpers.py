@@ -300,8 +300,11 @@ class World:
             return False
         return True
 
-    def call(self, sql: str, params: dict[str, Any]) -> tuple[psycopg.Error | None, list[dict[str, Any]]]:
-        """Run one call in a transaction rolled back afterwards; the error, if any, and the rows."""
+    def call(
+        self, sql: str, params: dict[str, Any], then: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> tuple[psycopg.Error | None, list[dict[str, Any]]]:
+        """Run one call in a transaction rolled back afterwards; the error, if any, and the rows.
+        `then` gets the rows of a call that succeeded, before the rollback (to use what it made)."""
         with self.conn.transaction(force_rollback=True):
             before = self.snapshot()
             try:
@@ -313,6 +316,8 @@ class World:
                 after = self.snapshot()
                 assert after == before, f"a failing call wrote something: {sql} {short(params)}"
                 return exc, []
+            if then is not None:
+                then(rows)
         return None, rows
 
 
