@@ -1,4 +1,4 @@
-"""Hypothesis strategies for hostile inputs to the SQL management API (see test_fuzz_management.py).
+"""Hypothesis strategies for hostile inputs to the SQL API (test_fuzz_management.py, test_fuzz_settings.py).
 
 Each strategy mixes hand-picked nasty values (the spellings and sizes that broke things before)
 with generated ones. Text never contains NUL: PostgreSQL text cannot carry it, and psycopg refuses
@@ -165,3 +165,62 @@ def changes(draw: st.DrawFn) -> Any:
 
 
 printable_ascii = st.text(string.ascii_letters + string.digits + "-_ ", min_size=1, max_size=20)
+
+
+# -- the settings beyond 0.1.0, subscriptions with filters, published events -----------------------
+
+PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura",
+            "Standard", "STANDARD", " standard", "standard ", "", "none", "svix", "fluxbase_hex2"]
+profile = st.one_of(st.sampled_from(PROFILES), text, st.none())
+
+# As text, cast to interval[] by the call: a spelling the cast refuses never reaches the function.
+retry_schedule = st.one_of(
+    st.lists(st.one_of(st.sampled_from(INTERVALS), interval), max_size=8),
+    st.sampled_from([[], ["1 second"] * 51, ["1 minute"] * 1000, ["-1 second", "1 second"], ["0"],
+                     ["1 second", None], ["2 hours", "1 second"], ["10 years"], ["1 mon"]]),
+    st.none(),
+)
+
+COLUMNS = ["id", "label", "ID", "Label", "nope", "", " id", "id ", "ctid", "xmin", "tableoid", "oid",
+           '"id"', "id, label", "label;"]
+columns = st.one_of(
+    st.lists(st.one_of(st.sampled_from(COLUMNS), text), min_size=0, max_size=4),
+    st.sampled_from([["id", "id"], ["id", "label"], Many({"x": 1})]), json_value,
+)
+WHERE = [
+    "id = 1", "label = 'x'", "id > 0", "true", "false", "label IS NULL", "id = -5", "label = 'a''b'",
+    "(old).label = 'x'", "(old).id IS DISTINCT FROM id", "id = 1 OR true", "label ~ '('", "1/0 = 1",
+    "id = 2147483647", "random() < 0.5", "now() > '2000-01-01'", "label = current_user",
+    "id IN (SELECT 1)", "EXISTS (SELECT FROM pg_class)", "pg_sleep(0) IS NULL", "txid_current() > 0",
+    "id = 1; DROP TABLE items", "id = 1 -- x", "id = 1 /* x */", "id =", "(id = 1", "id = 1)", "",
+    " ", "nope = 1", "label = 1", "id = '1'", "label::int = 1", "setval('items_id_seq', 1) > 0",
+    "webhooks.version() = '1'", "id = $1", "Id = 1", "\"id\" = 1", "label = E'\\''", "label = $$x$$",
+    Big("id = 1 AND " * 400 + "true"),
+]
+where = st.one_of(st.sampled_from(WHERE), text, json_value)
+
+EVENT_TYPES = ["order.completed", "order.refunded", "order.*", "*", "order", "Order.Completed", "order.completed.",
+               ".order", "order..completed", "order.completed ", "pgwebhooks.test", "pgwebhooks.*", "nope.undeclared",
+               "order.*.x", "**", "order.completed.*", "", "a" * 300 + ".x"]
+event_type = st.one_of(st.sampled_from(EVENT_TYPES), text)
+
+filtered_entry = st.fixed_dictionaries(
+    {"table": st.one_of(st.sampled_from(["items", "public.items", "other.t"]), st.sampled_from(TABLES))},
+    optional={"operations": st.lists(st.sampled_from(OPERATIONS), max_size=3),
+              "event_type": st.one_of(event_type, json_value), "columns": columns, "exclude_columns": columns,
+              "where": where},
+)
+type_entry = st.one_of(
+    st.fixed_dictionaries({"event_type": st.one_of(event_type, json_value)},
+                          optional={"operations": st.just(["INSERT"]), "where": where}),
+    event_type,
+)
+subscriptions = st.one_of(
+    st.lists(st.one_of(filtered_entry, type_entry), min_size=1, max_size=3), events,
+)
+
+published_data = st.one_of(
+    json_value, st.dictionaries(text, json_value, max_size=6),
+    st.sampled_from([{}, [], None, "x", 0, {"big": Big("x" * MB)}, Many({f"k{i}": i for i in range(5000)}),
+                     {"nested": [[[[[[[[[[[[1]]]]]]]]]]]]}, {"n": 10**400}, {"n": 1e-400}, {"\u0000": 1}]),
+)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+from helpers import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 from receivers import Reply
-from test_runner import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 
 from pgwebhooks.worker import Runner, RunnerConfig
 

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from dashboard_server import call, dashboard, grant_tables, make_token
+from helpers import create_table, eventually, insert, query, receiver, runner_config, running
 from psycopg.conninfo import make_conninfo
 from receivers import Reply
-from test_runner import create_table, eventually, insert, query, receiver, runner_config, running
 
 from pgwebhooks.cli import main
 from pgwebhooks.dashboard.app import check_startup

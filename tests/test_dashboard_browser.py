@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 from aiohttp import web
 from dashboard_server import dashboard, grant_tables, make_token
+from helpers import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 from playwright.async_api import Browser, Page, async_playwright
 from receivers import Reply
-from test_runner import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 
 from pgwebhooks.localpg import free_port
 

@@ -12,21 +12,21 @@ from typing import Any
 
 import psycopg
 import pytest
-from installs import empty_database
-from psycopg.types.json import Jsonb
-from receivers import Reply
-from test_runner import (
+from helpers import (
     attempts_of,
     create_table,
     create_webhook,
+    empty_database,
     eventually,
     insert,
+    install_0_1_0,
     query,
     receiver,
     runner_config,
     running,
 )
-from test_upgrade import install_0_1_0
+from psycopg.types.json import Jsonb
+from receivers import Reply
 
 from conftest import Server
 from pgwebhooks import migrations

@@ -12,10 +12,10 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from helpers import create_webhook, receiver, runner_config, running
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from receivers import Reply, ScriptedReceiver
-from test_runner import create_webhook, receiver, runner_config, running
 
 from conftest import Server, dsn_params
 from pgwebhooks.cli import main

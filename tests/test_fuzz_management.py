@@ -26,89 +26,11 @@ import fuzz_inputs as fz
 import httpx
 import psycopg
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from helpers import FUZZ, World, assert_ours, short
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-
-FUZZ = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
-
-
-class World:
-    """A database with a watched table, a webhook and two finished deliveries to aim at."""
-
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
-        self.conn = conn
-        conn.execute("CREATE TABLE items (id serial PRIMARY KEY, label text)")
-        conn.execute("CREATE SCHEMA other; CREATE TABLE other.t (id int)")
-        hook = conn.execute(
-            "SELECT id FROM webhooks.create_webhook(name => 'existing', url => 'https://example.com/h',"
-            " events => '[{\"table\": \"items\"}]', max_retries => 0)").fetchone()
-        assert hook is not None
-        self.webhook_id = str(hook["id"])
-        conn.execute("INSERT INTO items (label) SELECT 'x' FROM generate_series(1, 2)")
-        leased = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(10)").fetchall()
-        assert len(leased) == 2
-        results = [{"delivery_id": r["delivery_id"], "attempt": r["attempt"], "status_code": code,
-                    "response_excerpt": "x"} for r, code in zip(leased, (200, 500), strict=True)]
-        conn.execute("SELECT * FROM webhooks.complete(%s)", (Jsonb(results),))
-        self.delivery_ids = [r["delivery_id"] for r in leased]
-        self.tables = [r["relname"] for r in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'webhooks' AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()]
-        conn.execute("SET statement_timeout = '20s'")  # a pathological input must not hang the suite
-
-    def snapshot(self) -> list[Any]:
-        """Everything a management call may write: the webhooks tables and every user trigger."""
-        state: list[Any] = []
-        for table in self.tables:
-            row = self.conn.execute(
-                f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) AS h FROM webhooks.{table} t"
-            ).fetchone()
-            state.append((table, row["h"] if row else None))
-        row = self.conn.execute(
-            "SELECT string_agg(tgrelid::regclass || '.' || tgname, ',' ORDER BY 1) AS t FROM pg_trigger"
-            " WHERE NOT tgisinternal").fetchone()
-        state.append(("triggers", row["t"] if row else None))
-        return state
-
-    def reaches(self, casts: str, params: dict[str, Any]) -> bool:
-        """Whether the arguments survive the parameter casts alone (else they never reach our function)."""
-        try:
-            with self.conn.transaction():
-                self.conn.execute(f"SELECT {casts}", params)
-        except psycopg.DataError:
-            return False
-        return True
-
-    def call(self, sql: str, params: dict[str, Any]) -> tuple[psycopg.Error | None, list[dict[str, Any]]]:
-        """Run one call in a transaction rolled back afterwards; the error, if any, and the rows."""
-        with self.conn.transaction(force_rollback=True):
-            before = self.snapshot()
-            try:
-                with self.conn.transaction():
-                    rows = self.conn.execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                if exc.sqlstate is None:
-                    raise  # refused by the driver: the input never reached the server
-                after = self.snapshot()
-                assert after == before, f"a failing call wrote something: {sql} {_short(params)}"
-                return exc, []
-        return None, rows
-
-
-def _short(value: Any, limit: int = 300) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def assert_ours(fn: str, params: dict[str, Any], error: psycopg.Error | None) -> None:
-    if error is None:
-        return
-    assert error.sqlstate is not None and error.sqlstate.startswith("WH"), (
-        f"{fn}({_short(params)}) raised {error.sqlstate}: {error.diag.message_primary}")
 
 
 @pytest.fixture
@@ -312,7 +234,7 @@ def assert_can_be_sent(url: str, headers: dict[str, Any], secret: str | None, na
     for key, value in headers.items():
         assert isinstance(value, str)
         # Visible ASCII, spaces and tabs (RFC 9110 field-content); anything else is mangled or refused on the wire.
-        assert re.fullmatch(r"[\t\x20-\x7e]*", value), f"header {key} value {_short(value, 60)} is not visible ASCII"
+        assert re.fullmatch(r"[\t\x20-\x7e]*", value), f"header {key} value {short(value, 60)} is not visible ASCII"
         assert len(key) + len(value) < MAX_HEADER_VALUE, f"header {key} of {len(value)} characters accepted"
     if secret is not None:
         assert_one_key(secret)

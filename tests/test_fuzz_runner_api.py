@@ -2,7 +2,7 @@
 
 The runner is trusted code, but a bad batch must still fail with one of our SQLSTATEs and write
 nothing (issue 7, item 8: malformed JSON gave 22023, 22P02, 22003 and 22P05). Same harness as
-test_fuzz_management.py: one database, every example rolled back.
+helpers.World: one database, every example rolled back.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import fuzz_inputs as fz
 import psycopg
 import pytest
+from helpers import FUZZ, World, assert_ours
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from test_fuzz_management import FUZZ, World, assert_ours
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import psycopg
 from aiohttp import web
-from test_runner import attempts_of, create_table, create_webhook, eventually, insert, query, runner_config, running
+from helpers import attempts_of, create_table, create_webhook, eventually, insert, query, runner_config, running
 
 from pgwebhooks.redact import clean_text, origin, scrub
 from pgwebhooks.worker import Runner

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from installs import query, wait_until
+from helpers import query, wait_until
 from psycopg.conninfo import make_conninfo
 from receivers import ScriptedReceiver
 from standardwebhooks.webhooks import Webhook

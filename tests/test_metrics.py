@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+from helpers import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 from prometheus_client.parser import text_string_to_metric_families
 from receivers import Reply
-from test_runner import create_table, create_webhook, eventually, insert, query, receiver, runner_config, running
 
 from conftest import Server
 from pgwebhooks import metrics as metrics_module

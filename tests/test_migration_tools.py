@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import build_signer, empty_database, query, schema_shape
+from helpers import build_signer, empty_database, query, schema_shape
 from psycopg.conninfo import conninfo_to_dict
 from standardwebhooks.webhooks import Webhook
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import build_signer, schema_shape
+from helpers import build_signer, schema_shape
 
 from conftest import Server
 from pgwebhooks import migrations

@@ -16,7 +16,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from installs import empty_database, query, wait_until
+from helpers import empty_database, query, wait_until
 from receivers import ScriptedReceiver
 from standardwebhooks.webhooks import Webhook
 

