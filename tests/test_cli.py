@@ -17,7 +17,7 @@ import click
 import psycopg
 import pytest
 from click.testing import CliRunner
-from installs import empty_database
+from helpers import empty_database
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
