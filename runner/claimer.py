@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import psycopg
@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgwebhooks.admission import Admission
-from pgwebhooks.connection import Backoff, close, connect, first_of, lost_connection
+from pgwebhooks.connection import Backoff, Conn, close, connect, first_of, lost_connection
 from pgwebhooks.dispatcher import Dispatcher
 from pgwebhooks.state import Job, RunnerState
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pgwebhooks.worker import RunnerConfig
 
 log = logging.getLogger("pgwebhooks.runner")
-
-Conn = psycopg.AsyncConnection[Any]
 THRESHOLD_FUNCTION = "webhooks._circuit_failure_threshold()"
 CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
 

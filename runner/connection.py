@@ -19,6 +19,8 @@ from pgwebhooks.state import RunnerStats
 
 log = logging.getLogger("pgwebhooks.runner")
 
+Conn = psycopg.AsyncConnection[Any]
+
 
 class Backoff:
     """Exponential reconnect delay with full jitter, reset after a success."""
@@ -45,11 +47,11 @@ async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None
             w.cancel()
 
 
-async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+async def connect(dsn: str) -> Conn:
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
 
 
-async def close(conn: psycopg.AsyncConnection[Any] | None) -> None:
+async def close(conn: Conn | None) -> None:
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.close()

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgwebhooks.admission import Admission
-from pgwebhooks.connection import Backoff, close, connect, first_of, lost_connection
+from pgwebhooks.connection import Backoff, Conn, close, connect, first_of, lost_connection
 from pgwebhooks.state import RunnerState
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ log = logging.getLogger("pgwebhooks.runner")
 
 # Stored instead of a response excerpt (or error) the database refused to store.
 UNSTORABLE = "the response could not be stored (refused by the database)"
-
-Conn = psycopg.AsyncConnection[Any]
 
 
 def is_data_error(exc: psycopg.Error) -> bool:
