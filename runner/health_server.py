@@ -37,20 +37,20 @@ def build_app(runner: Runner, metrics: RunnerMetrics, monitor: Monitor) -> web.A
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        if runner._stopping.is_set():
+        if runner.stopping:
             return _plain(503, "shutting down")
         if monitor.loop_lag > STUCK_LOOP_SECONDS:
             return _plain(503, f"event loop stalled {monitor.loop_lag:.1f} s")
         # The claim loop goes round at least every poll interval (or reconnect backoff), except
         # while every slot is busy, when it waits for a send to end.
         quiet = time.monotonic() - metrics.heartbeat
-        busy = len(runner._tasks) >= runner.config.concurrency
+        busy = runner.in_flight >= runner.config.concurrency
         if quiet > max(STUCK_CLAIM_SECONDS, 10 * runner.config.poll_interval) and not busy:
             return _plain(503, f"claim loop stalled: no round for {quiet:.0f} s")
         return _plain(200, "ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        if runner._stopping.is_set():
+        if runner.stopping:
             return _plain(503, "shutting down")
         reason = await monitor.check_ready()
         return _plain(503, reason) if reason else _plain(200, "ok")

@@ -134,7 +134,7 @@ class RunnerMetrics(Collector):
                                    "Time from sending a request to its answer (or failure).")
         yield self.claims.family("pgwebhooks_claim_duration_seconds", "Time a call of webhooks.claim() took.")
         yield GaugeMetricFamily("pgwebhooks_requests_in_flight", "Requests being sent now.",
-                                value=len(self.runner._tasks))
+                                value=self.runner.in_flight)
         for name, doc, value in (
             ("pgwebhooks_claimed", "Deliveries leased by this runner.", stats.claimed),
             ("pgwebhooks_released", "Leased deliveries handed back unsent.", stats.released),
@@ -292,7 +292,7 @@ class Monitor:
             now = (stats.delivered, stats.failed_attempts, stats.claimed)
             extra: dict[str, Any] = {
                 "delivered": now[0] - last[0], "failed_attempts": now[1] - last[1], "claimed": now[2] - last[2],
-                "in_flight": len(self.runner._tasks), "interval_s": interval,
+                "in_flight": self.runner.in_flight, "interval_s": interval,
             }
             if self.metrics.backlog_reporter:
                 extra["pending"] = sum(r.pending for r in self.metrics.backlog)

@@ -17,12 +17,12 @@ def test_a_webhooks_limit_is_capped_at_a_share_of_the_runner() -> None:
     runner = Runner(RunnerConfig(dsn="postgresql://unused", concurrency=10, per_webhook_concurrency=100))
     hook = uuid.uuid4()
     for _ in range(200):
-        runner._grow(hook, answered=True)
-    assert runner._limit(hook) == 8  # 80% of 10
-    assert runner._per_claim <= 16
-    runner._limits[hook] = min(10_000, runner._share)  # as _claim records a max_concurrency of 10000
-    assert runner._limit(hook) == 8
-    assert Runner(RunnerConfig(dsn="postgresql://unused", concurrency=1))._share == 1
+        runner.admission.grow(hook, answered=True)
+    assert runner.admission.limit(hook) == 8  # 80% of 10
+    assert runner.admission.per_claim <= 16
+    runner.admission.claimed(hook, max_concurrency=10_000)  # as claim() reports a max_concurrency of 10000
+    assert runner.admission.limit(hook) == 8
+    assert Runner(RunnerConfig(dsn="postgresql://unused", concurrency=1)).admission.share == 1
 
 
 def test_claim_caps_a_webhook_with_max_concurrency_at_the_runners_limit(conn: psycopg.Connection) -> None:

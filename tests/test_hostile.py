@@ -77,14 +77,14 @@ async def test_a_result_the_database_refuses_does_not_sink_its_batch(db: str) ->
     leased = query(db, "SELECT delivery_id, attempt FROM webhooks.claim(10)")
     assert len(leased) == 3
     runner = Runner(runner_config(db))
-    runner._results = [
-        {"delivery_id": r["delivery_id"], "attempt": r["attempt"], "status_code": 200,
-         "response_excerpt": "a\x00b" if i == 1 else "fine", "error": None, "latency_ms": 5,
-         "retry_after_seconds": None}
-        for i, r in enumerate(leased)
-    ]
-    runner._stopping.set()
-    await asyncio.wait_for(runner._report_loop(), timeout=20)
+    for i, r in enumerate(leased):
+        runner.reporter.submit({
+            "delivery_id": r["delivery_id"], "attempt": r["attempt"], "status_code": 200,
+            "response_excerpt": "a\x00b" if i == 1 else "fine", "error": None, "latency_ms": 5,
+            "retry_after_seconds": None})
+    runner.request_stop()  # the reporter ends once everything is reported
+    await asyncio.wait_for(runner.reporter.run(), timeout=20)
+    assert runner.reporter.pending == 0
     assert statuses(db, hook["id"]) == [("delivered", 1)] * 3
     excerpts = sorted((a["response_excerpt"] or "-", a["error"] or "-") for a in attempts_of(db, hook["id"]))
     assert excerpts == [("-", "the response could not be stored (refused by the database)"),

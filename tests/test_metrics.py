@@ -79,7 +79,7 @@ async def test_metrics_during_a_drain_match_the_attempt_log(db: str, monkeypatch
             assert await eventually(drained, timeout=60, interval=0.2)
             # The failing endpoint's retries wait on its circuit: pause it so the counts settle.
             query(db, "SELECT webhooks.pause_webhook(%s)", hooks["bad"]["id"])
-            assert await eventually(lambda: not runner._tasks and query(
+            assert await eventually(lambda: not runner.in_flight and query(
                 db, "SELECT count(*) AS n FROM webhooks.deliveries WHERE status = 'leased'")[0]["n"] == 0, timeout=30)
             assert await eventually(lambda: sum(_logged_outcomes(db).values()) == runner.stats.delivered
                                     + runner.stats.failed_attempts, timeout=10)

@@ -11,25 +11,25 @@ def test_window_starts_small_grows_with_answers_and_falls_back_on_a_failure() ->
     runner = Runner(RunnerConfig(dsn="postgresql://unused"))
     hook = uuid.uuid4()
     assert RunnerConfig.per_webhook_concurrency > SLOW_START
-    assert runner._limit(hook) == SLOW_START  # a first wave at a dead endpoint stays this small
+    assert runner.admission.limit(hook) == SLOW_START  # a first wave at a dead endpoint stays this small
     for _ in range(500):
-        runner._grow(hook, answered=True)
-    assert runner._limit(hook) == RunnerConfig.per_webhook_concurrency  # capped by the limit
-    assert runner._per_claim == 2 * RunnerConfig.per_webhook_concurrency
-    runner._grow(hook, answered=False)
-    assert runner._limit(hook) == SLOW_START
+        runner.admission.grow(hook, answered=True)
+    assert runner.admission.limit(hook) == RunnerConfig.per_webhook_concurrency  # capped by the limit
+    assert runner.admission.per_claim == 2 * RunnerConfig.per_webhook_concurrency
+    runner.admission.grow(hook, answered=False)
+    assert runner.admission.limit(hook) == SLOW_START
     other = uuid.uuid4()
-    assert runner._limit(other) == SLOW_START  # windows are per webhook
+    assert runner.admission.limit(other) == SLOW_START  # windows are per webhook
 
 
 def test_window_never_exceeds_a_smaller_limit() -> None:
     runner = Runner(RunnerConfig(dsn="postgresql://unused", per_webhook_concurrency=3))
     hook = uuid.uuid4()
-    assert runner._limit(hook) == 3
-    runner._grow(hook, answered=True)
-    assert runner._limit(hook) == 3
-    assert runner._per_claim == 6
-    runner._limits[hook] = 50  # a webhook's own max_concurrency, as claim() reports it
+    assert runner.admission.limit(hook) == 3
+    runner.admission.grow(hook, answered=True)
+    assert runner.admission.limit(hook) == 3
+    assert runner.admission.per_claim == 6
+    runner.admission.claimed(hook, max_concurrency=50)  # a webhook's own, as claim() reports it
     for _ in range(100):
-        runner._grow(hook, answered=True)
-    assert runner._limit(hook) == 50
+        runner.admission.grow(hook, answered=True)
+    assert runner.admission.limit(hook) == 50

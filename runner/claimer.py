@@ -1,0 +1,185 @@
+"""The claimer: leases work with `webhooks.claim()`, hands back what will not be sent, and sleeps
+until more is due.
+
+After a claim that came back short (caught up, or held back by a limit) it asks the database
+what is due for the webhooks this runner has room for: if something is due now it claims again
+at once; otherwise it sleeps until a commit notifies it, the next retry, lease end, probe or
+rate-limit token is due, the poll interval passes (in case a notification was lost), or a
+saturated webhook has room again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgwebhooks.admission import Admission
+from pgwebhooks.connection import Backoff, Conn, close, connect, first_of, lost_connection
+from pgwebhooks.dispatcher import Dispatcher
+from pgwebhooks.state import Job, RunnerState
+
+if TYPE_CHECKING:
+    from pgwebhooks.metrics import RunnerMetrics
+    from pgwebhooks.worker import RunnerConfig
+
+log = logging.getLogger("pgwebhooks.runner")
+THRESHOLD_FUNCTION = "webhooks._circuit_failure_threshold()"
+CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
+
+
+class Claimer:
+    """Owns the claim connection; the only one that adds to the state's ready jobs."""
+
+    def __init__(self, config: RunnerConfig, state: RunnerState, admission: Admission, dispatcher: Dispatcher,
+                 metrics: RunnerMetrics) -> None:
+        self._config = config
+        self._state = state
+        self._admission = admission
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._conn: Conn | None = None
+
+    async def run(self) -> None:
+        """Claim until stopped."""
+        signals = self._state.signals
+        backoff = Backoff(self._config.reconnect_min, self._config.reconnect_max)
+        try:
+            while not signals.stopping.is_set():
+                self._metrics.heartbeat = time.monotonic()  # /healthz: the claim loop goes round
+                room = self._admission.claim_room()
+                if room == 0:
+                    signals.room.clear()
+                    await first_of(signals.room, signals.stopping)
+                    continue
+                wanted = min(room, self._config.batch_size)
+                jobs = await self._claim_round(wanted, backoff)
+                if jobs is None:
+                    continue
+                self._state.add_ready(jobs)
+                self._dispatcher.dispatch()
+                if len(jobs) < wanted:
+                    await self._wait_for_more(jobs)
+        finally:
+            await close(self._conn)
+            self._conn = None
+
+    async def _claim_round(self, wanted: int, backoff: Backoff) -> list[Job] | None:
+        """Claim up to `wanted` jobs; None after a failure (already waited for)."""
+        stopping = self._state.signals.stopping
+        try:
+            conn = await self._connection()
+            if self._state.expired:
+                expired, self._state.expired = self._state.expired, []
+                await self.release(expired, conn)
+            self._state.signals.wake.clear()
+            self._state.signals.room.clear()
+            jobs = await self._claim(conn, wanted, self._admission.saturated())
+            backoff.reset()
+            return jobs
+        except psycopg.OperationalError as exc:
+            await close(self._conn)
+            self._conn = None
+            await first_of(stopping, timeout=lost_connection("claim", exc, backoff, self._state.stats))
+        except psycopg.Error as exc:
+            # Not a lost connection: the schema may be missing or mid-upgrade, or the role lack a
+            # grant. Say so plainly and keep trying; there is nothing to lose.
+            delay = backoff.next()
+            log.error("claim failed", extra={"error": str(exc).strip(), "sqlstate": exc.sqlstate,
+                                             "retry_in_s": round(delay, 2)})
+            await first_of(stopping, timeout=delay)
+        return None
+
+    async def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            self._conn = await connect(self._config.dsn)
+            await self._read_policy(self._conn)
+        return self._conn
+
+    async def _read_policy(self, conn: Conn) -> None:
+        """The circuit breaker's threshold, from the database rather than a copy of it. Asked only
+        when this role may call it, so a role without the grant leaves no error in the server log."""
+        try:
+            cur = await conn.execute(
+                "SELECT CASE WHEN has_function_privilege(to_regprocedure(%s), 'EXECUTE')"
+                " THEN 1 END", (THRESHOLD_FUNCTION,))
+            allowed = await cur.fetchone()
+            if not allowed or allowed[0] is None:
+                log.debug("circuit threshold not readable by this role; using the default",
+                          extra={"threshold": self._admission.failure_threshold})
+                return
+            cur = await conn.execute(f"SELECT {THRESHOLD_FUNCTION}")
+            row = await cur.fetchone()
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:  # an older schema: keep the default
+            log.debug("circuit threshold not readable; using the default", extra={"error": str(exc).strip()})
+            return
+        if row and row[0] is not None:
+            self._admission.set_failure_threshold(int(row[0]))
+
+    async def _claim(self, conn: Conn, wanted: int, saturated: list[UUID]) -> list[Job]:
+        cfg = self._config
+        started = time.monotonic()
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {CLAIM_COLUMNS} FROM webhooks.claim(%s, %s, %s, %s::uuid[])",
+                              (wanted, cfg.lease_margin_seconds, self._admission.per_claim, saturated))
+            rows = await cur.fetchall()
+        self._metrics.claimed(time.monotonic() - started)
+        self._state.stats.claimed += len(rows)
+        for row in rows:
+            self._admission.claimed(row["webhook_id"], row["max_concurrency"])
+        now = time.monotonic()
+        # Half the margin is left for reporting the result before the lease runs out.
+        return [Job(**row, start_by=now + row["timeout_seconds"] + cfg.lease_margin_seconds / 2) for row in rows]
+
+    async def _wait_for_more(self, jobs: list[Job]) -> None:
+        """After a short claim: return at once if more is likely due, else sleep until it may be."""
+        signals = self._state.signals
+        signals.unsaturated.clear()
+        saturated = self._admission.saturated()
+        if self._admission.gave_all_it_may(jobs, saturated) or self._conn is None:
+            return
+        due_in = await self._next_due_in(self._conn, saturated)
+        if due_in == 0 and jobs:
+            return
+        timeout = self._config.poll_interval * random.uniform(0.8, 1.2)
+        if due_in is not None:
+            # A little past the due time, so the claim's now() has reached it; and never a busy
+            # loop when the database says "now" but had nothing for us.
+            timeout = min(timeout, max(due_in + 0.002, 0.02))
+        await first_of(signals.wake, signals.stopping, signals.unsaturated, timeout=timeout)
+
+    async def _next_due_in(self, conn: Conn, saturated: list[UUID]) -> float | None:
+        try:
+            cur = await conn.execute("SELECT webhooks.next_due_in(%s, %s::uuid[])",
+                                     (self._config.per_webhook_concurrency, saturated))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:  # an older schema, a lost connection: poll as before
+            log.debug("next_due_in failed", extra={"error": str(exc).strip()})
+            return None
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def release(self, jobs: list[Job], conn: Conn | None = None) -> None:
+        """Hand leased jobs back unsent, on `conn` or a connection of its own."""
+        leases = Jsonb([{"delivery_id": j.delivery_id, "attempt": j.attempt} for j in jobs])
+        try:
+            if conn is None:
+                async with await connect(self._config.dsn) as own:
+                    cur = await own.execute("SELECT webhooks.release(%s)", (leases,))
+                    row = await cur.fetchone()
+            else:
+                cur = await conn.execute("SELECT webhooks.release(%s)", (leases,))
+                row = await cur.fetchone()
+            self._state.stats.released += row[0] if row else 0
+            log.info("released unsent deliveries", extra={"count": len(jobs)})
+        except psycopg.Error as exc:
+            # Their leases will expire and they will be claimed again: late, never lost.
+            log.warning("could not release unsent deliveries; their leases will expire",
+                        extra={"count": len(jobs), "error": str(exc).strip()})

@@ -1,0 +1,97 @@
+"""The runner's parts through their public views: admission's failure rule, and the circuit
+breaker's threshold taken from the database rather than a copy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+from receivers import ScriptedReceiver
+
+from pgwebhooks.admission import DEFAULT_CIRCUIT_FAILURE_THRESHOLD
+from pgwebhooks.state import Job
+from pgwebhooks.worker import Runner, RunnerConfig
+
+
+def _config(dsn: str) -> RunnerConfig:
+    return RunnerConfig(dsn=dsn, poll_interval=0.2, allowed_cidrs=("127.0.0.1/32",), reconnect_min=0.05,
+                        reconnect_max=0.5, shutdown_grace=5.0)
+
+
+def _job(webhook: uuid.UUID, start_by: float) -> Job:
+    return Job(delivery_id=1, attempt=1, webhook_id=webhook, url="http://127.0.0.1:9/", body="{}", headers={},
+               timeout_seconds=5, max_concurrency=None, start_by=start_by)
+
+
+async def _until(check: Any, limit: int = 300) -> bool:
+    for _ in range(limit):  # bounded: at most limit x 0.05 s
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(check())
+
+
+def test_a_webhook_failing_as_often_as_the_threshold_is_left_out_and_handed_back() -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused"))
+    admission, hook = runner.admission, uuid.uuid4()
+    admission.set_failure_threshold(2)
+    later = time.monotonic() + 60
+    admission.answered(hook, 503)
+    assert not admission.is_failing(hook) and hook not in admission.saturated()
+    admission.answered(hook, None)  # no answer counts as a failure too
+    assert admission.is_failing(hook) and hook in admission.saturated()
+    assert admission.must_hand_back(_job(hook, later))
+    admission.reported()  # the database's circuit decides from here
+    assert not admission.is_failing(hook) and not admission.must_hand_back(_job(hook, later))
+    admission.answered(hook, 500)
+    admission.answered(hook, 404)  # an answer, even a refusal, ends a run of failures
+    assert not admission.is_failing(hook)
+    admission.set_failure_threshold(0)  # nonsense from a database is not taken
+    assert admission.failure_threshold == 2
+
+
+async def test_the_circuit_threshold_is_read_from_the_database(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION webhooks._circuit_failure_threshold() RETURNS integer"
+                     " LANGUAGE sql IMMUTABLE AS $$ SELECT 2 $$")
+    runner = Runner(_config(db))
+    assert runner.admission.failure_threshold == DEFAULT_CIRCUIT_FAILURE_THRESHOLD
+    task = asyncio.create_task(runner.run())
+    try:
+        assert await _until(lambda: runner.admission.failure_threshold == 2)
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_runner_role_that_may_not_read_the_threshold_keeps_the_default_and_delivers(db: str) -> None:
+    role = f"runner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
+        conn.execute("CREATE TABLE items (id serial PRIMARY KEY, label text)")
+    rx = await ScriptedReceiver().start()
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SELECT webhooks.create_webhook(name => 'items', url => %s, events => %s)",
+                         (rx.url, Jsonb([{"table": "items"}])))
+            conn.execute("INSERT INTO items (label) VALUES ('a'), ('b')")
+        runner = Runner(_config(make_conninfo(db, user=role)))
+        task = asyncio.create_task(runner.run())
+        try:
+            received = await rx.wait_for(2, timeout=60)
+        finally:
+            runner.request_stop()
+            await asyncio.wait_for(task, timeout=30)
+    finally:
+        await rx.stop()
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+    assert len(received) == 2
+    assert runner.admission.failure_threshold == DEFAULT_CIRCUIT_FAILURE_THRESHOLD
+    assert runner.stats.reconnects == 0 and runner.stats.unreported == 0
