@@ -1,0 +1,406 @@
+-- pgwebhooks: what the runner calls to get work. claim() hands out leased, fully signed
+-- requests; next_due_in() says when to ask again; release() hands back unsent work. complete()
+-- (065) applies the delivery policy to the results. The runner holds no secret and no policy.
+-- Plans here are pinned rather than left to statistics. A queue's tables churn faster than
+-- autovacuum analyzes them, and a plan made while `deliveries` looked empty (sequential scans,
+-- bitmap scans of a webhook's whole history) grew with every delivery ever kept; with
+-- enable_seqscan and enable_bitmapscan off, claim() walks each webhook's `deliveries_webhook_due`
+-- in order and stops at its limit, whatever the statistics say. jit is off: row estimates for
+-- generate_series and unnest make small plans look expensive enough to JIT-compile (~400 ms a
+-- call for ~10 ms of work).
+
+-- claim() returns each webhook's max_concurrency since 0.2 (a new result column).
+DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
+
+-- After a claim failed: try each due delivery of the webhooks it served (the oldest `batch_size`
+-- of each, the ones no other claim holds) alone, and fail those that cannot be rendered or
+-- signed, with the error in their attempt log (a new attempt number that spends nothing).
+-- Returns how many were failed; 0 means the claim's error was something else.
+CREATE OR REPLACE FUNCTION webhooks._quarantine(serving uuid[], batch_size integer)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record;
+    failed integer := 0;
+    why text;
+BEGIN
+    FOR d IN
+        SELECT x.id, x.webhook_id
+        FROM unnest(serving) AS s(id)
+        CROSS JOIN LATERAL (
+            SELECT q.id, q.webhook_id FROM webhooks.deliveries q
+            WHERE q.webhook_id = s.id AND q.status IN ('pending', 'leased') AND q.next_attempt_at <= now()
+            ORDER BY q.next_attempt_at
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED
+        ) x
+        LIMIT 10000
+    LOOP
+        BEGIN
+            PERFORM webhooks._render(d.id);
+        EXCEPTION WHEN OTHERS THEN
+            why := format('not sent: the event cannot be rendered or signed (%s: %s)', SQLSTATE, left(SQLERRM, 500));
+            WITH gone AS (
+                UPDATE webhooks.deliveries q
+                SET status = 'failed', completed_at = now(), attempts = q.attempts + 1,
+                    free_attempts = q.free_attempts + 1
+                WHERE q.id = d.id
+                RETURNING q.id, q.attempts, q.webhook_id)
+            INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+            SELECT g.id, g.attempts, why, g.webhook_id FROM gone g;
+            RAISE LOG 'pgwebhooks: delivery % failed: %', d.id, why;
+            failed := failed + 1;
+        END;
+    END LOOP;
+    RETURN failed;
+END
+$$;
+
+-- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
+-- token complete() checks), the exact body and every header already signed, and the webhook's
+-- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
+--
+-- Work is chosen per webhook, never by walking all due work in time order: one index probe per
+-- enabled webhook finds those with due work (the one whose work has waited longest first); each
+-- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
+-- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
+-- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
+-- costs O(batch + enabled webhooks), whatever one webhook has queued; a webhook whose circuit is
+-- open, or a paused one, is not looked at beyond that probe.
+--
+-- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
+-- runner passes twice its --per-webhook-concurrency, which it counts against its own sends);
+-- `skip_webhooks` leaves out webhooks the caller has no room for. A lease lasts twice the
+-- webhook's timeout (a claimed delivery may wait for one request of its webhook to finish
+-- first) plus `lease_margin_seconds`; when it runs out, the delivery is due again.
+CREATE OR REPLACE FUNCTION webhooks.claim(
+    batch_size integer DEFAULT 100,
+    lease_margin_seconds integer DEFAULT 30,
+    per_webhook_limit integer DEFAULT NULL,
+    skip_webhooks uuid[] DEFAULT '{}')
+RETURNS TABLE (
+    delivery_id bigint,
+    attempt integer,
+    webhook_id uuid,
+    url text,
+    body text,
+    headers jsonb,
+    timeout_seconds integer,
+    max_concurrency integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    serving uuid[];
+    exact uuid[];
+    locked uuid[] := '{}';
+BEGIN
+    PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
+    PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
+    IF per_webhook_limit IS NOT NULL THEN
+        PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
+    END IF;
+    -- Fan out ahead of this batch, so that other runners find committed work too while this one
+    -- holds a large capture.
+    -- A restored copy gets new event ids (045_restore.sql); while another transaction records
+    -- them, nothing is fanned out (already fanned-out deliveries are the original's).
+    IF webhooks._ensure_identity() THEN
+        PERFORM webhooks._fan_out(batch_size * 4);
+    END IF;
+    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
+    -- missing all the same, add it without ever waiting: a claim that finds another transaction
+    -- adding the same row (the advisory lock taken) leaves it to that one.
+    INSERT INTO webhooks.endpoints (webhook_id)
+    SELECT w.id FROM webhooks.webhooks w
+    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
+      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
+    ON CONFLICT DO NOTHING;
+    -- The webhooks with due work, the one whose work has waited longest first.
+    SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
+    INTO serving, exact
+    FROM (
+        SELECT w.id, n.oldest,
+               w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed' AS exact
+        FROM webhooks.webhooks w
+        JOIN webhooks.endpoints e ON e.webhook_id = w.id
+        CROSS JOIN LATERAL (
+            SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
+            WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at LIMIT 1
+        ) n
+        -- A paused webhook keeps its queue (fan-out still creates its deliveries); nothing is sent.
+        WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+          AND (e.circuit <> 'open' OR e.retry_at <= now())
+    ) x;
+    IF serving IS NULL THEN
+        RETURN;
+    END IF;
+    -- Webhooks whose limits or circuit need exact accounting across runners are served under
+    -- their endpoints row lock, taken in a statement of its own so that the next one's snapshot
+    -- sees every lease other runners made for them; one another claim holds is skipped. Others
+    -- are served lock-free, by any number of claims at once.
+    IF exact IS NOT NULL THEN
+        SELECT coalesce(array_agg(l.webhook_id), '{}') INTO locked
+        FROM (SELECT e.webhook_id FROM webhooks.endpoints e WHERE e.webhook_id = ANY (exact)
+              FOR NO KEY UPDATE SKIP LOCKED) l;
+        serving := ARRAY(SELECT h FROM unnest(serving) WITH ORDINALITY AS u(h, o)
+                         WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
+    END IF;
+    -- A delivery that cannot be rendered or signed (an event stored before publish()'s limits,
+    -- a row put into the outbox by hand) must not fail every claim: the failing statement is
+    -- rolled back, every due delivery of the webhooks served is tried alone (_quarantine), those
+    -- that fail are failed with their reason, and the claim runs again. The rows of a failed
+    -- attempt are never returned: they are sorted (ORDER BY l.id) after all are rendered, so an
+    -- error comes before the first row. One subtransaction per claim is all the happy path pays.
+    FOR round IN 1..3 LOOP
+        BEGIN
+            RETURN QUERY
+            WITH hook AS (
+                SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
+                       w.max_concurrency,
+                       CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
+                            ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                                w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
+                FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+                JOIN webhooks.webhooks w ON w.id = s.id
+                JOIN webhooks.endpoints e ON e.webhook_id = s.id
+            ),
+            -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
+            roomy AS (
+                SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
+                FROM hook h WHERE h.room > 0
+            ),
+            candidate AS (
+                SELECT d.id, d.webhook_id, d.status, d.attempts, d.free_attempts, d.capture_id, h.max_retries
+                FROM (SELECT h.* FROM roomy h ORDER BY h.ord) h
+                CROSS JOIN LATERAL (
+                    SELECT d.id, d.webhook_id, d.status, d.attempts, d.free_attempts, d.capture_id
+                    FROM webhooks.deliveries d
+                    WHERE d.webhook_id = h.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+                    ORDER BY d.next_attempt_at
+                    LIMIT least(h.room, h.share)
+                    FOR UPDATE OF d SKIP LOCKED
+                ) d
+                LIMIT batch_size
+            ),
+            -- What can never be sent is failed here rather than leased again and again: an event purged
+            -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
+            -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
+            judged AS (
+                SELECT c.*, CASE
+                    WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
+                        THEN 'not sent: the event was purged before it could be delivered'
+                    WHEN c.attempts - c.free_attempts > c.max_retries AND c.status = 'leased'
+                        THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
+                    WHEN c.attempts - c.free_attempts > c.max_retries
+                        THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
+                END AS fatal
+                FROM candidate c
+            ),
+            -- An expired lease's verdict is logged under its own attempt number; any other verdict
+            -- takes a new one, which spends nothing (free_attempts): numbers are never logged twice.
+            doomed AS (
+                UPDATE webhooks.deliveries d
+                SET status = 'failed', completed_at = now(),
+                    attempts = CASE WHEN j.status = 'leased' THEN d.attempts ELSE d.attempts + 1 END,
+                    free_attempts = CASE WHEN j.status = 'leased' THEN d.free_attempts ELSE d.free_attempts + 1 END
+                FROM judged j
+                WHERE d.id = j.id AND j.fatal IS NOT NULL
+                RETURNING d.id, d.attempts, d.webhook_id, j.fatal
+            ),
+            doomed_logged AS (
+                INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+                SELECT x.id, x.attempts, x.fatal, x.webhook_id FROM doomed x
+            ),
+            leased AS (
+                UPDATE webhooks.deliveries d
+                SET status = 'leased',
+                    attempts = d.attempts + 1,
+                    next_attempt_at = now() + make_interval(secs => 2 * h.timeout_seconds + lease_margin_seconds)
+                FROM judged j, hook h
+                WHERE d.id = j.id AND j.fatal IS NULL AND h.id = d.webhook_id
+                RETURNING d.id, d.attempts, d.capture_id, d.n, d.webhook_id, j.status AS previous_status
+            ),
+            -- A lease that ran out means a runner died or stalled mid-attempt: say so in the log.
+            expired AS (
+                INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
+                SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
+                       l.webhook_id
+                FROM leased l
+                WHERE l.previous_status = 'leased'
+            ),
+            -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
+            served AS (
+                UPDATE webhooks.endpoints e
+                SET tokens = CASE WHEN h.rate IS NULL THEN 0 ELSE webhooks._tokens(h.rate, e.tokens, e.tokens_at) - t.taken END,
+                    tokens_at = now(),
+                    circuit = CASE WHEN e.circuit = 'open' THEN 'half_open' ELSE e.circuit END,
+                    circuit_changed_at = CASE WHEN e.circuit = 'open' THEN now() ELSE e.circuit_changed_at END,
+                    circuit_reason = CASE WHEN e.circuit <> 'closed'
+                                          THEN format('probing with delivery %s, attempt %s', t.probe, t.probe_attempt)
+                                          ELSE e.circuit_reason END,
+                    probe_delivery_id = CASE WHEN e.circuit <> 'closed' THEN t.probe END,
+                    probe_attempt = CASE WHEN e.circuit <> 'closed' THEN t.probe_attempt END
+                FROM (SELECT l.webhook_id, count(*) AS taken, max(l.id) AS probe, max(l.attempts) AS probe_attempt
+                      FROM leased l GROUP BY l.webhook_id) t
+                JOIN hook h ON h.id = t.webhook_id
+                WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
+            )
+            SELECT l.id, l.attempts, w.id, w.url, p.body,
+                   w.headers
+                   -- Secret headers (issue 11): sent, never shown by list/get.
+                   || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
+                   || jsonb_build_object('Content-Type', 'application/json',
+                                         'User-Agent', 'pgwebhooks/' || webhooks.version())
+                   || g.signed
+                   || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1])
+                   || CASE WHEN c.test THEN '{"webhook-test": "true"}'::jsonb ELSE '{}'::jsonb END,
+                   w.timeout_seconds, h.max_concurrency
+            FROM leased l
+            JOIN hook h ON h.id = l.webhook_id
+            JOIN webhooks.webhooks w ON w.id = l.webhook_id
+            JOIN webhooks.captures c ON c.id = l.capture_id
+            LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
+            -- The event type a table subscription sends its changes as (issue 10), and the columns it
+            -- never sends (exclude_columns, issue 11).
+            LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
+                                                AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+            -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
+            CROSS JOIN LATERAL (
+                SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
+            ) u
+            CROSS JOIN LATERAL (
+                -- exclude_columns (issue 11) are removed here: kept in the outbox, never sent.
+                SELECT u.uid, webhooks._envelope(
+                    w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
+                    webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
+                    webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
+                    to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                    w.id, c.data, w.name, l.attempts, w.max_retries) AS env
+                OFFSET 0  -- not flattened: the body is used three times and must be built once
+            ) p0
+            -- A test event (send_test) says so in its body, which is what is signed, and a header.
+            -- (The literal is split: Alembic's text() would read a colon and a word as a parameter.)
+            CROSS JOIN LATERAL (
+                SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
+                OFFSET 0
+            ) p
+            CROSS JOIN LATERAL (
+                SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
+                FROM webhooks.secrets s
+                WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
+            ) k
+            CROSS JOIN LATERAL (
+                SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
+                    AS signed
+                OFFSET 0
+            ) g
+            ORDER BY l.id;
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            IF round = 3 OR webhooks._quarantine(serving, batch_size) = 0 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+END
+$$;
+
+-- Seconds until claim() may have something new to hand out, for a runner deciding how long to
+-- sleep (NOTIFY aside): 0 while some webhook has due work and room, else the earliest of a
+-- scheduled retry, a lease running out, a circuit's probe and a rate limit's next token. NULL
+-- when nothing is scheduled; a webhook at its concurrency limit counts only once a send of it
+-- ends, which the runner holding that send knows first.
+CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
+                                                skip_webhooks uuid[] DEFAULT '{}')
+RETURNS double precision
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+BEGIN
+    -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
+    RETURN (SELECT CASE
+        -- Captures to fan out: now, unless this session's restore check is not settled (another
+        -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
+        -- nothing until it commits, so asking at once would only spin.
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN
+            CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
+                      OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
+                 THEN 0 ELSE 1 END
+        -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
+        ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
+                          THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
+            SELECT CASE
+                WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
+                WHEN n.first_due > now() THEN n.first_due
+                WHEN webhooks._room(w.id, w.max_concurrency, per_webhook_limit, NULL, e.circuit, 0, now())
+                     <= 0 THEN NULL
+                WHEN w.rate_limit_per_second IS NOT NULL
+                     AND webhooks._tokens(w.rate_limit_per_second, e.tokens, e.tokens_at) < 1
+                    THEN now() + make_interval(secs => (1 - webhooks._tokens(w.rate_limit_per_second, e.tokens,
+                                                        e.tokens_at)) / w.rate_limit_per_second)
+                ELSE now()
+            END AS due
+            FROM webhooks.webhooks w
+            JOIN webhooks.endpoints e ON e.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
+                WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
+                ORDER BY d.next_attempt_at LIMIT 1
+            ) n
+            WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+        ) x)
+    END);
+END
+$$;
+
+COMMENT ON FUNCTION webhooks.next_due_in IS
+    'For the runner: seconds until claim() may have more to hand out (0: now; NULL: nothing scheduled).';
+
+-- Hand leased deliveries back unsent (a runner shutting down): they are due again at once and
+-- the attempt does not count (free_attempts). Its number is not reused: a late report for it
+-- is refused. Nothing is logged for it, as nothing was sent.
+-- `leases` is a JSON array of {"delivery_id": 1, "attempt": 1}.
+CREATE OR REPLACE FUNCTION webhooks.release(leases jsonb)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+DECLARE
+    released integer;
+BEGIN
+    PERFORM webhooks._check_json_array(leases, 'leases', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true]}');
+    UPDATE webhooks.deliveries d
+    SET status = 'pending', free_attempts = d.free_attempts + 1, next_attempt_at = now()
+    FROM jsonb_to_recordset(leases) AS l(delivery_id bigint, attempt integer)
+    WHERE d.id = l.delivery_id AND d.status = 'leased' AND d.attempts = l.attempt;
+    GET DIAGNOSTICS released = ROW_COUNT;
+    RETURN released;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.release(leases text)
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT webhooks.release(webhooks._parse_json_input('leases', leases))
+$$;
+
+GRANT EXECUTE ON FUNCTION webhooks.claim, webhooks.next_due_in, webhooks.release(jsonb), webhooks.release(text)
+TO webhooks_runner;
+
+COMMENT ON FUNCTION webhooks.claim IS
+    'For the runner: lease up to batch_size due deliveries, each with its attempt number, body and signed headers.';
+
+COMMENT ON FUNCTION webhooks.release(jsonb) IS
+    'For the runner: hand leased deliveries back unsent ([{"delivery_id", "attempt"}]); the attempt does not count.';
+
+COMMENT ON FUNCTION webhooks.release(text) IS
+    'release() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
+
+COMMENT ON TABLE webhooks.deliveries IS
+    'Outbox, step 2: one row per event per webhook; status pending -> leased -> delivered | failed (see 0001_tables.sql).';
