@@ -12,6 +12,13 @@
 -- claim() returns each webhook's max_concurrency since 0.2 (a new result column).
 DROP FUNCTION IF EXISTS webhooks.claim(integer, integer, integer, uuid[]);
 
+-- A delivery that cannot be rendered or signed (an event stored before publish()'s limits,
+-- a row put into the outbox by hand) must not fail every claim: the failing statement is
+-- rolled back, every due delivery of the webhooks served is tried alone (here), those
+-- that fail are failed with their reason, and the claim runs again. The rows of a failed
+-- attempt are never returned: they are sorted (ORDER BY l.id) after all are rendered, so an
+-- error comes before the first row.
+--
 -- After a claim failed: try each due delivery of the webhooks it served (the oldest `batch_size`
 -- of each, the ones no other claim holds) alone, and fail those that cannot be rendered or
 -- signed, with the error in their attempt log (a new attempt number that spends nothing).
@@ -57,6 +64,167 @@ BEGIN
 END
 $$;
 
+-- claim()'s first steps, each a statement of its own before the claim's one: check the
+-- arguments, fan out, and make sure every webhook has its endpoints row.
+CREATE OR REPLACE FUNCTION webhooks._prepare_claim(batch_size integer, lease_margin_seconds integer,
+                                                   per_webhook_limit integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
+    PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
+    IF per_webhook_limit IS NOT NULL THEN
+        PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
+    END IF;
+    -- Fan out ahead of this batch, so that other runners find committed work too while this one
+    -- holds a large capture.
+    -- A restored copy gets new event ids (025_event_ids.sql); while another transaction records
+    -- them, nothing is fanned out (already fanned-out deliveries are the original's).
+    IF webhooks._ensure_identity() THEN
+        PERFORM webhooks._fan_out(batch_size * 4);
+    END IF;
+    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
+    -- missing all the same, add it without ever waiting: a claim that finds another transaction
+    -- adding the same row (the advisory lock taken) leaves it to that one.
+    INSERT INTO webhooks.endpoints (webhook_id)
+    SELECT w.id FROM webhooks.webhooks w
+    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
+      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Webhooks whose limits or circuit need exact accounting across runners are served under
+-- their endpoints row lock, taken in a statement of its own (this one, before the claim's) so
+-- that the claim's snapshot sees every lease other runners made for them; one another claim
+-- holds is skipped. Others are served lock-free, by any number of claims at once. Returns the
+-- webhooks of `exact` locked now.
+CREATE OR REPLACE FUNCTION webhooks._lock_exact(exact uuid[])
+RETURNS uuid[]
+LANGUAGE sql
+AS $$
+    SELECT coalesce(array_agg(l.webhook_id), '{}')
+    FROM (SELECT e.webhook_id FROM webhooks.endpoints e WHERE e.webhook_id = ANY (exact)
+          FOR NO KEY UPDATE SKIP LOCKED) l
+$$;
+
+-- The read-only steps of claim(), each an SQL function the planner inlines into claim's own
+-- statements (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause: claim's settings
+-- and search_path apply), so claim() keeps one snapshot and one data-modifying statement.
+
+-- The webhooks with due work, with when their oldest due delivery became due and whether their
+-- limits or circuit need exact accounting across runners. A paused webhook keeps its queue
+-- (fan-out still creates its deliveries); nothing is sent.
+CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[])
+RETURNS TABLE (id uuid, oldest timestamptz, exact boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.id, n.oldest,
+           w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed'
+    FROM webhooks.webhooks w
+    JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    CROSS JOIN LATERAL (
+        SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
+        WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at LIMIT 1
+    ) n
+    WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+      AND (e.circuit <> 'open' OR e.retry_at <= now())
+$$;
+
+-- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see
+-- _room); none for a circuit opened since claim() chose them.
+CREATE OR REPLACE FUNCTION webhooks._serving_room(serving uuid[], per_webhook_limit integer)
+RETURNS TABLE (id uuid, max_retries integer, timeout_seconds integer, rate integer, ord bigint,
+               max_concurrency integer, room integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second, s.ord, w.max_concurrency,
+           CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0
+                ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                    w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END
+    FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+    JOIN webhooks.webhooks w ON w.id = s.id
+    JOIN webhooks.endpoints e ON e.webhook_id = s.id
+$$;
+
+-- Why a claimed delivery can never be sent, or NULL: its event was purged meanwhile (a replay
+-- racing purge), or it has no attempt left (its last lease expired, or max_retries was lowered).
+-- claim() fails it then rather than lease it again and again: no delivery is attempted more
+-- than max_retries + 1 times.
+CREATE OR REPLACE FUNCTION webhooks._unsendable(captured boolean, status text, attempts integer,
+                                                free_attempts integer, max_retries integer)
+RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE
+        WHEN NOT captured
+            THEN 'not sent: the event was purged before it could be delivered'
+        WHEN attempts - free_attempts > max_retries AND status = 'leased'
+            THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
+        WHEN attempts - free_attempts > max_retries
+            THEN format('not sent: no attempts left (%s made, max_retries %s)', attempts, max_retries)
+    END
+$$;
+
+-- The request of one leased delivery (event `of_n` of capture `of_capture` for webhook
+-- `of_webhook`, attempt `of_attempt`): URL, body in the webhook's profile and every header,
+-- signed. Nothing for a webhook or capture that is gone.
+CREATE OR REPLACE FUNCTION webhooks._request(of_capture bigint, of_n integer, of_webhook uuid, of_attempt integer)
+RETURNS TABLE (url text, body text, headers jsonb, timeout_seconds integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.url, p.body,
+           w.headers
+           -- Secret headers: sent, never shown by list/get.
+           || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
+           || jsonb_build_object('Content-Type', 'application/json',
+                                 'User-Agent', 'pgwebhooks/' || webhooks.version())
+           || g.signed
+           || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1])
+           || CASE WHEN c.test THEN '{"webhook-test": "true"}'::jsonb ELSE '{}'::jsonb END,
+           w.timeout_seconds
+    FROM webhooks.webhooks w
+    JOIN webhooks.captures c ON c.id = of_capture
+    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = of_capture AND e.n = of_n
+    -- The event type a table subscription sends its changes as, and the columns it never sends
+    -- (exclude_columns).
+    LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
+                                        AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+    -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
+    CROSS JOIN LATERAL (
+        SELECT md5(i.salt::text || '/' || of_capture || '/' || of_n)::uuid AS uid FROM webhooks._salt_for(of_capture) i
+    ) u
+    CROSS JOIN LATERAL (
+        -- exclude_columns are removed here: kept in the outbox, never sent.
+        SELECT u.uid, webhooks._envelope(
+            w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
+            webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
+            webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
+            to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            w.id, c.data, w.name, of_attempt, w.max_retries) AS env
+        OFFSET 0  -- not flattened: the body is used three times and must be built once
+    ) p0
+    -- A test event (send_test) says so in its body, which is what is signed, and a header.
+    -- (The literal is split: Alembic's text() would read a colon and a word as a parameter.)
+    CROSS JOIN LATERAL (
+        SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
+        OFFSET 0
+    ) p
+    CROSS JOIN LATERAL (
+        SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
+        FROM webhooks.secrets s
+        WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
+    ) k
+    CROSS JOIN LATERAL (
+        SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
+            AS signed
+        OFFSET 0
+    ) g
+    WHERE w.id = of_webhook
+$$;
+
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
 -- token complete() checks), the exact body and every header already signed, and the webhook's
 -- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
@@ -79,15 +247,8 @@ CREATE OR REPLACE FUNCTION webhooks.claim(
     lease_margin_seconds integer DEFAULT 30,
     per_webhook_limit integer DEFAULT NULL,
     skip_webhooks uuid[] DEFAULT '{}')
-RETURNS TABLE (
-    delivery_id bigint,
-    attempt integer,
-    webhook_id uuid,
-    url text,
-    body text,
-    headers jsonb,
-    timeout_seconds integer,
-    max_concurrency integer)
+RETURNS TABLE (delivery_id bigint, attempt integer, webhook_id uuid, url text, body text, headers jsonb,
+               timeout_seconds integer, max_concurrency integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
@@ -97,76 +258,23 @@ DECLARE
     exact uuid[];
     locked uuid[] := '{}';
 BEGIN
-    PERFORM webhooks._check_range('batch_size', batch_size, 1, 10000);
-    PERFORM webhooks._check_range('lease_margin_seconds', lease_margin_seconds, 1, 3600);
-    IF per_webhook_limit IS NOT NULL THEN
-        PERFORM webhooks._check_range('per_webhook_limit', per_webhook_limit, 1, 10000);
-    END IF;
-    -- Fan out ahead of this batch, so that other runners find committed work too while this one
-    -- holds a large capture.
-    -- A restored copy gets new event ids (045_restore.sql); while another transaction records
-    -- them, nothing is fanned out (already fanned-out deliveries are the original's).
-    IF webhooks._ensure_identity() THEN
-        PERFORM webhooks._fan_out(batch_size * 4);
-    END IF;
-    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
-    -- missing all the same, add it without ever waiting: a claim that finds another transaction
-    -- adding the same row (the advisory lock taken) leaves it to that one.
-    INSERT INTO webhooks.endpoints (webhook_id)
-    SELECT w.id FROM webhooks.webhooks w
-    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
-      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
-    ON CONFLICT DO NOTHING;
+    PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit);
     -- The webhooks with due work, the one whose work has waited longest first.
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
     INTO serving, exact
-    FROM (
-        SELECT w.id, n.oldest,
-               w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed' AS exact
-        FROM webhooks.webhooks w
-        JOIN webhooks.endpoints e ON e.webhook_id = w.id
-        CROSS JOIN LATERAL (
-            SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
-            WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
-            ORDER BY d.next_attempt_at LIMIT 1
-        ) n
-        -- A paused webhook keeps its queue (fan-out still creates its deliveries); nothing is sent.
-        WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
-          AND (e.circuit <> 'open' OR e.retry_at <= now())
-    ) x;
-    IF serving IS NULL THEN
-        RETURN;
-    END IF;
-    -- Webhooks whose limits or circuit need exact accounting across runners are served under
-    -- their endpoints row lock, taken in a statement of its own so that the next one's snapshot
-    -- sees every lease other runners made for them; one another claim holds is skipped. Others
-    -- are served lock-free, by any number of claims at once.
-    IF exact IS NOT NULL THEN
-        SELECT coalesce(array_agg(l.webhook_id), '{}') INTO locked
-        FROM (SELECT e.webhook_id FROM webhooks.endpoints e WHERE e.webhook_id = ANY (exact)
-              FOR NO KEY UPDATE SKIP LOCKED) l;
+    FROM webhooks._due_webhooks(skip_webhooks) x;
+    IF serving IS NULL THEN RETURN; END IF;
+    IF exact IS NOT NULL THEN  -- served under their endpoints row lock (see _lock_exact)
+        locked := webhooks._lock_exact(exact);
         serving := ARRAY(SELECT h FROM unnest(serving) WITH ORDINALITY AS u(h, o)
                          WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
     END IF;
-    -- A delivery that cannot be rendered or signed (an event stored before publish()'s limits,
-    -- a row put into the outbox by hand) must not fail every claim: the failing statement is
-    -- rolled back, every due delivery of the webhooks served is tried alone (_quarantine), those
-    -- that fail are failed with their reason, and the claim runs again. The rows of a failed
-    -- attempt are never returned: they are sorted (ORDER BY l.id) after all are rendered, so an
-    -- error comes before the first row. One subtransaction per claim is all the happy path pays.
+    -- A delivery that cannot be rendered or signed must not fail every claim (see _quarantine).
+    -- One subtransaction per claim is all the happy path pays.
     FOR round IN 1..3 LOOP
         BEGIN
             RETURN QUERY
-            WITH hook AS (
-                SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second AS rate, s.ord,
-                       w.max_concurrency,
-                       CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0  -- opened since the look above
-                            ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
-                                                w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END AS room
-                FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
-                JOIN webhooks.webhooks w ON w.id = s.id
-                JOIN webhooks.endpoints e ON e.webhook_id = s.id
-            ),
+            WITH hook AS (SELECT * FROM webhooks._serving_room(serving, per_webhook_limit)),
             -- Each webhook's fair share of the batch first; what some leave unused, the next claim fills.
             roomy AS (
                 SELECT h.*, ceil(batch_size::numeric / count(*) OVER ())::integer AS share
@@ -185,18 +293,10 @@ BEGIN
                 ) d
                 LIMIT batch_size
             ),
-            -- What can never be sent is failed here rather than leased again and again: an event purged
-            -- meanwhile (a replay racing purge), or a delivery with no attempt left (its last lease
-            -- expired, or max_retries was lowered). No delivery is attempted more than max_retries + 1 times.
+            -- What can never be sent (see _unsendable) is failed here.
             judged AS (
-                SELECT c.*, CASE
-                    WHEN NOT EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id)
-                        THEN 'not sent: the event was purged before it could be delivered'
-                    WHEN c.attempts - c.free_attempts > c.max_retries AND c.status = 'leased'
-                        THEN 'lease expired before a result was reported (runner stopped or stalled); no attempts left'
-                    WHEN c.attempts - c.free_attempts > c.max_retries
-                        THEN format('not sent: no attempts left (%s made, max_retries %s)', c.attempts, c.max_retries)
-                END AS fatal
+                SELECT c.*, webhooks._unsendable(EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id),
+                                                 c.status, c.attempts, c.free_attempts, c.max_retries) AS fatal
                 FROM candidate c
             ),
             -- An expired lease's verdict is logged under its own attempt number; any other verdict
@@ -228,8 +328,7 @@ BEGIN
                 INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, error, webhook_id)
                 SELECT l.id, l.attempts - 1, 'lease expired before a result was reported (runner stopped or stalled)',
                        l.webhook_id
-                FROM leased l
-                WHERE l.previous_status = 'leased'
+                FROM leased l WHERE l.previous_status = 'leased'
             ),
             -- Spend the rate limit's tokens; an open circuit whose cooldown is over sends its probe now.
             served AS (
@@ -248,55 +347,10 @@ BEGIN
                 JOIN hook h ON h.id = t.webhook_id
                 WHERE e.webhook_id = t.webhook_id AND e.webhook_id = ANY (locked)
             )
-            SELECT l.id, l.attempts, w.id, w.url, p.body,
-                   w.headers
-                   -- Secret headers (issue 11): sent, never shown by list/get.
-                   || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
-                   || jsonb_build_object('Content-Type', 'application/json',
-                                         'User-Agent', 'pgwebhooks/' || webhooks.version())
-                   || g.signed
-                   || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1])
-                   || CASE WHEN c.test THEN '{"webhook-test": "true"}'::jsonb ELSE '{}'::jsonb END,
-                   w.timeout_seconds, h.max_concurrency
+            SELECT l.id, l.attempts, l.webhook_id, r.url, r.body, r.headers, r.timeout_seconds, h.max_concurrency
             FROM leased l
             JOIN hook h ON h.id = l.webhook_id
-            JOIN webhooks.webhooks w ON w.id = l.webhook_id
-            JOIN webhooks.captures c ON c.id = l.capture_id
-            LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
-            -- The event type a table subscription sends its changes as (issue 10), and the columns it
-            -- never sends (exclude_columns, issue 11).
-            LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
-                                                AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-            -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
-            CROSS JOIN LATERAL (
-                SELECT md5(i.salt::text || '/' || l.capture_id || '/' || l.n)::uuid AS uid FROM webhooks._salt_for(l.capture_id) i
-            ) u
-            CROSS JOIN LATERAL (
-                -- exclude_columns (issue 11) are removed here: kept in the outbox, never sent.
-                SELECT u.uid, webhooks._envelope(
-                    w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
-                    webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
-                    webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
-                    to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                    w.id, c.data, w.name, l.attempts, w.max_retries) AS env
-                OFFSET 0  -- not flattened: the body is used three times and must be built once
-            ) p0
-            -- A test event (send_test) says so in its body, which is what is signed, and a header.
-            -- (The literal is split: Alembic's text() would read a colon and a word as a parameter.)
-            CROSS JOIN LATERAL (
-                SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
-                OFFSET 0
-            ) p
-            CROSS JOIN LATERAL (
-                SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
-                FROM webhooks.secrets s
-                WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
-            ) k
-            CROSS JOIN LATERAL (
-                SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
-                    AS signed
-                OFFSET 0
-            ) g
+            CROSS JOIN LATERAL webhooks._request(l.capture_id, l.n, l.webhook_id, l.attempts) r
             ORDER BY l.id;
             RETURN;
         EXCEPTION WHEN OTHERS THEN

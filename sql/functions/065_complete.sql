@@ -2,6 +2,94 @@
 -- them under their leases; hold_refused() hands back what the runner's network policy refused to
 -- send, without spending an attempt.
 
+-- The steps of complete() that only read, each an SQL function the planner inlines into
+-- complete's one statement (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause), and
+-- the circuit locks it takes first.
+
+-- The circuits a report changes, locked in one order before anything else, so two runners'
+-- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
+-- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
+-- and locking it for every report made claims come back empty half the time.
+CREATE OR REPLACE FUNCTION webhooks._lock_circuits(results jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM webhooks.endpoints e
+    WHERE e.webhook_id IN (SELECT d.webhook_id
+                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
+                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
+                           WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0
+                              OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
+    ORDER BY e.webhook_id
+    FOR NO KEY UPDATE;
+END
+$$;
+
+-- Each reported result of a delivery that exists, judged: its webhook's retry settings, the
+-- attempts it has spent, whether the endpoint failed (no response or a 5xx) and whether it was
+-- the circuit's probe, the delivery's new status and whether the attempt is refunded (a failed
+-- probe's). complete() applies it only under the lease the result names.
+CREATE OR REPLACE FUNCTION webhooks._outcomes(results jsonb)
+RETURNS TABLE (delivery_id bigint, attempt integer, status_code integer, response_excerpt text, error text,
+               latency_ms integer, retry_after_seconds integer, webhook_id uuid, max_retries integer,
+               retry_backoff_seconds integer, retry_schedule interval[], attempts integer,
+               endpoint_failed boolean, probe boolean, new_status text, refund boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT j.*,
+           CASE
+               WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
+               -- 410 pauses the webhook (complete's `gone`): the delivery waits for its resume.
+               WHEN j.probe AND j.endpoint_failed THEN 'pending'
+               WHEN j.attempts > j.max_retries THEN 'failed'
+               ELSE 'pending'
+           END,
+           j.probe AND j.endpoint_failed
+    FROM (
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
+               d.attempts - d.free_attempts AS attempts,
+               (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
+               coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
+                        false) AS probe
+        FROM (
+            -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
+            -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
+            SELECT r.delivery_id, r.attempt,
+                   CASE WHEN r.status_code BETWEEN 100 AND 599 THEN r.status_code END AS status_code,
+                   r.response_excerpt,
+                   CASE WHEN r.status_code NOT BETWEEN 100 AND 599
+                        THEN concat_ws('; ', format('invalid HTTP status %s', r.status_code), r.error)
+                        ELSE r.error END AS error,
+                   r.latency_ms, r.retry_after_seconds
+            FROM jsonb_to_recordset(results) AS r(
+                delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
+                error text, latency_ms integer, retry_after_seconds integer)
+        ) r
+        JOIN webhooks.deliveries d ON d.id = r.delivery_id
+        JOIN webhooks.webhooks w ON w.id = d.webhook_id
+        LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    ) j
+$$;
+
+-- The error an attempt is logged with: the runner's (or "no response"), a failed probe's
+-- refund, and the circuit it `opened`, if it did.
+CREATE OR REPLACE FUNCTION webhooks._attempt_error(status_code integer, error text, refund boolean, opened boolean,
+                                                   times_opened integer, failures_now integer)
+RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT nullif(concat_ws('; ',
+        CASE WHEN status_code IS NULL THEN coalesce(error, 'no response') ELSE error END,
+        CASE WHEN refund THEN 'circuit probe failed: this attempt does not count' END,
+        CASE WHEN opened
+             THEN format('circuit opened for %s s after %s consecutive failures',
+                         extract(epoch FROM webhooks._circuit_cooldown(times_opened))::float8, failures_now)
+        END), '')
+$$;
+
 -- Apply the results of attempts, a JSON array of
 --   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
 --    "error": null, "latency_ms": 12, "retry_after_seconds": null}
@@ -28,58 +116,11 @@ BEGIN
         "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
         "response_excerpt": ["string", null, null, false],
         "error": ["string", null, null, false]}');
-    -- The circuits this report changes, locked in one order before anything else, so two runners'
-    -- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
-    -- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
-    -- and locking it for every report made claims come back empty half the time.
-    PERFORM 1 FROM webhooks.endpoints e
-    WHERE e.webhook_id IN (SELECT d.webhook_id
-                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
-                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
-                           JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
-                           WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
-                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0
-                              OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
-    ORDER BY e.webhook_id
-    FOR NO KEY UPDATE;
-    WITH result AS (
-        -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
-        -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
-        SELECT r.delivery_id, r.attempt,
-               CASE WHEN r.status_code BETWEEN 100 AND 599 THEN r.status_code END AS status_code,
-               r.response_excerpt,
-               CASE WHEN r.status_code NOT BETWEEN 100 AND 599
-                    THEN concat_ws('; ', format('invalid HTTP status %s', r.status_code), r.error)
-                    ELSE r.error END AS error,
-               r.latency_ms, r.retry_after_seconds
-        FROM jsonb_to_recordset(results) AS r(
-            delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
-            error text, latency_ms integer, retry_after_seconds integer)
-    ),
-    judged AS (
-        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
-               d.attempts - d.free_attempts AS attempts,
-               (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
-               coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
-                        false) AS probe
-        FROM result r
-        JOIN webhooks.deliveries d ON d.id = r.delivery_id
-        JOIN webhooks.webhooks w ON w.id = d.webhook_id
-        LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
-    ),
-    outcome AS (
-        SELECT j.*,
-               CASE
-                   WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
-                   -- 410 pauses the webhook (see `gone`): the delivery waits for its resume.
-                   WHEN j.probe AND j.endpoint_failed THEN 'pending'
-                   WHEN j.attempts > j.max_retries THEN 'failed'
-                   ELSE 'pending'
-               END AS new_status,
-               j.probe AND j.endpoint_failed AS refund,
-               webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code,
-                                     j.retry_after_seconds, j.retry_schedule) AS delay
-        FROM judged j
+    PERFORM webhooks._lock_circuits(results);
+    WITH outcome AS (
+        SELECT o.*, webhooks._retry_delay(o.retry_backoff_seconds, o.attempts, o.status_code,
+                                          o.retry_after_seconds, o.retry_schedule) AS delay
+        FROM webhooks._outcomes(results) o
     ),
     applied AS (
         UPDATE webhooks.deliveries d
@@ -92,9 +133,7 @@ BEGIN
                                    ELSE d.next_attempt_at END,
             completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
         FROM outcome o
-        WHERE d.id = o.delivery_id
-          AND d.status = 'leased'
-          AND d.attempts = o.attempt
+        WHERE d.id = o.delivery_id AND d.status = 'leased' AND d.attempts = o.attempt
           AND d.next_attempt_at > now()
         RETURNING d.id, d.status
     ),
@@ -146,13 +185,9 @@ BEGIN
         INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms,
                                                 webhook_id)
         SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
-               nullif(concat_ws('; ',
-                   CASE WHEN o.status_code IS NULL THEN coalesce(o.error, 'no response') ELSE o.error END,
-                   CASE WHEN o.refund THEN 'circuit probe failed: this attempt does not count' END,
-                   CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed
-                        THEN format('circuit opened for %s s after %s consecutive failures',
-                                    extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
-                   END), ''),
+               webhooks._attempt_error(o.status_code, o.error, o.refund,
+                   t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed,
+                   t.times_opened, t.failures_now),
                greatest(o.latency_ms, 0), o.webhook_id
         FROM outcome o
         JOIN applied a ON a.id = o.delivery_id
@@ -169,7 +204,8 @@ BEGIN
     ),
     answer AS (
         SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
-        FROM result r LEFT JOIN applied a ON a.id = r.delivery_id
+        FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
+        LEFT JOIN applied a ON a.id = r.delivery_id
     )
     SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
                                                  'status', x.status) ORDER BY x.delivery_id), '[]')
