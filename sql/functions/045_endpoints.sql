@@ -58,3 +58,39 @@ AS $$
                             WHERE d.webhook_id = _room.webhook_id AND d.status = 'leased'
                               AND d.next_attempt_at > now()) END AS n) f
 $$;
+
+-- The webhooks with due work, with when their oldest due delivery became due and whether their
+-- limits or circuit need exact accounting across runners. A paused webhook keeps its queue
+-- (fan-out still creates its deliveries); nothing is sent.
+CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[])
+RETURNS TABLE (id uuid, oldest timestamptz, exact boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.id, n.oldest,
+           w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed'
+    FROM webhooks.webhooks w
+    JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    CROSS JOIN LATERAL (
+        SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
+        WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at LIMIT 1
+    ) n
+    WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+      AND (e.circuit <> 'open' OR e.retry_at <= now())
+$$;
+
+-- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see
+-- _room); none for a circuit opened since claim() chose them.
+CREATE OR REPLACE FUNCTION webhooks._serving_room(serving uuid[], per_webhook_limit integer)
+RETURNS TABLE (id uuid, max_retries integer, timeout_seconds integer, rate integer, ord bigint,
+               max_concurrency integer, room integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second, s.ord, w.max_concurrency,
+           CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0
+                ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
+                                    w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END
+    FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
+    JOIN webhooks.webhooks w ON w.id = s.id
+    JOIN webhooks.endpoints e ON e.webhook_id = s.id
+$$;

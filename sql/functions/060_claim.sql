@@ -109,45 +109,11 @@ AS $$
           FOR NO KEY UPDATE SKIP LOCKED) l
 $$;
 
--- The read-only steps of claim(), each an SQL function the planner inlines into claim's own
+-- The read-only steps of claim() are SQL functions the planner inlines into claim's own
 -- statements (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause: claim's settings
--- and search_path apply), so claim() keeps one snapshot and one data-modifying statement.
-
--- The webhooks with due work, with when their oldest due delivery became due and whether their
--- limits or circuit need exact accounting across runners. A paused webhook keeps its queue
--- (fan-out still creates its deliveries); nothing is sent.
-CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[])
-RETURNS TABLE (id uuid, oldest timestamptz, exact boolean)
-LANGUAGE sql STABLE
-AS $$
-    SELECT w.id, n.oldest,
-           w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed'
-    FROM webhooks.webhooks w
-    JOIN webhooks.endpoints e ON e.webhook_id = w.id
-    CROSS JOIN LATERAL (
-        SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
-        WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at LIMIT 1
-    ) n
-    WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
-      AND (e.circuit <> 'open' OR e.retry_at <= now())
-$$;
-
--- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see
--- _room); none for a circuit opened since claim() chose them.
-CREATE OR REPLACE FUNCTION webhooks._serving_room(serving uuid[], per_webhook_limit integer)
-RETURNS TABLE (id uuid, max_retries integer, timeout_seconds integer, rate integer, ord bigint,
-               max_concurrency integer, room integer)
-LANGUAGE sql STABLE
-AS $$
-    SELECT w.id, w.max_retries, w.timeout_seconds, w.rate_limit_per_second, s.ord, w.max_concurrency,
-           CASE WHEN e.circuit = 'open' AND e.retry_at > now() THEN 0
-                ELSE webhooks._room(w.id, w.max_concurrency, per_webhook_limit,
-                                    w.rate_limit_per_second, e.circuit, e.tokens, e.tokens_at) END
-    FROM unnest(serving) WITH ORDINALITY AS s(id, ord)
-    JOIN webhooks.webhooks w ON w.id = s.id
-    JOIN webhooks.endpoints e ON e.webhook_id = s.id
-$$;
+-- and search_path apply), so claim() keeps one snapshot and one data-modifying statement:
+-- _due_webhooks and _serving_room (045_endpoints.sql), _unsendable (below), _request
+-- (050_payloads.sql).
 
 -- Why a claimed delivery can never be sent, or NULL: its event was purged meanwhile (a replay
 -- racing purge), or it has no attempt left (its last lease expired, or max_retries was lowered).
@@ -166,63 +132,6 @@ AS $$
         WHEN attempts - free_attempts > max_retries
             THEN format('not sent: no attempts left (%s made, max_retries %s)', attempts, max_retries)
     END
-$$;
-
--- The request of one leased delivery (event `of_n` of capture `of_capture` for webhook
--- `of_webhook`, attempt `of_attempt`): URL, body in the webhook's profile and every header,
--- signed. Nothing for a webhook or capture that is gone.
-CREATE OR REPLACE FUNCTION webhooks._request(of_capture bigint, of_n integer, of_webhook uuid, of_attempt integer)
-RETURNS TABLE (url text, body text, headers jsonb, timeout_seconds integer)
-LANGUAGE sql STABLE
-AS $$
-    SELECT w.url, p.body,
-           w.headers
-           -- Secret headers: sent, never shown by list/get.
-           || coalesce((SELECT sh.headers FROM webhooks.secret_headers sh WHERE sh.webhook_id = w.id), '{}')
-           || jsonb_build_object('Content-Type', 'application/json',
-                                 'User-Agent', 'pgwebhooks/' || webhooks.version())
-           || g.signed
-           || webhooks._profile_headers(w.profile, g.signed, p.body, k.secrets[1])
-           || CASE WHEN c.test THEN '{"webhook-test": "true"}'::jsonb ELSE '{}'::jsonb END,
-           w.timeout_seconds
-    FROM webhooks.webhooks w
-    JOIN webhooks.captures c ON c.id = of_capture
-    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = of_capture AND e.n = of_n
-    -- The event type a table subscription sends its changes as, and the columns it never sends
-    -- (exclude_columns).
-    LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
-                                        AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-    -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
-    CROSS JOIN LATERAL (
-        SELECT md5(i.salt::text || '/' || of_capture || '/' || of_n)::uuid AS uid FROM webhooks._salt_for(of_capture) i
-    ) u
-    CROSS JOIN LATERAL (
-        -- exclude_columns are removed here: kept in the outbox, never sent.
-        SELECT u.uid, webhooks._envelope(
-            w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
-            webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),
-            webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
-            to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-            w.id, c.data, w.name, of_attempt, w.max_retries) AS env
-        OFFSET 0  -- not flattened: the body is used three times and must be built once
-    ) p0
-    -- A test event (send_test) says so in its body, which is what is signed, and a header.
-    -- (The literal is split: Alembic's text() would read a colon and a word as a parameter.)
-    CROSS JOIN LATERAL (
-        SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
-        OFFSET 0
-    ) p
-    CROSS JOIN LATERAL (
-        SELECT array_agg(s.secret ORDER BY s.id DESC) AS secrets
-        FROM webhooks.secrets s
-        WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
-    ) k
-    CROSS JOIN LATERAL (
-        SELECT webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, k.secrets)
-            AS signed
-        OFFSET 0
-    ) g
-    WHERE w.id = of_webhook
 $$;
 
 -- Lease up to `batch_size` due deliveries. Each comes back with its attempt number (the fencing
