@@ -34,7 +34,7 @@ BEGIN
 END
 $$;
 
--- issue 11 (health): the auto-pause window, from one minute to a year; NULL means never.
+-- The auto-pause window, from one minute to a year; NULL means never.
 CREATE OR REPLACE FUNCTION webhooks._check_pause_after(pause_after interval)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp

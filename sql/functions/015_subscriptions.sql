@@ -2,7 +2,7 @@
 -- resolved to oids, event types checked against the catalogue), and which webhooks receive each
 -- published event type, kept current in event_types.webhook_ids.
 
--- _parse_events gained an event_type column (0.2) and capture filters (issue 11).
+-- _parse_events gained an event_type column and capture filters in 0.2.
 DROP FUNCTION IF EXISTS webhooks._parse_events(jsonb);
 
 -- An event type name: dotted lowercase, like order.completed.
@@ -39,7 +39,7 @@ $$;
 -- Operations default to INSERT, UPDATE and DELETE (TRUNCATE is asked for by name). A table entry's
 -- optional event_type is the declared type its changes are sent as; an entry with only an
 -- event_type subscribes to published events (relid NULL, event_type the pattern, no filters).
--- Table entries may carry capture filters (issue 11), returned in the filter columns.
+-- Table entries may carry capture filters, returned in the filter columns.
 CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
 RETURNS TABLE (relid oid, operations text[], event_type text, columns text[], exclude_columns text[],
                where_clause text, route_column name, route_value text)

@@ -1,4 +1,4 @@
--- pgwebhooks 004: capture triggers.
+-- pgwebhooks: capture triggers.
 --
 -- Each watched table gets one AFTER ... FOR EACH STATEMENT trigger per subscribed operation, with
 -- transition tables, so a bulk write costs one set-based INSERT into the outbox rather than one

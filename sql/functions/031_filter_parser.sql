@@ -2,7 +2,7 @@
 -- entry, checked when a webhook is created or changed (WH017, WH018, WH026-WH028); the runtime
 -- that evaluates them at capture is 032_capture_filters.sql.
 
--- issue 11: capture filters of one events entry. `columns` and `exclude_columns` must name
+-- The capture filters of one events entry. `columns` and `exclude_columns` must name
 -- columns of the table (WH017); `where` must be one boolean expression over the table's columns
 -- (the old row of an UPDATE is `(old).column`), checked by _check_where (WH018, WH026, WH027).
 -- An equality on one column of a plain type (`tenant_id = 42`) is returned as a

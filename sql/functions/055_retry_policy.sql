@@ -1,6 +1,6 @@
 -- pgwebhooks: retry policy. When a failed delivery is tried again.
 
--- _retry_delay takes the webhook's retry_schedule since 0.2 (issue 10).
+-- _retry_delay takes the webhook's retry_schedule since 0.2.
 DROP FUNCTION IF EXISTS webhooks._retry_delay(integer, integer, integer, integer);
 
 -- How long to wait before attempt `attempts` + 1: the webhook's retry_schedule when it has one

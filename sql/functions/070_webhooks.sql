@@ -2,8 +2,8 @@
 -- 071). Functions run as their owner (SECURITY DEFINER) because they create triggers on watched
 -- tables; webhooks_admin is granted EXECUTE on them.
 
--- create_webhook gained profile and retry_schedule (issue 10), then pause_after and secret_headers
--- (issue 11, endpoint health): drop every older signature so that none is left as an overload.
+-- create_webhook gained profile and retry_schedule, then pause_after and secret_headers (all in
+-- 0.2): drop every older signature so that none is left as an overload.
 DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb);
 
 DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, boolean, integer, integer, integer, jsonb, text, interval[]);
@@ -14,8 +14,8 @@ DROP FUNCTION IF EXISTS webhooks.create_webhook(text, text, jsonb, text, text, b
 
 -- _webhook_view shows profile, retry_schedule, max_concurrency, rate_limit_per_second, pause_after
 -- and paused since 0.2. A view's columns cannot be inserted by CREATE OR REPLACE (and
--- _new_webhook expands v.*): drop both, with the functions returning them (re-created below,
--- granted in 090, commented in 095), only when the installed view lacks them.
+-- _new_webhook expands v.*): drop both, with the functions returning them (re-created,
+-- granted and commented below), only when the installed view lacks them.
 DO $$
 BEGIN
     IF to_regclass('webhooks._webhook_view') IS NOT NULL AND NOT EXISTS (

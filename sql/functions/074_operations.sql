@@ -1,6 +1,6 @@
 -- pgwebhooks: day-to-day operations: test events, replay, keeping the outbox bounded, HTTPS only.
 
--- send_test takes the shape of the test event since 0.2 (issue 10).
+-- send_test takes the shape of the test event since 0.2.
 DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
 
 -- replay_failed takes dry_run since 0.2.

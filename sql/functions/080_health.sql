@@ -1,4 +1,4 @@
--- pgwebhooks: endpoint health, pause without loss, alerts (issue 11).
+-- pgwebhooks: endpoint health, pause without loss, alerts.
 --
 -- Health figures are counters kept on each webhook's endpoints row by complete() (see
 -- _record_health), so webhook_status reads one row per webhook plus its queue and its last
@@ -22,7 +22,7 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT 5 $$;
 
--- The event types alerts are published as (issue 10 x 11), declared on every migrate; existing
+-- The event types alerts are published as, declared on every migrate; existing
 -- declarations are left as they are.
 INSERT INTO webhooks.event_types AS t (name, description, webhook_ids)
 SELECT v.name, v.description, webhooks._subscribers(v.name)

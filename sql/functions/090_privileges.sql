@@ -48,6 +48,6 @@ GRANT SELECT ON webhooks.webhook_status TO webhooks_viewer;
 -- the `webhooks` schema while pg_restore hands it the capture functions (ALTER FUNCTION ... OWNER
 -- TO checks it; the dump's grants come only at its end), so the README has the owner run
 -- `ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO webhooks_capture` first. The `migrate`
--- that follows the restore takes that default back (and 032_capture_filters.sql the schema grant), so the window
--- lasts only as long as the restore.
+-- that follows the restore takes that default back (and 032_capture_filters.sql the schema
+-- grant), so the window lasts only as long as the restore.
 ALTER DEFAULT PRIVILEGES REVOKE CREATE ON SCHEMAS FROM webhooks_capture;
