@@ -9,5 +9,7 @@ AS $$
     FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
     WHERE p.oid = to_regprocedure('webhooks._sign_headers(text,bigint,text,text[])')
 $$;
-COMMENT ON FUNCTION webhooks.signer() IS
+
+GRANT EXECUTE ON FUNCTION webhooks.signer TO webhooks_admin, webhooks_viewer;
+COMMENT ON FUNCTION webhooks.signer IS
     'The signer computing signatures and secrets: plpython (plpython3u) or pgcrypto (hmac, gen_random_bytes). Switch with pgwebhooks migrate --signer.';

@@ -1,4 +1,4 @@
--- pgwebhooks 004: capture triggers.
+-- pgwebhooks: capture triggers.
 --
 -- Each watched table gets one AFTER ... FOR EACH STATEMENT trigger per subscribed operation, with
 -- transition tables, so a bulk write costs one set-based INSERT into the outbox rather than one
@@ -311,10 +311,15 @@ BEGIN
     END IF;
 END
 $$;
+
 GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
+
 ALTER FUNCTION webhooks._capture_statement() OWNER TO webhooks_capture;
+
 ALTER FUNCTION webhooks._capture_row() OWNER TO webhooks_capture;
+
 ALTER FUNCTION webhooks._capture_truncate() OWNER TO webhooks_capture;
+
 REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
@@ -397,3 +402,14 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The capture functions run as webhooks_capture; these are the helpers they call.
+GRANT EXECUTE ON FUNCTION webhooks._primary_key_join, webhooks._pairing_index, webhooks._needs_guarded_images,
+    webhooks._capture_guarded
+TO webhooks_capture;
+
+COMMENT ON TABLE webhooks.captures IS
+    'Outbox, step 1: one row per captured statement (single-row changes inline), written in the writer''s transaction.';
+
+COMMENT ON TABLE webhooks.events IS
+    'Outbox: the row images of multi-row statements, one per changed row, stored once however many webhooks receive them.';

@@ -1,7 +1,8 @@
--- pgwebhooks 008: day-to-day operations: test events, replay, and keeping the outbox bounded.
+-- pgwebhooks: day-to-day operations: test events, replay, keeping the outbox bounded, HTTPS only.
 
--- send_test takes the shape of the test event since 0.2 (issue 10).
+-- send_test takes the shape of the test event since 0.2.
 DROP FUNCTION IF EXISTS webhooks.send_test(uuid);
+
 -- replay_failed takes dry_run since 0.2.
 DROP FUNCTION IF EXISTS webhooks.replay_failed(uuid, timestamptz);
 
@@ -246,7 +247,44 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
-    webhooks.replay_failed(uuid, timestamptz, boolean), webhooks.purge(interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION webhooks.send_test(uuid, text, text, jsonb, jsonb, text, jsonb), webhooks.replay(bigint),
-    webhooks.replay_failed(uuid, timestamptz, boolean), webhooks.purge(interval) TO webhooks_admin;
+-- The installation's HTTPS-only option: when on, create_webhook and update_webhook refuse
+-- http:// URLs (WH024). It cannot be turned on while a webhook still has one. Returns the setting.
+CREATE OR REPLACE FUNCTION webhooks.require_https(enabled boolean DEFAULT true)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    plain text;
+BEGIN
+    IF enabled IS NULL THEN
+        PERFORM webhooks._fail('WH013', 'enabled', 'must be true or false');
+    END IF;
+    SELECT w.name INTO plain FROM webhooks.webhooks w WHERE w.url ~* '^http://' ORDER BY w.name LIMIT 1;
+    IF enabled AND plain IS NOT NULL THEN
+        PERFORM webhooks._fail('WH024', 'enabled', format('webhook %L still has an http:// URL', plain),
+            'change its url to https:// (update_webhook) first');
+    END IF;
+    UPDATE webhooks._installation SET https_only = enabled;
+    RETURN enabled;
+END
+$$;
+
+REVOKE ALL ON FUNCTION webhooks.send_test, webhooks.replay, webhooks.replay_failed, webhooks.purge,
+    webhooks.require_https FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.send_test, webhooks.replay, webhooks.replay_failed, webhooks.purge,
+    webhooks.require_https TO webhooks_admin;
+
+COMMENT ON FUNCTION webhooks.send_test IS
+    'Queue a test event for one webhook (TEST; or a row change: event, table, record; or an application event: event_type, data); returns the delivery id.';
+
+COMMENT ON FUNCTION webhooks.replay IS
+    'Send a delivery''s event again as a new delivery (same webhook-id); WH404 if the event was purged.';
+
+COMMENT ON FUNCTION webhooks.replay_failed IS
+    'Replay every failed delivery of a webhook (completed since `since`, if given) once: a second call queues nothing new; dry_run only counts. Returns how many were (or would be) queued.';
+
+COMMENT ON FUNCTION webhooks.purge IS
+    'Delete finished deliveries and captures older than older_than (0 to 100 years); pending and leased work is never purged.';
+
+COMMENT ON FUNCTION webhooks.require_https IS
+    'Turn the installation''s HTTPS-only option on or off: when on, http:// webhook URLs are refused (WH024).';

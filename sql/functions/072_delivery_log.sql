@@ -1,21 +1,108 @@
--- pgwebhooks: what the dashboard, its JSON API and the runner's /metrics read (issue 17).
---
--- The dashboard calls the management functions for everything they do; the functions here add
--- only what they lack: a filterable delivery log that names published events by their type, the
--- request a delivery sent (re-rendered from the outbox, never stored twice), a chart's worth of
--- recent attempts, the backlog for the runner's metrics, and API tokens kept as hashes.
--- Errors: WH040 a bad filter or option, WH041 a bad token name, WH042 no such token,
--- WH043 a request that cannot be shown.
+-- pgwebhooks: the delivery log. What each delivery and attempt did, for people, the CLI and the
+-- dashboard: pages of deliveries, the attempts of one, the request one sent, attempts per slot.
 
--- Per webhook: state, backlog and circuit, for the runner's /metrics (webhooks_runner reads no
--- table; this is the one window it gets, and it shows neither URLs nor secrets).
-CREATE OR REPLACE FUNCTION webhooks.runner_backlog()
-RETURNS TABLE (webhook_id uuid, name text, state text, pending bigint, oldest_pending_at timestamptz,
-               circuit text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+CREATE OR REPLACE FUNCTION webhooks.get_deliveries(id uuid, "limit" integer DEFAULT 50, "offset" integer DEFAULT 0)
+RETURNS TABLE (
+    delivery_id bigint,
+    event_id uuid,
+    event text,
+    "table" text,
+    status text,
+    attempts integer,
+    response_status integer,
+    response_excerpt text,
+    error text,
+    latency_ms integer,
+    created_at timestamptz,
+    last_attempt_at timestamptz,
+    next_attempt_at timestamptz,
+    completed_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT s.id, s.name, s.state, s.pending, s.oldest_pending_at, coalesce(s.circuit, 'closed')
-    FROM webhooks.get_webhook_status() s
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    -- The log holds the receiver's answers, which may echo what was sent.
+    PERFORM webhooks._check_reach(id);
+    PERFORM webhooks._check_range('limit', "limit", 1, 1000);
+    PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
+    RETURN QUERY
+    -- Changes captured but not yet turned into deliveries (that happens when a runner claims)
+    -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
+    -- Only an enabled webhook's: a disabled one gets no delivery from them.
+    WITH queued AS (
+        -- A published event is listed by its type, not as EVENT.
+        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id,
+               CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END AS operation,
+               format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
+        FROM webhooks.captures c
+        CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
+        WHERE c.fanned_out < c.row_count AND get_deliveries.id = ANY (c.webhook_ids)
+          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = get_deliveries.id AND w.enabled)
+        ORDER BY c.id DESC, g.n DESC
+        LIMIT "limit"::bigint + "offset"
+    ), listed AS (
+        SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
+               NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
+               NULL::integer AS latency_ms, q.occurred_at AS created_at, NULL::timestamptz AS attempted_at,
+               NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
+               0 AS part, q.capture_id AS k1, q.n::bigint AS k2
+        FROM queued q
+        UNION ALL
+        -- Rows held for this webhook because its `where` failed at capture (release_held()).
+        SELECT * FROM (
+            SELECT NULL::bigint, NULL::uuid, h.operation, format('%I.%I', h.schema_name, h.table_name), 'held'::text,
+                   0, NULL::integer, NULL::text, h.held_error, NULL::integer, h.held_at, NULL::timestamptz,
+                   NULL::timestamptz, NULL::timestamptz, -1, h.id, 0::bigint
+            FROM webhooks.held_rows h
+            WHERE h.webhook_id = get_deliveries.id
+            ORDER BY h.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) held
+        UNION ALL
+        SELECT * FROM (
+            SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
+                   coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
+                   CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
+                   d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+                   a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,
+                   1, d.id, 0::bigint
+            FROM webhooks.deliveries d
+            -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
+            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
+            LEFT JOIN LATERAL (
+                SELECT * FROM webhooks.delivery_attempts x
+                WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
+            ) a ON true
+            WHERE d.webhook_id = get_deliveries.id
+            ORDER BY d.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) listed_deliveries
+    )
+    SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
+           l.error, l.latency_ms, l.created_at, l.attempted_at, l.next_attempt_at, l.completed_at
+    FROM listed l
+    ORDER BY l.part, l.k1 DESC, l.k2 DESC
+    LIMIT "limit" OFFSET "offset";
+END
+$$;
+
+-- Every attempt of one delivery, oldest first.
+CREATE OR REPLACE FUNCTION webhooks.get_delivery_attempts(delivery_id bigint)
+RETURNS TABLE (attempt integer, status_code integer, response_excerpt text, error text,
+               latency_ms integer, attempted_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.id = get_delivery_attempts.delivery_id) THEN
+        PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
+    END IF;
+    PERFORM webhooks._check_reach(d.webhook_id) FROM webhooks.deliveries d WHERE d.id = get_delivery_attempts.delivery_id;
+    RETURN QUERY
+    SELECT a.attempt, a.status_code, a.response_excerpt, a.error, a.latency_ms, a.attempted_at
+    FROM webhooks.delivery_attempts a
+    WHERE a.delivery_id = get_delivery_attempts.delivery_id
+    ORDER BY a.attempt, a.id;
+END
 $$;
 
 -- A webhook's deliveries, newest first, with filters: only_status, only_event (an operation such
@@ -182,79 +269,24 @@ BEGIN
 END
 $$;
 
--- API tokens. A token is `pgwh_` and 64 hex digits from two random UUIDs (gen_random_uuid uses
--- the server's strong random source); only its SHA-256 is stored. Shown once.
-CREATE OR REPLACE FUNCTION webhooks.create_api_token(name text, access text DEFAULT 'read')
-RETURNS TABLE (token_id uuid, token_name text, token_access text, token text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    secret text := 'pgwh_' || replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-    new_id uuid;
-BEGIN
-    IF name IS NULL OR btrim(name) = '' OR name ~ '[\x01-\x1f\x7f]' OR length(name) > 200 THEN
-        PERFORM webhooks._fail('WH041', 'name', format('must be 1 to 200 printable characters, got %s',
-                                                      coalesce(quote_literal(left(name, 220)), 'null')));
-    END IF;
-    IF access IS NULL OR access NOT IN ('admin', 'read') THEN
-        PERFORM webhooks._fail('WH040', 'access', format('%s is not admin or read', coalesce(quote_literal(access), 'null')));
-    END IF;
-    INSERT INTO webhooks.api_tokens (name, token_sha256, access)
-    VALUES (create_api_token.name, sha256(convert_to(secret, 'UTF8')), create_api_token.access)
-    RETURNING api_tokens.id INTO new_id;
-    RETURN QUERY SELECT new_id, create_api_token.name, create_api_token.access, secret;
-END
-$$;
+GRANT EXECUTE ON FUNCTION webhooks.get_deliveries, webhooks.get_delivery_attempts TO webhooks_admin, webhooks_viewer;
+GRANT EXECUTE ON FUNCTION webhooks.delivery_log, webhooks.delivery_request, webhooks.delivery_histogram
+TO webhooks_admin, webhooks_viewer;
 
-CREATE OR REPLACE FUNCTION webhooks.revoke_api_token(id uuid)
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE webhooks.api_tokens t SET revoked_at = coalesce(t.revoked_at, now()) WHERE t.id = revoke_api_token.id;
-    IF NOT FOUND THEN
-        PERFORM webhooks._fail('WH042', 'id', format('no API token with id %s', coalesce(id::text, 'null')));
-    END IF;
-END
-$$;
+COMMENT ON TABLE webhooks.delivery_attempts IS
+    'Every attempt of every delivery: status code, response excerpt, error, latency.';
 
-CREATE OR REPLACE FUNCTION webhooks.list_api_tokens()
-RETURNS TABLE (id uuid, name text, access text, created_at timestamptz, last_used_at timestamptz,
-               revoked_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.id, t.name, t.access, t.created_at, t.last_used_at, t.revoked_at
-    FROM webhooks.api_tokens t ORDER BY t.created_at, t.id
-$$;
+COMMENT ON FUNCTION webhooks.get_deliveries IS
+    'A webhook''s deliveries, newest first: status, attempts, last response, error, latency, timestamps.';
 
--- The role a token acts as (webhooks_admin or webhooks_viewer), NULL for an unknown or revoked
--- one. last_used_at is kept to the minute, so a busy client does not write a row per request.
-CREATE OR REPLACE FUNCTION webhooks.authenticate_api_token(token text)
-RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    t webhooks.api_tokens;
-BEGIN
-    IF token IS NULL OR length(token) > 200 THEN
-        RETURN NULL;
-    END IF;
-    SELECT * INTO t FROM webhooks.api_tokens x
-    WHERE x.token_sha256 = sha256(convert_to(token, 'UTF8')) AND x.revoked_at IS NULL;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute' THEN
-        UPDATE webhooks.api_tokens x SET last_used_at = now() WHERE x.id = t.id;
-    END IF;
-    RETURN CASE t.access WHEN 'admin' THEN 'webhooks_admin' ELSE 'webhooks_viewer' END;
-END
-$$;
+COMMENT ON FUNCTION webhooks.get_delivery_attempts IS
+    'Every attempt of one delivery, oldest first.';
 
--- Whether any token is usable: the dashboard refuses a non-loopback address without one.
-CREATE OR REPLACE FUNCTION webhooks.api_tokens_configured()
-RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT EXISTS (SELECT 1 FROM webhooks.api_tokens t WHERE t.revoked_at IS NULL)
-$$;
+COMMENT ON FUNCTION webhooks.delivery_log IS
+    'A webhook''s deliveries, newest first, filtered by status, event (operation or event type), created since/until; pages with before_id. Published events are listed by their type.';
+
+COMMENT ON FUNCTION webhooks.delivery_request IS
+    'The URL, body and headers a delivery sent, re-rendered from the outbox; secret header values and signatures are masked. Table changes only for callers who may SELECT the table.';
+
+COMMENT ON FUNCTION webhooks.delivery_histogram IS
+    'Attempts per webhook (delivered, failed) in time slots up to now, for the dashboard''s charts.';

@@ -1,5 +1,5 @@
--- pgwebhooks: backup and restore. A restored copy never sends a new event under an id the
--- original used, and the database's owner can take the backup.
+-- pgwebhooks: event ids. An event's id (its webhook-id) is md5(salt/capture_id/n): stable across
+-- retries, so receivers deduplicate on it, and never reused by a restored copy.
 --
 -- An event's id is md5(salt/capture_id/n). pg_dump carries the salt and the captures' id
 -- counter, so a copy (pg_restore into a new database or another cluster, CREATE DATABASE ...
@@ -51,6 +51,15 @@ AS $$
     LIMIT 1
 $$;
 
+-- The public id of an event: stable across retries (receivers deduplicate on it), unique across
+-- installations thanks to the installation's random salt.
+CREATE OR REPLACE FUNCTION webhooks._event_uid(capture_id bigint, n integer)
+RETURNS uuid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._salt_for(capture_id) i
+$$;
+
 -- _ensure_identity returns whether the check is settled since 0.2 (it returned void).
 DO $$
 BEGIN
@@ -90,62 +99,6 @@ $$;
 -- copy (everyone else skips fan-out), so the boundary it records is the dump's, whoever records
 -- it and whenever, and the new salt is derived from the identity: publish() in a session that
 -- could not take the switch names its event with the very id the switch will give it.
--- In a restored copy every table has a new oid: pg_dump keeps names, not oids. What pgwebhooks
--- stored by oid (subscriptions, capture routes, captures not yet sent, held rows) is pointed at the
--- table of the same name, or a subscription's exclude_columns would no longer be found for the
--- copy's changes and the columns it redacts would be sent. Rows are moved by delete-and-insert in
--- one statement: two tables may have swapped oids, and an UPDATE would collide on the key midway.
--- The capture triggers carry oids in their arguments too: `pgwebhooks migrate` (refresh_triggers)
--- rebuilds them from the subscriptions, which is why a restore ends with it.
-CREATE OR REPLACE FUNCTION webhooks._reresolve_tables()
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    moves jsonb;
-BEGIN
-    SELECT jsonb_object_agg(m.old_relid::text, m.new_relid) INTO moves
-    FROM (SELECT DISTINCT s.relid AS old_relid, to_regclass(s.table_name)::oid AS new_relid
-          FROM webhooks.subscriptions s
-          WHERE s.table_name IS NOT NULL AND to_regclass(s.table_name) IS NOT NULL) m
-    WHERE m.old_relid <> m.new_relid;
-    IF moves IS NULL THEN
-        RETURN;
-    END IF;
-    WITH gone AS (
-        DELETE FROM webhooks.subscriptions s WHERE moves ? s.relid::text RETURNING s.*
-    )
-    INSERT INTO webhooks.subscriptions
-    SELECT (jsonb_populate_record(NULL::webhooks.subscriptions,
-                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
-    FROM gone g;
-    WITH gone AS (
-        DELETE FROM webhooks.capture_routes r WHERE moves ? r.relid::text RETURNING r.*
-    )
-    INSERT INTO webhooks.capture_routes
-    SELECT (jsonb_populate_record(NULL::webhooks.capture_routes,
-                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
-    FROM gone g
-    ON CONFLICT DO NOTHING;
-    -- Captures and held rows carry their table's name: resolved by it, not through the map.
-    UPDATE webhooks.captures c SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid
-    WHERE c.fanned_out < c.row_count AND c.relid <> 0
-      AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL
-      AND c.relid <> to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid;
-    UPDATE webhooks.captures c SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid
-    FROM webhooks.deliveries d
-    WHERE d.capture_id = c.id AND d.status IN ('pending', 'leased') AND c.relid <> 0
-      AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL
-      AND c.relid <> to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid;
-    UPDATE webhooks.held_rows h SET relid = to_regclass(format('%I.%I', h.schema_name, h.table_name))::oid
-    WHERE to_regclass(format('%I.%I', h.schema_name, h.table_name)) IS NOT NULL
-      AND h.relid <> to_regclass(format('%I.%I', h.schema_name, h.table_name))::oid;
-    RAISE LOG 'pgwebhooks: restored copy: table oids re-resolved by name: %', moves;
-END
-$$;
-COMMENT ON FUNCTION webhooks._reresolve_tables() IS
-    'In a restored copy, points what pgwebhooks stored by table oid at the table of the same name';
-
 CREATE OR REPLACE FUNCTION webhooks._ensure_identity()
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -192,23 +145,13 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION webhooks._ensure_identity IS
+    'Starts a new event-id salt when the database is a restored or cloned copy; called before deliveries are created';
+
 -- A new install (or one upgraded from 0.1.0) is where it was made.
 UPDATE webhooks._installation SET identity = webhooks._database_identity() WHERE identity IS NULL;
+
 UPDATE webhooks._salts SET identity = (SELECT i.identity FROM webhooks._installation i) WHERE identity IS NULL;
 
--- pg_dump as the database's owner, no superuser needed: it must read every table and sequence
--- here. So the owner can read the secrets and the captured rows (even of tables it may not read
--- itself), as any role that takes complete backups must; webhooks_admin still reads neither.
--- Where the owner installed pgwebhooks it owns all of this and the grants change nothing.
-DO $$
-DECLARE
-    owner text := (SELECT pg_get_userbyid(d.datdba) FROM pg_database d WHERE d.datname = current_database());
-BEGIN
-    EXECUTE format('GRANT USAGE ON SCHEMA webhooks TO %I', owner);
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA webhooks TO %I', owner);
-    EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA webhooks TO %I', owner);
-END
-$$;
-
-COMMENT ON FUNCTION webhooks._ensure_identity() IS
-    'Starts a new event-id salt when the database is a restored or cloned copy; called before deliveries are created';
+COMMENT ON TABLE webhooks._installation IS
+    'One row: the first event-id salt and where the database lives (a copy elsewhere starts a new salt in _salts).';

@@ -1,4 +1,4 @@
--- pgwebhooks: endpoint health, pause without loss, alerts (issue 11).
+-- pgwebhooks: endpoint health, pause without loss, alerts.
 --
 -- Health figures are counters kept on each webhook's endpoints row by complete() (see
 -- _record_health), so webhook_status reads one row per webhook plus its queue and its last
@@ -22,7 +22,7 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT 5 $$;
 
--- The event types alerts are published as (issue 10 x 11), declared on every migrate; existing
+-- The event types alerts are published as, declared on every migrate; existing
 -- declarations are left as they are.
 INSERT INTO webhooks.event_types AS t (name, description, webhook_ids)
 SELECT v.name, v.description, webhooks._subscribers(v.name)
@@ -199,6 +199,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
 CREATE OR REPLACE TRIGGER webhooks_state_alert AFTER UPDATE OF paused, enabled ON webhooks.webhooks
     FOR EACH ROW EXECUTE FUNCTION webhooks._state_alert();
 
@@ -298,3 +299,33 @@ $$;
 
 CREATE OR REPLACE VIEW webhooks.webhook_status AS
 SELECT * FROM webhooks.get_webhook_status();
+
+-- Per webhook: state, backlog and circuit, for the runner's /metrics (webhooks_runner reads no
+-- table; this is the one window it gets, and it shows neither URLs nor secrets).
+CREATE OR REPLACE FUNCTION webhooks.runner_backlog()
+RETURNS TABLE (webhook_id uuid, name text, state text, pending bigint, oldest_pending_at timestamptz,
+               circuit text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+AS $$
+    SELECT s.id, s.name, s.state, s.pending, s.oldest_pending_at, coalesce(s.circuit, 'closed')
+    FROM webhooks.get_webhook_status() s
+$$;
+
+GRANT EXECUTE ON FUNCTION webhooks.pause_webhook, webhooks.resume_webhook TO webhooks_admin;
+GRANT EXECUTE ON FUNCTION webhooks.get_webhook_status TO webhooks_admin, webhooks_viewer;
+GRANT EXECUTE ON FUNCTION webhooks.runner_backlog TO webhooks_admin, webhooks_viewer, webhooks_runner;
+
+COMMENT ON VIEW webhooks.webhook_status IS
+    'Health per webhook: state (healthy, failing, paused, disabled), pending (including changes captured but not yet fanned out), oldest_pending_at, consecutive_failures, last success/failure/error, and over the last hour delivered, failed_attempts, p50/p95 latency.';
+
+COMMENT ON FUNCTION webhooks.pause_webhook IS
+    'Pause a webhook: its changes keep being captured and queued, nothing is sent until resume_webhook(). Unlike enabled = false, nothing is lost.';
+
+COMMENT ON FUNCTION webhooks.resume_webhook IS
+    'Resume a paused webhook (paused by hand, by a 410 Gone or by pause_after): everything queued meanwhile is sent.';
+
+COMMENT ON FUNCTION webhooks.get_webhook_status IS
+    'The rows of the webhook_status view (which reads them from here): health per webhook.';
+
+COMMENT ON FUNCTION webhooks.runner_backlog IS
+    'For the runner''s /metrics: per webhook its state, pending deliveries, oldest pending time and circuit (no URL, no secret).';

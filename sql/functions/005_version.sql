@@ -1,0 +1,11 @@
+-- pgwebhooks: the installed version, as the runner, the CLI and the dashboard report it.
+
+CREATE OR REPLACE FUNCTION webhooks.version()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '0.1.0' $$;
+
+GRANT EXECUTE ON FUNCTION webhooks.version TO webhooks_admin, webhooks_runner, webhooks_viewer;
+
+COMMENT ON FUNCTION webhooks.version IS
+    'The installed pgwebhooks version.';

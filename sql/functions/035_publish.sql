@@ -1,0 +1,106 @@
+-- pgwebhooks: publish(), the application's own events. Published events go through the outbox
+-- like row changes (one `captures` row each, operation 'EVENT'), so they get the same fan-out,
+-- retries, logs and signatures, and a rollback sends nothing.
+
+-- What an event's data may be (publish, send_test, README "Limits"): at most
+-- _max_data_depth() levels of arrays and objects, and at most _max_data_bytes() bytes as JSON
+-- text. Checked where the data comes in, so no delivery is ever asked to render more; claim()
+-- still fails a delivery it cannot render rather than fail the whole claim.
+CREATE OR REPLACE FUNCTION webhooks._max_data_depth()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 64 $$;
+
+CREATE OR REPLACE FUNCTION webhooks._max_data_bytes()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 1048576 $$;
+
+-- WH030 (too deep) or WH031 (too large) for an event's data. The text length is measured only
+-- when the stored size says it could matter: a JSON text is at most about six times its jsonb
+-- (a string of control characters, each \u00XX), so small events pay one size lookup.
+CREATE OR REPLACE FUNCTION webhooks._check_event_data(field text, data jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    size bigint;
+BEGIN
+    IF data IS NULL THEN
+        RETURN;
+    END IF;
+    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() THEN
+        size := octet_length(data::text);
+        IF size > webhooks._max_data_bytes() THEN
+            PERFORM webhooks._fail('WH031', field, format('is %s bytes of JSON text; at most %s are allowed',
+                                                          size, webhooks._max_data_bytes()));
+        END IF;
+    END IF;
+    -- Level 0 is the value itself: a container at level 64 is the 65th level of nesting.
+    IF jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")') THEN
+        PERFORM webhooks._fail('WH030', field, format('nests arrays and objects more than %s levels deep '
+            '(starts %s)', webhooks._max_data_depth(), left(data::text, 40)));
+    END IF;
+END
+$$;
+
+-- Publish an application event in the caller's transaction; returns its id (the webhook-id
+-- receivers see). The receiving webhooks are resolved now, from event_subscriptions; whether
+-- each is enabled is decided at fan-out, like for row changes. Runs in every publishing
+-- transaction, so like the capture triggers it skips `SET search_path` (a GUC save and restore
+-- per call) and names everything with its schema.
+--
+-- Types under `pgwebhooks.` are reserved for pgwebhooks' own alerts (webhooks._alert); no one
+-- may publish one (WH032), so a receiver can trust that an alert came from pgwebhooks.
+CREATE OR REPLACE FUNCTION webhooks.publish(event_type text, data jsonb)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+AS $$
+DECLARE
+    event_id pg_catalog.uuid;
+    settled boolean := true;
+BEGIN
+    IF pg_catalog.starts_with(event_type, 'pgwebhooks.') THEN
+        PERFORM webhooks._fail('WH032', 'event_type', pg_catalog.format(
+            '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
+    END IF;
+    PERFORM webhooks._check_event_data('data', data);
+    -- A restored copy starts a new salt before its first event id is handed out (045_restore.sql);
+    -- checked once per session, the test inline to keep a GUC save and restore off every call.
+    -- (_identity_token() inline: a function with its own search_path costs a GUC save and restore.)
+    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM
+           (SELECT pg_catalog.md5(k.key OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
+            FROM webhooks._identity_key k) THEN
+        settled := webhooks._ensure_identity();
+    END IF;
+    -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
+    -- costs about as much as the insert itself. The subscribers are the type's webhook_ids.
+    -- Unsettled (another transaction is recording a copy's new salt): this capture is past the
+    -- copy's boundary, so its id is under the copy's derived salt (_salt_at).
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   event_type, data)
+    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data
+    FROM webhooks.event_types t
+    WHERE t.name OPERATOR(pg_catalog.=) event_type AND data IS NOT NULL
+    RETURNING pg_catalog.md5((CASE WHEN settled THEN (SELECT i.salt FROM webhooks._salt_for(id) i)
+                                   ELSE webhooks._salt_at(webhooks._database_identity()) END)::pg_catalog.text
+                             OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) id
+                             OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid
+    INTO event_id;
+    IF event_id IS NULL THEN
+        IF data IS NULL THEN
+            PERFORM webhooks._fail('WH013', 'data', 'must be a JSON value, not SQL NULL (use ''null''::jsonb or ''{}'')');
+        END IF;
+        PERFORM webhooks._check_event_type_declared('event_type', event_type);
+    END IF;
+    -- Identical notifications in one transaction are folded into one, sent at commit.
+    PERFORM pg_catalog.pg_notify('webhooks', '');
+    RETURN event_id;
+END
+$$;
+
+REVOKE ALL ON FUNCTION webhooks.publish FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.publish TO webhooks_publisher, webhooks_admin;
+
+COMMENT ON FUNCTION webhooks.publish IS
+    'Publish an application event of a declared type in the current transaction (rollback sends nothing); returns its id. For webhooks_publisher.';

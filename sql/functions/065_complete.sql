@@ -1,0 +1,279 @@
+-- pgwebhooks: what the runner calls with its results. complete() applies the delivery policy to
+-- them under their leases; hold_refused() hands back what the runner's network policy refused to
+-- send, without spending an attempt.
+
+-- The steps of complete() that only read, each an SQL function the planner inlines into
+-- complete's one statement (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause), and
+-- the circuit locks it takes first.
+
+-- The circuits a report changes, locked in one order before anything else, so two runners'
+-- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
+-- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
+-- and locking it for every report made claims come back empty half the time.
+CREATE OR REPLACE FUNCTION webhooks._lock_circuits(results jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM webhooks.endpoints e
+    WHERE e.webhook_id IN (SELECT d.webhook_id
+                           FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
+                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
+                           WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
+                              OR x.circuit <> 'closed' OR x.consecutive_failures > 0
+                              OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
+    ORDER BY e.webhook_id
+    FOR NO KEY UPDATE;
+END
+$$;
+
+-- Each reported result of a delivery that exists, judged: its webhook's retry settings, the
+-- attempts it has spent, whether the endpoint failed (no response or a 5xx) and whether it was
+-- the circuit's probe, the delivery's new status and whether the attempt is refunded (a failed
+-- probe's). complete() applies it only under the lease the result names.
+CREATE OR REPLACE FUNCTION webhooks._outcomes(results jsonb)
+RETURNS TABLE (delivery_id bigint, attempt integer, status_code integer, response_excerpt text, error text,
+               latency_ms integer, retry_after_seconds integer, webhook_id uuid, max_retries integer,
+               retry_backoff_seconds integer, retry_schedule interval[], attempts integer,
+               endpoint_failed boolean, probe boolean, new_status text, refund boolean)
+LANGUAGE sql STABLE
+AS $$
+    SELECT j.*,
+           CASE
+               WHEN j.status_code BETWEEN 200 AND 299 THEN 'delivered'
+               -- 410 pauses the webhook (complete's `gone`): the delivery waits for its resume.
+               WHEN j.probe AND j.endpoint_failed THEN 'pending'
+               WHEN j.attempts > j.max_retries THEN 'failed'
+               ELSE 'pending'
+           END,
+           j.probe AND j.endpoint_failed
+    FROM (
+        SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
+               d.attempts - d.free_attempts AS attempts,
+               (r.status_code IS NULL OR r.status_code >= 500) AS endpoint_failed,
+               coalesce(e.circuit <> 'closed' AND e.probe_delivery_id = d.id AND e.probe_attempt = r.attempt,
+                        false) AS probe
+        FROM (
+            -- A status outside 100-599 (some servers send 999) is no HTTP status: log it as an error
+            -- rather than let one odd response fail the whole batch on the attempts table's CHECK.
+            SELECT r.delivery_id, r.attempt,
+                   CASE WHEN r.status_code BETWEEN 100 AND 599 THEN r.status_code END AS status_code,
+                   r.response_excerpt,
+                   CASE WHEN r.status_code NOT BETWEEN 100 AND 599
+                        THEN concat_ws('; ', format('invalid HTTP status %s', r.status_code), r.error)
+                        ELSE r.error END AS error,
+                   r.latency_ms, r.retry_after_seconds
+            FROM jsonb_to_recordset(results) AS r(
+                delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
+                error text, latency_ms integer, retry_after_seconds integer)
+        ) r
+        JOIN webhooks.deliveries d ON d.id = r.delivery_id
+        JOIN webhooks.webhooks w ON w.id = d.webhook_id
+        LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    ) j
+$$;
+
+-- The error an attempt is logged with: the runner's (or "no response"), a failed probe's
+-- refund, and the circuit it `opened`, if it did.
+CREATE OR REPLACE FUNCTION webhooks._attempt_error(status_code integer, error text, refund boolean, opened boolean,
+                                                   times_opened integer, failures_now integer)
+RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT nullif(concat_ws('; ',
+        CASE WHEN status_code IS NULL THEN coalesce(error, 'no response') ELSE error END,
+        CASE WHEN refund THEN 'circuit probe failed: this attempt does not count' END,
+        CASE WHEN opened
+             THEN format('circuit opened for %s s after %s consecutive failures',
+                         extract(epoch FROM webhooks._circuit_cooldown(times_opened))::float8, failures_now)
+        END), '')
+$$;
+
+-- Apply the results of attempts, a JSON array of
+--   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
+--    "error": null, "latency_ms": 12, "retry_after_seconds": null}
+-- A result is accepted only under the lease it was claimed with: same attempt number, lease not
+-- expired. Returns each delivery's new status, or 'refused'.
+--
+-- Each webhook's circuit learns from the accepted results (see webhooks.endpoints): no response
+-- or a 5xx is a failure, any other response shows the endpoint alive and closes the circuit.
+-- A failed probe is logged but does not count against its delivery, which waits for the circuit.
+CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
+RETURNS TABLE (delivery_id bigint, attempt integer, status text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    answered jsonb;
+BEGIN
+    PERFORM webhooks._check_json_array(results, 'results', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true],
+        "status_code": ["integer", -2147483648, 2147483647, false],
+        "latency_ms": ["integer", -2147483648, 2147483647, false],
+        "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
+        "response_excerpt": ["string", null, null, false],
+        "error": ["string", null, null, false]}');
+    PERFORM webhooks._lock_circuits(results);
+    WITH outcome AS (
+        SELECT o.*, webhooks._retry_delay(o.retry_backoff_seconds, o.attempts, o.status_code,
+                                          o.retry_after_seconds, o.retry_schedule) AS delay
+        FROM webhooks._outcomes(results) o
+    ),
+    applied AS (
+        UPDATE webhooks.deliveries d
+        SET status = o.new_status,
+            -- A failed probe's attempt keeps its number (the lease's fencing token) and spends no
+            -- retry budget: counted as free rather than taken back.
+            free_attempts = CASE WHEN o.refund THEN d.free_attempts + 1 ELSE d.free_attempts END,
+            next_attempt_at = CASE WHEN o.refund THEN now()
+                                   WHEN o.new_status = 'pending' THEN now() + o.delay
+                                   ELSE d.next_attempt_at END,
+            completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
+        FROM outcome o
+        WHERE d.id = o.delivery_id AND d.status = 'leased' AND d.attempts = o.attempt
+          AND d.next_attempt_at > now()
+        RETURNING d.id, d.status
+    ),
+    -- Each webhook's verdict over this batch, and what it does to the circuit.
+    verdict AS (
+        SELECT o.webhook_id, bool_or(NOT o.endpoint_failed) AS alive,
+               count(*) FILTER (WHERE o.endpoint_failed)::integer AS failures,
+               bool_or(o.probe) AS probed,
+               max(o.delivery_id) FILTER (WHERE o.endpoint_failed) AS last_failed
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        GROUP BY o.webhook_id
+    ),
+    transition AS (
+        SELECT v.*, e.circuit AS old_circuit, e.times_opened,
+               e.consecutive_failures + v.failures AS failures_now,
+               CASE
+                   WHEN v.alive THEN 'closed'
+                   WHEN e.circuit = 'half_open' AND v.probed THEN 'open'
+                   WHEN e.circuit = 'closed'
+                        AND e.consecutive_failures + v.failures >= webhooks._circuit_failure_threshold() THEN 'open'
+                   ELSE e.circuit
+               END AS new_circuit
+        FROM verdict v JOIN webhooks.endpoints e ON e.webhook_id = v.webhook_id
+        WHERE NOT (v.alive AND e.circuit = 'closed' AND e.consecutive_failures = 0)
+    ),
+    circuit AS (
+        UPDATE webhooks.endpoints e
+        SET consecutive_failures = CASE WHEN t.alive THEN 0 ELSE t.failures_now END,
+            circuit = t.new_circuit,
+            times_opened = CASE WHEN t.alive THEN 0
+                                WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open' THEN t.times_opened + 1
+                                ELSE t.times_opened END,
+            retry_at = CASE WHEN t.new_circuit = 'open' AND t.old_circuit <> 'open'
+                            THEN now() + webhooks._circuit_cooldown(t.times_opened)
+                            WHEN t.new_circuit = 'open' THEN e.retry_at END,
+            probe_delivery_id = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_delivery_id END,
+            probe_attempt = CASE WHEN t.new_circuit = t.old_circuit THEN e.probe_attempt END,
+            circuit_changed_at = CASE WHEN t.new_circuit <> t.old_circuit THEN now() ELSE e.circuit_changed_at END,
+            circuit_reason = CASE
+                WHEN t.new_circuit = t.old_circuit THEN e.circuit_reason
+                WHEN t.new_circuit = 'closed' THEN 'closed: the endpoint answered'
+                ELSE format('opened for %s s after %s consecutive failures',
+                            extract(epoch FROM webhooks._circuit_cooldown(t.times_opened))::float8, t.failures_now)
+            END
+        FROM transition t
+        WHERE e.webhook_id = t.webhook_id
+    ),
+    logged AS (
+        INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, response_excerpt, error, latency_ms,
+                                                webhook_id)
+        SELECT o.delivery_id, o.attempt, o.status_code, left(o.response_excerpt, 4096),
+               webhooks._attempt_error(o.status_code, o.error, o.refund,
+                   t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed,
+                   t.times_opened, t.failures_now),
+               greatest(o.latency_ms, 0), o.webhook_id
+        FROM outcome o
+        JOIN applied a ON a.id = o.delivery_id
+        LEFT JOIN transition t ON t.webhook_id = o.webhook_id
+    ),
+    -- 410 Gone pauses the webhook with its reason rather than dropping its queue (issue 11).
+    gone AS (
+        UPDATE webhooks.webhooks w
+        SET paused = true, paused_at = now(),
+            paused_reason = format('the endpoint answered 410 Gone at %s', now()),
+            updated_at = now()
+        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
+    ),
+    answer AS (
+        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
+        FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
+        LEFT JOIN applied a ON a.id = r.delivery_id
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
+                                                 'status', x.status) ORDER BY x.delivery_id), '[]')
+    INTO answered
+    FROM answer x;
+    -- Health figures, alerts and auto-pause, from the accepted results just logged (a statement
+    -- of its own: the circuit above already updated the endpoints rows in this one).
+    PERFORM webhooks._record_health(jsonb_path_query_array(answered, '$[*] ? (@.status != "refused")'));
+    RETURN QUERY
+    SELECT a.delivery_id, a.attempt, a.status
+    FROM jsonb_to_recordset(answered) AS a(delivery_id bigint, attempt integer, status text)
+    ORDER BY a.delivery_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.complete(results text)
+RETURNS TABLE (delivery_id bigint, attempt integer, status text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM webhooks.complete(webhooks._parse_json_input('results', results))
+$$;
+
+-- For the runner: deliveries it would not send because its own network policy refuses their
+-- destination (a private address without --allow-cidr). Sending was never tried, so no attempt
+-- is spent: each goes back to pending under its lease's terms, as in release(), and its webhook
+-- is paused with the runner's reason (the `paused` alert says so; resume_webhook sends the queue
+-- once the runner is allowed). `refusals` is [{"delivery_id", "attempt", "reason"}]; returns how
+-- many deliveries were handed back.
+CREATE OR REPLACE FUNCTION webhooks.hold_refused(refusals jsonb)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+DECLARE
+    held integer;
+BEGIN
+    PERFORM webhooks._check_json_array(refusals, 'refusals', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true],
+        "reason": ["string", null, null, false]}');
+    WITH back AS (
+        UPDATE webhooks.deliveries d
+        SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = now()
+        FROM jsonb_to_recordset(refusals) AS r(delivery_id bigint, attempt integer, reason text)
+        WHERE d.id = r.delivery_id AND d.status = 'leased' AND d.attempts = r.attempt
+        RETURNING d.webhook_id, r.reason
+    ), paused AS (
+        UPDATE webhooks.webhooks w
+        SET paused = true, paused_at = now(), updated_at = now(),
+            paused_reason = left(format('the runner refused to send: %s; then resume_webhook',
+                                        coalesce(b.reason, 'its network policy refuses the destination; '
+                                                 || 'allow it with --allow-private-networks or --allow-cidr')), 2000)
+        FROM (SELECT DISTINCT ON (b.webhook_id) b.webhook_id, b.reason FROM back b ORDER BY b.webhook_id) b
+        WHERE w.id = b.webhook_id AND NOT w.paused
+    )
+    SELECT count(*) INTO held FROM back;
+    RETURN held;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION webhooks.complete(jsonb), webhooks.complete(text), webhooks.hold_refused
+TO webhooks_runner;
+
+COMMENT ON FUNCTION webhooks.complete(jsonb) IS
+    'For the runner: apply a JSON array of attempt results under their leases; returns each delivery''s new status or refused.';
+
+COMMENT ON FUNCTION webhooks.complete(text) IS
+    'complete() given JSON text: parsed first, so a NUL (\u0000) is WH034 and text that is no JSON WH013.';
+
+COMMENT ON FUNCTION webhooks.hold_refused IS
+    'For the runner: hand back deliveries its network policy refused to send ([{"delivery_id", "attempt", "reason"}]) without spending their attempt, and pause their webhooks with the reason.';
