@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pgwebhooks.worker import RunnerConfig
 
 log = logging.getLogger("pgwebhooks.runner")
-THRESHOLD_FUNCTION = "webhooks._circuit_failure_threshold()"
+THRESHOLD_FUNCTION = "webhooks.circuit_failure_threshold()"
 CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
 
 

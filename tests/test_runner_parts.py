@@ -69,11 +69,13 @@ async def test_the_circuit_threshold_is_read_from_the_database(db: str) -> None:
         await asyncio.wait_for(task, timeout=30)
 
 
-async def test_a_runner_role_that_may_not_read_the_threshold_keeps_the_default_and_delivers(db: str) -> None:
+async def test_the_runner_role_reads_the_threshold_through_its_public_function(db: str) -> None:
     role = f"runner_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
         conn.execute("CREATE TABLE items (id serial PRIMARY KEY, label text)")
+        conn.execute("CREATE OR REPLACE FUNCTION webhooks._circuit_failure_threshold() RETURNS integer"
+                     " LANGUAGE sql IMMUTABLE AS $$ SELECT 3 $$")
     rx = await ScriptedReceiver().start()
     try:
         with psycopg.connect(db, autocommit=True) as conn:
@@ -93,5 +95,5 @@ async def test_a_runner_role_that_may_not_read_the_threshold_keeps_the_default_a
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
     assert len(received) == 2
-    assert runner.admission.failure_threshold == DEFAULT_CIRCUIT_FAILURE_THRESHOLD
+    assert runner.admission.failure_threshold == 3  # webhooks_runner, not a superuser, read it
     assert runner.stats.reconnects == 0 and runner.stats.unreported == 0

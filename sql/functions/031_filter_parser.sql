@@ -54,7 +54,13 @@ BEGIN
             IF col_type IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'text'::regtype,
                             'character varying'::regtype, 'uuid'::regtype) THEN
                 route_column := m[1];
-                EXECUTE format('SELECT (%s::%s)::text', m[2], col_type) INTO route_value;
+                BEGIN
+                    EXECUTE format('SELECT (%s::%s)::text', m[2], col_type) INTO route_value;
+                EXCEPTION WHEN data_exception THEN
+                    -- 99999999999999999999 for an integer column: no row could ever match.
+                    PERFORM webhooks._fail('WH018', field, format('%s is not a value of column %I (%s): %s',
+                                                                  left(m[2], 100), m[1], col_type, SQLERRM));
+                END;
             END IF;
         END IF;
     END IF;

@@ -25,6 +25,16 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT 5 $$;
 
+-- The same number for the runner, which reads it rather than keeping a copy (internal functions
+-- stay out of every role's reach).
+CREATE OR REPLACE FUNCTION webhooks.circuit_failure_threshold()
+RETURNS integer
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT webhooks._circuit_failure_threshold() $$;
+GRANT EXECUTE ON FUNCTION webhooks.circuit_failure_threshold TO webhooks_admin, webhooks_runner, webhooks_viewer;
+COMMENT ON FUNCTION webhooks.circuit_failure_threshold IS
+    'Failures in a row (no response, timeout, 5xx) that open an endpoint''s circuit; the runner reads it at start';
+
 CREATE OR REPLACE FUNCTION webhooks._circuit_cooldown(times_opened integer)
 RETURNS interval
 LANGUAGE sql IMMUTABLE

@@ -17,9 +17,10 @@ GRANT ALL ON scratch TO PUBLIC;
 SELECT is(
     (SELECT array_agg(p.proname::text ORDER BY p.proname) FROM pg_proc p
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_runner', p.oid, 'EXECUTE')),
-    -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret).
-    ARRAY['claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'version'],
-    'webhooks_runner can execute claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog and version, nothing else');
+    -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret);
+    -- circuit_failure_threshold: the breaker's number, read by the runner instead of copied.
+    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'version'],
+    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'
@@ -121,7 +122,7 @@ SELECT is((SELECT array_agg(DISTINCT c.status) FROM webhooks.complete((
                FROM scratch WHERE k = 'claim')) c),
           ARRAY['delivered'], 'runner: complete');
 SELECT is(webhooks.release('[]'), 0, 'runner: release');
-SELECT is(webhooks.version(), '0.1.0', 'runner: version');
+SELECT is(webhooks.version(), '0.2.0', 'runner: version');
 SELECT throws_ok($$SELECT * FROM webhooks.secrets$$, '42501', NULL, 'runner: cannot read webhooks.secrets');
 SELECT throws_ok($$SELECT secret FROM webhooks.secrets$$, '42501', NULL, 'runner: not even the secret column');
 SELECT throws_ok($$SELECT * FROM webhooks.webhooks$$, '42501', NULL, 'runner: cannot read webhooks.webhooks');

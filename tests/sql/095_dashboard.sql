@@ -1,4 +1,4 @@
--- 095: the dashboard's roles and tokens (sql/functions/080_dashboard.sql). webhooks_viewer, what
+-- 095: the dashboard's roles and tokens (sql/functions/082_api_tokens.sql). webhooks_viewer, what
 -- read-only tokens act as, may call only functions that show things; tokens are stored as their
 -- SHA-256 and nothing else; nobody but webhooks_admin mints or revokes them.
 BEGIN;
@@ -7,7 +7,7 @@ SELECT plan(9);
 SELECT is(
     (SELECT array_agg(p.proname::text ORDER BY p.proname) FROM pg_proc p
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_viewer', p.oid, 'EXECUTE')),
-    ARRAY['api_tokens_configured', 'authenticate_api_token', 'delivery_histogram', 'delivery_log', 'delivery_request',
+    ARRAY['api_tokens_configured', 'authenticate_api_token', 'circuit_failure_threshold', 'delivery_histogram', 'delivery_log', 'delivery_request',
           'get_deliveries', 'get_delivery_attempts', 'get_webhook', 'get_webhook_status', 'list_event_types',
           'list_webhooks', 'runner_backlog', 'signer', 'version'],
     'webhooks_viewer can execute only the functions that show things');
