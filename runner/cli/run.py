@@ -81,11 +81,18 @@ def run(
         metrics_port=metrics_port, metrics_host=metrics_host, progress_interval=progress_interval,
     )
 
+    # From here a SIGTERM is remembered rather than raised: raised while asyncio builds its loop,
+    # SystemExit left a half-made loop whose finaliser printed a traceback.
+    early_stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early_stop.append(signum))
+
     async def serve() -> None:
         runner = Runner(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.request_stop)
+        if early_stop:
+            runner.request_stop()
         await runner.run()
 
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop without a traceback
