@@ -4,7 +4,7 @@
 # CALL: return json.dumps(sign_headers(message_id, sent_at, body, secrets or []))
 """Signature headers for one webhook request, computed where the secrets live.
 
-Both schemes of DESIGN.md, one signature per valid secret (several during a rotation):
+Both signature schemes, one signature per valid secret (several during a rotation):
 - Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`,
   where the key of a `whsec_` secret is the base64-decoded part after the prefix.
 - `X-Webhook-Signature: t=<ts>,v1=<hex HMAC-SHA256(secret, "{ts}.{body}")>`.

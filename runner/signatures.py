@@ -1,6 +1,6 @@
 """Verifying pgwebhooks' signatures on the receiving side, as a receiver would.
 
-This is an independent implementation of the two schemes in DESIGN.md (the signing side lives in
+This is an independent implementation of the two signature schemes (the signing side lives in
 `plpython/sign_headers.py`, inside the database), so `pgwebhooks listen` and the demo check what
 actually arrived rather than trusting the sender's code.
 """
@@ -120,7 +120,7 @@ def verify_profile(
 
     standard: `X-Webhook-Signature: t=,v1=`; fluxbase: `X-Fluxbase-Signature: t=,v1=` and a plain
     hex `X-Webhook-Signature`; truss: `X-Truss-Signature` (hex); rowbase: `X-Rowbase-Signature:
-    sha256=<hex>` (see `_profile_headers` in 050_runner_api.sql). Each one present must verify,
+    sha256=<hex>` (see `_profile_headers` in 050_payloads.sql). Each one present must verify,
     so a request is never accepted on the strength of its weakest header alone.
     """
     keys = list(secrets)

@@ -114,7 +114,7 @@ def db(server: Server) -> Iterator[str]:
     with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     # A clone is a copy of the template: its first claim would start a new event-id salt and hold
-    # a row lock until it commits (sql/functions/045_restore.sql). Settle that now, so tests of
+    # a row lock until it commits (sql/functions/025_event_ids.sql). Settle that now, so tests of
     # concurrent claims see a database in its steady state.
     with psycopg.connect(server.dsn_for(name), autocommit=True) as conn:
         conn.execute("SELECT webhooks._ensure_identity()")

@@ -108,7 +108,7 @@ def test_unknown_webhook_id_is_a_clear_error(db: str) -> None:
     assert result.exit_code == 1 and "no webhook with id" in result.output and "[WH404]" in result.output
 
 
-# -- issue 7 item 9: options and command shapes ------------------------------------------------
+# -- options and command shapes ------------------------------------------------
 
 
 def test_an_unknown_log_level_is_a_usage_error_not_a_traceback() -> None:

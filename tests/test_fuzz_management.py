@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every management function (issue 7, item 8).
+"""Property-based fuzzing of every management function.
 
 The properties:
 - any input that reaches a function either succeeds or raises an SQLSTATE of class WH

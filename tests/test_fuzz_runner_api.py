@@ -1,7 +1,7 @@
 """Property-based fuzzing of the runner API (claim, complete, release) with malformed input.
 
 The runner is trusted code, but a bad batch must still fail with one of our SQLSTATEs and write
-nothing (issue 7, item 8: malformed JSON gave 22023, 22P02, 22003 and 22P05). Same harness as
+nothing (malformed JSON gave 22023, 22P02, 22003 and 22P05). Same harness as
 helpers.World: one database, every example rolled back.
 """
 

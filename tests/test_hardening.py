@@ -1,4 +1,4 @@
-"""Regressions for the defects hostile testing found (issue 7): privilege escalation through
+"""Regressions for the defects hostile testing found: privilege escalation through
 create_webhook, forged events from a table owner's code, partitions, dropped tables, races
 between replay and purge, and bad input that escaped without a WH SQLSTATE."""
 

@@ -1,4 +1,4 @@
-"""Endpoint health (issue 11): alerts heard by a LISTEN connection, and the CLI's health commands.
+"""Endpoint health: alerts heard by a LISTEN connection, and the CLI's health commands.
 
 Each step commits (NOTIFY is delivered at commit); time is faked by moving failing_since.
 """

@@ -1,7 +1,7 @@
 """The operator's commands: `status` (endpoint health), `alerts` (as they come) and `purge`.
 
 Alerts are NOTIFY messages on channel `webhooks_alerts`, one JSON object each (see
-sql/functions/070_health.sql); `pgwebhooks alerts` prints them one per line as they come.
+sql/functions/080_health.sql); `pgwebhooks alerts` prints them one per line as they come.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ BEGIN
             END LOOP;
         END IF;
         operations := ops;
-        -- Capture filters (issue 11).
+        -- Capture filters.
         SELECT f.columns, f.exclude_columns, f.where_clause, f.route_column, f.route_value
         INTO columns, exclude_columns, where_clause, route_column, route_value
         FROM webhooks._parse_filters(field, relid, item) f;

@@ -65,7 +65,7 @@ BEGIN
             '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
     END IF;
     PERFORM webhooks._check_event_data('data', data);
-    -- A restored copy starts a new salt before its first event id is handed out (045_restore.sql);
+    -- A restored copy starts a new salt before its first event id is handed out (025_event_ids.sql);
     -- checked once per session, the test inline to keep a GUC save and restore off every call.
     -- (_identity_token() inline: a function with its own search_path costs a GUC save and restore.)
     IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM

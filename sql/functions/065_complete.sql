@@ -193,7 +193,7 @@ BEGIN
         JOIN applied a ON a.id = o.delivery_id
         LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
-    -- 410 Gone pauses the webhook with its reason rather than dropping its queue (issue 11).
+    -- 410 Gone pauses the webhook with its reason rather than dropping its queue.
     gone AS (
         UPDATE webhooks.webhooks w
         SET paused = true, paused_at = now(),

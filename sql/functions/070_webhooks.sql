@@ -42,7 +42,7 @@ SELECT
                                            'operations', to_jsonb(s.operations), 'dropped', true)
                    ELSE jsonb_build_object('table', format('%I.%I', n.nspname, c.relname),
                                            'operations', to_jsonb(s.operations))
-                        -- capture filters (issue 11), only those set
+                        -- capture filters, only those set
                         || jsonb_strip_nulls(jsonb_build_object('columns', to_jsonb(s.columns),
                                                                 'exclude_columns', to_jsonb(s.exclude_columns),
                                                                 'where', s.where_clause))
@@ -116,10 +116,10 @@ CREATE OR REPLACE FUNCTION webhooks.create_webhook(
     timeout_seconds integer DEFAULT 30,
     retry_backoff_seconds integer DEFAULT NULL,
     headers jsonb DEFAULT '{}',
-    -- issue 10: receiver profile and fixed retry schedule (a schedule sets max_retries to its length)
+    -- receiver profile and fixed retry schedule (a schedule sets max_retries to its length)
     profile text DEFAULT 'standard',
     retry_schedule interval[] DEFAULT NULL,
-    -- issue 11 (health): auto-pause window (NULL: never) and headers sent but never shown.
+    -- auto-pause window (NULL: never) and headers sent but never shown.
     pause_after interval DEFAULT interval '3 days',
     secret_headers jsonb DEFAULT '{}',
     -- per-webhook isolation (columns since migration 0003): NULL means no limit of its own.
@@ -150,7 +150,7 @@ BEGIN
     signing_secret := coalesce(secret, webhooks._generate_secret());
     PERFORM webhooks._check_profile(profile);
     PERFORM webhooks._check_retry_schedule(retry_schedule);
-    -- issue 11 (health): pause_after and secret_headers.
+    -- pause_after and secret_headers.
     PERFORM webhooks._check_pause_after(pause_after);
     PERFORM webhooks._check_secret_headers(secret_headers);
     PERFORM webhooks._check_url_credentials(url, headers, secret_headers);
@@ -169,7 +169,6 @@ BEGIN
         PERFORM webhooks._fail('WH002', 'name', format('a webhook named %L already exists', name));
     END;
     INSERT INTO webhooks.secrets (webhook_id, secret) VALUES (new_id, signing_secret);
-    -- issue 11 (health)
     UPDATE webhooks.webhooks w SET pause_after = create_webhook.pause_after,
         max_concurrency = create_webhook.max_concurrency, rate_limit_per_second = create_webhook.rate_limit_per_second
     WHERE w.id = new_id;

@@ -64,8 +64,8 @@ BEGIN
     SELECT k INTO unknown FROM jsonb_object_keys(changes) k
     WHERE k NOT IN ('name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
                     'timeout_seconds', 'retry_backoff_seconds', 'headers',
-                    'profile', 'retry_schedule',  -- issue 10
-                    'pause_after', 'secret_headers',  -- issue 11 (health)
+                    'profile', 'retry_schedule',
+                    'pause_after', 'secret_headers',
                     'max_concurrency', 'rate_limit_per_second')
     LIMIT 1;
     IF unknown IS NOT NULL THEN
@@ -93,7 +93,7 @@ BEGIN
         current.retry_backoff_seconds := webhooks._change(changes, 'retry_backoff_seconds', 'number') #>> '{}';
     END IF;
     IF changes ? 'headers' THEN current.headers := changes -> 'headers'; END IF;
-    -- issue 10: profile, and retry_schedule as a JSON array of intervals ("5 minutes") or null.
+    -- profile, and retry_schedule as a JSON array of intervals ("5 minutes") or null.
     IF changes ? 'profile' THEN
         current.profile := webhooks._change(changes, 'profile', 'string') #>> '{}';
         PERFORM webhooks._check_profile(current.profile);
@@ -152,7 +152,7 @@ BEGIN
     IF changes ? 'events' THEN
         PERFORM webhooks._replace_subscriptions(id, changes -> 'events');
     END IF;
-    -- issue 11 (health): pause_after (an interval as a string, or null: never) and secret_headers
+    -- pause_after (an interval as a string, or null: never) and secret_headers
     -- (replaces them all; {} removes them).
     IF changes ? 'pause_after' THEN
         IF jsonb_typeof(changes -> 'pause_after') NOT IN ('string', 'null') THEN

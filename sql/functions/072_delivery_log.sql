@@ -196,7 +196,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH043', 'delivery_id', format('delivery %s belongs to a deleted webhook', delivery_id));
     END IF;
-    PERFORM webhooks._check_reach(w.id);  -- as get_delivery_attempts (040_management.sql)
+    PERFORM webhooks._check_reach(w.id);  -- as get_delivery_attempts (070_webhooks.sql)
     SELECT * INTO c FROM webhooks.captures x WHERE x.id = d.capture_id;
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH043', 'delivery_id', format('the event of delivery %s was purged', delivery_id));

@@ -26,8 +26,8 @@ DECLARE
     target oid;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
-    PERFORM webhooks._check_reach(id);  -- 040_management.sql
-    -- Before creating a delivery (045_restore.sql); not while another transaction records a
+    PERFORM webhooks._check_reach(id);  -- 070_webhooks.sql
+    -- Before creating a delivery (025_event_ids.sql); not while another transaction records a
     -- restored copy's new salt: this delivery skips fan-out, which must wait for that.
     IF NOT webhooks._ensure_identity() THEN
         PERFORM webhooks._fail('WH033', 'id', 'this database is a restored copy and another transaction is '
@@ -112,7 +112,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id', format('no delivery with id %s', coalesce(delivery_id::text, 'null')));
     END IF;
-    PERFORM webhooks._check_reach(original.webhook_id);  -- 040_management.sql
+    PERFORM webhooks._check_reach(original.webhook_id);  -- 070_webhooks.sql
     PERFORM 1 FROM webhooks.captures c WHERE c.id = original.capture_id FOR KEY SHARE;
     IF NOT FOUND THEN
         PERFORM webhooks._fail('WH404', 'delivery_id',
@@ -142,7 +142,7 @@ DECLARE
     queued integer;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
-    PERFORM webhooks._check_reach(id);  -- 040_management.sql
+    PERFORM webhooks._check_reach(id);  -- 070_webhooks.sql
     IF dry_run IS NULL THEN
         PERFORM webhooks._fail('WH045', 'dry_run', 'must be true or false, not null');
     END IF;

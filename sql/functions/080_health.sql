@@ -210,7 +210,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
-    PERFORM webhooks._check_reach(id);  -- 040_management.sql
+    PERFORM webhooks._check_reach(id);  -- 070_webhooks.sql
     IF length(reason) > 2000 THEN
         PERFORM webhooks._fail('WH013', 'reason', format('is %s characters long; at most 2000 are allowed', length(reason)));
     END IF;
@@ -229,7 +229,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webhooks._webhook_exists(id);
-    PERFORM webhooks._check_reach(id);  -- 040_management.sql
+    PERFORM webhooks._check_reach(id);  -- 070_webhooks.sql
     UPDATE webhooks.webhooks w SET paused = false, paused_at = NULL, paused_reason = NULL, updated_at = now()
     WHERE w.id = resume_webhook.id AND w.paused;
     UPDATE webhooks.endpoints e SET failing_since = now()

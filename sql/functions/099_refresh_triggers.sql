@@ -13,7 +13,7 @@ DECLARE
     checked integer := 0;
     r oid;
 BEGIN
-    -- In a restored copy, first point the subscriptions at the copy's tables (045_restore.sql).
+    -- In a restored copy, first point the subscriptions at the copy's tables (025_event_ids.sql).
     PERFORM webhooks._ensure_identity();
     FOR r IN SELECT DISTINCT s.relid FROM webhooks.subscriptions s ORDER BY s.relid LOOP
         PERFORM webhooks._sync_triggers(r);

@@ -1,4 +1,4 @@
-"""Issue 17 benchmarks: the dashboard's pages and the runner's /metrics.
+"""Benchmarks: the dashboard's pages and the runner's /metrics.
 
 * overview: `GET /` with 1,000 webhooks and 1,000,000 kept deliveries (--dashboard-deliveries;
   quick 100,000) under 300 ms; timed over HTTP on loopback, so the figure includes the round trip

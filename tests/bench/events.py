@@ -1,5 +1,5 @@
 """What publishing application events costs the writer: `rows` webhooks.publish() calls in one
-transaction against inserting the same rows into a plain table (issue 10).
+transaction against inserting the same rows into a plain table.
 
 Two baselines: one INSERT statement per event into a plain table (what an application writing
 its own outbox row per event does; the target is judged on it), and one set-based INSERT ...

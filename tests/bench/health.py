@@ -1,4 +1,4 @@
-"""Issue 11 benchmarks: capture filters and webhook_status.
+"""Benchmarks: capture filters and webhook_status.
 
 * tenants: 1, 100 and 1,000 webhooks on one `orders` table, each `"where": "tenant_id = N"`. A
   one-row write (its own transaction) costs at most 1.2x what it costs with one webhook, and

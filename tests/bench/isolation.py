@@ -1,4 +1,4 @@
-"""Isolation between webhooks (issue 9): a noisy neighbour, claim cost beside a deep backlog, and
+"""Isolation between webhooks: a noisy neighbour, claim cost beside a deep backlog, and
 retry punctuality. The runner runs with its default flags throughout: that is what production
 gets, and where one saturated webhook used to slow every other one.
 """

@@ -1,4 +1,4 @@
-"""Isolation (issue 9): an endpoint down for a while, with deliveries queued and events arriving.
+"""Isolation: an endpoint down for a while, with deliveries queued and events arriving.
 
 What a dead endpoint sees is counted at its socket: a stand-in process listens on the webhook's
 loopback port, notes the time of every connection and resets it at once (no HTTP answer, which

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, help="pending deliveries of the backlog test (default 100000; "
                         "quick 20000; try 1000000)")
     parser.add_argument("--neighbour", type=int, help="due deliveries of the noisy neighbour and of the deep "
-                        "backlog beside claim() (default 100000; quick 20000; issue 9's full size: 1000000)")
+                        "backlog beside claim() (default 100000; quick 20000; full size: 1000000)")
     parser.add_argument("--outage-seconds", type=float, help="how long the isolation benchmark's endpoint is "
                         "down (default 60; quick 10)")
     parser.add_argument("--status-deliveries", type=int, help="deliveries kept for the webhook_status row "

@@ -1,5 +1,5 @@
 -- 010: the installed schema: tables, named constraints, indexes, roles, and the functions of
--- DESIGN.md with their signatures (argument types, argument names, defaults, SECURITY DEFINER).
+-- the documented API with their signatures (argument types, argument names, defaults, SECURITY DEFINER).
 BEGIN;
 SELECT plan(64);
 
@@ -85,7 +85,7 @@ SELECT has_role('webhooks_capture');
 SELECT function_owner_is('webhooks', '_capture_statement', ARRAY[]::text[], 'webhooks_capture',
                          'the capture trigger functions belong to the locked-down webhooks_capture role');
 
--- Functions with the DESIGN.md signatures ------------------------------------------------------
+-- Functions with the documented signatures ------------------------------------------------------
 SELECT has_function('webhooks', 'create_webhook',
     ARRAY['text', 'text', 'jsonb', 'text', 'text', 'boolean', 'integer', 'integer', 'integer', 'jsonb', 'text', 'interval[]', 'interval', 'jsonb', 'integer', 'integer'],
     'create_webhook(name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers, max_concurrency, rate_limit_per_second)');
@@ -93,7 +93,7 @@ SELECT is(
     (SELECT proargnames[1:10] FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
     ARRAY['name', 'url', 'events', 'secret', 'description', 'enabled', 'max_retries',
           'timeout_seconds', 'retry_backoff_seconds', 'headers'],
-    'create_webhook argument names match DESIGN.md');
+    'create_webhook argument names match the documented API');
 SELECT is(
     (SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'webhooks.create_webhook(text,text,jsonb,text,text,boolean,integer,integer,integer,jsonb,text,interval[],interval,jsonb,integer,integer)'::regprocedure),
     13, 'create_webhook: all but name, url, events have defaults');
@@ -104,7 +104,7 @@ SELECT has_function('webhooks', 'delete_webhook', ARRAY['uuid'], 'delete_webhook
 SELECT has_function('webhooks', 'get_deliveries', ARRAY['uuid', 'integer', 'integer'], 'get_deliveries(id, limit, offset)');
 SELECT is(
     (SELECT proargnames[1:3] FROM pg_proc WHERE oid = 'webhooks.get_deliveries(uuid,integer,integer)'::regprocedure),
-    ARRAY['id', 'limit', 'offset'], 'get_deliveries argument names match DESIGN.md');
+    ARRAY['id', 'limit', 'offset'], 'get_deliveries argument names match the documented API');
 SELECT has_function('webhooks', 'get_delivery_attempts', ARRAY['bigint'], 'get_delivery_attempts(delivery_id)');
 SELECT has_function('webhooks', 'rotate_secret', ARRAY['uuid', 'text', 'interval'], 'rotate_secret(id, new_secret, grace_period)');
 SELECT has_function('webhooks', 'claim', ARRAY['integer', 'integer', 'integer', 'uuid[]'], 'claim(batch_size, ...)');

@@ -85,7 +85,7 @@ SELECT is((pg_temp.claimed('first')).webhook_id, pg_temp.hook('main'), 'the webh
 -- The body
 SELECT is((SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys((pg_temp.claimed('first')).p) k),
           ARRAY['event', 'id', 'old_record', 'record', 'schema', 'table', 'timestamp', 'webhook_id'],
-          'the body has exactly the DESIGN.md keys');
+          'the body has exactly the documented keys');
 SELECT is((pg_temp.claimed('first')).p - 'id' - 'timestamp',
           jsonb_build_object('event', 'INSERT', 'table', 'items', 'schema', 'public',
                              'record', '{"id": 1, "name": "widget"}'::jsonb, 'old_record', NULL,
@@ -231,7 +231,7 @@ SELECT is((SELECT (status_code, error)::text FROM webhooks.delivery_attempts
            WHERE delivery_id = (SELECT min(delivery_id) FROM claims WHERE label = 'o')),
           '(,"invalid HTTP status 999")', 'logged as an error without a status');
 
--- 410 Gone pauses the webhook, keeping its queue (issue 11) -------------------------------------------
+-- 410 Gone pauses the webhook, keeping its queue -------------------------------------------
 INSERT INTO public.gone VALUES (1), (2);
 SELECT is(pg_temp.claim('g', 'gone'), 2, 'gone: two deliveries claimed');
 SELECT is((SELECT status FROM webhooks.complete((SELECT jsonb_build_array(jsonb_build_object(

@@ -1,4 +1,4 @@
--- 090: application events and receiver compatibility (issue 10): event types, publish(),
+-- 090: application events and receiver compatibility: event types, publish(),
 -- subscriptions by type, profiles, retry schedules, send_test shapes, TRUNCATE, HTTPS-only, and
 -- every bad input of them.
 BEGIN;

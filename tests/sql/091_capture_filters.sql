@@ -1,4 +1,4 @@
--- 091: capture filters (issue 11): columns, exclude_columns, where (validated with WH017 / WH018,
+-- 091: capture filters: columns, exclude_columns, where (validated with WH017 / WH018,
 -- evaluated at capture, routed by value for equalities), key-changing UPDATEs, NULLs, dropped
 -- columns (the filter fails closed: rows held for that webhook, never the write failed), functions
 -- that are not built in refused.

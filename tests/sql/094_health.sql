@@ -1,4 +1,4 @@
--- 090: endpoint health (issue 11). webhook_status after scripted successes and failures, pause
+-- 094: endpoint health. webhook_status after scripted successes and failures, pause
 -- and resume without loss, 410 and auto-pause (time faked by moving failing_since), secret
 -- headers sent but never shown, get_deliveries listing queued captures. now() is frozen in the
 -- transaction. (Alerts need commits to be delivered: tests/test_health.py listens for them.)
