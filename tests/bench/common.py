@@ -258,3 +258,31 @@ def install_exit_handlers(env: Env) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+
+def delivered_count(conn: psycopg.Connection[Any], webhook_id: str) -> int:
+    row = conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE webhook_id = %s AND status = 'delivered'",
+                       (webhook_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def paced(conn: psycopg.Connection[Any], statement: str, count: int, rate: float) -> None:
+    """Run `statement` `count` times at `rate` per second (one transaction each, autocommit)."""
+    begin = time.perf_counter()
+    for i in range(count):
+        pause = begin + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        conn.execute(statement, prepare=True)
+
+
+def wait_delivered(conn: psycopg.Connection[Any], webhook_id: str, expected: int,
+                   runner: subprocess.Popen[bytes], timeout: float, interval: float = 0.05) -> None:
+    """Wait (bounded) until `expected` deliveries of `webhook_id` are delivered, the runner alive."""
+    deadline = time.monotonic() + timeout
+    while delivered_count(conn, webhook_id) < expected:
+        if runner.poll() is not None:
+            raise BenchError(f"runner exited with {runner.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{delivered_count(conn, webhook_id)} of {expected} delivered after {timeout:.0f}s")
+        time.sleep(interval)

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
 
 import psycopg
-from common import PROCS, BenchError, Env, create_orders, create_webhook
+from common import PROCS, BenchError, Env, create_orders, create_webhook, paced, wait_delivered
 from report import Result, threshold
-
-
-def _delivered(conn: psycopg.Connection[Any], webhook_id: str) -> int:
-    row = conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE webhook_id = %s AND status = 'delivered'",
-                       (webhook_id,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def bench_bulk_neighbour(env: Env, rows: int, events: int = 20, rate: float = 20.0) -> list[Result]:
@@ -39,19 +32,8 @@ def bench_bulk_neighbour(env: Env, rows: int, events: int = 20, rate: float = 20
             time.sleep(1.5)  # up and listening
             conn.execute("INSERT INTO bulk_orders (customer_id, amount, status)"
                          " SELECT g %% 1000, g / 100.0, 'paid' FROM generate_series(1, %s) g", (rows,))
-            begin = time.perf_counter()
-            for i in range(events):
-                pause = begin + i / rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                conn.execute("INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'new')")
-            deadline = time.monotonic() + 120
-            while _delivered(conn, small) < events:
-                if runner.poll() is not None:
-                    raise BenchError(f"runner exited with {runner.returncode}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{_delivered(conn, small)} of {events} delivered after 120s")
-                time.sleep(0.05)
+            paced(conn, "INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'new')", events, rate)
+            wait_delivered(conn, small, events, runner, timeout=120)
             committed = dict(conn.execute(
                 "SELECT webhooks._event_uid(d.capture_id, d.n)::text, extract(epoch FROM c.occurred_at)::float8"
                 " FROM webhooks.deliveries d JOIN webhooks.captures c ON c.id = d.capture_id"

@@ -11,19 +11,24 @@ import traceback
 from typing import Any
 
 import psycopg
-from common import PROCS, BenchError, Env, Receiver, create_orders, create_webhook, median, tail
+from common import (
+    PROCS,
+    BenchError,
+    Env,
+    Receiver,
+    create_orders,
+    create_webhook,
+    delivered_count,
+    median,
+    paced,
+    tail,
+)
 from delivery import bulk_backlog
 from fanout import bench_bulk_neighbour
 from outage import bench_outage
 from report import Result, failed, info, ratio, threshold
 
 from pgwebhooks.localpg import free_port
-
-
-def _delivered(conn: psycopg.Connection[Any], webhook_id: str) -> int:
-    row = conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE webhook_id = %s AND status = 'delivered'",
-                       (webhook_id,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _attempts(conn: psycopg.Connection[Any], webhook_id: str) -> int:
@@ -46,11 +51,11 @@ def _drain_one(env: Env, dsn: str, name: str, webhook_id: str, expected: int, re
         proc = env.start_runner(dsn, name)
         try:
             deadline = time.monotonic() + timeout
-            while _delivered(conn, webhook_id) < expected:
+            while delivered_count(conn, webhook_id) < expected:
                 if proc.poll() is not None:
                     raise BenchError(f"runner exited with {proc.returncode}:\n{tail(env.log(f'runner-{name}'))}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{name}: {_delivered(conn, webhook_id)} of {expected} delivered "
+                    raise BenchError(f"{name}: {delivered_count(conn, webhook_id)} of {expected} delivered "
                                      f"after {timeout:.0f}s")
                 time.sleep(0.1)
             dead_attempts = _attempts(conn, dead_id) if dead_id else 0
@@ -201,19 +206,8 @@ def bench_retry_punctuality(env: Env, events: int = 200, rate: float = 50.0) -> 
             runner = env.start_runner(dsn, "punctuality")
             time.sleep(1.5)  # up and listening
             insert = "INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'new')"
-            begin = time.perf_counter()
-            for i in range(events):
-                pause = begin + i / rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                conn.execute(insert, prepare=True)
-            deadline = time.monotonic() + 60
-            while _delivered(conn, hook) < events:
-                if runner.poll() is not None:
-                    raise BenchError(f"runner exited with {runner.returncode}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{_delivered(conn, hook)} of {events} delivered after 60s")
-                time.sleep(0.1)
+            paced(conn, insert, events, rate)
+            wait_delivered(conn, hook, events, runner, timeout=60, interval=0.1)
             # When each retry was due: the first attempt's complete() time plus the Retry-After.
             due = dict(conn.execute(
                 "SELECT webhooks._event_uid(d.capture_id, d.n)::text,"
@@ -253,9 +247,9 @@ def bench_rate_limit(env: Env, limit: int = 200, total: int = 2000) -> list[Resu
             time.sleep(1.5)  # both up and listening
             bulk_backlog(conn, "orders", total)
             deadline = time.monotonic() + total / limit * 3 + 30
-            while _delivered(conn, hook) < total:
+            while delivered_count(conn, hook) < total:
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{_delivered(conn, hook)} of {total} delivered in time")
+                    raise BenchError(f"{delivered_count(conn, hook)} of {total} delivered in time")
                 time.sleep(0.2)
             done = [float(r[0]) for r in conn.execute(
                 "SELECT extract(epoch FROM completed_at)::float8 FROM webhooks.deliveries"
