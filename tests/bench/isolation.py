@@ -22,6 +22,7 @@ from common import (
     median,
     paced,
     tail,
+    wait_delivered,
 )
 from delivery import bulk_backlog
 from fanout import bench_bulk_neighbour
