@@ -133,3 +133,18 @@ def conn(db: str) -> Iterator[psycopg.Connection]:
 
 def dsn_params(dsn: str) -> dict[str, str]:
     return {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+
+
+@pytest.fixture
+def table(conn: psycopg.Connection) -> str:
+    """A table `bulk (id, v)` for the capture and claim tests (tests/outbox_helpers.py)."""
+    conn.execute("CREATE TABLE bulk (id int PRIMARY KEY, v int NOT NULL)")
+    return "bulk"
+
+
+@pytest.fixture
+def listener(db: str) -> Iterator[psycopg.Connection]:
+    """A connection listening on the runners' wake-up channel."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("LISTEN webhooks")
+        yield c
