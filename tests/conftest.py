@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,11 @@ import pg_builds
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from raw_http import OK, RawServer, Respond
 
 from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres, find_bindir
+from pgwebhooks.sender import Sender
 
 TEMPLATE_DB = "pgwebhooks_template"
 TEST_PG = os.environ.get("PGWEBHOOKS_TEST_PG")
@@ -148,3 +150,23 @@ def listener(db: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db, autocommit=True) as c:
         c.execute("LISTEN webhooks")
         yield c
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
+    """Starts raw HTTP servers on loopback (tests/raw_http.py) and closes them after the test."""
+    servers: list[RawServer] = []
+
+    async def start(respond: Respond = OK, host: str = "127.0.0.1") -> RawServer:
+        servers.append(await RawServer(respond, host).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def open_sender() -> AsyncIterator[Sender]:
+    async with Sender(allow_private_networks=True) as sender:
+        yield sender
