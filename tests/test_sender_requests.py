@@ -17,7 +17,6 @@ from raw_http import Received, reply
 
 from pgwebhooks.sender import Sender, parse_retry_after
 
-
 # --- what goes out --------------------------------------------------------------------------------------------
 
 
