@@ -24,6 +24,7 @@ import pg_builds
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
 from raw_http import OK, RawServer, Respond
 
 from pgwebhooks import migrations
@@ -170,3 +171,15 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
 async def open_sender() -> AsyncIterator[Sender]:
     async with Sender(allow_private_networks=True) as sender:
         yield sender
+
+
+@pytest.fixture
+def dconn(db: str) -> Iterator[psycopg.Connection]:
+    """A dict-row connection to `db` with a `users` table: the request tests (test_signatures.py,
+    test_payload_and_headers.py) override `db` to run once per signer."""
+    with psycopg.connect(db, autocommit=True, row_factory=dict_row) as c:
+        c.execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, email text, score numeric,"
+            " tags text[], meta jsonb, active boolean DEFAULT true)"
+        )
+        yield c
