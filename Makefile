@@ -12,7 +12,7 @@ PG_MAJORS ?= 14 15 16 17 18
 MATRIX_PYTEST_ARGS ?= -q -p no:cacheprovider
 HADOLINT_VERSION := 2.15.1
 # Tests that need no database: with the pgTAP files, `make test-fast` (well under 30 s).
-UNIT_TESTS := tests/test_layout.py tests/test_plpython_units.py tests/test_sender.py tests/test_slow_start.py tests/test_deploy.py
+UNIT_TESTS := tests/test_layout.py tests/test_plpython_units.py tests/test_sender_requests.py tests/test_sender_ssrf.py tests/test_slow_start.py tests/test_deploy.py
 
 .PHONY: help test test-fast test-sql test-matrix test-chaos verify demo bench lint sql deps deps-matrix venv \
 	clean migration-tools screenshots

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,12 @@ import pg_builds
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from raw_http import OK, RawServer, Respond
 
 from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres, find_bindir
+from pgwebhooks.sender import Sender
 
 TEMPLATE_DB = "pgwebhooks_template"
 TEST_PG = os.environ.get("PGWEBHOOKS_TEST_PG")
@@ -133,3 +136,50 @@ def conn(db: str) -> Iterator[psycopg.Connection]:
 
 def dsn_params(dsn: str) -> dict[str, str]:
     return {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+
+
+@pytest.fixture
+def table(conn: psycopg.Connection) -> str:
+    """A table `bulk (id, v)` for the capture and claim tests (tests/outbox_helpers.py)."""
+    conn.execute("CREATE TABLE bulk (id int PRIMARY KEY, v int NOT NULL)")
+    return "bulk"
+
+
+@pytest.fixture
+def listener(db: str) -> Iterator[psycopg.Connection]:
+    """A connection listening on the runners' wake-up channel."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("LISTEN webhooks")
+        yield c
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
+    """Starts raw HTTP servers on loopback (tests/raw_http.py) and closes them after the test."""
+    servers: list[RawServer] = []
+
+    async def start(respond: Respond = OK, host: str = "127.0.0.1") -> RawServer:
+        servers.append(await RawServer(respond, host).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def open_sender() -> AsyncIterator[Sender]:
+    async with Sender(allow_private_networks=True) as sender:
+        yield sender
+
+
+@pytest.fixture
+def dconn(db: str) -> Iterator[psycopg.Connection]:
+    """A dict-row connection to `db` with a `users` table: the request tests (test_signatures.py,
+    test_payload_and_headers.py) override `db` to run once per signer."""
+    with psycopg.connect(db, autocommit=True, row_factory=dict_row) as c:
+        c.execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, email text, score numeric,"
+            " tags text[], meta jsonb, active boolean DEFAULT true)"
+        )
+        yield c

@@ -21,12 +21,14 @@ from typing import Any
 import pg_builds
 import psycopg
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from receivers import Reply, ScriptedReceiver
 
 from conftest import Server, dsn_params
+from pgwebhooks.cli import main as cli_main
 from pgwebhooks.worker import Runner, RunnerConfig
 
 
@@ -331,3 +333,14 @@ def assert_ours(fn: str, params: dict[str, Any], error: psycopg.Error | None) ->
         return
     assert error.sqlstate is not None and error.sqlstate.startswith("WH"), (
         f"{fn}({short(params)}) raised {error.sqlstate}: {error.diag.message_primary}")
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """The `pgwebhooks` command in process: its exit code and output."""
+    result = CliRunner().invoke(cli_main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def make_table(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, total int)")

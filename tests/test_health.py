@@ -13,15 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from click.testing import CliRunner
+from helpers import invoke
 from psycopg.types.json import Jsonb
-
-from pgwebhooks.cli import main
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def setup(db: str, **options: Any) -> str:

@@ -1,5 +1,6 @@
-"""The test suite's own layout: shared helpers live in helpers.py (and fuzz_inputs.py), so a test
-module can be renamed, split or run alone without breaking another that borrowed from it."""
+"""The test suite's own layout: shared helpers live in helpers.py and the *_helpers / fixture
+modules (see tests/README.md), so a test module can be renamed, split or run alone without breaking
+another that borrowed from it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,10 @@ from common import (
     Receiver,
     create_orders,
     create_webhook,
-    median,
     proc_status_kib,
     tail,
 )
-from report import Result, info, ratio, threshold
+from report import Result, info, ratio
 
 from pgwebhooks.worker import SLOW_START, RunnerConfig
 
@@ -152,7 +150,7 @@ def drain(env: Env, dsn: str, name: str, expected: int, runners: list[list[str]]
     return Drain(expected, finished - started, finished - first if first else None, exit_codes, hwm, rss_max or None)
 
 
-def _runner_note(d: Drain) -> str:
+def runner_note(d: Drain) -> str:
     codes = ",".join(str(c) for c in d.exit_codes)
     return f"runner exit {codes}" if any(c != 0 for c in d.exit_codes) else ""
 
@@ -227,7 +225,7 @@ def bench_throughput(env: Env, deliveries: int) -> tuple[list[Result], float | N
     results.append(info(section, "runner (pgwebhooks run)", f"{d.rate:.0f}/s",
                         f"first request to last completion; {d.rate_from_spawn:.0f}/s counting process start-up "
                         f"({d.seconds:.2f}s); {received['count']} received, "
-                        f"{received['duplicates']} duplicates {_runner_note(d)}".rstrip()))
+                        f"{received['duplicates']} duplicates {runner_note(d)}".rstrip()))
     results.append(ratio(section, f"runner / fastest plain client ({fastest})", d.rate / clients[fastest]["rate"],
                          0.40, True, f"{d.rate:.0f}/s vs {clients[fastest]['rate']:.0f}/s",
                          runner_rate=d.rate, runner_steady_rate=d.steady_rate, runner_seconds=d.seconds,
@@ -237,7 +235,7 @@ def bench_throughput(env: Env, deliveries: int) -> tuple[list[Result], float | N
                          f"{defaults.rate:.0f}/s vs {clients[fastest]['rate']:.0f}/s (no tuning flags: "
                          f"--per-webhook-concurrency {RunnerConfig.per_webhook_concurrency}, "
                          f"slow start from {SLOW_START}) "
-                         f"{_runner_note(defaults)}".rstrip(),
+                         f"{runner_note(defaults)}".rstrip(),
                          runner_rate=defaults.rate, runner_seconds=defaults.seconds))
     return results, d.rate
 
@@ -296,133 +294,8 @@ def bench_slow(env: Env, ceiling: float | None, rows: int, concurrency: int = 50
     return [ratio(section, "runner rate / what the concurrency allows", d.rate / bound, 0.70, True,
                   f"{d.rate:.0f}/s vs {bound:.0f}/s (limit {min(concurrency, webhooks * per_webhook)} / "
                   f"{SLOW_DELAY * 1000:.0f} ms = {allowed:.0f}/s{capped}); {received['duplicates']} duplicates "
-                  f"{_runner_note(d)}".rstrip(),
+                  f"{runner_note(d)}".rstrip(),
                   rate=d.rate, steady_rate=d.steady_rate, allowed=allowed, ceiling=ceiling, received=received)]
-
-
-# -- 5. commit-to-receipt latency -------------------------------------------------------------------
-
-
-def bench_latency(env: Env, seconds: float, rate: float = 200.0) -> list[Result]:
-    section = f"5 latency, commit to receipt ({rate:.0f} single-row transactions/s for {seconds:g}s)"
-    dsn = env.fresh_db("latency")
-    receiver = env.start_receiver("latency", record_tokens=True)
-    runner = None
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            create_orders(conn, "orders", extra="token bigint NOT NULL")
-            create_webhook(conn, "latency", receiver.url("latency"), "orders")
-            runner = env.start_runner(dsn, "latency")
-            insert = "INSERT INTO orders (customer_id, amount, status, token) VALUES (%s, %s, 'new', %s)"
-            # Warm-up (negative tokens, not counted): the runner is up, connected and listening.
-            conn.execute(insert, (1, 1, -1), prepare=True)
-            _wait_received(receiver, runner, env, 1, 30)
-            for i in range(2, int(rate) + 2):  # one second at the same pace
-                conn.execute(insert, (1, 1, -i), prepare=True)
-                time.sleep(1 / rate)
-            _wait_received(receiver, runner, env, int(rate) + 1, 30)
-            receiver.reset()
-
-            count = int(seconds * rate)
-            committed: dict[int, float] = {}
-            begin = time.perf_counter() + 0.05
-            for i in range(count):
-                # An absolute schedule: a slow commit delays the next one but not the pace.
-                pause = begin + i / rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                conn.execute(insert, (i % 10000 + 1, (i % 100000) / 100, i), prepare=True)  # autocommit
-                committed[i] = time.time()
-            achieved = count / (time.perf_counter() - begin)
-        _wait_received(receiver, runner, env, count, 60)
-        tokens = receiver.tokens()
-    finally:
-        if runner is not None:
-            PROCS.stop(runner)
-        PROCS.stop(receiver.proc)
-        env.drop_db(dsn)
-    latencies = sorted((at - committed[token]) * 1000 for token, at in tokens if token in committed)
-    if len(latencies) < count:
-        raise BenchError(f"{len(latencies)} of {count} events received")
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    p50, p99 = cuts[49], cuts[98]
-    early = sum(1 for x in latencies if x < 0)
-    detail = (f"{len(latencies)} events at {achieved:.0f}/s; max {latencies[-1]:.1f} ms"
-              + (f"; {early} received before the inserter saw its commit" if early else ""))
-    return [
-        threshold(section, "p50 commit -> receipt", p50, 10, "ms", False, detail,
-                  p50=p50, p90=cuts[89], p99=p99, max=latencies[-1], achieved_rate=achieved, events=len(latencies)),
-        threshold(section, "p99 commit -> receipt", p99, 50, "ms", False, f"p90 {cuts[89]:.1f} ms"),
-    ]
-
-
-def _wait_received(receiver: Receiver, runner: Any, env: Env, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while receiver.stats()["count"] < count:
-        if runner is not None and runner.poll() is not None:
-            raise BenchError(f"runner exited with {runner.returncode}:\n{tail(env.log('runner-latency'))}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"only {receiver.stats()['count']} of {count} events received after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-# -- 6. a large backlog -----------------------------------------------------------------------------
-
-
-def claim_seconds(conn: psycopg.Connection[Any], repeats: int = 15) -> float:
-    """Median time of claim(200) in a transaction that is rolled back (the outbox stays as it is)."""
-    times = []
-    for _ in range(repeats):
-        with conn.transaction(force_rollback=True):
-            started = time.perf_counter()
-            conn.execute("SELECT count(*) FROM webhooks.claim(200)").fetchone()
-            times.append(time.perf_counter() - started)
-    return median(times)
-
-
-def bench_backlog(env: Env, backlog: int) -> list[Result]:
-    section = f"6 backlog ({backlog:,} pending deliveries; runner {' '.join(RUNNER_FAST_OPTIONS)})"
-    dsn = env.fresh_db("backlog")
-    receiver = env.start_receiver("backlog")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            create_orders(conn, "orders")
-            create_webhook(conn, "backlog", receiver.url("hook"), "orders")
-            # Baseline: an outbox holding one batch (an empty one would have nothing to claim or sign).
-            bulk_backlog(conn, "orders", 200)
-            conn.execute("ANALYZE")
-            small = claim_seconds(conn)
-            conn.execute("TRUNCATE orders, webhooks.captures, webhooks.events, webhooks.deliveries")
-            built = time.perf_counter()
-            bulk_backlog(conn, "orders", backlog)
-            conn.execute("ANALYZE")  # as autovacuum would have by the time such a backlog is drained
-            built = time.perf_counter() - built
-            full = claim_seconds(conn)
-        d = drain(env, dsn, "backlog", backlog, [RUNNER_FAST_OPTIONS], receiver, poll=0.25)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            empty = claim_seconds(conn)
-            marks = conn.execute(
-                "SELECT extract(epoch FROM t)::float8 FROM unnest((SELECT percentile_disc(ARRAY[0, 0.1, 0.9, 1])"
-                " WITHIN GROUP (ORDER BY completed_at) FROM webhooks.deliveries)) t").fetchall()
-    finally:
-        PROCS.stop(receiver.proc)
-        env.drop_db(dsn)
-    t0, t10, t90, t100 = (float(m[0]) for m in marks)
-    tenth = backlog / 10
-    first_rate, last_rate = tenth / max(t10 - t0, 1e-6), tenth / max(t100 - t90, 1e-6)
-    hwm_mb = (d.hwm_kib[0] or 0) / 1024
-    return [
-        ratio(section, "claim(200): full backlog / one-batch outbox", full / small, 2.0, False,
-              f"{full * 1000:.1f} ms vs {small * 1000:.1f} ms; {empty * 1000:.1f} ms once drained",
-              full_ms=full * 1000, one_batch_ms=small * 1000, drained_ms=empty * 1000, build_seconds=built),
-        ratio(section, "drain rate: last 10% / first 10%", last_rate / first_rate, 0.8, True,
-              f"{last_rate:.0f}/s vs {first_rate:.0f}/s; whole drain {d.rate:.0f}/s in {d.seconds:.1f}s "
-              f"{_runner_note(d)}".rstrip(),
-              first_rate=first_rate, last_rate=last_rate, rate=d.rate, seconds=d.seconds),
-        threshold(section, "runner peak RSS (VmHWM)", hwm_mb, 150, "MB", False,
-                  f"sampled VmRSS max {(d.rss_max_kib or 0) / 1024:.0f} MB", hwm_kib=d.hwm_kib[0],
-                  rss_max_kib=d.rss_max_kib),
-    ]
 
 
 # -- 7. horizontal scaling --------------------------------------------------------------------------
@@ -461,5 +334,5 @@ def bench_horizontal(env: Env, rows: int, concurrency: int = 20, per_webhook: in
               one_rate=one.rate, two_rate=two.rate, received=received, retried=retried),
         Result(section, "deliveries sent twice (two runners)", "0", str(dups), float(dups), dups == 0,
                f"{received[2]['count']} requests for {expected} deliveries; {retried[2]} needed a second attempt "
-               f"{_runner_note(two)}".rstrip()),
+               f"{runner_note(two)}".rstrip()),
     ]

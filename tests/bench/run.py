@@ -19,11 +19,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import backlog
 import dashboard
 import delivery
 import events
 import health
 import isolation
+import latency
 import psycopg
 import write_path
 from common import BenchError, Env, install_exit_handlers
@@ -101,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         "pgbench": lambda: write_path.bench_single_row(env, args.seconds, args.rounds),
         "bulk": lambda: write_path.bench_bulk(env, args.rows, args.rounds),
         "slow": lambda: delivery.bench_slow(env, ceiling, slow_rows),
-        "latency": lambda: delivery.bench_latency(env, args.latency_seconds),
-        "backlog": lambda: delivery.bench_backlog(env, args.backlog),
+        "latency": lambda: latency.bench_latency(env, args.latency_seconds),
+        "backlog": lambda: backlog.bench_backlog(env, args.backlog),
         "horizontal": lambda: delivery.bench_horizontal(env, horizontal_rows),
         "isolation": lambda: isolation.bench_isolation(env, args.deliveries, args.neighbour, 1 if args.quick else 2,
                                                          args.outage_seconds),
