@@ -27,6 +27,7 @@ from common import (
 from delivery import bulk_backlog
 from fanout import bench_bulk_neighbour
 from outage import bench_outage
+from psycopg.types.json import Jsonb
 from report import Result, failed, info, ratio, threshold
 
 from pgwebhooks.localpg import free_port
@@ -204,6 +205,10 @@ def bench_retry_punctuality(env: Env, events: int = 200, rate: float = 50.0) -> 
         with psycopg.connect(dsn, autocommit=True) as conn:
             create_orders(conn, "orders")
             hook = create_webhook(conn, "punctual", receiver.url("hook"), "orders")
+            # The default schedule's first retry is 5 s, and the longer of it and Retry-After wins:
+            # a one-second schedule makes the receiver's Retry-After: 1 the time a retry is due.
+            conn.execute("SELECT webhooks.update_webhook(%s, %s)",
+                         (hook, Jsonb({"retry_schedule": ["1 second", "1 second"]})))
             runner = env.start_runner(dsn, "punctuality")
             time.sleep(1.5)  # up and listening
             insert = "INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'new')"
