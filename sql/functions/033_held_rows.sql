@@ -1,5 +1,6 @@
--- pgwebhooks: held rows. What a failing `where` filter kept for one webhook at capture
--- (032_capture_filters.sql), and release_held() to evaluate them again.
+-- pgwebhooks: held rows. When a statement's filter query fails at capture, _capture_filtered
+-- (032_capture_filters.sql) evaluates each filter alone with the helpers below and keeps the rows
+-- for each webhook whose filter fails; release_held() evaluates them again.
 
 -- Fail closed, webhook by webhook: the queries a statement whose filter query failed is
 -- evaluated with again, each alone, over _filter_from's FROM clause. First 'base', the rows
