@@ -76,7 +76,7 @@ $$;
 -- is the one reported); rules across fields are update_webhook's.
 CREATE OR REPLACE FUNCTION webhooks._apply_changes(current webhooks.webhooks, changes jsonb)
 RETURNS webhooks.webhooks
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     new_enabled boolean;
@@ -134,7 +134,7 @@ $$;
 -- that nobody can redirect them to an address of theirs.
 CREATE OR REPLACE FUNCTION webhooks._kept_secret_headers(id uuid, changes jsonb, url_changed boolean)
 RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     kept jsonb;
