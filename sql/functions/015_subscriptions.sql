@@ -40,6 +40,129 @@ $$;
 -- optional event_type is the declared type its changes are sent as; an entry with only an
 -- event_type subscribes to published events (relid NULL, event_type the pattern, no filters).
 -- Table entries may carry capture filters, returned in the filter columns.
+-- One entry of `events` as an object (a string entry is an event type or pattern), with known
+-- keys and a string event_type.
+CREATE OR REPLACE FUNCTION webhooks._events_entry(field text, item jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Flux-style ["order.completed", "user.*"]: a string is an event type or pattern, never
+    -- a table (table entries carry operations and filters; a bare name would be ambiguous).
+    IF jsonb_typeof(item) = 'string' THEN
+        IF strpos(item #>> '{}', '.') = 0 AND item #>> '{}' <> '*' THEN
+            PERFORM webhooks._fail('WH004', field, format('%s is not an event type (a string entry is a type '
+                'like "order.completed" or a pattern like "order.*"); to watch a table write {"table": %s}',
+                item, item));
+        END IF;
+        item := jsonb_build_object('event_type', item);
+    END IF;
+    IF jsonb_typeof(item) <> 'object' THEN
+        PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
+    END IF;
+    IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k
+               WHERE k NOT IN ('table', 'operations', 'event_type', 'columns', 'exclude_columns', 'where')) THEN
+        PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table", "operations", '
+                                                      '"event_type" and optionally "columns", "exclude_columns", "where"', item));
+    END IF;
+    IF item ? 'event_type' AND jsonb_typeof(item -> 'event_type') IS DISTINCT FROM 'string' THEN
+        PERFORM webhooks._fail('WH020', field || '.event_type', format('must be a string, got %s', item -> 'event_type'));
+    END IF;
+    RETURN item;
+END
+$$;
+
+-- An event-type entry's type or pattern; an exact type must be declared.
+CREATE OR REPLACE FUNCTION webhooks._events_pattern(field text, item jsonb)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pattern text := item ->> 'event_type';
+BEGIN
+    IF item ?| ARRAY['operations', 'columns', 'exclude_columns', 'where'] THEN
+        PERFORM webhooks._fail('WH004', field,
+            '"operations", "columns", "exclude_columns" and "where" belong to table entries, not event types');
+    END IF;
+    IF pattern !~ '^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*)$' THEN
+        -- Not a pattern: an exact type, which must be declared.
+        PERFORM webhooks._check_event_type_declared(field || '.event_type', pattern);
+    END IF;
+    RETURN pattern;
+END
+$$;
+
+-- A table entry's "table": an existing table that can be watched.
+CREATE OR REPLACE FUNCTION webhooks._events_table(field text, item jsonb)
+RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parts text[];
+    schema_name text;
+    table_name text;
+    relid oid;
+BEGIN
+    IF jsonb_typeof(item -> 'table') IS DISTINCT FROM 'string' OR btrim(item ->> 'table') = '' THEN
+        PERFORM webhooks._fail('WH004', field || '.table', 'must be a non-empty string');
+    END IF;
+    BEGIN
+        parts := parse_ident(item ->> 'table');
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM webhooks._fail('WH006', field || '.table', format('%L is not a valid table name', item ->> 'table'));
+    END;
+    IF cardinality(parts) = 1 THEN
+        schema_name := 'public';
+        table_name := parts[1];
+    ELSIF cardinality(parts) = 2 THEN
+        schema_name := parts[1];
+        table_name := parts[2];
+    ELSE
+        PERFORM webhooks._fail('WH006', field || '.table',
+            format('%L is not a table name; use "table" or "schema.table"', item ->> 'table'));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema_name) THEN
+        PERFORM webhooks._fail('WH005', field || '.table', format('schema %I does not exist', schema_name));
+    END IF;
+    SELECT c.oid INTO relid
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
+    IF relid IS NULL THEN
+        PERFORM webhooks._fail('WH006', field || '.table', format('table %I.%I does not exist', schema_name, table_name));
+    END IF;
+    PERFORM webhooks._check_watchable(field || '.table', relid);
+    RETURN relid;
+END
+$$;
+
+-- A table entry's "operations", upper case and each once; all but TRUNCATE when absent.
+CREATE OR REPLACE FUNCTION webhooks._events_operations(field text, item jsonb)
+RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ops text[] := '{}';
+    op text;
+BEGIN
+    IF NOT item ? 'operations' THEN
+        RETURN ARRAY['INSERT', 'UPDATE', 'DELETE'];
+    ELSIF jsonb_typeof(item -> 'operations') <> 'array' OR jsonb_array_length(item -> 'operations') = 0 THEN
+        PERFORM webhooks._fail('WH007', field || '.operations',
+            format('must be a non-empty array of "INSERT", "UPDATE", "DELETE", "TRUNCATE", got %s', item -> 'operations'));
+    END IF;
+    FOR op IN SELECT value #>> '{}' FROM jsonb_array_elements(item -> 'operations') LOOP
+        IF upper(op) NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') OR op IS NULL THEN
+            PERFORM webhooks._fail('WH007', field || '.operations',
+                format('%s is not an operation; expected INSERT, UPDATE, DELETE or TRUNCATE', coalesce(to_json(op)::text, 'null')));
+        END IF;
+        IF NOT upper(op) = ANY (ops) THEN
+            ops := ops || upper(op);
+        END IF;
+    END LOOP;
+    RETURN ops;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._parse_events(events jsonb)
 RETURNS TABLE (relid oid, operations text[], event_type text, columns text[], exclude_columns text[],
                where_clause text, route_column name, route_value text)
@@ -49,11 +172,6 @@ DECLARE
     item jsonb;
     i int := 0;
     field text;
-    parts text[];
-    schema_name text;
-    table_name text;
-    ops text[];
-    op text;
     seen oid[] := '{}';
     patterns text[] := '{}';
     pattern text;
@@ -65,24 +183,8 @@ BEGIN
     END IF;
     FOR item IN SELECT value FROM jsonb_array_elements(events) LOOP
         field := format('events[%s]', i);
-        -- Flux-style ["order.completed", "user.*"]: a string is an event type or pattern, never
-        -- a table (table entries carry operations and filters; a bare name would be ambiguous).
-        IF jsonb_typeof(item) = 'string' THEN
-            IF strpos(item #>> '{}', '.') = 0 AND item #>> '{}' <> '*' THEN
-                PERFORM webhooks._fail('WH004', field, format('%s is not an event type (a string entry is a type '
-                    'like "order.completed" or a pattern like "order.*"); to watch a table write {"table": %s}',
-                    item, item));
-            END IF;
-            item := jsonb_build_object('event_type', item);
-        END IF;
-        IF jsonb_typeof(item) <> 'object' THEN
-            PERFORM webhooks._fail('WH004', field, format('must be an object, got %s', item));
-        END IF;
-        IF EXISTS (SELECT 1 FROM jsonb_object_keys(item) k
-                   WHERE k NOT IN ('table', 'operations', 'event_type', 'columns', 'exclude_columns', 'where')) THEN
-            PERFORM webhooks._fail('WH004', field, format('has unknown keys in %s; expected "table", "operations", '
-                                                          '"event_type" and optionally "columns", "exclude_columns", "where"', item));
-        END IF;
+        i := i + 1;
+        item := webhooks._events_entry(field, item);
         event_type := NULL;
         -- OUT columns keep their values between rows: reset the filters of the previous entry.
         columns := NULL;
@@ -90,19 +192,8 @@ BEGIN
         where_clause := NULL;
         route_column := NULL;
         route_value := NULL;
-        IF item ? 'event_type' AND jsonb_typeof(item -> 'event_type') IS DISTINCT FROM 'string' THEN
-            PERFORM webhooks._fail('WH020', field || '.event_type', format('must be a string, got %s', item -> 'event_type'));
-        END IF;
         IF item ? 'event_type' AND NOT item ? 'table' THEN
-            IF item ?| ARRAY['operations', 'columns', 'exclude_columns', 'where'] THEN
-                PERFORM webhooks._fail('WH004', field,
-                    '"operations", "columns", "exclude_columns" and "where" belong to table entries, not event types');
-            END IF;
-            pattern := item ->> 'event_type';
-            IF pattern !~ '^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*)$' THEN
-                -- Not a pattern: an exact type, which must be declared.
-                PERFORM webhooks._check_event_type_declared(field || '.event_type', pattern);
-            END IF;
+            pattern := webhooks._events_pattern(field, item);
             IF pattern = ANY (patterns) THEN
                 PERFORM webhooks._fail('WH004', field || '.event_type', format('event type %L is listed twice', pattern));
             END IF;
@@ -111,71 +202,26 @@ BEGIN
             operations := NULL;
             event_type := pattern;
             RETURN NEXT;
-            i := i + 1;
             CONTINUE;
         END IF;
         IF item ? 'event_type' THEN
             PERFORM webhooks._check_event_type_declared(field || '.event_type', item ->> 'event_type');
             event_type := item ->> 'event_type';
         END IF;
-        IF jsonb_typeof(item -> 'table') IS DISTINCT FROM 'string' OR btrim(item ->> 'table') = '' THEN
-            PERFORM webhooks._fail('WH004', field || '.table', 'must be a non-empty string');
-        END IF;
-        BEGIN
-            parts := parse_ident(item ->> 'table');
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM webhooks._fail('WH006', field || '.table', format('%L is not a valid table name', item ->> 'table'));
-        END;
-        IF cardinality(parts) = 1 THEN
-            schema_name := 'public';
-            table_name := parts[1];
-        ELSIF cardinality(parts) = 2 THEN
-            schema_name := parts[1];
-            table_name := parts[2];
-        ELSE
-            PERFORM webhooks._fail('WH006', field || '.table',
-                format('%L is not a table name; use "table" or "schema.table"', item ->> 'table'));
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema_name) THEN
-            PERFORM webhooks._fail('WH005', field || '.table', format('schema %I does not exist', schema_name));
-        END IF;
-        SELECT c.oid INTO relid
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
-        IF relid IS NULL THEN
-            PERFORM webhooks._fail('WH006', field || '.table', format('table %I.%I does not exist', schema_name, table_name));
-        END IF;
-        PERFORM webhooks._check_watchable(field || '.table', relid);
+        relid := webhooks._events_table(field, item);
         IF relid = ANY (seen) THEN
             PERFORM webhooks._fail('WH004', field || '.table',
-                format('table %I.%I is listed twice; give all its operations in one entry', schema_name, table_name));
+                format('table %I.%I is listed twice; give all its operations in one entry',
+                       (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relid),
+                       (SELECT c.relname FROM pg_class c WHERE c.oid = relid)));
         END IF;
         seen := seen || relid;
-
-        IF NOT item ? 'operations' THEN
-            ops := ARRAY['INSERT', 'UPDATE', 'DELETE'];
-        ELSIF jsonb_typeof(item -> 'operations') <> 'array' OR jsonb_array_length(item -> 'operations') = 0 THEN
-            PERFORM webhooks._fail('WH007', field || '.operations',
-                format('must be a non-empty array of "INSERT", "UPDATE", "DELETE", "TRUNCATE", got %s', item -> 'operations'));
-        ELSE
-            ops := '{}';
-            FOR op IN SELECT value #>> '{}' FROM jsonb_array_elements(item -> 'operations') LOOP
-                IF upper(op) NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') OR op IS NULL THEN
-                    PERFORM webhooks._fail('WH007', field || '.operations',
-                        format('%s is not an operation; expected INSERT, UPDATE, DELETE or TRUNCATE', coalesce(to_json(op)::text, 'null')));
-                END IF;
-                IF NOT upper(op) = ANY (ops) THEN
-                    ops := ops || upper(op);
-                END IF;
-            END LOOP;
-        END IF;
-        operations := ops;
+        operations := webhooks._events_operations(field, item);
         -- Capture filters.
         SELECT f.columns, f.exclude_columns, f.where_clause, f.route_column, f.route_value
         INTO columns, exclude_columns, where_clause, route_column, route_value
         FROM webhooks._parse_filters(field, relid, item) f;
         RETURN NEXT;
-        i := i + 1;
     END LOOP;
 END
 $$;
@@ -303,3 +349,15 @@ COMMENT ON TABLE webhooks.subscriptions IS
 
 COMMENT ON TABLE webhooks.event_subscriptions IS
     'Which webhooks receive published events: by type, by prefix pattern (order.*) or all (*).';
+
+COMMENT ON FUNCTION webhooks._events_entry IS
+    'One entry of events as an object with known keys (a string entry is an event type or pattern).';
+
+COMMENT ON FUNCTION webhooks._events_pattern IS
+    'An event-type entry''s type or pattern; an exact type must be declared.';
+
+COMMENT ON FUNCTION webhooks._events_table IS
+    'A table entry''s table: an existing table the caller may watch.';
+
+COMMENT ON FUNCTION webhooks._events_operations IS
+    'A table entry''s operations, upper case and each once; INSERT, UPDATE, DELETE when absent.';

@@ -74,6 +74,137 @@ BEGIN
 END
 $$;
 
+-- The functions a filter may call although they are not leakproof (cheap, and built in).
+CREATE OR REPLACE FUNCTION webhooks._where_allowed_functions()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY['lower', 'upper', 'length', 'char_length', 'character_length', 'octet_length',
+        'btrim', 'ltrim', 'rtrim', 'abs', 'round', 'trunc', 'ceil', 'ceiling', 'floor', 'sign', 'left', 'right',
+        'substr', 'substring', 'strpos', 'position', 'starts_with', 'mod', 'div', 'greatest', 'least',
+        'date_trunc', 'date_part', 'extract', 'jsonb_typeof', 'json_typeof', 'jsonb_exists', 'jsonb_extract_path_text',
+        'jsonb_extract_path', 'json_extract_path_text', 'json_extract_path', 'jsonb_array_length',
+        'array_length', 'cardinality', 'array_position', 'isfinite', 'num_nulls', 'num_nonnulls',
+        'like', 'textlike', 'textnlike', 'bool', 'int4', 'int8', 'int2', 'numeric', 'float8', 'text',
+        'chr', 'ascii', 'md5', 'concat', 'concat_ws', 'nullif', 'to_char', 'split_part', 'replace', 'initcap']
+$$;
+
+-- The checks of a `where` on its text alone, before it is parsed: its length, nothing that
+-- could end the query it is put in, no string literal while a user domain would judge it.
+CREATE OR REPLACE FUNCTION webhooks._check_where_text(field text, clause text)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF length(clause) > 4000 THEN
+        PERFORM webhooks._fail('WH018', field, format('is %s characters long; at most 4000 are allowed', length(clause)));
+    END IF;
+    IF strpos(clause, ';') > 0 OR strpos(clause, '--') > 0 OR strpos(clause, '/*') > 0 THEN
+        PERFORM webhooks._fail('WH018', field, format('%L may not contain ";", "--" or "/*" anywhere, not even inside '
+            'quotes: give one condition (write a semicolon in text as chr(59))', left(clause, 200)));
+    END IF;
+    IF strpos(clause, '''') > 0 AND EXISTS (
+        SELECT 1 FROM pg_constraint k JOIN pg_depend dd ON dd.classid = 'pg_constraint'::regclass AND dd.objid = k.oid
+        WHERE k.contypid <> 0 AND dd.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
+          AND dd.refobjid >= 16384) THEN
+        PERFORM webhooks._fail('WH026', field, format('%L holds a string literal, refused while a domain of this '
+            'database checks its values with a function that is not built in', left(clause, 200)));
+    END IF;
+END
+$$;
+
+-- The type of a `where`'s probe view when it is one column but not boolean, as the message says it.
+CREATE OR REPLACE FUNCTION webhooks._where_type_problem(probe oid)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('is of type %s, not boolean', a.atttypid::regtype)
+    FROM pg_attribute a
+    WHERE a.attrelid = probe AND a.attnum = 1 AND a.atttypid <> 'boolean'::regtype
+      AND (SELECT count(*) FROM pg_attribute b WHERE b.attrelid = probe AND b.attnum > 0) = 1
+$$;
+
+-- Why the query tree of a `where`'s probe view holds what a filter may not (a list, a subquery,
+-- an aggregate, a node that reads the session or runs code), or NULL. A non-boolean condition
+-- is _where_type_problem's, and only the node scan applies to it.
+CREATE OR REPLACE FUNCTION webhooks._where_tree_refusal(probe oid, tree text)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        CASE
+            WHEN (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum > 0) <> 1
+                THEN 'must be one condition, not a list'
+            WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1) <> 'boolean'::regtype
+                THEN NULL
+            WHEN tree ~ '\:hasSubLinks true' THEN 'may not hold a subquery'
+            WHEN tree ~ '\:hasAggs true' THEN 'may not hold an aggregate'
+            WHEN tree ~ '\:hasWindowFuncs true' THEN 'may not hold a window function'
+            WHEN tree ~ '\:hasTargetSRFs true' THEN 'may not hold a set-returning function'
+            WHEN tree ~ '\:setOperations [^<]' THEN 'may not hold UNION, INTERSECT or EXCEPT'
+        END,
+        (SELECT 'may not use ' || lower(m[1]) || ' (it reads the session or runs code)'
+         FROM regexp_matches(tree, '\{(SQLVALUEFUNCTION|NEXTVALUEEXPR|XMLEXPR|COERCETODOMAIN|SUBLINK|AGGREF'
+                                   '|WINDOWFUNC|GROUPINGFUNC|CURRENTOFEXPR|PARAM)\M', 'g') m LIMIT 1))
+$$;
+
+-- What the probe view of a `where` on `relid` refers to, besides itself and its table. Built-in
+-- (pinned) objects have no pg_depend rows: the functions, operators and types are read from the
+-- query tree as well.
+CREATE OR REPLACE FUNCTION webhooks._where_dependencies(probe oid, relid oid, tree text)
+RETURNS TABLE (refclassid oid, refobjid oid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT dep.refclassid, dep.refobjid FROM pg_depend dep JOIN pg_rewrite w ON w.oid = dep.objid
+    WHERE dep.classid = 'pg_rewrite'::regclass AND w.ev_class = probe
+      AND NOT (dep.refclassid = 'pg_class'::regclass AND dep.refobjid IN (probe, relid))
+    UNION
+    SELECT 'pg_proc'::regclass, m[2]::oid FROM regexp_matches(tree, ':(funcid|opfuncid) (\d+)', 'g') m
+    WHERE m[2] <> '0'
+    UNION
+    SELECT 'pg_operator'::regclass, m[1]::oid FROM regexp_matches(tree, '\:opno (\d+)', 'g') m
+    UNION
+    SELECT 'pg_operator'::regclass, o::oid
+    FROM regexp_matches(tree, '\:opnos \(o ([0-9 ]+)\)', 'g') m, regexp_split_to_table(m[1], ' ') o
+    UNION
+    SELECT 'pg_type'::regclass, m[2]::oid
+    FROM regexp_matches(tree, ':(consttype|resulttype|funcresulttype|opresulttype|row_typeid|vartype|casetype'
+                              '|coalescetype|minmaxtype|array_typeid|element_typeid) (\d+)', 'g') m
+    WHERE m[2] <> '0'
+$$;
+
+-- Why a `where` on `relid` may not refer to one object (a table, function, operator, type), or NULL.
+CREATE OR REPLACE FUNCTION webhooks._where_dependency_refusal(refclassid oid, refobjid oid, relid oid)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    refusal text;
+BEGIN
+    IF refclassid = 'pg_class'::regclass THEN
+        refusal := format('may only read its own row, not %s', refobjid::regclass);
+    ELSIF refclassid = 'pg_proc'::regclass THEN
+        refusal := webhooks._where_function_problem(refobjid, webhooks._where_allowed_functions());
+    ELSIF refclassid = 'pg_operator'::regclass THEN
+        refusal := (SELECT coalesce(webhooks._where_function_problem(o.oprcode, webhooks._where_allowed_functions()),
+                                    CASE WHEN o.oid >= 16384 THEN format('may not use operator %s, which is not built in', o.oid::regoperator) END)
+                    FROM pg_operator o WHERE o.oid = _where_dependency_refusal.refobjid);
+    ELSIF refclassid = 'pg_type'::regclass THEN
+        SELECT CASE
+            WHEN t.typtype = 'd' OR et.typtype = 'd' THEN format('may not use the domain %s (its checks run code)', t.oid::regtype)
+            WHEN n.nspname LIKE 'pg\_temp%' THEN format('may not use the temporary type %s', t.oid::regtype)
+            WHEN t.typrelid <> 0 AND t.typrelid <> _where_dependency_refusal.relid THEN format('may not use the row type %s', t.oid::regtype)
+        END INTO refusal
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typlen = -1
+        WHERE t.oid = _where_dependency_refusal.refobjid;
+    ELSIF refclassid <> 'pg_collation'::regclass THEN
+        refusal := format('may not refer to %s', pg_describe_object(refclassid, refobjid, 0));
+    END IF;
+    RETURN refusal;
+END
+$$;
+
 -- Check a `where` filter. It is data, not code: nothing in it may run with the definer's rights,
 -- here or at capture. So it is refused if it holds `;`, `--` or `/*` anywhere, even inside quotes
 -- (one EXECUTE is then one statement whatever the quoting: E'', U&'', dollar quotes); then it is
@@ -94,29 +225,8 @@ DECLARE
     probe oid;
     tree text;
     d record;
-    allowed text[] := ARRAY['lower', 'upper', 'length', 'char_length', 'character_length', 'octet_length',
-        'btrim', 'ltrim', 'rtrim', 'abs', 'round', 'trunc', 'ceil', 'ceiling', 'floor', 'sign', 'left', 'right',
-        'substr', 'substring', 'strpos', 'position', 'starts_with', 'mod', 'div', 'greatest', 'least',
-        'date_trunc', 'date_part', 'extract', 'jsonb_typeof', 'json_typeof', 'jsonb_exists', 'jsonb_extract_path_text',
-        'jsonb_extract_path', 'json_extract_path_text', 'json_extract_path', 'jsonb_array_length',
-        'array_length', 'cardinality', 'array_position', 'isfinite', 'num_nulls', 'num_nonnulls',
-        'like', 'textlike', 'textnlike', 'bool', 'int4', 'int8', 'int2', 'numeric', 'float8', 'text',
-        'chr', 'ascii', 'md5', 'concat', 'concat_ws', 'nullif', 'to_char', 'split_part', 'replace', 'initcap'];
 BEGIN
-    IF length(clause) > 4000 THEN
-        PERFORM webhooks._fail('WH018', field, format('is %s characters long; at most 4000 are allowed', length(clause)));
-    END IF;
-    IF strpos(clause, ';') > 0 OR strpos(clause, '--') > 0 OR strpos(clause, '/*') > 0 THEN
-        PERFORM webhooks._fail('WH018', field, format('%L may not contain ";", "--" or "/*" anywhere, not even inside '
-            'quotes: give one condition (write a semicolon in text as chr(59))', left(clause, 200)));
-    END IF;
-    IF strpos(clause, '''') > 0 AND EXISTS (
-        SELECT 1 FROM pg_constraint k JOIN pg_depend dd ON dd.classid = 'pg_constraint'::regclass AND dd.objid = k.oid
-        WHERE k.contypid <> 0 AND dd.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
-          AND dd.refobjid >= 16384) THEN
-        PERFORM webhooks._fail('WH026', field, format('%L holds a string literal, refused while a domain of this '
-            'database checks its values with a function that is not built in', left(clause, 200)));
-    END IF;
+    PERFORM webhooks._check_where_text(field, clause);
     BEGIN
         PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
         EXECUTE format('CREATE VIEW webhooks._where_probe AS SELECT (%s) AS keep FROM %s AS r '
@@ -124,68 +234,11 @@ BEGIN
                        clause, relid::regclass, relid::regclass);
         probe := 'webhooks._where_probe'::regclass;
         SELECT w.ev_action::text INTO tree FROM pg_rewrite w WHERE w.ev_class = probe AND w.rulename = '_RETURN';
-        IF (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum > 0) <> 1 THEN
-            refusal := 'must be one condition, not a list';
-        ELSIF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1) <> 'boolean'::regtype THEN
-            problem := format('is of type %s, not boolean',
-                              (SELECT a.atttypid::regtype FROM pg_attribute a WHERE a.attrelid = probe AND a.attnum = 1));
-        ELSIF tree ~ '\:hasSubLinks true' THEN
-            refusal := 'may not hold a subquery';
-        ELSIF tree ~ '\:hasAggs true' THEN
-            refusal := 'may not hold an aggregate';
-        ELSIF tree ~ '\:hasWindowFuncs true' THEN
-            refusal := 'may not hold a window function';
-        ELSIF tree ~ '\:hasTargetSRFs true' THEN
-            refusal := 'may not hold a set-returning function';
-        ELSIF tree ~ '\:setOperations [^<]' THEN
-            refusal := 'may not hold UNION, INTERSECT or EXCEPT';
-        END IF;
-        IF refusal IS NULL THEN
-            refusal := (SELECT 'may not use ' || lower(m[1]) || ' (it reads the session or runs code)'
-                        FROM regexp_matches(tree, '\{(SQLVALUEFUNCTION|NEXTVALUEEXPR|XMLEXPR|COERCETODOMAIN|SUBLINK|AGGREF'
-                                                  '|WINDOWFUNC|GROUPINGFUNC|CURRENTOFEXPR|PARAM)\M', 'g') m LIMIT 1);
-        END IF;
-        -- Built-in (pinned) objects have no pg_depend rows: the functions, operators and types
-        -- are read from the query tree as well.
-        FOR d IN
-            SELECT dep.refclassid, dep.refobjid FROM pg_depend dep JOIN pg_rewrite w ON w.oid = dep.objid
-            WHERE dep.classid = 'pg_rewrite'::regclass AND w.ev_class = probe
-              AND NOT (dep.refclassid = 'pg_class'::regclass AND dep.refobjid IN (probe, relid))
-            UNION
-            SELECT 'pg_proc'::regclass, m[2]::oid FROM regexp_matches(tree, ':(funcid|opfuncid) (\d+)', 'g') m
-            WHERE m[2] <> '0'
-            UNION
-            SELECT 'pg_operator'::regclass, m[1]::oid FROM regexp_matches(tree, '\:opno (\d+)', 'g') m
-            UNION
-            SELECT 'pg_operator'::regclass, o::oid
-            FROM regexp_matches(tree, '\:opnos \(o ([0-9 ]+)\)', 'g') m, regexp_split_to_table(m[1], ' ') o
-            UNION
-            SELECT 'pg_type'::regclass, m[2]::oid
-            FROM regexp_matches(tree, ':(consttype|resulttype|funcresulttype|opresulttype|row_typeid|vartype|casetype'
-                                      '|coalescetype|minmaxtype|array_typeid|element_typeid) (\d+)', 'g') m
-            WHERE m[2] <> '0'
-        LOOP
+        problem := webhooks._where_type_problem(probe);
+        refusal := webhooks._where_tree_refusal(probe, tree);
+        FOR d IN SELECT * FROM webhooks._where_dependencies(probe, relid, tree) LOOP
             EXIT WHEN refusal IS NOT NULL;
-            IF d.refclassid = 'pg_class'::regclass THEN
-                refusal := format('may only read its own row, not %s', d.refobjid::regclass);
-            ELSIF d.refclassid = 'pg_proc'::regclass THEN
-                refusal := webhooks._where_function_problem(d.refobjid, allowed);
-            ELSIF d.refclassid = 'pg_operator'::regclass THEN
-                refusal := (SELECT coalesce(webhooks._where_function_problem(o.oprcode, allowed),
-                                            CASE WHEN o.oid >= 16384 THEN format('may not use operator %s, which is not built in', o.oid::regoperator) END)
-                            FROM pg_operator o WHERE o.oid = d.refobjid);
-            ELSIF d.refclassid = 'pg_type'::regclass THEN
-                SELECT CASE
-                    WHEN t.typtype = 'd' OR et.typtype = 'd' THEN format('may not use the domain %s (its checks run code)', t.oid::regtype)
-                    WHEN n.nspname LIKE 'pg\_temp%' THEN format('may not use the temporary type %s', t.oid::regtype)
-                    WHEN t.typrelid <> 0 AND t.typrelid <> relid THEN format('may not use the row type %s', t.oid::regtype)
-                END INTO refusal
-                FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-                LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typlen = -1
-                WHERE t.oid = d.refobjid;
-            ELSIF d.refclassid <> 'pg_collation'::regclass THEN
-                refusal := format('may not refer to %s', pg_describe_object(d.refclassid, d.refobjid, 0));
-            END IF;
+            refusal := webhooks._where_dependency_refusal(d.refclassid, d.refobjid, relid);
         END LOOP;
         RAISE EXCEPTION USING ERRCODE = 'WHR00';
     EXCEPTION
@@ -223,3 +276,21 @@ AS $$
     END
     FROM (SELECT fn AS oid) f LEFT JOIN pg_proc p ON p.oid = f.oid
 $$;
+
+COMMENT ON FUNCTION webhooks._where_allowed_functions IS
+    'Functions a where filter may call although they are not leakproof.';
+
+COMMENT ON FUNCTION webhooks._check_where_text IS
+    'Checks of a where filter on its text alone: length, no ; -- /*, no string literal while a user domain checks values.';
+
+COMMENT ON FUNCTION webhooks._where_type_problem IS
+    'The type of a where filter''s probe view when it is one column but not boolean, or NULL.';
+
+COMMENT ON FUNCTION webhooks._where_tree_refusal IS
+    'Why a where filter''s query tree holds a list, subquery, aggregate or session-reading node, or NULL.';
+
+COMMENT ON FUNCTION webhooks._where_dependencies IS
+    'The objects a where filter''s probe view refers to, from pg_depend and from its query tree.';
+
+COMMENT ON FUNCTION webhooks._where_dependency_refusal IS
+    'Why a where filter may not refer to one object (table, function, operator, type), or NULL.';

@@ -172,24 +172,71 @@ AS $$
     ON CONFLICT DO NOTHING;
 $$;
 
+-- One entry per row and set of webhooks: those whose filter the old row passes too get the old
+-- image, the others the row without it. (An INSERT's or DELETE's set-based result is already that.)
+CREATE OR REPLACE FUNCTION webhooks._split_old_images(found_rows json, op text)
+RETURNS json
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH e AS (
+        SELECT v -> 'r' AS r, v -> 'o' AS o, i,
+               ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
+               ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
+                                                           THEN v -> 'oh' ELSE '[]' END))::uuid[] AS oh
+        FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)
+    )
+    SELECT json_agg(json_build_object('r', p.r, 'o', p.o, 'h', p.hooks) ORDER BY p.i, p.part)
+    FROM (
+        SELECT e.i, 0 AS part, e.r, e.o, ARRAY(SELECT unnest(e.h) INTERSECT SELECT unnest(e.oh)) AS hooks
+        FROM e
+        WHERE op = 'UPDATE' AND json_typeof(e.o) = 'object'
+        UNION ALL
+        SELECT e.i, 1, e.r, NULL, CASE WHEN op = 'UPDATE' AND json_typeof(e.o) = 'object'
+                                       THEN ARRAY(SELECT unnest(e.h) EXCEPT SELECT unnest(e.oh)) ELSE e.h END
+        FROM e
+    ) p
+    WHERE cardinality(p.hooks) > 0
+$$;
+
+-- Store a statement's filtered rows ([{r, o, h}], more than one) as a routed capture, the rows
+-- in events. (One row goes inline into its capture, in _capture_filtered itself.)
+CREATE OR REPLACE FUNCTION webhooks._store_filtered(found_rows json, op text, relid oid,
+                                                    schema_name name, table_name name)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    this_capture int8 := nextval('webhooks.captures_id_seq'::regclass);
+BEGIN
+    INSERT INTO webhooks.events (capture_id, n, record, old_record, webhook_ids)
+    SELECT this_capture, i.n, i.v -> 'r',
+           CASE WHEN op = 'UPDATE' AND json_typeof(i.v -> 'o') <> 'null' THEN i.v -> 'o' END,
+           ARRAY(SELECT json_array_elements_text(i.v -> 'h'))::uuid[]
+    FROM json_array_elements(found_rows) WITH ORDINALITY AS i(v, n);
+    INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, routed)
+    SELECT this_capture, op, _store_filtered.relid, _store_filtered.schema_name, _store_filtered.table_name,
+           ARRAY(SELECT DISTINCT h::uuid FROM json_array_elements(found_rows) e,
+                                        json_array_elements_text(e -> 'h') h), json_array_length(found_rows), true;
+END
+$$;
+
+-- The trigger. The set-based query is its happy path; when it fails, the queries of
+-- _filter_units are evaluated alone over the same transition tables (which only this function
+-- can read), and the rows are held for the webhooks whose query failed.
 CREATE OR REPLACE FUNCTION webhooks._capture_filtered()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    this_capture int8;
     query text := TG_ARGV[1];
     key text;
     from_clause text;
     found_rows json;
     base_rows json;
     flags json;
-    all_flags jsonb := '{}';
-    routed jsonb := '[]';
-    held jsonb := '{}';
-    c record;
+    results jsonb := '[]';
+    u record;
     problem text;
-    captured int4;
     taken bool := false;
     failed bool := false;
 BEGIN
@@ -211,147 +258,47 @@ BEGIN
         WHEN OTHERS THEN failed := true;
     END;
     IF failed THEN
-        -- Fail closed, webhook by webhook (see the top of this file).
+        -- Fail closed, webhook by webhook (see _filter_units); only here are the transition tables readable.
         from_clause := replace(webhooks._filter_from(TG_RELID, TG_OP), '/*key*/', coalesce(key, 'false'));
-        taken := false;
-        BEGIN
-            PERFORM set_config('transaction_read_only', 'on', true);
-            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-            EXECUTE 'SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', pg_catalog.row_to_json(r),'
-                    ' ''o'', pg_catalog.row_to_json(x.old)))' || from_clause INTO base_rows;
-            taken := true;
-            RAISE EXCEPTION USING ERRCODE = 'WHR00';
-        EXCEPTION WHEN SQLSTATE 'WHR00' THEN
-            IF NOT taken THEN
-                RAISE;  -- the owner's code, not us: fail the write rather than capture nothing
-            END IF;
-        END;
-        -- Webhooks routed by value: one query per routing column, however many tenants.
-        FOR c IN SELECT DISTINCT f.route_column FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.kind = 'route' LOOP
+        FOR u IN SELECT * FROM webhooks._filter_units(TG_RELID, TG_OP) LOOP
             taken := false;
-            problem := NULL;
             BEGIN
                 PERFORM set_config('transaction_read_only', 'on', true);
                 PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-                EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_array('
-                               'ARRAY(SELECT rt.webhook_id FROM webhooks.capture_routes rt WHERE rt.relid OPERATOR(pg_catalog.=) %1$s::pg_catalog.oid'
-                               ' AND rt.operation OPERATOR(pg_catalog.=) %2$L AND rt.column_name OPERATOR(pg_catalog.=) %3$L'
-                               ' AND rt.value OPERATOR(pg_catalog.=) (r.%3$I)::pg_catalog.text),'
-                               'ARRAY(SELECT rt.webhook_id FROM webhooks.capture_routes rt WHERE x.paired AND rt.relid OPERATOR(pg_catalog.=) %1$s::pg_catalog.oid'
-                               ' AND rt.operation OPERATOR(pg_catalog.=) %2$L AND rt.column_name OPERATOR(pg_catalog.=) %3$L'
-                               ' AND rt.value OPERATOR(pg_catalog.=) ((x.old).%3$I)::pg_catalog.text)))',
-                               TG_RELID, TG_OP, c.route_column) || from_clause INTO flags;
+                EXECUTE u.probe || from_clause INTO flags;
                 taken := true;
                 RAISE EXCEPTION USING ERRCODE = 'WHR00';
-            EXCEPTION
-                WHEN SQLSTATE 'WHR00' THEN
-                    IF NOT taken THEN problem := SQLERRM; END IF;
-                WHEN OTHERS THEN problem := SQLERRM;
+            EXCEPTION WHEN OTHERS THEN
+                -- Not taken: an error, or a WHR00 of the table's own code. The rows themselves
+                -- unreadable is the owner's code, not a filter: fail the write rather than
+                -- capture nothing.
+                IF NOT taken AND u.kind = 'base' THEN RAISE; END IF;
+                problem := CASE WHEN NOT taken THEN SQLERRM END;
             END;
-            IF problem IS NULL THEN
-                routed := routed || jsonb_build_array(coalesce(flags::jsonb, '[]'));
+            IF u.kind = 'base' THEN
+                base_rows := flags;
             ELSE
-                held := held || (SELECT jsonb_object_agg(f.webhook_id::text, problem)
-                                 FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.route_column = c.route_column);
+                results := results || jsonb_build_array(jsonb_build_object(
+                    'kind', u.kind, 'ids', u.webhook_ids, 'flags', flags, 'problem', problem));
             END IF;
         END LOOP;
-        FOR c IN SELECT * FROM webhooks._filter_conds(TG_RELID, TG_OP) f WHERE f.kind <> 'route' LOOP
-            taken := false;
-            problem := NULL;
-            BEGIN
-                PERFORM set_config('transaction_read_only', 'on', true);
-                PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-                EXECUTE format('SELECT pg_catalog.json_agg(pg_catalog.json_build_array('
-                               'CASE WHEN %s THEN 1 ELSE 0 END, CASE WHEN x.paired AND %s THEN 1 ELSE 0 END))',
-                               c.cond, c.ocond) || from_clause INTO flags;
-                taken := true;
-                RAISE EXCEPTION USING ERRCODE = 'WHR00';
-            EXCEPTION
-                WHEN SQLSTATE 'WHR00' THEN
-                    IF NOT taken THEN problem := SQLERRM; END IF;
-                WHEN OTHERS THEN problem := SQLERRM;
-            END;
-            IF problem IS NULL THEN
-                all_flags := all_flags || jsonb_build_object(c.webhook_id::text, flags);
-            ELSE
-                held := held || jsonb_build_object(c.webhook_id::text, problem);
-            END IF;
-        END LOOP;
-        SELECT json_agg(json_build_object('r', b.v -> 'r', 'o', b.v -> 'o',
-                   'h', coalesce((SELECT json_agg(u.k) FROM (
-                                      SELECT f.key AS k FROM jsonb_each(all_flags) f
-                                      WHERE f.value -> (b.i::int - 1) ->> 0 = '1'
-                                      UNION ALL
-                                      SELECT jsonb_array_elements_text(rs -> (b.i::int - 1) -> 0)
-                                      FROM jsonb_array_elements(routed) rs) u), '[]'),
-                   'oh', coalesce((SELECT json_agg(u.k) FROM (
-                                      SELECT f.key AS k FROM jsonb_each(all_flags) f
-                                      WHERE TG_OP = 'UPDATE' AND f.value -> (b.i::int - 1) ->> 1 = '1'
-                                      UNION ALL
-                                      SELECT jsonb_array_elements_text(rs -> (b.i::int - 1) -> 1)
-                                      FROM jsonb_array_elements(routed) rs WHERE TG_OP = 'UPDATE') u), '[]')))
-        INTO found_rows
-        FROM json_array_elements(base_rows) WITH ORDINALITY AS b(v, i);
-        IF held <> '{}' THEN
-            INSERT INTO webhooks.held_rows (webhook_id, operation, relid, schema_name, table_name, record,
-                                            old_record, held_error)
-            SELECT hk.key::uuid, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, b.v -> 'r',
-                   CASE WHEN TG_OP = 'UPDATE' AND json_typeof(b.v -> 'o') = 'object' THEN b.v -> 'o' END,
-                   hk.value #>> '{}'
-            FROM jsonb_each(held) hk CROSS JOIN json_array_elements(base_rows) b(v);
-            PERFORM pg_notify('webhooks_alerts', left(jsonb_build_object(
-                        'kind', 'filter_failed', 'at', now(), 'webhook_id', hk.key,
-                        'table', format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'operation', TG_OP,
-                        'rows', json_array_length(base_rows), 'error', left(hk.value #>> '{}', 1000))::text, 7900))
-            FROM jsonb_each(held) hk;
-        END IF;
+        found_rows := webhooks._filter_merge(base_rows, results, TG_OP);
+        PERFORM webhooks._hold_rows(results, base_rows, TG_RELID, TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME);
     END IF;
-    -- One entry per row and set of webhooks: those whose filter the old row passes too get the
-    -- old image, the others the row without it. (An INSERT's or DELETE's set-based result is
-    -- already that.)
     IF TG_OP = 'UPDATE' OR failed THEN
-        SELECT json_agg(json_build_object('r', p.r, 'o', p.o, 'h', p.hooks) ORDER BY p.i, p.part) INTO found_rows
-        FROM (
-            SELECT e.i, 0 AS part, e.r, e.o, ARRAY(SELECT unnest(e.h) INTERSECT SELECT unnest(e.oh)) AS hooks
-            FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
-                         ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
-                         ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
-                                                                     THEN v -> 'oh' ELSE '[]' END))::uuid[] AS oh
-                  FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
-            WHERE TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
-            UNION ALL
-            SELECT e.i, 1, e.r, NULL, CASE WHEN TG_OP = 'UPDATE' AND json_typeof(e.o) = 'object'
-                                           THEN ARRAY(SELECT unnest(e.h) EXCEPT SELECT unnest(e.oh)) ELSE e.h END
-            FROM (SELECT v -> 'r' AS r, v -> 'o' AS o, i,
-                         ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
-                         ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
-                                                                     THEN v -> 'oh' ELSE '[]' END))::uuid[] AS oh
-                  FROM json_array_elements(found_rows) WITH ORDINALITY AS a(v, i)) e
-        ) p
-        WHERE cardinality(p.hooks) > 0;
+        found_rows := webhooks._split_old_images(found_rows, TG_OP);
     END IF;
-    captured := coalesce(json_array_length(found_rows), 0);
-    IF captured = 0 THEN
+    IF coalesce(json_array_length(found_rows), 0) = 0 THEN
         RETURN NULL;  -- no webhook wants any of these rows: nothing stored
-    END IF;
-    this_capture := nextval('webhooks.captures_id_seq'::regclass);
-    IF captured = 1 THEN
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+    ELSIF json_array_length(found_rows) = 1 THEN
+        -- The one-row write, stored here: a call per statement would cost it about 5%.
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                        record, old_record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-               ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[], 1, v -> 'r',
-               CASE WHEN TG_OP = 'UPDATE' AND json_typeof(v -> 'o') <> 'null' THEN v -> 'o' END
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[],
+               1, v -> 'r', CASE WHEN TG_OP = 'UPDATE' AND json_typeof(v -> 'o') <> 'null' THEN v -> 'o' END
         FROM (SELECT found_rows -> 0 AS v) one;
     ELSE
-        INSERT INTO webhooks.events (capture_id, n, record, old_record, webhook_ids)
-        SELECT this_capture, i.n, i.v -> 'r',
-               CASE WHEN TG_OP = 'UPDATE' AND json_typeof(i.v -> 'o') <> 'null' THEN i.v -> 'o' END,
-               ARRAY(SELECT json_array_elements_text(i.v -> 'h'))::uuid[]
-        FROM json_array_elements(found_rows) WITH ORDINALITY AS i(v, n);
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, routed)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME,
-               ARRAY(SELECT DISTINCT h::uuid FROM json_array_elements(found_rows) e,
-                                            json_array_elements_text(e -> 'h') h), captured, true;
+        PERFORM webhooks._store_filtered(found_rows, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME);
     END IF;
     PERFORM pg_notify('webhooks', '');
     RETURN NULL;
@@ -372,4 +319,12 @@ ALTER FUNCTION webhooks._capture_filtered() OWNER TO webhooks_capture;
 
 REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
-GRANT EXECUTE ON FUNCTION webhooks._filter_conds, webhooks._filter_from, webhooks._no_old_row TO webhooks_capture;
+-- The trigger runs as webhooks_capture: its helpers are that role's to execute, nobody else's.
+GRANT EXECUTE ON FUNCTION webhooks._filter_conds, webhooks._filter_from, webhooks._no_old_row,
+    webhooks._split_old_images, webhooks._store_filtered TO webhooks_capture;
+
+COMMENT ON FUNCTION webhooks._split_old_images IS
+    'Capture filters: one entry per row and set of webhooks; the old image only for webhooks whose filter the old row passes too.';
+
+COMMENT ON FUNCTION webhooks._store_filtered IS
+    'Capture filters: store a statement''s filtered rows (more than one) as a routed capture with its events.';

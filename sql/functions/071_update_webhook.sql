@@ -45,18 +45,14 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION webhooks.update_webhook(id uuid, changes jsonb)
-RETURNS SETOF webhooks._webhook_view
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- update_webhook's `changes`: a JSON object naming only fields of a webhook.
+CREATE OR REPLACE FUNCTION webhooks._check_change_fields(changes jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    current webhooks.webhooks;
     unknown text;
-    new_enabled boolean;
-    old_url text;
-    kept_secret_headers jsonb;
 BEGIN
-    PERFORM webhooks._webhook_exists(id);
     IF changes IS NULL OR jsonb_typeof(changes) <> 'object' THEN
         PERFORM webhooks._fail('WH012', 'changes',
             format('must be a JSON object of fields to change, got %s', coalesce(changes::text, 'null')));
@@ -72,12 +68,19 @@ BEGIN
         PERFORM webhooks._fail('WH012', unknown, 'is not a field of a webhook',
             'fields: name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule, pause_after, secret_headers, max_concurrency, rate_limit_per_second');
     END IF;
+END
+$$;
 
-    SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
-    old_url := current.url;
-    -- Whoever could redirect a webhook could read what it carries: only a caller who may read
-    -- every table it watches may change it (the new `events` are checked the same way).
-    PERFORM webhooks._check_reach(id);
+-- The webhook row with the column fields of `changes` applied, each checked for its JSON type
+-- and its own rules in the order update_webhook has always checked them (the first bad field
+-- is the one reported); rules across fields are update_webhook's.
+CREATE OR REPLACE FUNCTION webhooks._apply_changes(current webhooks.webhooks, changes jsonb)
+RETURNS webhooks.webhooks
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_enabled boolean;
+BEGIN
     IF changes ? 'name' THEN current.name := webhooks._change(changes, 'name', 'string') #>> '{}'; END IF;
     IF changes ? 'url' THEN current.url := webhooks._change(changes, 'url', 'string') #>> '{}'; END IF;
     IF changes ? 'description' THEN
@@ -122,22 +125,72 @@ BEGIN
         END IF;
         current.enabled := new_enabled;
     END IF;
+    RETURN current;
+END
+$$;
+
+-- The secret headers a webhook keeps after update_webhook. They are credentials for the
+-- endpoint they were given for: a new URL drops them unless this same call restates them, so
+-- that nobody can redirect them to an address of theirs.
+CREATE OR REPLACE FUNCTION webhooks._kept_secret_headers(id uuid, changes jsonb, url_changed boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kept jsonb;
+BEGIN
+    IF changes ? 'secret_headers' THEN
+        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
+        RETURN changes -> 'secret_headers';
+    ELSIF url_changed THEN
+        RETURN '{}';
+    END IF;
+    SELECT h.headers INTO kept FROM webhooks.secret_headers h WHERE h.webhook_id = _kept_secret_headers.id;
+    RETURN kept;
+END
+$$;
+
+-- update_webhook's pause_after: an interval as a JSON string, or null (never).
+CREATE OR REPLACE FUNCTION webhooks._change_pause_after(id uuid, pause_after jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF jsonb_typeof(pause_after) NOT IN ('string', 'null') THEN
+        PERFORM webhooks._fail('WH012', 'pause_after',
+            format('expected an interval as a JSON string (like "3 days") or null, got %s', pause_after));
+    END IF;
+    PERFORM webhooks._check_pause_after_text(pause_after #>> '{}');
+    UPDATE webhooks.webhooks w SET pause_after = (_change_pause_after.pause_after #>> '{}')::interval
+    WHERE w.id = _change_pause_after.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.update_webhook(id uuid, changes jsonb)
+RETURNS SETOF webhooks._webhook_view
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current webhooks.webhooks;
+    old_url text;
+    kept_secret_headers jsonb;
+BEGIN
+    PERFORM webhooks._webhook_exists(id);
+    PERFORM webhooks._check_change_fields(changes);
+
+    SELECT * INTO current FROM webhooks.webhooks w WHERE w.id = update_webhook.id FOR UPDATE;
+    old_url := current.url;
+    -- Whoever could redirect a webhook could read what it carries: only a caller who may read
+    -- every table it watches may change it (the new `events` are checked the same way).
+    PERFORM webhooks._check_reach(id);
+    current := webhooks._apply_changes(current, changes);
 
     PERFORM webhooks._check_settings(current.name, current.url, current.max_retries, current.timeout_seconds,
                                      current.retry_backoff_seconds, current.headers, current.description, id);
     IF changes ? 'secret' THEN
         PERFORM webhooks._check_secret(webhooks._change(changes, 'secret', 'string') #>> '{}');
     END IF;
-    -- Secret headers are credentials for the endpoint they were given for: a new URL drops them
-    -- unless this same call restates them, so that nobody can redirect them to an address of theirs.
-    IF changes ? 'secret_headers' THEN
-        PERFORM webhooks._check_secret_headers(changes -> 'secret_headers');
-        kept_secret_headers := changes -> 'secret_headers';
-    ELSIF current.url IS DISTINCT FROM old_url THEN
-        kept_secret_headers := '{}';
-    ELSE
-        SELECT h.headers INTO kept_secret_headers FROM webhooks.secret_headers h WHERE h.webhook_id = update_webhook.id;
-    END IF;
+    kept_secret_headers := webhooks._kept_secret_headers(id, changes, current.url IS DISTINCT FROM old_url);
     PERFORM webhooks._check_url_credentials(current.url, current.headers, kept_secret_headers);
 
     UPDATE webhooks.webhooks w SET
@@ -152,16 +205,10 @@ BEGIN
     IF changes ? 'events' THEN
         PERFORM webhooks._replace_subscriptions(id, changes -> 'events');
     END IF;
-    -- pause_after (an interval as a string, or null: never) and secret_headers
-    -- (replaces them all; {} removes them).
     IF changes ? 'pause_after' THEN
-        IF jsonb_typeof(changes -> 'pause_after') NOT IN ('string', 'null') THEN
-            PERFORM webhooks._fail('WH012', 'pause_after',
-                format('expected an interval as a JSON string (like "3 days") or null, got %s', changes -> 'pause_after'));
-        END IF;
-        PERFORM webhooks._check_pause_after_text(changes ->> 'pause_after');
-        UPDATE webhooks.webhooks w SET pause_after = (changes ->> 'pause_after')::interval WHERE w.id = update_webhook.id;
+        PERFORM webhooks._change_pause_after(id, changes -> 'pause_after');
     END IF;
+    -- secret_headers replaces them all ({} removes them).
     IF changes ? 'secret_headers' OR current.url IS DISTINCT FROM old_url THEN
         INSERT INTO webhooks.secret_headers AS h (webhook_id, headers) VALUES (id, kept_secret_headers)
         ON CONFLICT (webhook_id) DO UPDATE SET headers = EXCLUDED.headers;
@@ -180,3 +227,15 @@ GRANT EXECUTE ON FUNCTION webhooks.update_webhook TO webhooks_admin;
 
 COMMENT ON FUNCTION webhooks.update_webhook IS
     'Change a webhook: changes is a JSON object of the fields to set (name, url, events, secret, description, enabled, max_retries, timeout_seconds, retry_backoff_seconds, headers, profile, retry_schedule).';
+
+COMMENT ON FUNCTION webhooks._check_change_fields IS
+    'update_webhook: changes must be a JSON object naming only fields of a webhook (WH012).';
+
+COMMENT ON FUNCTION webhooks._apply_changes IS
+    'update_webhook: the webhook row with the column fields of changes applied, each field checked.';
+
+COMMENT ON FUNCTION webhooks._kept_secret_headers IS
+    'update_webhook: the secret headers a webhook keeps (restated, dropped by a new URL, or unchanged).';
+
+COMMENT ON FUNCTION webhooks._change_pause_after IS
+    'update_webhook: check and store a new pause_after (an interval string or null).';

@@ -1,6 +1,74 @@
 -- pgwebhooks: the delivery log. What each delivery and attempt did, for people, the CLI and the
 -- dashboard: pages of deliveries, the attempts of one, the request one sent, attempts per slot.
 
+-- One page of a webhook's log for get_deliveries: what is queued (captured, not yet fanned out),
+-- what is held, and the deliveries, newest first in that order; the checks are get_deliveries'.
+CREATE OR REPLACE FUNCTION webhooks._deliveries_page(id uuid, "limit" integer, "offset" integer)
+RETURNS TABLE (
+    delivery_id bigint, event_id uuid, event text, "table" text, status text, attempts integer,
+    response_status integer, response_excerpt text, error text, latency_ms integer, created_at timestamptz,
+    last_attempt_at timestamptz, next_attempt_at timestamptz, completed_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Changes captured but not yet turned into deliveries (that happens when a runner claims)
+    -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
+    -- Only an enabled webhook's: a disabled one gets no delivery from them.
+    WITH queued AS (
+        -- A published event is listed by its type, not as EVENT.
+        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id,
+               CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END AS operation,
+               format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
+        FROM webhooks.captures c
+        CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
+        WHERE c.fanned_out < c.row_count AND _deliveries_page.id = ANY (c.webhook_ids)
+          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = _deliveries_page.id AND w.enabled)
+        ORDER BY c.id DESC, g.n DESC
+        LIMIT "limit"::bigint + "offset"
+    ), listed AS (
+        SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
+               NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
+               NULL::integer AS latency_ms, q.occurred_at AS created_at, NULL::timestamptz AS attempted_at,
+               NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
+               0 AS part, q.capture_id AS k1, q.n::bigint AS k2
+        FROM queued q
+        UNION ALL
+        -- Rows held for this webhook because its `where` failed at capture (release_held()).
+        SELECT * FROM (
+            SELECT NULL::bigint, NULL::uuid, h.operation, format('%I.%I', h.schema_name, h.table_name), 'held'::text,
+                   0, NULL::integer, NULL::text, h.held_error, NULL::integer, h.held_at, NULL::timestamptz,
+                   NULL::timestamptz, NULL::timestamptz, -1, h.id, 0::bigint
+            FROM webhooks.held_rows h
+            WHERE h.webhook_id = _deliveries_page.id
+            ORDER BY h.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) held
+        UNION ALL
+        SELECT * FROM (
+            SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
+                   coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
+                   CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
+                   d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
+                   a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,
+                   1, d.id, 0::bigint
+            FROM webhooks.deliveries d
+            -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
+            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
+            LEFT JOIN LATERAL (
+                SELECT * FROM webhooks.delivery_attempts x
+                WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
+            ) a ON true
+            WHERE d.webhook_id = _deliveries_page.id
+            ORDER BY d.id DESC
+            LIMIT "limit"::bigint + "offset"
+        ) listed_deliveries
+    )
+    SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
+           l.error, l.latency_ms, l.created_at, l.attempted_at, l.next_attempt_at, l.completed_at
+    FROM listed l
+    ORDER BY l.part, l.k1 DESC, l.k2 DESC
+    LIMIT "limit" OFFSET "offset"
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.get_deliveries(id uuid, "limit" integer DEFAULT 50, "offset" integer DEFAULT 0)
 RETURNS TABLE (
     delivery_id bigint,
@@ -25,64 +93,7 @@ BEGIN
     PERFORM webhooks._check_reach(id);
     PERFORM webhooks._check_range('limit', "limit", 1, 1000);
     PERFORM webhooks._check_range('offset', "offset", 0, 2147483647);
-    RETURN QUERY
-    -- Changes captured but not yet turned into deliveries (that happens when a runner claims)
-    -- come first, as status 'queued' without a delivery id: newest of all, and owed all the same.
-    -- Only an enabled webhook's: a disabled one gets no delivery from them.
-    WITH queued AS (
-        -- A published event is listed by its type, not as EVENT.
-        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id,
-               CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END AS operation,
-               format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
-        FROM webhooks.captures c
-        CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
-        WHERE c.fanned_out < c.row_count AND get_deliveries.id = ANY (c.webhook_ids)
-          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = get_deliveries.id AND w.enabled)
-        ORDER BY c.id DESC, g.n DESC
-        LIMIT "limit"::bigint + "offset"
-    ), listed AS (
-        SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,
-               NULL::integer AS status_code, NULL::text AS response_excerpt, NULL::text AS error,
-               NULL::integer AS latency_ms, q.occurred_at AS created_at, NULL::timestamptz AS attempted_at,
-               NULL::timestamptz AS next_attempt_at, NULL::timestamptz AS completed_at,
-               0 AS part, q.capture_id AS k1, q.n::bigint AS k2
-        FROM queued q
-        UNION ALL
-        -- Rows held for this webhook because its `where` failed at capture (release_held()).
-        SELECT * FROM (
-            SELECT NULL::bigint, NULL::uuid, h.operation, format('%I.%I', h.schema_name, h.table_name), 'held'::text,
-                   0, NULL::integer, NULL::text, h.held_error, NULL::integer, h.held_at, NULL::timestamptz,
-                   NULL::timestamptz, NULL::timestamptz, -1, h.id, 0::bigint
-            FROM webhooks.held_rows h
-            WHERE h.webhook_id = get_deliveries.id
-            ORDER BY h.id DESC
-            LIMIT "limit"::bigint + "offset"
-        ) held
-        UNION ALL
-        SELECT * FROM (
-            SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
-                   coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
-                   CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
-                   d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
-                   a.attempted_at, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.completed_at,
-                   1, d.id, 0::bigint
-            FROM webhooks.deliveries d
-            -- LEFT: a delivery whose event was purged under it stays visible (claim() fails it).
-            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
-            LEFT JOIN LATERAL (
-                SELECT * FROM webhooks.delivery_attempts x
-                WHERE x.delivery_id = d.id ORDER BY x.attempt DESC, x.id DESC LIMIT 1
-            ) a ON true
-            WHERE d.webhook_id = get_deliveries.id
-            ORDER BY d.id DESC
-            LIMIT "limit"::bigint + "offset"
-        ) listed_deliveries
-    )
-    SELECT l.id, l.event_id, l.operation, l.tbl, l.status, l.attempts, l.status_code, l.response_excerpt,
-           l.error, l.latency_ms, l.created_at, l.attempted_at, l.next_attempt_at, l.completed_at
-    FROM listed l
-    ORDER BY l.part, l.k1 DESC, l.k2 DESC
-    LIMIT "limit" OFFSET "offset";
+    RETURN QUERY SELECT * FROM webhooks._deliveries_page(id, "limit", "offset");
 END
 $$;
 
@@ -290,3 +301,6 @@ COMMENT ON FUNCTION webhooks.delivery_request IS
 
 COMMENT ON FUNCTION webhooks.delivery_histogram IS
     'Attempts per webhook (delivered, failed) in time slots up to now, for the dashboard''s charts.';
+
+COMMENT ON FUNCTION webhooks._deliveries_page IS
+    'get_deliveries'' page: queued changes, held rows, then deliveries, newest first (arguments checked by get_deliveries).';

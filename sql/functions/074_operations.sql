@@ -12,6 +12,55 @@ DROP FUNCTION IF EXISTS webhooks.replay_failed(uuid, timestamptz);
 -- (declared) and `data` an application event. Sent in the webhook's profile like real ones, and
 -- marked as a test: "test": true in the body, a `webhook-test: true` header (see claim()).
 -- Returns the delivery id (see get_deliveries).
+-- send_test's row change: a capture of `event` on `table` with the given images, only as the
+-- caller could have made it. Returns the capture's id.
+CREATE OR REPLACE FUNCTION webhooks._test_row_change(id uuid, event text, "table" text, record jsonb, old_record jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    capture bigint;
+    parts text[];
+    op text := upper(event);
+    target oid;
+BEGIN
+    IF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
+        PERFORM webhooks._fail('WH007', 'event', format('%s is not an operation; expected INSERT, UPDATE, '
+            'DELETE or TRUNCATE', coalesce(quote_literal(event), 'null')));
+    END IF;
+    BEGIN
+        parts := parse_ident(coalesce("table", ''));
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name', "table"));
+    END;
+    IF cardinality(parts) NOT IN (1, 2) THEN
+        PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name; use "table" or "schema.table"', "table"));
+    END IF;
+    IF record IS NOT NULL AND jsonb_typeof(record) <> 'object' OR old_record IS NOT NULL AND jsonb_typeof(old_record) <> 'object' THEN
+        PERFORM webhooks._fail('WH013', 'record', 'record and old_record must be JSON objects');
+    END IF;
+    target := to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
+                                 parts[cardinality(parts)]))::oid;
+    -- A test row change is signed like a real one, so it may only claim a change its caller
+    -- could have made: the receiver cannot tell "INSERT" from a test that says so.
+    IF target IS NOT NULL AND NOT has_table_privilege(webhooks._caller(), target, op) THEN
+        PERFORM webhooks._fail('WH035', 'event', format('role %I may not %s %s; a test %s of a table needs '
+            'the same right on it', webhooks._caller(), op, target::regclass, op));
+    END IF;
+    -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   fanned_out, record, old_record, test)
+    VALUES (op, coalesce(target, 0),
+            CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
+            ARRAY[id], 1, 1,
+            CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
+                 WHEN op <> 'TRUNCATE' THEN webhooks._compact_json(coalesce(record, '{}'))::json END,
+            CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END, true)
+    RETURNING captures.id INTO capture;
+    RETURN capture;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.send_test(
     id uuid, event text DEFAULT NULL, "table" text DEFAULT NULL, record jsonb DEFAULT NULL,
     old_record jsonb DEFAULT NULL, event_type text DEFAULT NULL, data jsonb DEFAULT NULL)
@@ -21,9 +70,6 @@ AS $$
 DECLARE
     capture bigint;
     delivery bigint;
-    parts text[];
-    op text := upper(event);
-    target oid;
 BEGIN
     PERFORM webhooks._webhook_exists(id);
     PERFORM webhooks._check_reach(id);  -- 070_webhooks.sql
@@ -47,39 +93,7 @@ BEGIN
         VALUES ('EVENT', 0, 'webhooks', 'events', ARRAY[id], 1, 1, event_type, coalesce(data, '{}'), true)
         RETURNING captures.id INTO capture;
     ELSIF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
-        IF op IS NULL OR op NOT IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
-            PERFORM webhooks._fail('WH007', 'event', format('%s is not an operation; expected INSERT, UPDATE, '
-                'DELETE or TRUNCATE', coalesce(quote_literal(event), 'null')));
-        END IF;
-        BEGIN
-            parts := parse_ident(coalesce("table", ''));
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name', "table"));
-        END;
-        IF cardinality(parts) NOT IN (1, 2) THEN
-            PERFORM webhooks._fail('WH006', 'table', format('%L is not a table name; use "table" or "schema.table"', "table"));
-        END IF;
-        IF record IS NOT NULL AND jsonb_typeof(record) <> 'object' OR old_record IS NOT NULL AND jsonb_typeof(old_record) <> 'object' THEN
-            PERFORM webhooks._fail('WH013', 'record', 'record and old_record must be JSON objects');
-        END IF;
-        target := to_regclass(format('%I.%I', CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END,
-                                     parts[cardinality(parts)]))::oid;
-        -- A test row change is signed like a real one, so it may only claim a change its caller
-        -- could have made: the receiver cannot tell "INSERT" from a test that says so.
-        IF target IS NOT NULL AND NOT has_table_privilege(webhooks._caller(), target, op) THEN
-            PERFORM webhooks._fail('WH035', 'event', format('role %I may not %s %s; a test %s of a table needs '
-                'the same right on it', webhooks._caller(), op, target::regclass, op));
-        END IF;
-        -- The images as a capture stores them: a DELETE's row in `record`, compact JSON.
-        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record, old_record, test)
-        VALUES (op, coalesce(target, 0),
-                CASE WHEN cardinality(parts) = 2 THEN parts[1] ELSE 'public' END, parts[cardinality(parts)],
-                ARRAY[id], 1, 1,
-                CASE WHEN op = 'DELETE' THEN webhooks._compact_json(coalesce(old_record, record))::json
-                     WHEN op <> 'TRUNCATE' THEN webhooks._compact_json(coalesce(record, '{}'))::json END,
-                CASE WHEN op = 'UPDATE' THEN webhooks._compact_json(old_record)::json END, true)
-        RETURNING captures.id INTO capture;
+        capture := webhooks._test_row_change(id, event, "table", record, old_record);
     ELSE
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                        fanned_out, record, test)
@@ -288,3 +302,6 @@ COMMENT ON FUNCTION webhooks.purge IS
 
 COMMENT ON FUNCTION webhooks.require_https IS
     'Turn the installation''s HTTPS-only option on or off: when on, http:// webhook URLs are refused (WH024).';
+
+COMMENT ON FUNCTION webhooks._test_row_change IS
+    'send_test''s row change: checks the operation, table and images, and the caller''s right to make that change; returns the capture id.';

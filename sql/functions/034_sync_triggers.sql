@@ -1,0 +1,83 @@
+-- pgwebhooks: the capture triggers of each watched table kept in step with its subscriptions
+-- (the trigger functions are 030_capture.sql's and 032_capture_filters.sql's).
+
+-- Make the capture triggers on `relid` match its subscriptions: one per subscribed operation,
+-- carrying the subscribed webhooks, none for the others. Called by every management function
+-- that changes subscriptions and by every migrate (refresh_triggers); a trigger that already
+-- matches is left alone, so a re-sync takes no lock on a table whose triggers are current.
+--
+-- The kind of trigger: FOR EACH STATEMENT with transition tables, except FOR EACH ROW for
+-- partitioned tables (cloned to every partition, so writes made straight into a partition are
+-- captured too) and for UPDATE on a table without a key to pair old and new rows by.
+CREATE OR REPLACE FUNCTION webhooks._sync_triggers(relid oid)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    op text;
+    trigger_name text;
+    hooks uuid[];
+    has_key boolean;
+    partitioned boolean;
+    by_row boolean;
+    fn text;
+    args text[];
+    filter_query text;
+BEGIN
+    SELECT c.relkind = 'p' INTO partitioned FROM pg_class c WHERE c.oid = relid;
+    IF NOT FOUND THEN
+        RETURN;  -- the table was dropped, and its triggers with it
+    END IF;
+    PERFORM webhooks._sync_routes(relid);
+    has_key := webhooks._pairing_index(relid) IS NOT NULL;
+    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] LOOP
+        trigger_name := 'webhooks_capture_' || lower(op);
+        SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
+        FROM webhooks.subscriptions s
+        WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
+        -- Capture filters (see 031_capture_filters.sql): statement-level always, pairing by key
+        -- when there is one. (Filters are refused on partitioned tables.) TRUNCATE has no rows to
+        -- filter: it keeps its statement trigger (a partitioned table's fire for its own TRUNCATE).
+        filter_query := CASE WHEN hooks IS NOT NULL AND NOT partitioned AND op <> 'TRUNCATE'
+                             THEN webhooks._filter_query(relid, op) END;
+        by_row := op <> 'TRUNCATE' AND filter_query IS NULL AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
+        fn := CASE WHEN op = 'TRUNCATE' THEN '_capture_truncate'
+                   WHEN filter_query IS NOT NULL THEN '_capture_filtered'
+                   WHEN by_row THEN '_capture_row' ELSE '_capture_statement' END;
+        -- A filtered trigger lists only the webhooks not routed by value (its fallback reads the
+        -- routed ones from capture_routes): its argument, read on every write, and the trigger
+        -- itself stay the same however many tenant webhooks come and go.
+        args := CASE WHEN filter_query IS NOT NULL
+                     THEN ARRAY[coalesce(ARRAY(SELECT h FROM unnest(hooks) h WHERE NOT EXISTS (
+                              SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = h
+                                AND s.relid = _sync_triggers.relid AND s.route_column IS NOT NULL)), '{}')::text,
+                                filter_query]
+                     WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
+        IF hooks IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_trigger t
+            WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name AND NOT t.tgisinternal
+              AND t.tgfoid = format('webhooks.%s()', fn)::regprocedure
+              AND ((t.tgtype & 1) = 1) = by_row
+              AND encode(t.tgargs, 'escape') = array_to_string(args, '\000') || '\000'
+        ) THEN
+            CONTINUE;  -- already what it should be
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, relid::regclass);
+        END IF;
+        IF hooks IS NOT NULL THEN
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION webhooks.%s(%s)',
+                trigger_name, op, relid::regclass,
+                CASE
+                    WHEN by_row THEN 'FOR EACH ROW'
+                    WHEN op = 'TRUNCATE' THEN 'FOR EACH STATEMENT'
+                    WHEN op = 'INSERT' THEN 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT'
+                    WHEN op = 'DELETE' THEN 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
+                    ELSE 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
+                END,
+                fn, (SELECT string_agg(quote_literal(a), ', ') FROM unnest(args) a));
+        END IF;
+    END LOOP;
+END
+$$;
