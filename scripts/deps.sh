@@ -4,6 +4,7 @@
 # is the newest already installed with plpython3u, else the one Debian's `postgresql` package
 # depends on (15 on Debian 12, 17 on Debian 13).
 # chromium: the dashboard's browser tests drive it with Playwright (never `playwright install`).
+# systemd: its systemd-analyze checks deploy/pgwebhooks.service (no service is started).
 set -eu
 
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
@@ -23,7 +24,7 @@ if [ -z "$major" ]; then
 	exit 1
 fi
 pkgs="postgresql-$major postgresql-plpython3-$major postgresql-$major-pgtap libtap-parser-sourcehandler-pgtap-perl"
-pkgs="$pkgs chromium"
+pkgs="$pkgs chromium systemd"
 missing=$(for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"
 done)

@@ -54,8 +54,7 @@ def test_the_unit_runs_as_its_own_user_hardened_and_can_be_enabled() -> None:
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:  # the parser test above still runs; this machine has no systemd to ask
-        return
+    assert analyze, "systemd-analyze is missing: install Debian's systemd package (make deps does)"
     # verify checks that ExecStart's program exists: point it at this environment's pgwebhooks.
     exe = Path(sys.executable).parent / "pgwebhooks"
     assert exe.exists()
