@@ -78,6 +78,12 @@ def restored(server: Server, owner: tuple[str, list[str]]) -> tuple[str, str]:
         conn.execute("CREATE TABLE tenants_rows (id int PRIMARY KEY, tenant int NOT NULL)")
         conn.execute("SELECT webhooks.create_webhook('tenant1', 'https://t1.example/', %s)",
                      (Jsonb([{"table": "tenants_rows", "where": "tenant = 1"}]),))
+        # A watched table renamed, and a new table under its old name that nobody subscribed to.
+        conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+        conn.execute("SELECT webhooks.create_webhook('ledger', 'https://l.example/', %s)",
+                     (Jsonb([{"table": "ledger"}]),))
+        conn.execute("ALTER TABLE ledger RENAME TO ledger_2025")
+        conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "app.dump"
         subprocess.run([str(pg_tool(server, "pg_dump")), "--format=custom", "--file", str(dump)],
@@ -127,3 +133,15 @@ def test_routed_filters_still_route_in_a_restored_copy(restored: tuple[str, str]
                             " JOIN webhooks.webhooks w ON w.id = c.webhook_id").fetchall()
     tenant_bodies = [body for name, body in rows if name == "tenant1"]
     assert len(tenant_bodies) == 1 and '"tenant":1' in tenant_bodies[0], rows
+
+
+def test_a_table_that_took_a_watched_tables_old_name_is_not_watched_in_the_copy(restored: tuple[str, str]) -> None:
+    _, copy = restored
+    with psycopg.connect(copy, autocommit=True) as conn:
+        conn.execute("INSERT INTO ledger VALUES (1, 'not subscribed')")
+        conn.execute("INSERT INTO ledger_2025 VALUES (1, 'subscribed')")
+        rows = conn.execute("SELECT w.name, c.body FROM webhooks.claim(20, 30) c"
+                            " JOIN webhooks.webhooks w ON w.id = c.webhook_id").fetchall()
+    ledger_bodies = [body for name, body in rows if name == "ledger"]
+    assert not any("not subscribed" in b for b in ledger_bodies), rows
+    assert any('"note":"subscribed"' in b for b in ledger_bodies), rows

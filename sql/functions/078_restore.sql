@@ -17,9 +17,17 @@ DECLARE
     moves jsonb;
 BEGIN
     SELECT jsonb_object_agg(m.old_relid::text, m.new_relid) INTO moves
-    FROM (SELECT DISTINCT s.relid AS old_relid, to_regclass(s.table_name)::oid AS new_relid
+    FROM (SELECT DISTINCT s.relid AS old_relid, t.oid AS new_relid
           FROM webhooks.subscriptions s
-          WHERE s.table_name IS NOT NULL AND to_regclass(s.table_name) IS NOT NULL) m
+          CROSS JOIN LATERAL (SELECT to_regclass(s.table_name)::oid AS oid) t
+          -- table_name is the name when last subscribed, not kept through renames: another table
+          -- may have taken it since. Only a table whose restored capture trigger names this
+          -- webhook (or, for a filtered trigger, the old oid) is the subscribed one.
+          WHERE t.oid IS NOT NULL
+            AND EXISTS (SELECT 1 FROM pg_trigger g
+                        WHERE g.tgrelid = t.oid AND g.tgname LIKE 'webhooks\_capture\_%' AND NOT g.tgisinternal
+                          AND (strpos(encode(g.tgargs, 'escape'), s.webhook_id::text) > 0
+                               OR encode(g.tgargs, 'escape') ~ ('(^|[^0-9])' || s.relid || '::pg_catalog.oid')))) m
     WHERE m.old_relid <> m.new_relid;
     IF moves IS NULL THEN
         RETURN;
