@@ -179,7 +179,7 @@ BEGIN
                          WHERE h <> ALL (exact) OR h = ANY (locked) ORDER BY o);
     END IF;
     -- A delivery that cannot be rendered or signed must not fail every claim (see _quarantine).
-    -- One subtransaction per claim is all the happy path pays.
+    -- One subtransaction per claim; the ORDER BY renders every row before the first is returned.
     FOR round IN 1..3 LOOP
         BEGIN
             RETURN QUERY
