@@ -6,6 +6,7 @@ fan-out to deliveries happens later, in claim(). Webhook URLs are therefore neve
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -44,6 +45,31 @@ def _pgbench(env: Env, dbname: str, script: Path, seconds: float) -> float:
     if proc.returncode != 0 or not found:
         raise BenchError(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
     return float(found.group(1))
+
+
+def _backend_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu_per_insert(dsn: str, table: str, inserts: int = 20_000, rounds: int = 3) -> float:
+    """Microseconds of the server process's CPU per one-row INSERT, the trigger included and the
+    commit excluded (rolled back): the capture's own cost, which CPU time shows steadier than tps
+    on a machine whose other processes come and go."""
+    loop = (f"DO $$ BEGIN FOR i IN 1..{inserts} LOOP INSERT INTO {table} (customer_id, amount, status)"
+            " VALUES (i % 10000 + 1, 12.5, 'new'); END LOOP; END $$")
+    samples = []
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        conn.execute(loop.replace(str(inserts), "500"))  # warm-up: plans and caches
+        conn.rollback()
+        for _ in range(rounds):
+            before = _backend_cpu_seconds(row[0])
+            conn.execute(loop)
+            samples.append((_backend_cpu_seconds(row[0]) - before) / inserts * 1e6)
+            conn.rollback()
+    return median(samples)
 
 
 def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
@@ -89,6 +115,7 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     finally:
         runner.close()
     med = {label: median(v) for label, v in tps.items()}
+    cpu = {label: _server_cpu_per_insert(dsn, variants[label]) for label in variants if label != WAITING}
     env.drop_db(dsn)
     shares = {label: med[label] / med["none"] for label in variants}
     best_peer = max(("naive", "supabase-style", "hasura-style"), key=lambda k: shares[k])
@@ -102,6 +129,9 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     results.append(ratio(
         section, "tps 3 webhooks / no trigger", shares["3 webhooks"], 0.65, True,
         f"{med['3 webhooks']:.0f} vs {med['none']:.0f} tps"))
+    results.append(info(section, "server CPU per one-row INSERT, 1 webhook", f"{cpu['1 webhook']:.1f} us",
+                        "commit excluded, one session, median of 3x20,000; "
+                        + ", ".join(f"{label} {v:.1f}" for label, v in cpu.items() if label != "1 webhook")))
     results.append(info(section, "tps 1 webhook, a runner waiting / no trigger", f"{shares[WAITING]:.2f}x",
                         f"{med[WAITING]:.0f} tps; every commit NOTIFYs (an idle runner); a busy one is not waiting"))
     return results
