@@ -27,12 +27,13 @@ import health
 import isolation
 import latency
 import psycopg
+import snapshot
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
 MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health", "dashboard")
+                "health", "dashboard", "snapshot")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -45,6 +46,7 @@ TITLES = {
     "events": "9 application events",
     "health": "10 health and capture filters",
     "dashboard": "11 dashboard and metrics",
+    "snapshot": "12 a snapshot held open",
 }
 
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "dashboard": lambda: dashboard.bench_dashboard(env, args.dashboard_deliveries, args.deliveries, args.rounds),
         "health": lambda: health.bench_health(env, args.tenant_writes, args.rows, args.status_deliveries,
                                               args.rounds),
+        "snapshot": lambda: snapshot.bench_snapshot(env, 10_000 if args.quick else 50_000),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
