@@ -1,0 +1,164 @@
+"""webhooks.maintain(): one caller at a time, only for the roles that should, never removing work a
+delivery or a replay still needs while claims and replays run beside it, and called by the runner
+on its timer. Old rows are made old by moving their timestamps back, never by waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import create_table, create_webhook, eventually, insert, receiver, runner_config, running
+
+
+def _age(conn: psycopg.Connection, by: str = "30 days") -> None:
+    conn.execute("UPDATE webhooks.deliveries SET created_at = created_at - %s::interval,"
+                 " completed_at = completed_at - %s::interval", (by, by))
+    conn.execute("UPDATE webhooks.captures SET occurred_at = occurred_at - %s::interval", (by,))
+
+
+def _fail_all(conn: psycopg.Connection) -> None:
+    for _ in range(50):
+        n = conn.execute(
+            """SELECT count(*) FROM webhooks.complete((
+                   SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', c.delivery_id, 'attempt', c.attempt,
+                                                                'status_code', 400)), '[]')
+                   FROM webhooks.claim(200) c))""").fetchone()
+        if n == (0,):
+            return
+
+
+def test_a_second_caller_returns_at_once_saying_so(db: str) -> None:
+    with psycopg.connect(db) as first, psycopg.connect(db, autocommit=True) as second:
+        assert first.execute("SELECT busy FROM webhooks.maintain()").fetchone() == (False,)
+        # `first` is still in its transaction, holding the lock: `second` must not wait for it.
+        second.execute("SET lock_timeout = '2s'")
+        row = second.execute("SELECT deliveries, attempts, captures, more, busy FROM webhooks.maintain()").fetchone()
+        assert row == (0, 0, 0, True, True)
+        first.rollback()
+        assert second.execute("SELECT busy FROM webhooks.maintain()").fetchone() == (False,)
+
+
+@pytest.mark.parametrize(("role", "allowed"), [("webhooks_admin", True), ("webhooks_runner", True),
+                                               ("app_writer", False), ("webhooks_publisher", False),
+                                               ("webhooks_viewer", False)])
+def test_who_may_call_maintain(conn: psycopg.Connection, role: str, allowed: bool) -> None:
+    conn.execute("DO $$ BEGIN CREATE ROLE app_writer NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    conn.execute(f"SET ROLE {role}")
+    try:
+        if allowed:
+            assert conn.execute("SELECT busy FROM webhooks.maintain()").fetchone() == (False,)
+        else:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT webhooks.maintain()")
+        # Only an admin changes the retention; the runner may not, an application role even less.
+        if role == "webhooks_admin":
+            assert conn.execute("SELECT webhooks.set_retention('1 day')").fetchone() is not None
+        else:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT webhooks.set_retention('0')")
+    finally:
+        conn.execute("RESET ROLE")
+
+
+def _hammer(db: str, sql: str, stop: threading.Event, errors: list[str], outcomes: list[Any],
+            params: Any = None) -> None:
+    with psycopg.connect(db, autocommit=True) as c:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                outcomes.append(c.execute(sql, params).fetchall())
+            except psycopg.Error as exc:
+                errors.append(f"{exc.sqlstate}: {exc}")
+
+
+def test_nothing_needed_goes_under_concurrent_claim_and_replay(conn: psycopg.Connection) -> None:
+    """Attack: maintain() with retention 0 runs in a loop while one session replays old failed
+    deliveries (each replay needs the event maintain() wants to remove) and another claims. Every
+    delivery left pending or leased must still find its capture and its row image."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    hook = conn.execute("SELECT id FROM webhooks.create_webhook('m', 'https://example.com/m', "
+                        "'[{\"table\": \"items\"}]', max_retries => 0)").fetchone()
+    assert hook is not None
+    # Multi-row statements (captures with events) and one-row statements (images inline).
+    conn.execute("INSERT INTO items SELECT g FROM generate_series(1, 300) g")
+    for i in range(301, 401):
+        conn.execute("INSERT INTO items VALUES (%s)", (i,))
+    _fail_all(conn)
+    failed = [r[0] for r in conn.execute("SELECT id FROM webhooks.deliveries WHERE status = 'failed' ORDER BY id")]
+    assert len(failed) == 400
+    conn.execute("SELECT webhooks.set_retention('0')")
+    _age(conn, "1 second")
+
+    stop = threading.Event()
+    errors: list[str] = []
+    replays: list[Any] = []
+    claims: list[Any] = []
+    maintained: list[Any] = []
+    threads = [
+        threading.Thread(target=_hammer, args=(conn.info.dsn, "SELECT deliveries, captures, busy FROM "
+                                               "webhooks.maintain('20 milliseconds', 7)", stop, errors, maintained)),
+        threading.Thread(target=_hammer, args=(conn.info.dsn, "SELECT delivery_id FROM webhooks.claim(5)",
+                                               stop, errors, claims)),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+            for delivery in failed[::-3]:  # newest first: maintain() walks from the oldest
+                try:
+                    replays.append(c.execute("SELECT webhooks.replay(%s)", (delivery,)).fetchone())
+                except psycopg.Error as exc:
+                    # maintain() took the delivery or its event first: refused, and said so.
+                    if exc.sqlstate == "WH404" and ("purged" in str(exc) or "no delivery" in str(exc)):
+                        replays.append("purged")
+                    else:
+                        errors.append(f"{exc.sqlstate}: {exc}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert errors == []
+    assert any(r != "purged" for r in replays), "no replay won the race: the test proves nothing"
+    assert sum(m[0][0] for m in maintained) > 0, "maintain() removed nothing: the test proves nothing"
+    # Every delivery still to do (or done in the race) has what claim() needs to send it.
+    orphans = conn.execute(
+        """SELECT d.id, d.status FROM webhooks.deliveries d
+           LEFT JOIN webhooks.captures c ON c.id = d.capture_id
+           WHERE d.status IN ('pending', 'leased')
+             AND (c.id IS NULL OR (c.row_count > 1 AND NOT EXISTS (
+                      SELECT 1 FROM webhooks.events e WHERE e.capture_id = d.capture_id AND e.n = d.n)))"""
+    ).fetchall()
+    assert orphans == []
+    # And no claim failed a delivery because its event had gone.
+    gone = conn.execute("SELECT count(*) FROM webhooks.delivery_attempts WHERE error LIKE '%purged%'").fetchone()
+    assert gone == (0,)
+
+
+async def test_the_runner_removes_old_finished_rows_on_its_timer(db: str) -> None:
+    create_table(db)
+    async with receiver() as r:
+        create_webhook(db, r.url)
+        insert(db, 20)
+        async with running(runner_config(db, maintain_interval=0.3)) as runner:
+            with psycopg.connect(db, autocommit=True) as conn:
+                def delivered() -> bool:
+                    row = conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'").fetchone()
+                    return row == (20,)
+
+                assert await eventually(delivered, timeout=20)
+                _age(conn)
+                insert(db, 5)  # recent: must stay
+
+                def only_recent_left() -> bool:
+                    row = conn.execute("SELECT count(*), count(*) FILTER (WHERE created_at > now() - interval '1 day')"
+                                       " FROM webhooks.deliveries").fetchone()
+                    return row is not None and row[0] == row[1] == 5
+
+                assert await eventually(only_recent_left, timeout=20)
+                attempts = conn.execute("SELECT count(*) FROM webhooks.delivery_attempts a WHERE NOT EXISTS "
+                                        "(SELECT 1 FROM webhooks.deliveries d WHERE d.id = a.delivery_id)").fetchone()
+                assert attempts == (0,)
+            assert runner.maintainer.removed_deliveries == 20
