@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import create_table, create_webhook, eventually, insert, receiver, runner_config, running
+from helpers import create_table, create_webhook, eventually, insert, receiver, runner_config, running, wait_until
 
 
 def _age(conn: psycopg.Connection, by: str = "30 days") -> None:
@@ -162,3 +162,80 @@ async def test_the_runner_removes_old_finished_rows_on_its_timer(db: str) -> Non
                                         "(SELECT 1 FROM webhooks.deliveries d WHERE d.id = a.delivery_id)").fetchone()
                 assert attempts == (0,)
             assert runner.maintainer.removed_deliveries == 20
+
+
+def _one_failed_old_delivery(conn: psycopg.Connection) -> int:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    conn.execute("SELECT webhooks.create_webhook('r', 'https://example.com/r', '[{\"table\": \"items\"}]', "
+                 "max_retries => 0)")
+    conn.execute("INSERT INTO items VALUES (1), (2)")  # a multi-row capture: the row images are in events
+    _fail_all(conn)
+    conn.execute("SELECT webhooks.set_retention('0')")
+    _age(conn, "1 second")
+    row = conn.execute("SELECT min(id) FROM webhooks.deliveries WHERE status = 'failed'").fetchone()
+    assert row is not None and row[0] is not None
+    return int(row[0])
+
+
+def _unsendable(conn: psycopg.Connection) -> list[Any]:
+    return conn.execute(
+        """SELECT d.id FROM webhooks.deliveries d
+           WHERE d.status IN ('pending', 'leased')
+             AND NOT EXISTS (SELECT 1 FROM webhooks.events e WHERE e.capture_id = d.capture_id AND e.n = d.n)"""
+    ).fetchall()
+
+
+def test_a_replay_in_flight_keeps_its_event_and_maintain_does_not_wait_for_it(conn: psycopg.Connection) -> None:
+    """Attack: replay an old failed delivery and keep the transaction open while maintain() runs.
+    maintain() must neither wait for the replay nor remove the event it is about to need."""
+    delivery = _one_failed_old_delivery(conn)
+    with psycopg.connect(conn.info.dsn) as replaying:
+        replaying.execute("SELECT webhooks.replay(%s)", (delivery,))  # holds the capture until it commits
+        done = threading.Event()
+        result: list[Any] = []
+
+        def maintain() -> None:
+            with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+                c.execute("SET lock_timeout = '20s'")
+                result.append(c.execute("SELECT deliveries, captures FROM webhooks.maintain()").fetchone())
+            done.set()
+
+        worker = threading.Thread(target=maintain)
+        worker.start()
+        finished_before_commit = done.wait(10)
+        replaying.commit()
+        worker.join(timeout=30)
+    assert finished_before_commit, "maintain() waited for an open replay"
+    assert result == [(2, 0)], "the finished deliveries go, the capture the replay holds stays"
+    assert conn.execute("SELECT * FROM webhooks.maintain()").fetchone() is not None
+    assert conn.execute("SELECT count(*) FROM webhooks.deliveries WHERE status = 'pending'").fetchone() == (1,)
+    assert _unsendable(conn) == []
+
+
+def test_a_replay_after_maintain_removed_the_event_is_refused(conn: psycopg.Connection) -> None:
+    """Attack: replay while maintain() has removed the event but not committed yet: the replay
+    waits, then is refused (WH404), and leaves no delivery without its event."""
+    delivery = _one_failed_old_delivery(conn)
+    with psycopg.connect(conn.info.dsn) as maintaining:
+        assert maintaining.execute("SELECT deliveries, captures FROM webhooks.maintain()").fetchone() == (2, 1)
+        errors: list[str] = []
+
+        def replay() -> None:
+            with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+                try:
+                    c.execute("SELECT webhooks.replay(%s)", (delivery,))
+                except psycopg.Error as exc:
+                    errors.append(f"{exc.sqlstate} {exc}")
+
+        worker = threading.Thread(target=replay)
+        worker.start()
+        # Commit once the replay waits on the capture maintain() is removing.
+        waiting = wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%replay%'"
+        ).fetchone() == (1,), timeout=10)
+        maintaining.commit()
+        worker.join(timeout=30)
+    assert waiting, "the replay never waited for maintain(): the race was not reached"
+    assert len(errors) == 1 and errors[0].startswith("WH404") and "purged" in errors[0], errors
+    assert conn.execute("SELECT count(*) FROM webhooks.deliveries").fetchone() == (0,)
+    assert _unsendable(conn) == []

@@ -6,15 +6,18 @@
 -- their attempts; then captures older than that which are fully fanned out and that no delivery
 -- references any more, with their events. What it never removes: pending or leased deliveries,
 -- a capture still to fan out or still needed by any delivery (a pending replay included), held
--- rows. Both kinds of rows are walked in id order up to a bound found by bisection, so a call's
--- cost follows what it removes, not the size of what is kept.
+-- rows. Both kinds of rows are walked in windows of ids, from the oldest up to a bound found by
+-- bisection, so a call's cost follows what it removes, not the size of what is kept; a window of
+-- ids (rather than "the next N that qualify") keeps every step an index range scan whatever the
+-- planner guesses about how many rows qualify.
 
--- The first id of `tbl` (deliveries or captures) whose `col` is at or after `cutoff`, by
--- bisection over the primary key: ids grow with time, so everything older lies below it. A row
--- that committed out of order (a long transaction) may lie above it; a later call, with a later
--- cutoff, takes it. NULL when the table is empty.
-CREATE OR REPLACE FUNCTION webhooks._maintain_bound(tbl regclass, col name, cutoff timestamptz)
-RETURNS bigint
+-- The range of ids of `tbl` (deliveries or captures) to walk: from its first id to the first
+-- whose `col` is at or after `cutoff`, found by bisection over the primary key: ids grow with
+-- time, so everything older lies below it. A row that committed out of order (a long
+-- transaction) may lie above it; a later call, with a later cutoff, takes it. NULLs when the
+-- table is empty.
+CREATE OR REPLACE FUNCTION webhooks._maintain_bound(tbl regclass, col name, cutoff timestamptz,
+                                                    OUT first_id bigint, OUT below_id bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -27,8 +30,9 @@ DECLARE
 BEGIN
     EXECUTE format('SELECT min(t.id), max(t.id) + 1 FROM %s t', tbl) INTO lo, hi;
     IF lo IS NULL THEN
-        RETURN NULL;
+        RETURN;
     END IF;
+    first_id := lo;
     -- Invariant: every row below `lo` is older than cutoff; the row at `hi` (or the end) is not.
     -- 64 rounds halve any bigint range to one id.
     FOR round IN 1..64 LOOP
@@ -43,41 +47,35 @@ BEGIN
             hi := found_id;
         END IF;
     END LOOP;
-    RETURN hi;
+    below_id := hi;
 END
 $$;
 
--- One batch of finished deliveries (ids after `from_id`, below `below_id`) and their attempts.
--- SKIP LOCKED: a row replay_failed() is marking is left for the next call rather than waited for.
+-- The finished deliveries among ids from_id .. from_id + batch - 1 (below `below_id`), and their
+-- attempts. A finished delivery changes no more (replay_failed() only marks it), so nothing
+-- else waits for these row locks.
 CREATE OR REPLACE FUNCTION webhooks._maintain_deliveries(cutoff timestamptz, from_id bigint, below_id bigint, batch integer)
-RETURNS TABLE (last_id bigint, deliveries bigint, attempts bigint)
+RETURNS TABLE (deliveries bigint, attempts bigint)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH doomed AS MATERIALIZED (
-        SELECT d.id FROM webhooks.deliveries d
-        WHERE d.id > from_id AND d.id < below_id
+    WITH gone AS (
+        DELETE FROM webhooks.deliveries d
+        WHERE d.id >= from_id AND d.id < least(from_id + batch, below_id)
           AND d.status IN ('delivered', 'failed') AND d.completed_at < cutoff
-        ORDER BY d.id
-        LIMIT batch
-        FOR UPDATE SKIP LOCKED
-    ), gone AS (
-        DELETE FROM webhooks.deliveries d USING doomed x WHERE d.id = x.id
         RETURNING d.id
     ), gone_attempts AS (
         DELETE FROM webhooks.delivery_attempts a USING gone g WHERE a.delivery_id = g.id
         RETURNING 1
     )
-    SELECT CASE WHEN (SELECT count(*) FROM doomed) < batch THEN NULL ELSE (SELECT max(x.id) FROM doomed x) END,
-           (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_attempts)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_attempts)
 $$;
 
--- One batch of captures no delivery needs (ids after `from_id`, below `below_id`) and their events.
--- Two statements, as in purge(): the second sees every replay that committed before the first
--- locked its capture; a replay holds the capture (FOR KEY SHARE) until it commits, and one that
--- comes later finds the capture gone and refuses. Returns the last id looked at (NULL: none
--- left below the bound) and how many captures went.
+-- The captures no delivery needs among ids from_id .. from_id + batch - 1 (below `below_id`),
+-- and their events. Two statements, as in purge(): the second sees every replay that committed
+-- before the first locked its capture; a replay holds the capture (FOR KEY SHARE) until it
+-- commits, and one that comes later finds the capture gone and refuses. Returns how many went.
 CREATE OR REPLACE FUNCTION webhooks._maintain_captures(cutoff timestamptz, from_id bigint, below_id bigint, batch integer,
-                                                       OUT last_id bigint, OUT captures bigint)
+                                                       OUT captures bigint)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -85,12 +83,10 @@ DECLARE
 BEGIN
     SELECT array_agg(x.id ORDER BY x.id) INTO candidates
     FROM (SELECT c.id FROM webhooks.captures c
-          WHERE c.id > from_id AND c.id < below_id AND c.occurred_at < cutoff AND c.fanned_out = c.row_count
+          WHERE c.id >= from_id AND c.id < least(from_id + batch, below_id)
+            AND c.occurred_at < cutoff AND c.fanned_out = c.row_count
             AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
-          ORDER BY c.id
-          LIMIT batch
           FOR UPDATE SKIP LOCKED) x;
-    last_id := CASE WHEN cardinality(candidates) = batch THEN candidates[batch] END;
     WITH unneeded AS (
         DELETE FROM webhooks.captures c
         WHERE c.id = ANY (coalesce(candidates, '{}'))
@@ -111,8 +107,8 @@ AS $$
 DECLARE
     cutoff timestamptz;
     deadline timestamptz;
-    bound bigint;
-    cursor_id bigint := -1;
+    range record;
+    next_id bigint;
     step record;
     gone_deliveries bigint := 0;
     gone_attempts bigint := 0;
@@ -132,27 +128,26 @@ BEGIN
     deadline := clock_timestamp() + time_budget;
 
     -- Deliveries first: the captures they free go in the same call.
-    bound := webhooks._maintain_bound('webhooks.deliveries', 'created_at', cutoff);
-    WHILE bound IS NOT NULL AND cursor_id IS NOT NULL AND clock_timestamp() < deadline LOOP
-        SELECT * INTO step FROM webhooks._maintain_deliveries(cutoff, cursor_id, bound, batch_size);
-        cursor_id := step.last_id;
+    range := webhooks._maintain_bound('webhooks.deliveries', 'created_at', cutoff);
+    next_id := range.first_id;
+    WHILE next_id < range.below_id AND clock_timestamp() < deadline LOOP
+        SELECT * INTO step FROM webhooks._maintain_deliveries(cutoff, next_id, range.below_id, batch_size);
+        next_id := next_id + batch_size;
         gone_deliveries := gone_deliveries + step.deliveries;
         gone_attempts := gone_attempts + step.attempts;
     END LOOP;
-    IF bound IS NOT NULL AND cursor_id IS NOT NULL THEN
+    IF next_id < range.below_id THEN
         RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
         RETURN;
     END IF;
 
-    cursor_id := -1;
-    bound := webhooks._maintain_bound('webhooks.captures', 'occurred_at', cutoff);
-    WHILE bound IS NOT NULL AND cursor_id IS NOT NULL AND clock_timestamp() < deadline LOOP
-        SELECT * INTO step FROM webhooks._maintain_captures(cutoff, cursor_id, bound, batch_size);
-        cursor_id := step.last_id;
-        gone_captures := gone_captures + step.captures;
+    range := webhooks._maintain_bound('webhooks.captures', 'occurred_at', cutoff);
+    next_id := range.first_id;
+    WHILE next_id < range.below_id AND clock_timestamp() < deadline LOOP
+        gone_captures := gone_captures + webhooks._maintain_captures(cutoff, next_id, range.below_id, batch_size);
+        next_id := next_id + batch_size;
     END LOOP;
-    RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, bound IS NOT NULL AND cursor_id IS NOT NULL,
-                        false;
+    RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, coalesce(next_id < range.below_id, false), false;
 END
 $$;
 
