@@ -38,6 +38,7 @@ class Maintainer:
         self.removed_deliveries = 0
         self.removed_captures = 0
         self.runs = 0
+        self.failures = 0
 
     async def run(self) -> None:
         """Call maintain() every `maintain_interval` seconds until the runner stops."""
@@ -71,6 +72,7 @@ class Maintainer:
                 await asyncio.sleep(PAUSE_BETWEEN_CALLS)
             self.runs += 1
         except (psycopg.Error, OSError) as exc:
+            self.failures += 1
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("maintain failed; delivery goes on, trying again at the next interval",
                         extra={"error": reason})

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import create_table, create_webhook, eventually, insert, receiver, runner_config, running, wait_until
+from psycopg.conninfo import make_conninfo
 
 
 def _age(conn: psycopg.Connection, by: str = "30 days") -> None:
@@ -239,3 +240,28 @@ def test_a_replay_after_maintain_removed_the_event_is_refused(conn: psycopg.Conn
     assert len(errors) == 1 and errors[0].startswith("WH404") and "purged" in errors[0], errors
     assert conn.execute("SELECT count(*) FROM webhooks.deliveries").fetchone() == (0,)
     assert _unsendable(conn) == []
+
+
+async def test_a_failing_maintain_is_logged_and_delivery_goes_on(db: str, caplog: pytest.LogCaptureFixture) -> None:
+    create_table(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN CREATE ROLE maintain_runner LOGIN IN ROLE webhooks_runner; "
+                     "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        conn.execute("REVOKE EXECUTE ON FUNCTION webhooks.maintain FROM webhooks_runner")
+    try:
+        async with receiver() as r:
+            create_webhook(db, r.url)
+            insert(db, 10)
+            config = runner_config(make_conninfo(db, user="maintain_runner"), maintain_interval=0.2)
+            async with running(config) as runner:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    def delivered() -> bool:
+                        return conn.execute("SELECT count(*) FROM webhooks.deliveries "
+                                            "WHERE status = 'delivered'").fetchone() == (10,)
+
+                    assert await eventually(delivered, timeout=20)
+                    assert await eventually(lambda: runner.maintainer.failures >= 2, timeout=20)
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION webhooks.maintain TO webhooks_runner")
+    assert any("maintain failed" in rec.getMessage() for rec in caplog.records)
