@@ -7,7 +7,8 @@
 -- references any more, with their events. What it never removes: pending or leased deliveries,
 -- a capture still to fan out or still needed by any delivery (a pending replay included), held
 -- rows. Both kinds of rows are walked in windows of ids, from the oldest up to a bound found by
--- bisection, so a call's cost follows what it removes, not the size of what is kept; a window of
+-- bisection, each call going on where the last one stopped (_maintain_cursor), so a pass costs
+-- what it walks once and a stretch of rows kept cannot starve what lies beyond it; a window of
 -- ids (rather than "the next N that qualify") keeps every step an index range scan whatever the
 -- planner guesses about how many rows qualify.
 
@@ -107,8 +108,10 @@ AS $$
 DECLARE
     cutoff timestamptz;
     deadline timestamptz;
+    saved webhooks._maintain_cursor;
     range record;
     next_id bigint;
+    deliveries_done bigint;
     step record;
     gone_deliveries bigint := 0;
     gone_attempts bigint := 0;
@@ -126,28 +129,41 @@ BEGIN
     END IF;
     cutoff := now() - (SELECT i.retention FROM webhooks._installation i);
     deadline := clock_timestamp() + time_budget;
+    SELECT * INTO saved FROM webhooks._maintain_cursor;
 
-    -- Deliveries first: the captures they free go in the same call.
+    -- Deliveries first: the captures they free go in the same pass. Every call takes at least
+    -- one window, however small its budget, so each makes progress.
     range := webhooks._maintain_bound('webhooks.deliveries', 'created_at', cutoff);
-    next_id := range.first_id;
-    WHILE next_id < range.below_id AND clock_timestamp() < deadline LOOP
+    next_id := greatest(range.first_id, saved.deliveries_from);
+    WHILE next_id < range.below_id LOOP
         SELECT * INTO step FROM webhooks._maintain_deliveries(cutoff, next_id, range.below_id, batch_size);
         next_id := next_id + batch_size;
         gone_deliveries := gone_deliveries + step.deliveries;
         gone_attempts := gone_attempts + step.attempts;
+        IF clock_timestamp() >= deadline AND next_id < range.below_id THEN
+            UPDATE webhooks._maintain_cursor SET deliveries_from = next_id;
+            RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
+            RETURN;
+        END IF;
     END LOOP;
-    IF next_id < range.below_id THEN
-        RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
-        RETURN;
-    END IF;
+    -- While this pass finishes the captures, later calls only take deliveries newer than this.
+    deliveries_done := greatest(next_id, range.below_id);
 
     range := webhooks._maintain_bound('webhooks.captures', 'occurred_at', cutoff);
-    next_id := range.first_id;
-    WHILE next_id < range.below_id AND clock_timestamp() < deadline LOOP
+    next_id := greatest(range.first_id, saved.captures_from);
+    WHILE next_id < range.below_id LOOP
         gone_captures := gone_captures + webhooks._maintain_captures(cutoff, next_id, range.below_id, batch_size);
         next_id := next_id + batch_size;
+        IF clock_timestamp() >= deadline AND next_id < range.below_id THEN
+            UPDATE webhooks._maintain_cursor SET deliveries_from = deliveries_done, captures_from = next_id;
+            RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
+            RETURN;
+        END IF;
     END LOOP;
-    RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, coalesce(next_id < range.below_id, false), false;
+    -- The pass is complete: the next one starts from the oldest rows again.
+    UPDATE webhooks._maintain_cursor SET deliveries_from = NULL, captures_from = NULL
+    WHERE deliveries_from IS NOT NULL OR captures_from IS NOT NULL;
+    RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, false, false;
 END
 $$;
 

@@ -1,7 +1,7 @@
 -- 085: maintain() keeps the outbox bounded and never removes work that is still to be done.
 -- Old rows are made old by moving their timestamps back, never by waiting.
 BEGIN;
-SELECT plan(26);
+SELECT plan(29);
 
 CREATE TABLE public.t (id int PRIMARY KEY);
 CREATE TEMP TABLE h AS SELECT id FROM webhooks.create_webhook('h', 'https://e.com/h', '[{"table": "t"}]', max_retries => 0);
@@ -104,6 +104,32 @@ END $$;
 SELECT is((SELECT (sum(deliveries), sum(captures))::text FROM calls), '(7,3)',
           'small batches remove everything in the end: 7 deliveries, 3 captures');
 SELECT is((SELECT more FROM calls ORDER BY i DESC LIMIT 1), false, 'and the last call says nothing more remains');
+
+
+-- A long stretch of work to keep cannot starve what lies beyond it -----------------------------------
+-- 5,000 old pending deliveries (a paused webhook's backlog) come before an old delivered one. Each
+-- call goes on where the last one stopped, so tiny budgets still get through in the end.
+SELECT webhooks.set_retention('7 days');
+INSERT INTO webhooks.deliveries (capture_id, n, webhook_id, created_at, next_attempt_at)
+SELECT -2, 1, (SELECT id FROM h), now() - interval '30 days', now() + interval '1 day'
+FROM generate_series(1, 5000);
+INSERT INTO webhooks.deliveries (capture_id, n, webhook_id, status, attempts, created_at, completed_at)
+VALUES (-1, 1, (SELECT id FROM h), 'delivered', 1, now() - interval '30 days', now() - interval '30 days');
+TRUNCATE calls;
+DO $$
+DECLARE
+    m record;
+BEGIN
+    FOR i IN 1..2000 LOOP
+        SELECT * INTO m FROM webhooks.maintain('1 millisecond', 10);
+        INSERT INTO calls VALUES (i, m.deliveries, m.captures, m.more);
+        EXIT WHEN NOT m.more;
+    END LOOP;
+END $$;
+SELECT is((SELECT more FROM calls ORDER BY i DESC LIMIT 1), false, 'the pass ends');
+SELECT is((SELECT count(*)::int FROM webhooks.deliveries WHERE capture_id = -1), 0,
+          'the old delivered delivery behind the backlog is removed');
+SELECT is((SELECT count(*)::int FROM webhooks.deliveries WHERE status = 'pending'), 5000, 'the backlog stays, all of it');
 
 SELECT * FROM finish();
 ROLLBACK;
