@@ -4,6 +4,7 @@ on its timer. Old rows are made old by moving their timestamps back, never by wa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -43,10 +44,11 @@ def test_a_second_caller_returns_at_once_saying_so(db: str) -> None:
 
 
 @pytest.mark.parametrize(("role", "allowed"), [("webhooks_admin", True), ("webhooks_runner", True),
-                                               ("app_writer", False), ("webhooks_publisher", False),
+                                               ("maintain_app", False), ("webhooks_publisher", False),
                                                ("webhooks_viewer", False)])
 def test_who_may_call_maintain(conn: psycopg.Connection, role: str, allowed: bool) -> None:
-    conn.execute("DO $$ BEGIN CREATE ROLE app_writer NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    # Roles are cluster-wide: this one is dropped again, and named apart from the pgTAP suites' roles.
+    conn.execute("DO $$ BEGIN CREATE ROLE maintain_app NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     conn.execute(f"SET ROLE {role}")
     try:
         if allowed:
@@ -62,6 +64,7 @@ def test_who_may_call_maintain(conn: psycopg.Connection, role: str, allowed: boo
                 conn.execute("SELECT webhooks.set_retention('0')")
     finally:
         conn.execute("RESET ROLE")
+        conn.execute("DROP ROLE IF EXISTS maintain_app")
 
 
 def _hammer(db: str, sql: str, stop: threading.Event, errors: list[str], outcomes: list[Any],
@@ -264,4 +267,6 @@ async def test_a_failing_maintain_is_logged_and_delivery_goes_on(db: str, caplog
     finally:
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("GRANT EXECUTE ON FUNCTION webhooks.maintain TO webhooks_runner")
+            with contextlib.suppress(psycopg.Error):  # roles are cluster-wide: leave none behind
+                conn.execute("DROP ROLE IF EXISTS maintain_runner")
     assert any("maintain failed" in rec.getMessage() for rec in caplog.records)
