@@ -142,6 +142,10 @@ class RunnerMetrics(Collector):
             ("pgwebhooks_results_unreported", "Results that could not be reported (retried later).",
              stats.unreported),
             ("pgwebhooks_db_reconnects", "Lost database connections (claim, complete, listen).", stats.reconnects),
+            ("pgwebhooks_maintain_removed_deliveries", "Finished deliveries webhooks.maintain() removed for "
+             "this runner's timer.", self.runner.maintainer.removed_deliveries),
+            ("pgwebhooks_maintain_failures", "Rounds of webhooks.maintain() that failed (logged; delivery "
+             "goes on).", self.runner.maintainer.failures),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("pgwebhooks_ready", "1 when the database is reachable and its schema compatible.",

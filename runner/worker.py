@@ -5,8 +5,9 @@ Its parts, each with one job, share one small state object (state.py) that the r
 - admission (admission.py) decides which claimed job may start: slow start, limits, saturation;
 - the dispatcher (dispatcher.py) sends the jobs admitted;
 - the reporter (reporter.py) hands results to `webhooks.complete()` in batches;
-- the listener (listener.py) turns NOTIFY into a wake-up for the claimer.
-The claimer, reporter and listener each hold a connection of their own and reconnect with
+- the listener (listener.py) turns NOTIFY into a wake-up for the claimer;
+- the maintainer (maintainer.py) calls `webhooks.maintain()` on a timer, off the hot path.
+The claimer, reporter, listener and maintainer each hold a connection of their own and reconnect with
 backoff; a lease the runner cannot report on expires and its work is claimed again. The runner
 holds no secret and no retry policy: both live in the database. This module wires the parts
 together and shuts them down in order.
@@ -25,6 +26,7 @@ from pgwebhooks.claimer import Claimer
 from pgwebhooks.dispatcher import Dispatcher
 from pgwebhooks.health_server import HealthServer
 from pgwebhooks.listener import NOTIFY_CHANNEL, Listener
+from pgwebhooks.maintainer import Maintainer
 from pgwebhooks.metrics import RunnerMetrics
 from pgwebhooks.reporter import Reporter
 from pgwebhooks.sender import Sender
@@ -59,6 +61,8 @@ class RunnerConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     progress_interval: float = 60.0
+    # Seconds between rounds of webhooks.maintain() (maintainer.py); 0: never.
+    maintain_interval: float = 60.0
 
 
 class Runner:
@@ -72,6 +76,7 @@ class Runner:
         self.dispatcher = Dispatcher(config.concurrency, self._state, self.admission, self.reporter, self.metrics)
         self.claimer = Claimer(config, self._state, self.admission, self.dispatcher, self.metrics)
         self.listener = Listener(config, self._state)
+        self.maintainer = Maintainer(config, self._state)
 
     # -- read-only views ---------------------------------------------------------------------
 
@@ -113,15 +118,19 @@ class Runner:
             self.dispatcher.attach(sender)
             listener = asyncio.create_task(self.listener.run(), name="listener")
             reporter = asyncio.create_task(self.reporter.run(), name="reporter")
+            maintainer = asyncio.create_task(self.maintainer.run(), name="maintainer")
             try:
                 await self.claimer.run()
                 await self._drain_in_flight()
             finally:
                 listener.cancel()
+                maintainer.cancel()
                 self.reporter.nudge()
                 await reporter
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintainer
                 await health.stop()
         elapsed = time.monotonic() - self.stats.started_at
         log.info("runner stopped", extra={

@@ -56,7 +56,8 @@ def test_every_run_option_has_its_pgwebhooks_variable(monkeypatch: pytest.Monkey
               "PGWEBHOOKS_LEASE_MARGIN": "40", "PGWEBHOOKS_ALLOW_PRIVATE_NETWORKS": "1",
               "PGWEBHOOKS_ALLOW_CIDR": "10.0.0.0/8 127.0.0.0/8", "PGWEBHOOKS_LOG_FORMAT": "json",
               "PGWEBHOOKS_LOG_LEVEL": "debug", "PGWEBHOOKS_METRICS_PORT": "9187",
-              "PGWEBHOOKS_METRICS_HOST": "0.0.0.0", "PGWEBHOOKS_PROGRESS_INTERVAL": "15"}
+              "PGWEBHOOKS_METRICS_HOST": "0.0.0.0", "PGWEBHOOKS_PROGRESS_INTERVAL": "15",
+              "PGWEBHOOKS_MAINTAIN_INTERVAL": "0"}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     params = run.make_context("run", []).params
@@ -64,7 +65,8 @@ def test_every_run_option_has_its_pgwebhooks_variable(monkeypatch: pytest.Monkey
                       "poll_interval": 0.5, "shutdown_grace": 25.0, "lease_margin": 40,
                       "allow_private_networks": True, "allowed_cidrs": ("10.0.0.0/8", "127.0.0.0/8"),
                       "log_format": "json", "log_level": "DEBUG", "metrics_port": 9187,
-                      "metrics_host": "0.0.0.0", "progress_interval": 15.0}
+                      "metrics_host": "0.0.0.0", "progress_interval": 15.0,
+                      "maintain_interval": 0.0}
     assert all(isinstance(p, click.Option) and str(p.envvar).startswith("PGWEBHOOKS_") for p in run.params)
 
 

@@ -51,10 +51,15 @@ def _env(name: str) -> dict[str, Any]:
               help="Address for --metrics-port (0.0.0.0 for a Prometheus elsewhere).")
 @click.option("--progress-interval", type=float, default=60.0, show_default=True, **_env("PROGRESS_INTERVAL"),
               help="Seconds between progress log lines (delivered, failed, pending); 0: none.")
+@click.option("--maintain-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              **_env("MAINTAIN_INTERVAL"),
+              help="Seconds between calls of webhooks.maintain(), which removes finished work older than the "
+                   "retention (webhooks.set_retention); 0: never (run it from pg_cron instead).")
 def run(
     dsn: str, concurrency: int, per_webhook_concurrency: int, batch_size: int, poll_interval: float,
     shutdown_grace: float, lease_margin: int, allow_private_networks: bool, allowed_cidrs: tuple[str, ...],
     log_format: str, log_level: str, metrics_port: int | None, metrics_host: str, progress_interval: float,
+    maintain_interval: float,
 ) -> None:
     """Deliver webhooks: drain the outbox until SIGTERM or Ctrl-C.
 
@@ -79,6 +84,7 @@ def run(
         lease_margin_seconds=lease_margin,
         allow_private_networks=allow_private_networks, allowed_cidrs=allowed_cidrs,
         metrics_port=metrics_port, metrics_host=metrics_host, progress_interval=progress_interval,
+        maintain_interval=maintain_interval,
     )
 
     # From here a SIGTERM is remembered rather than raised: raised while asyncio builds its loop,

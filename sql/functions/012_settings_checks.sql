@@ -104,3 +104,17 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The installation's retention: how long finished work is kept, from 0 to 100 years.
+CREATE OR REPLACE FUNCTION webhooks._check_retention(retention interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Checked before any arithmetic: now() - '100000000 years' overflows.
+    IF retention IS NULL OR retention < interval '0' OR retention > interval '100 years' THEN
+        PERFORM webhooks._fail('WH055', 'retention', format('%s is out of range; expected an interval from '
+            '0 to 100 years, like ''7 days''', coalesce(quote_literal(retention::text), 'null')));
+    END IF;
+END
+$$;

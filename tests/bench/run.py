@@ -27,13 +27,14 @@ import health
 import isolation
 import latency
 import psycopg
+import retention
 import snapshot
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
 MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health", "dashboard", "snapshot")
+                "health", "dashboard", "retention", "snapshot")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -46,7 +47,8 @@ TITLES = {
     "events": "9 application events",
     "health": "10 health and capture filters",
     "dashboard": "11 dashboard and metrics",
-    "snapshot": "12 a snapshot held open",
+    "retention": "12 retention",
+    "snapshot": "13 a snapshot held open",
 }
 
 
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 100000; quick 20000; the issue's full size: 1000000)")
     parser.add_argument("--dashboard-deliveries", type=int, help="deliveries kept for the dashboard's pages "
                         "(default 1000000; quick 100000)")
+    parser.add_argument("--retention-deliveries", type=int, help="finished deliveries maintain() removes "
+                        "(default 1000000; quick 100000)")
     parser.add_argument("--tenant-writes", type=int, help="one-row transactions per tenants round (default 2000)")
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
@@ -79,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "neighbour": 20_000 if quick else 100_000, "outage_seconds": 10 if quick else 60,
                 "status_deliveries": 20_000 if quick else 100_000, "tenant_writes": 500 if quick else 2_000,
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3,
-                "dashboard_deliveries": 100_000 if quick else 1_000_000}
+                "dashboard_deliveries": 100_000 if quick else 1_000_000,
+                "retention_deliveries": 100_000 if quick else 1_000_000}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "dashboard": lambda: dashboard.bench_dashboard(env, args.dashboard_deliveries, args.deliveries, args.rounds),
         "health": lambda: health.bench_health(env, args.tenant_writes, args.rows, args.status_deliveries,
                                               args.rounds),
+        "retention": lambda: retention.bench_retention(env, args.retention_deliveries),
         "snapshot": lambda: snapshot.bench_snapshot(env, 10_000 if args.quick else 50_000),
     }
     started = time.monotonic()

@@ -55,7 +55,7 @@ def _drain(dsn: str, deliveries: int, hold: bool) -> tuple[float, float]:
 
 
 def bench_snapshot(env: Env, deliveries: int) -> list[Result]:
-    section = (f"12 a snapshot held open (idle in transaction) beside a {deliveries:,}-delivery drain "
+    section = (f"13 a snapshot held open (idle in transaction) beside a {deliveries:,}-delivery drain "
                "through claim(200) and complete(); no runner")
     results = {}
     for hold in (False, True):

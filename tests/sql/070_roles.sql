@@ -19,8 +19,10 @@ SELECT is(
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_runner', p.oid, 'EXECUTE')),
     -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret);
     -- circuit_failure_threshold: the breaker's number, read by the runner instead of copied.
-    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'runner_busy', 'version'],
-    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog, runner_busy and version, nothing else');
+    -- maintain: the runner keeps the outbox bounded on a timer; retention: what it keeps.
+    -- runner_busy: the runner says its claims come back full, so writers need not NOTIFY it.
+    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'maintain', 'next_due_in', 'release', 'release', 'retention', 'runner_backlog', 'runner_busy', 'version'],
+    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, maintain, retention, runner_backlog, runner_busy and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'
