@@ -18,7 +18,9 @@ AS $$ SELECT 1048576 $$;
 
 -- WH030 (too deep) or WH031 (too large) for an event's data. The text length is measured only
 -- when the stored size says it could matter: a JSON text is at most about six times its jsonb
--- (a string of control characters, each \u00XX), so small events pay one size lookup.
+-- (a string of control characters, each \u00XX), so small events pay one size lookup. Not so
+-- for a compressed value (data read from a table column): pg_column_size() is its compressed
+-- size, which says nothing of its text (2 MB of one letter compresses to 23 kB).
 CREATE OR REPLACE FUNCTION webhooks._check_event_data(field text, data jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
@@ -29,7 +31,7 @@ BEGIN
     IF data IS NULL THEN
         RETURN;
     END IF;
-    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() THEN
+    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() OR pg_column_compression(data) IS NOT NULL THEN
         size := octet_length(data::text);
         IF size > webhooks._max_data_bytes() THEN
             PERFORM webhooks._fail('WH031', field, format('is %s bytes of JSON text; at most %s are allowed',
@@ -64,10 +66,16 @@ BEGIN
         PERFORM webhooks._fail('WH032', 'event_type', pg_catalog.format(
             '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
     END IF;
-    -- _check_event_data's tests, inline: its own search_path would cost every call a GUC save and
-    -- restore. Only data that fails one is handed to it, for the error.
-    IF pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.*) 6 OPERATOR(pg_catalog.>) webhooks._max_data_bytes()
-       OR pg_catalog.jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")') THEN
+    -- Most events are small: an uncompressed jsonb of at most 512 bytes is neither too large nor
+    -- too deep (65 nested arrays take 520: 4 bytes of header per level and 4 to point at each
+    -- inner one), so it skips both tests; a compressed one's size says nothing, so it takes them.
+    -- The tests are _check_event_data's, inline (its own search_path would cost every call a GUC
+    -- save and restore); only data that fails one is handed to it, for the error.
+    IF (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.>) 512
+        OR pg_catalog.pg_column_compression(data) IS NOT NULL)
+       AND (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.*) 6 OPERATOR(pg_catalog.>) webhooks._max_data_bytes()
+            OR pg_catalog.pg_column_compression(data) IS NOT NULL
+            OR pg_catalog.jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")')) THEN
         PERFORM webhooks._check_event_data('data', data);
     END IF;
     -- A restored copy starts a new salt before its first event id is handed out (025_event_ids.sql);
