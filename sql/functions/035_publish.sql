@@ -130,8 +130,11 @@ BEGIN
     IF event_id IS NULL AND capture_id IS NOT NULL THEN
         event_id := webhooks._published_id(capture_id);
     END IF;
-    -- Identical notifications in one transaction are folded into one, sent at commit.
-    PERFORM pg_catalog.pg_notify('webhooks', '');
+    -- Like a capture, only while a runner waits (_wake_runners(), inline; 028_wakeups.sql): a
+    -- NOTIFY serialises the commits that send one. Identical ones in a transaction are folded.
+    IF pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pg_catalog.pg_notify('webhooks', '');
+    END IF;
     RETURN event_id;
 END
 $$;
