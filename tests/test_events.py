@@ -73,6 +73,19 @@ def test_publish_in_a_loop_is_one_notification(db: str) -> None:
     assert len(notes) == 1
 
 
+def test_publish_notifies_only_while_a_runner_waits(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT webhooks.create_event_type('tick.tock')")
+        conn.execute("SELECT webhooks.create_webhook('h', 'https://e.example', '[{\"event_type\": \"tick.*\"}]')")
+    with psycopg.connect(db, autocommit=True) as listener, psycopg.connect(db, autocommit=True) as writer:
+        listener.execute("LISTEN webhooks")
+        writer.execute("SELECT webhooks.publish('tick.tock', '{}')")
+        assert list(listener.notifies(timeout=0.5)) == [], "nobody waits: the commit must skip the NOTIFY"
+        listener.execute("SELECT webhooks.next_due_in()")
+        writer.execute("SELECT webhooks.publish('tick.tock', '{}')")
+        assert len(list(listener.notifies(timeout=2.0))) == 1
+
+
 async def test_webhooks_test_wait_prints_status_latency_and_response(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY)")

@@ -18,7 +18,9 @@ AS $$ SELECT 1048576 $$;
 
 -- WH030 (too deep) or WH031 (too large) for an event's data. The text length is measured only
 -- when the stored size says it could matter: a JSON text is at most about six times its jsonb
--- (a string of control characters, each \u00XX), so small events pay one size lookup.
+-- (a string of control characters, each \u00XX), so small events pay one size lookup. Not so
+-- for a compressed value (data read from a table column): pg_column_size() is its compressed
+-- size, which says nothing of its text (2 MB of one letter compresses to 23 kB).
 CREATE OR REPLACE FUNCTION webhooks._check_event_data(field text, data jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
@@ -29,7 +31,7 @@ BEGIN
     IF data IS NULL THEN
         RETURN;
     END IF;
-    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() THEN
+    IF pg_column_size(data) * 6 > webhooks._max_data_bytes() OR pg_column_compression(data) IS NOT NULL THEN
         size := octet_length(data::text);
         IF size > webhooks._max_data_bytes() THEN
             PERFORM webhooks._fail('WH031', field, format('is %s bytes of JSON text; at most %s are allowed',
@@ -44,6 +46,29 @@ BEGIN
 END
 $$;
 
+-- The id of published capture `capture_id`, after the restore check (see 025_event_ids.sql): a
+-- restored copy starts a new salt before its first event id is handed out. Once the check is
+-- settled, the session flag pgwebhooks.publish_salt is set from the newest salt, so publish()
+-- names the next events itself (a salt is unreadable to ordinary roles, so no one can set the
+-- flag by hand to skip the check). Unsettled (another transaction is recording a copy's new
+-- salt): the capture is past the copy's boundary, so its id is under the copy's derived salt.
+CREATE OR REPLACE FUNCTION webhooks._published_id(capture_id bigint)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT webhooks._ensure_identity() THEN
+        RETURN md5(webhooks._salt_at(webhooks._database_identity())::text || '/' || capture_id || '/1')::uuid;
+    END IF;
+    PERFORM set_config('pgwebhooks.publish_salt',
+                       (SELECT md5(s.salt::text || '/' || pg_backend_pid()) FROM webhooks._salts s
+                        ORDER BY s.first_capture_id DESC LIMIT 1), false);
+    RETURN webhooks._event_uid(capture_id, 1);
+END
+$$;
+
+REVOKE ALL ON FUNCTION webhooks._published_id FROM PUBLIC;
+
 -- Publish an application event in the caller's transaction; returns its id (the webhook-id
 -- receivers see). The receiving webhooks are resolved now, from event_subscriptions; whether
 -- each is enabled is decided at fan-out, like for row changes. Runs in every publishing
@@ -57,49 +82,59 @@ RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 AS $$
 DECLARE
+    capture_id bigint;
     event_id pg_catalog.uuid;
-    settled boolean := true;
 BEGIN
     IF pg_catalog.starts_with(event_type, 'pgwebhooks.') THEN
         PERFORM webhooks._fail('WH032', 'event_type', pg_catalog.format(
             '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
     END IF;
-    -- _check_event_data's tests, inline: its own search_path would cost every call a GUC save and
-    -- restore. Only data that fails one is handed to it, for the error.
-    IF pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.*) 6 OPERATOR(pg_catalog.>) webhooks._max_data_bytes()
-       OR pg_catalog.jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")') THEN
+    -- Most events are small: an uncompressed jsonb of at most 512 bytes is neither too large nor
+    -- too deep (65 nested arrays take 520: 4 bytes of header per level and 4 to point at each
+    -- inner one), so it skips both tests; a compressed one's size says nothing, so it takes them.
+    -- The tests are _check_event_data's, inline (its own search_path would cost every call a GUC
+    -- save and restore); only data that fails one is handed to it, for the error.
+    IF (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.>) 512
+        OR pg_catalog.pg_column_compression(data) IS NOT NULL)
+       AND (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.*) 6 OPERATOR(pg_catalog.>) webhooks._max_data_bytes()
+            OR pg_catalog.pg_column_compression(data) IS NOT NULL
+            OR pg_catalog.jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")')) THEN
         PERFORM webhooks._check_event_data('data', data);
-    END IF;
-    -- A restored copy starts a new salt before its first event id is handed out (025_event_ids.sql);
-    -- checked once per session, the test inline to keep a GUC save and restore off every call.
-    -- (_identity_token() inline: a function with its own search_path costs a GUC save and restore.)
-    IF pg_catalog.current_setting('pgwebhooks.identity_checked', true) IS DISTINCT FROM
-           (SELECT pg_catalog.md5(k.key OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
-            FROM webhooks._identity_key k) THEN
-        settled := webhooks._ensure_identity();
     END IF;
     -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
     -- costs about as much as the insert itself. The subscribers are the type's webhook_ids.
-    -- Unsettled (another transaction is recording a copy's new salt): this capture is past the
-    -- copy's boundary, so its id is under the copy's derived salt (_salt_at).
+    -- The id is named here only once this session has settled the restore check under the salt
+    -- that names it (the session flag pgwebhooks.publish_salt, see _published_id: derived from
+    -- that salt, which no ordinary role can read, so it cannot be set by hand); otherwise, and on
+    -- the first call of a session, _published_id names it after the check. A capture not yet fanned
+    -- out takes no part in the check, so checking after inserting it changes nothing.
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                    event_type, data)
     SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data
     FROM webhooks.event_types t
     WHERE t.name OPERATOR(pg_catalog.=) event_type AND data IS NOT NULL
-    RETURNING pg_catalog.md5((CASE WHEN settled THEN (SELECT i.salt FROM webhooks._salt_for(id) i)
-                                   ELSE webhooks._salt_at(webhooks._database_identity()) END)::pg_catalog.text
-                             OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) id
-                             OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid
-    INTO event_id;
-    IF event_id IS NULL THEN
+    RETURNING id, (SELECT CASE WHEN pg_catalog.current_setting('pgwebhooks.publish_salt', true) OPERATOR(pg_catalog.=)
+                                    pg_catalog.md5(s.salt::pg_catalog.text OPERATOR(pg_catalog.||) '/'
+                                                   OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
+                               THEN pg_catalog.md5(s.salt::pg_catalog.text OPERATOR(pg_catalog.||) '/'
+                                                   OPERATOR(pg_catalog.||) id OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid END
+                   FROM webhooks._salts s WHERE s.first_capture_id OPERATOR(pg_catalog.<=) id
+                   ORDER BY s.first_capture_id DESC LIMIT 1)
+    INTO capture_id, event_id;
+    IF capture_id IS NULL THEN
         IF data IS NULL THEN
             PERFORM webhooks._fail('WH013', 'data', 'must be a JSON value, not SQL NULL (use ''null''::jsonb or ''{}'')');
         END IF;
         PERFORM webhooks._check_event_type_declared('event_type', event_type);
     END IF;
-    -- Identical notifications in one transaction are folded into one, sent at commit.
-    PERFORM pg_catalog.pg_notify('webhooks', '');
+    IF event_id IS NULL AND capture_id IS NOT NULL THEN
+        event_id := webhooks._published_id(capture_id);
+    END IF;
+    -- Like a capture, only while a runner waits (_wake_runners(), inline; 028_wakeups.sql): a
+    -- NOTIFY serialises the commits that send one. Identical ones in a transaction are folded.
+    IF pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pg_catalog.pg_notify('webhooks', '');
+    END IF;
     RETURN event_id;
 END
 $$;
