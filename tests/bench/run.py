@@ -29,12 +29,13 @@ import latency
 import psycopg
 import retention
 import snapshot
+import storage
 import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
 MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health", "dashboard", "retention", "snapshot")
+                "health", "dashboard", "retention", "snapshot", "storage")
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -49,6 +50,7 @@ TITLES = {
     "dashboard": "11 dashboard and metrics",
     "retention": "12 retention",
     "snapshot": "13 a snapshot held open",
+    "storage": "14 storage",
 }
 
 
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                               args.rounds),
         "retention": lambda: retention.bench_retention(env, args.retention_deliveries),
         "snapshot": lambda: snapshot.bench_snapshot(env, 10_000 if args.quick else 50_000),
+        "storage": lambda: storage.bench_storage(env, 5_000 if args.quick else 20_000),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
