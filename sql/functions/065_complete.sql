@@ -6,6 +6,18 @@
 -- complete's one statement (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause), and
 -- the circuit locks it takes first.
 
+-- The delivery a result names, found by its primary key whatever the statistics say: joined
+-- as a table, a webhook whose deliveries were counted when it had few was read whole through
+-- deliveries_webhook_id (every delivery it ever had) for each report. OFFSET 0 keeps the
+-- planner from flattening it back into that join.
+CREATE OR REPLACE FUNCTION webhooks._delivery_of(delivery_id bigint)
+RETURNS TABLE (id bigint, webhook_id uuid, attempts integer, free_attempts integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT d.id, d.webhook_id, d.attempts, d.free_attempts
+    FROM webhooks.deliveries d WHERE d.id = _delivery_of.delivery_id OFFSET 0
+$$;
+
 -- The circuits a report changes, locked in one order before anything else, so two runners'
 -- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
 -- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
@@ -18,7 +30,7 @@ BEGIN
     PERFORM 1 FROM webhooks.endpoints e
     WHERE e.webhook_id IN (SELECT d.webhook_id
                            FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
-                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           CROSS JOIN LATERAL webhooks._delivery_of(r.delivery_id) d
                            JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
                            WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
                               OR x.circuit <> 'closed' OR x.consecutive_failures > 0
@@ -68,7 +80,7 @@ AS $$
                 delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
                 error text, latency_ms integer, retry_after_seconds integer)
         ) r
-        JOIN webhooks.deliveries d ON d.id = r.delivery_id
+        CROSS JOIN LATERAL webhooks._delivery_of(r.delivery_id) d
         JOIN webhooks.webhooks w ON w.id = d.webhook_id
         LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
     ) j
@@ -135,7 +147,11 @@ BEGIN
         FROM outcome o
         WHERE d.id = o.delivery_id AND d.status = 'leased' AND d.attempts = o.attempt
           AND d.next_attempt_at > now()
-        RETURNING d.id, d.status
+        -- What the steps below need of each accepted result, carried out of the UPDATE: joined
+        -- back to `outcome` instead, each step was a nested loop of every result against every
+        -- other (the planner cannot see how many rows a CTE has).
+        RETURNING d.id, d.status, o.delivery_id, o.attempt, o.status_code, o.response_excerpt, o.error,
+                  o.latency_ms, o.webhook_id, o.endpoint_failed, o.probe, o.refund
     ),
     -- Each webhook's verdict over this batch, and what it does to the circuit.
     verdict AS (
@@ -143,7 +159,7 @@ BEGIN
                count(*) FILTER (WHERE o.endpoint_failed)::integer AS failures,
                bool_or(o.probe) AS probed,
                max(o.delivery_id) FILTER (WHERE o.endpoint_failed) AS last_failed
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         GROUP BY o.webhook_id
     ),
     transition AS (
@@ -189,8 +205,7 @@ BEGIN
                    t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed,
                    t.times_opened, t.failures_now),
                greatest(o.latency_ms, 0), o.webhook_id
-        FROM outcome o
-        JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
     -- 410 Gone pauses the webhook with its reason rather than dropping its queue.
@@ -199,7 +214,7 @@ BEGIN
         SET paused = true, paused_at = now(),
             paused_reason = format('the endpoint answered 410 Gone at %s', now()),
             updated_at = now()
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
     ),
     answer AS (
