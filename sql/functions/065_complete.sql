@@ -40,6 +40,17 @@ BEGIN
 END
 $$;
 
+-- _outcomes returns each result's retry delay since 0.3: one from before is dropped first (a
+-- function's result columns cannot be replaced).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = to_regprocedure('webhooks._outcomes(jsonb)')
+                                         AND NOT 'delay' = ANY (p.proargnames)) THEN
+        DROP FUNCTION webhooks._outcomes(jsonb);
+    END IF;
+END
+$$;
+
 -- Each reported result of a delivery that exists, judged: its webhook's retry settings, the
 -- attempts it has spent, whether the endpoint failed (no response or a 5xx) and whether it was
 -- the circuit's probe, the delivery's new status and whether the attempt is refunded (a failed
@@ -48,7 +59,7 @@ CREATE OR REPLACE FUNCTION webhooks._outcomes(results jsonb)
 RETURNS TABLE (delivery_id bigint, attempt integer, status_code integer, response_excerpt text, error text,
                latency_ms integer, retry_after_seconds integer, webhook_id uuid, max_retries integer,
                retry_backoff_seconds integer, retry_schedule interval[], attempts integer,
-               endpoint_failed boolean, probe boolean, new_status text, refund boolean)
+               endpoint_failed boolean, probe boolean, new_status text, refund boolean, delay interval)
 LANGUAGE sql STABLE
 AS $$
     SELECT j.*,
@@ -59,7 +70,9 @@ AS $$
                WHEN j.attempts > j.max_retries THEN 'failed'
                ELSE 'pending'
            END,
-           j.probe AND j.endpoint_failed
+           j.probe AND j.endpoint_failed,
+           webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code, j.retry_after_seconds,
+                                 j.retry_schedule)
     FROM (
         SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
                d.attempts - d.free_attempts AS attempts,
@@ -102,6 +115,23 @@ AS $$
         END), '')
 $$;
 
+-- complete()'s input: a JSON array of result objects, each field of its type and range.
+CREATE OR REPLACE FUNCTION webhooks._check_results(results jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhooks._check_json_array(results, 'results', '{
+        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
+        "attempt": ["integer", -2147483648, 2147483647, true],
+        "status_code": ["integer", -2147483648, 2147483647, false],
+        "latency_ms": ["integer", -2147483648, 2147483647, false],
+        "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
+        "response_excerpt": ["string", null, null, false],
+        "error": ["string", null, null, false]}');
+END
+$$;
+
 -- Apply the results of attempts, a JSON array of
 --   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
 --    "error": null, "latency_ms": 12, "retry_after_seconds": null}
@@ -119,22 +149,11 @@ AS $$
 #variable_conflict use_column
 DECLARE
     answered jsonb;
+    changed jsonb;  -- the accepted results of webhooks whose health figures change
 BEGIN
-    PERFORM webhooks._check_json_array(results, 'results', '{
-        "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
-        "attempt": ["integer", -2147483648, 2147483647, true],
-        "status_code": ["integer", -2147483648, 2147483647, false],
-        "latency_ms": ["integer", -2147483648, 2147483647, false],
-        "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
-        "response_excerpt": ["string", null, null, false],
-        "error": ["string", null, null, false]}');
+    PERFORM webhooks._check_results(results);
     PERFORM webhooks._lock_circuits(results);
-    WITH outcome AS (
-        SELECT o.*, webhooks._retry_delay(o.retry_backoff_seconds, o.attempts, o.status_code,
-                                          o.retry_after_seconds, o.retry_schedule) AS delay
-        FROM webhooks._outcomes(results) o
-    ),
-    applied AS (
+    WITH applied AS (
         UPDATE webhooks.deliveries d
         SET status = o.new_status,
             -- A failed probe's attempt keeps its number (the lease's fencing token) and spends no
@@ -144,12 +163,11 @@ BEGIN
                                    WHEN o.new_status = 'pending' THEN now() + o.delay
                                    ELSE d.next_attempt_at END,
             completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
-        FROM outcome o
+        FROM webhooks._outcomes(results) o
         WHERE d.id = o.delivery_id AND d.status = 'leased' AND d.attempts = o.attempt
           AND d.next_attempt_at > now()
-        -- What the steps below need of each accepted result, carried out of the UPDATE: joined
-        -- back to `outcome` instead, each step was a nested loop of every result against every
-        -- other (the planner cannot see how many rows a CTE has).
+        -- What the steps below need, carried out: joined back to the outcomes instead, each step
+        -- was a nested loop of every result against every other (a CTE's size is unknown).
         RETURNING d.id, d.status, o.delivery_id, o.attempt, o.status_code, o.response_excerpt, o.error,
                   o.latency_ms, o.webhook_id, o.endpoint_failed, o.probe, o.refund
     ),
@@ -217,18 +235,30 @@ BEGIN
         FROM applied o
         WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
     ),
+    -- The webhooks whose health figures this report changes (see _health_changes): a healthy
+    -- endpoint's successes mostly change nothing, and _record_health is then not called at all.
+    health AS (
+        SELECT DISTINCT a.webhook_id
+        FROM applied a JOIN webhooks.endpoints e ON e.webhook_id = a.webhook_id
+        WHERE webhooks._health_changes(a.status_code, e.failures_in_a_row, e.last_success_at)
+    ),
     answer AS (
-        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
+        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status,
+               a.webhook_id IN (SELECT h.webhook_id FROM health h) AS health
         FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
         LEFT JOIN applied a ON a.id = r.delivery_id
     )
     SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
-                                                 'status', x.status) ORDER BY x.delivery_id), '[]')
-    INTO answered
+                                                 'status', x.status) ORDER BY x.delivery_id), '[]'),
+           jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt, 'status', x.status))
+               FILTER (WHERE x.health)
+    INTO answered, changed
     FROM answer x;
     -- Health figures, alerts and auto-pause, from the accepted results just logged (a statement
     -- of its own: the circuit above already updated the endpoints rows in this one).
-    PERFORM webhooks._record_health(jsonb_path_query_array(answered, '$[*] ? (@.status != "refused")'));
+    IF changed IS NOT NULL THEN
+        PERFORM webhooks._record_health(changed);
+    END IF;
     RETURN QUERY
     SELECT a.delivery_id, a.attempt, a.status
     FROM jsonb_to_recordset(answered) AS a(delivery_id bigint, attempt integer, status text)
