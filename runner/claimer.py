@@ -45,6 +45,7 @@ class Claimer:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._conn: Conn | None = None
+        self._webhook_ids: dict[UUID, UUID] = {}
 
     async def run(self) -> None:
         """Claim until stopped."""
@@ -133,7 +134,13 @@ class Claimer:
             rows = await cur.fetchall()
         self._metrics.claimed(time.monotonic() - started)
         self._state.stats.claimed += len(rows)
+        ids = self._webhook_ids
+        if len(ids) > 10_000:  # webhooks come and go; keep it bounded
+            ids.clear()
         for row in rows:
+            # One UUID object per webhook: the runner's per-webhook dicts then find it by
+            # identity instead of comparing equal UUIDs (a Python-level __eq__ per look-up).
+            row["webhook_id"] = ids.setdefault(row["webhook_id"], row["webhook_id"])
             self._admission.claimed(row["webhook_id"], row["max_concurrency"])
         now = time.monotonic()
         # Half the margin is left for reporting the result before the lease runs out.

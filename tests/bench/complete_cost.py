@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, ms in timings.items():
         ms.sort()
         p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
-        print(f"complete() {kind:7s} {args.batch} results: min {ms[0]:6.2f} ms, median {statistics.median(ms):6.2f} ms, "
-              f"p90 {p90:6.2f} ms over {len(ms)} calls")
+        print(f"complete() {kind:7s} {args.batch} results: min {ms[0]:6.2f} ms, "
+              f"median {statistics.median(ms):6.2f} ms, p90 {p90:6.2f} ms over {len(ms)} calls")
     return 0
 
 
