@@ -144,6 +144,11 @@ class Sender:
         def failure(error: str) -> SendResult:
             return SendResult(None, None, error, _elapsed_ms(started), None)
 
+        # One deadline for connecting, sending and reading (one timer per send, not two). A
+        # timeout or a broken body after the status line only shortens the excerpt: the status
+        # is what delivery is judged on.
+        response: aiohttp.ClientResponse | None = None
+        received = bytearray()
         try:
             async with asyncio.timeout_at(deadline):
                 response = await session.request(
@@ -151,22 +156,23 @@ class Sender:
                     allow_redirects=False,  # a redirect is the receiver's answer, never followed
                     compress=False, timeout=_NO_TIMEOUT,
                 )
+                await self._read_capped(response, received)
         except TimeoutError:
-            return failure(f"timeout after {timeout:g}s")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if response is None:
+                return failure(f"timeout after {timeout:g}s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # before any response: _read_capped keeps its own
             if refused:
                 return SendResult(None, None, f"destination {', '.join(refused)}; {_ALLOW_HINT}",
                                   _elapsed_ms(started), None, refused_by_policy=True)
             return failure(_describe(exc))
-
-        try:
-            received = await self._read_capped(response, deadline)
         finally:
             # Read to the end, the connection goes back to the pool; cut off, it is closed.
-            if response.content.is_eof():
-                response.release()
-            else:
-                response.close()
+            if response is not None:
+                if response.content.is_eof():
+                    response.release()
+                else:
+                    response.close()
+        assert response is not None  # every path without one has returned
         retry_after = None
         if response.status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -181,19 +187,15 @@ class Sender:
             parsed = self._urls[url] = URL(url)
         return parsed
 
-    async def _read_capped(self, response: aiohttp.ClientResponse, deadline: float) -> bytes:
-        # The receiver has answered with a status, which is what delivery is judged on; a body that
-        # stalls or breaks off only shortens the excerpt, so these errors are not reported.
-        received = bytearray()
+    async def _read_capped(self, response: aiohttp.ClientResponse, received: bytearray) -> None:
+        """Up to max_body_bytes of the body into `received`; a body that breaks off ends early."""
         content = response.content
-        with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
-            async with asyncio.timeout_at(deadline):
-                while len(received) < self._max_body_bytes:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    received += chunk[: self._max_body_bytes - len(received)]
-        return bytes(received)
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            while len(received) < self._max_body_bytes:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                received += chunk[: self._max_body_bytes - len(received)]
 
     def _guarded_socket(self, addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, sockaddr = addr_info

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -27,17 +28,32 @@ from delivery import single_row_backlog
 from pgwebhooks.worker import Runner, RunnerConfig
 
 
-async def drain(dsn: str, expected: int, timeout: float) -> float:
+def server_cpu_seconds(postmaster_pid: int) -> float:
+    """CPU time used so far by the server's processes (its backends: claim(), complete())."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster_pid:  # ppid
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def drain(dsn: str, expected: int, timeout: float, postmaster_pid: int) -> tuple[float, float]:
     runner = Runner(RunnerConfig(dsn=dsn, allowed_cidrs=("127.0.0.1/32",), progress_interval=0))
     task = asyncio.create_task(runner.run())
     started = time.perf_counter()
+    cpu_before = server_cpu_seconds(postmaster_pid)
     deadline = time.monotonic() + timeout
     while runner.stats.delivered < expected and time.monotonic() < deadline and not task.done():
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - started
+    server_cpu = server_cpu_seconds(postmaster_pid) - cpu_before
     runner.request_stop()
     await task
-    return seconds
+    return seconds, server_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             profile = cProfile.Profile()
             if not args.no_profile:
                 profile.enable()
-            seconds = asyncio.run(drain(dsn, args.deliveries, timeout=max(60.0, args.deliveries / 100)))
+            pid = int((env.server.datadir / "postmaster.pid").read_text().split()[0])
+            seconds, server_cpu = asyncio.run(drain(dsn, args.deliveries, max(60.0, args.deliveries / 100), pid))
             profile.disable()
-            print(f"{args.deliveries / seconds:.0f} deliveries/s ({seconds:.2f}s)")
+            print(f"{args.deliveries / seconds:.0f} deliveries/s ({seconds:.2f}s); PostgreSQL used "
+                  f"{server_cpu:.2f} CPU-s ({server_cpu / args.deliveries * 1e6:.0f} us per delivery)")
             if not args.no_profile:
                 out = io.StringIO()
                 pstats.Stats(profile, stream=out).sort_stats(args.sort).print_stats(args.top)
