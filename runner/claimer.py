@@ -5,7 +5,9 @@ After a claim that came back short (caught up, or held back by a limit) it asks 
 what is due for the webhooks this runner has room for: if something is due now it claims again
 at once; otherwise it sleeps until a commit notifies it, the next retry, lease end, probe or
 rate-limit token is due, the poll interval passes (in case a notification was lost), or a
-saturated webhook has room again.
+saturated webhook has room again. Asking registers it as a waiting runner, which writers then
+NOTIFY; while its claims come back full it says so (`webhooks.runner_busy()`), and writers skip
+the NOTIFY, which costs every notifying commit a database-wide lock.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgwebhooks.runner")
 THRESHOLD_FUNCTION = "webhooks.circuit_failure_threshold()"
+# After registering as a waiting runner, sleep at most SETTLE_POLL seconds for SETTLE_SECONDS.
+SETTLE_SECONDS = 10.0
+SETTLE_POLL = 0.25
 CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_seconds, max_concurrency"
 
 
@@ -46,6 +51,8 @@ class Claimer:
         self._metrics = metrics
         self._conn: Conn | None = None
         self._webhook_ids: dict[UUID, UUID] = {}
+        self._registered = False  # as a waiting runner, by next_due_in()
+        self._settle_until = 0.0  # short sleeps until then: see _wait_for_more
 
     async def run(self) -> None:
         """Claim until stopped."""
@@ -67,6 +74,8 @@ class Claimer:
                 self._dispatcher.dispatch()
                 if len(jobs) < wanted:
                     await self._wait_for_more(jobs)
+                elif self._registered:
+                    await self._busy()
         finally:
             await close(self._conn)
             self._conn = None
@@ -153,10 +162,17 @@ class Claimer:
         saturated = self._admission.saturated()
         if self._admission.gave_all_it_may(jobs, saturated) or self._conn is None:
             return
+        fresh = not self._registered
         due_in = await self._next_due_in(self._conn, saturated)
+        if fresh and self._registered:
+            # A writer that skipped its NOTIFY while no runner waited may commit just after this:
+            # poll briefly for a while rather than make its change wait a whole poll interval.
+            self._settle_until = time.monotonic() + SETTLE_SECONDS
         if due_in == 0 and jobs:
             return
         timeout = self._config.poll_interval * random.uniform(0.8, 1.2)
+        if time.monotonic() < self._settle_until:
+            timeout = min(timeout, SETTLE_POLL)
         if due_in is not None:
             # A little past the due time, so the claim's now() has reached it; and never a busy
             # loop when the database says "now" but had nothing for us.
@@ -171,7 +187,18 @@ class Claimer:
         except psycopg.Error as exc:  # an older schema, a lost connection: poll as before
             log.debug("next_due_in failed", extra={"error": str(exc).strip()})
             return None
+        self._registered = True
         return float(row[0]) if row and row[0] is not None else None
+
+    async def _busy(self) -> None:
+        """A full claim: writers need not wake this runner until it next asks next_due_in()."""
+        self._registered = False
+        if self._conn is None:
+            return
+        try:
+            await self._conn.execute("SELECT webhooks.runner_busy()")
+        except psycopg.Error as exc:  # an older schema: writers keep notifying, as before
+            log.debug("runner_busy failed", extra={"error": str(exc).strip()})
 
     async def release(self, jobs: list[Job], conn: Conn | None = None) -> None:
         """Hand leased jobs back unsent, on `conn` or a connection of its own."""

@@ -147,9 +147,11 @@ def table(conn: psycopg.Connection) -> str:
 
 @pytest.fixture
 def listener(db: str) -> Iterator[psycopg.Connection]:
-    """A connection listening on the runners' wake-up channel."""
+    """A connection listening on the runners' wake-up channel, registered as a waiting runner
+    (writers NOTIFY only while one waits: sql/functions/028_wakeups.sql)."""
     with psycopg.connect(db, autocommit=True) as c:
         c.execute("LISTEN webhooks")
+        c.execute("SELECT webhooks.next_due_in()")
         yield c
 
 

@@ -119,6 +119,7 @@ def notifications_before_sentinel(db: str, statements: list[str]) -> list[str]:
     session's notifications arrive in commit order, so whatever came before it came from them."""
     with psycopg.connect(db, autocommit=True) as listener, psycopg.connect(db, autocommit=True) as writer:
         listener.execute("LISTEN webhooks")
+        listener.execute("SELECT webhooks.next_due_in()")  # a waiting runner: writers notify it
         for sql in statements:
             writer.execute(sql)
         writer.execute("NOTIFY webhooks, 'sentinel'")

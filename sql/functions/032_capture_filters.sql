@@ -300,7 +300,7 @@ BEGIN
     ELSE
         PERFORM webhooks._store_filtered(found_rows, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME);
     END IF;
-    PERFORM pg_notify('webhooks', '');
+    PERFORM webhooks._wake_runners();
     RETURN NULL;
 END
 $$;

@@ -275,15 +275,17 @@ $$;
 -- sleep (NOTIFY aside): 0 while some webhook has due work and room, else the earliest of a
 -- scheduled retry, a lease running out, a circuit's probe and a rate limit's next token. NULL
 -- when nothing is scheduled; a webhook at its concurrency limit counts only once a send of it
--- ends, which the runner holding that send knows first.
+-- ends, which the runner holding that send knows first. Asking registers the session as a
+-- waiting runner, which writers then NOTIFY (028_wakeups.sql).
 CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
                                                 skip_webhooks uuid[] DEFAULT '{}')
 RETURNS double precision
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
+    PERFORM webhooks._register_waiting();
     RETURN (SELECT CASE
         -- Captures to fan out: now, unless this session's restore check is not settled (another
         -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out

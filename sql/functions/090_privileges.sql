@@ -30,6 +30,9 @@ GRANT SELECT ON webhooks.capture_routes TO webhooks_capture;  -- capture filters
 GRANT SELECT (webhook_id, relid, operations, columns, where_clause, route_column, route_value)
     ON webhooks.subscriptions TO webhooks_capture;
 GRANT INSERT ON webhooks.held_rows TO webhooks_capture;
+-- Whether to NOTIFY: only while a runner waits (028_wakeups.sql).
+GRANT SELECT ON SEQUENCE webhooks._runners_waiting TO webhooks_capture;
+GRANT EXECUTE ON FUNCTION webhooks._wake_runners TO webhooks_capture;
 
 -- Revoked and granted again (here and for webhooks_viewer below): every migrate leaves the same ACLs.
 REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;

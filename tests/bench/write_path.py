@@ -24,6 +24,7 @@ PGBENCH_SCRIPT = """\\set cid random(1, 10000)
 INSERT INTO {table} (customer_id, amount, status) VALUES (:cid, :cents / 100.0, 'new');
 """
 
+WAITING = "1 webhook, a runner waiting"
 TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
@@ -51,9 +52,11 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     dsn = env.fresh_db("pgbench")
     dbname = _dbname(dsn)
     variants = {"none": "orders_none", **{kind: f"orders_{kind.split('-')[0]}" for kind in peers.KINDS},
-                "1 webhook": "orders_hook1", "3 webhooks": "orders_hook3"}
+                "1 webhook": "orders_hook1", "3 webhooks": "orders_hook3",
+                # The same table and webhook while an idle runner waits: every commit NOTIFYs.
+                WAITING: "orders_hook1"}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in variants.values():
+        for table in set(variants.values()):
             create_orders(conn, table)
         for kind in peers.KINDS:
             peers.install(conn, kind, variants[kind])
@@ -72,13 +75,19 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
 
-    for label in variants:  # warm-up: prepared plans, table files, caches; not recorded
-        _pgbench(env, dbname, scripts[label], 1)
-    tps: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(rounds):
-        for label in variants:  # interleaved A, B, C, A, B, C...: drift in the machine hits all alike
-            checkpoint()
-            tps[label].append(_pgbench(env, dbname, scripts[label], seconds))
+    # A session registered as a waiting runner (next_due_in) for the WAITING runs only.
+    runner = psycopg.connect(dsn, autocommit=True)
+    try:
+        for label in variants:  # warm-up: prepared plans, table files, caches; not recorded
+            _pgbench(env, dbname, scripts[label], 1)
+        tps: dict[str, list[float]] = {label: [] for label in variants}
+        for _ in range(rounds):
+            for label in variants:  # interleaved A, B, C, A, B, C...: drift in the machine hits all alike
+                checkpoint()
+                runner.execute("SELECT webhooks.next_due_in()" if label == WAITING else "SELECT webhooks.runner_busy()")
+                tps[label].append(_pgbench(env, dbname, scripts[label], seconds))
+    finally:
+        runner.close()
     med = {label: median(v) for label, v in tps.items()}
     env.drop_db(dsn)
     shares = {label: med[label] / med["none"] for label in variants}
@@ -93,6 +102,8 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     results.append(ratio(
         section, "tps 3 webhooks / no trigger", shares["3 webhooks"], 0.65, True,
         f"{med['3 webhooks']:.0f} vs {med['none']:.0f} tps"))
+    results.append(info(section, "tps 1 webhook, a runner waiting / no trigger", f"{shares[WAITING]:.2f}x",
+                        f"{med[WAITING]:.0f} tps; every commit NOTIFYs (an idle runner); a busy one is not waiting"))
     return results
 
 

@@ -19,8 +19,8 @@ SELECT is(
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_runner', p.oid, 'EXECUTE')),
     -- runner_backlog: the per-webhook backlog for /metrics (no URL, no secret);
     -- circuit_failure_threshold: the breaker's number, read by the runner instead of copied.
-    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'version'],
-    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog and version, nothing else');
+    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'next_due_in', 'release', 'release', 'runner_backlog', 'runner_busy', 'version'],
+    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, runner_backlog, runner_busy and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'
