@@ -82,7 +82,8 @@ class Admission:
         return min(self._limit_of(webhook), self._window.get(webhook, SLOW_START))
 
     def is_failing(self, webhook: UUID) -> bool:
-        return self._failing[webhook] >= self._failure_threshold
+        # get(): a Counter's own lookup of a missing key goes through Python-level __missing__.
+        return self._failing.get(webhook, 0) >= self._failure_threshold
 
     # -- decisions ---------------------------------------------------------------------------
 

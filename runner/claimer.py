@@ -50,6 +50,7 @@ class Claimer:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._conn: Conn | None = None
+        self._webhook_ids: dict[UUID, UUID] = {}
         self._registered = False  # as a waiting runner, by next_due_in()
         self._settle_until = 0.0  # short sleeps until then: see _wait_for_more
 
@@ -142,7 +143,13 @@ class Claimer:
             rows = await cur.fetchall()
         self._metrics.claimed(time.monotonic() - started)
         self._state.stats.claimed += len(rows)
+        ids = self._webhook_ids
+        if len(ids) > 10_000:  # webhooks come and go; keep it bounded
+            ids.clear()
         for row in rows:
+            # One UUID object per webhook: the runner's per-webhook dicts then find it by
+            # identity instead of comparing equal UUIDs (a Python-level __eq__ per look-up).
+            row["webhook_id"] = ids.setdefault(row["webhook_id"], row["webhook_id"])
             self._admission.claimed(row["webhook_id"], row["max_concurrency"])
         now = time.monotonic()
         # Half the margin is left for reporting the result before the lease runs out.

@@ -1,9 +1,12 @@
 """POSTs already-signed webhook requests and reports what happened, without ever raising for network trouble.
 
-httpx's API runs on the httpx-aiohttp transport because httpx's own pool (httpcore) is several times slower
-on one core. The transport is handed our own aiohttp session so we control the connector: the SSRF guard
-lives in its `socket_factory`, which aiohttp calls with the exact address it is about to connect to (for IP
-literals and resolved names alike), so DNS rebinding cannot slip a private address past a name check.
+Sends go through one aiohttp ClientSession of our own, called directly: httpx's request and
+response models on top of it (the httpx-aiohttp transport) cost a fifth of the runner's CPU per
+delivery for nothing a webhook sender uses, and httpx's own pool (httpcore) is several times slower
+on one core. httpx stays the project's HTTP library everywhere else. We control the connector: the
+SSRF guard lives in its `socket_factory`, which aiohttp calls with the exact address it is about to
+connect to (for IP literals and resolved names alike), so DNS rebinding cannot slip a private address
+past a name check.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
-import httpx
 from aiohappyeyeballs import AddrInfoType
-from httpx_aiohttp import AiohttpTransport
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _ALLOW_HINT = "allow it with --allow-private-networks or --allow-cidr"
 _MAX_RETRY_AFTER = 2**31 - 1  # fits the database's int column whatever a receiver claims
+# aiohttp's own timeouts off: one deadline (asyncio.timeout_at) covers connect, send and reading.
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
 # Refusals of the send() in progress. aiohappyeyeballs folds the errors of a multi-address host into one
 # "Multiple exceptions" OSError, so the exception chain alone cannot tell us which addresses we refused.
@@ -88,49 +92,45 @@ class Sender:
         self._max_connections = max_connections
         self._excerpt_bytes = excerpt_bytes
         self._max_body_bytes = max(max_body_bytes, excerpt_bytes)
-        self._transport: httpx.AsyncBaseTransport | None = None
-        self._urls: dict[str, httpx.URL] = {}  # parsed once per webhook URL, not once per request
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}  # parsed once per webhook URL, not once per request
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, limit_per_host=0, socket_factory=self._guarded_socket
         )
-        session = aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=connector,
             # Send the caller's headers and nothing of aiohttp's own: no octet-stream Content-Type, no
             # Accept-Encoding (so excerpts arrive readable and no decompression bomb can be requested).
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # one receiver must not plant cookies sent to another
-            trust_env=False,
+            trust_env=False,  # no proxies or .netrc credentials from the environment
+            timeout=_NO_TIMEOUT,
         )
-        # httpx requests and responses on an aiohttp transport, called directly rather than through
-        # httpx.AsyncClient: the client's layers (auth, redirects, cookies, event hooks, environment
-        # proxies) are all things a webhook sender must not do, and they cost about a quarter of the
-        # runner's CPU per request (see `make bench`, delivery throughput).
-        self._transport = AiohttpTransport(client=session)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._transport is not None:
-            await self._transport.aclose()  # closes the aiohttp session and its connector too
-            self._transport = None
+        if self._session is not None:
+            await self._session.close()  # closes its connector too
+            self._session = None
 
     async def send(self, url: str, body: str | bytes, headers: Mapping[str, str], timeout: float) -> SendResult:
-        if self._transport is None:
+        if self._session is None:
             raise RuntimeError("Sender used outside 'async with'")
         refused: list[str] = []
         token = _refusals.set(refused)  # connects happen in this task (or tasks copying its context)
         try:
-            return await self._send(self._transport, url, body, headers, timeout, refused)
+            return await self._send(self._session, url, body, headers, timeout, refused)
         finally:
             _refusals.reset(token)
 
     async def _send(
         self,
-        transport: httpx.AsyncBaseTransport,
+        session: aiohttp.ClientSession,
         url: str,
         body: str | bytes,
         headers: Mapping[str, str],
@@ -144,52 +144,58 @@ class Sender:
         def failure(error: str) -> SendResult:
             return SendResult(None, None, error, _elapsed_ms(started), None)
 
+        # One deadline for connecting, sending and reading (one timer per send, not two). A
+        # timeout or a broken body after the status line only shortens the excerpt: the status
+        # is what delivery is judged on.
+        response: aiohttp.ClientResponse | None = None
+        received = bytearray()
         try:
-            request = httpx.Request("POST", self._url(url), content=content, headers=headers)
             async with asyncio.timeout_at(deadline):
-                response = await transport.handle_async_request(request)
+                response = await session.request(
+                    "POST", self._url(url), data=content, headers=headers,
+                    allow_redirects=False,  # a redirect is the receiver's answer, never followed
+                    compress=False, timeout=_NO_TIMEOUT,
+                )
+                await self._read_capped(response, received)
         except TimeoutError:
-            return failure(f"timeout after {timeout:g}s")
-        except (httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError, ValueError) as exc:
+            if response is None:
+                return failure(f"timeout after {timeout:g}s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # before any response: _read_capped keeps its own
             if refused:
                 return SendResult(None, None, f"destination {', '.join(refused)}; {_ALLOW_HINT}",
                                   _elapsed_ms(started), None, refused_by_policy=True)
             return failure(_describe(exc))
-
-        try:
-            received = await self._read_capped(response, deadline)
         finally:
-            await response.aclose()  # drops the connection if the body was not read to the end
+            # Read to the end, the connection goes back to the pool; cut off, it is closed.
+            if response is not None:
+                if response.content.is_eof():
+                    response.release()
+                else:
+                    response.close()
+        assert response is not None  # every path without one has returned
         retry_after = None
-        if response.status_code in (429, 503):
+        if response.status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
         excerpt = received[: self._excerpt_bytes].decode("utf-8", errors="replace")
-        return SendResult(response.status_code, excerpt, None, _elapsed_ms(started), retry_after)
+        return SendResult(response.status, excerpt, None, _elapsed_ms(started), retry_after)
 
-    def _url(self, url: str) -> httpx.URL:
+    def _url(self, url: str) -> URL:
         parsed = self._urls.get(url)
         if parsed is None:
             if len(self._urls) >= 10_000:  # webhooks come and go; keep the cache bounded
                 self._urls.clear()
-            parsed = self._urls[url] = httpx.URL(url)
+            parsed = self._urls[url] = URL(url)
         return parsed
 
-    async def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
-        # The receiver has answered with a status, which is what delivery is judged on; a body that
-        # stalls or breaks off only shortens the excerpt, so these errors are not reported.
-        received = bytearray()
-        stream = response.stream
-        if not isinstance(stream, httpx.AsyncByteStream):
-            raise TypeError(f"expected an async response stream, got {type(stream).__name__}")
-        with contextlib.suppress(TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError):
-            # The transport's stream as it is: Response.aiter_raw() would add httpx's re-chunking
-            # and byte counting, a tenth of the runner's CPU per delivery for nothing we use.
-            async with asyncio.timeout_at(deadline), contextlib.aclosing(aiter(stream)) as chunks:
-                async for chunk in chunks:
-                    received += chunk[: self._max_body_bytes - len(received)]
-                    if len(received) >= self._max_body_bytes:
-                        break
-        return bytes(received)
+    async def _read_capped(self, response: aiohttp.ClientResponse, received: bytearray) -> None:
+        """Up to max_body_bytes of the body into `received`; a body that breaks off ends early."""
+        content = response.content
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            while len(received) < self._max_body_bytes:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                received += chunk[: self._max_body_bytes - len(received)]
 
     def _guarded_socket(self, addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, sockaddr = addr_info
@@ -237,8 +243,8 @@ def _describe(exc: BaseException) -> str:
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    # Judge by the aiohttp and OS errors underneath: httpx-aiohttp maps every ClientConnectionError
-    # (refused, disconnected...) to httpx.ConnectTimeout, so the httpx type says little.
+    # Judge by the aiohttp and OS errors underneath: aiohttp wraps a refused connect in
+    # ClientConnectorError, and aiohappyeyeballs folds several addresses' errors into one OSError.
     for err in chain:
         if isinstance(err, ConnectionRefusedError):
             return "connection refused"

@@ -97,3 +97,37 @@ async def test_the_runner_role_reads_the_threshold_through_its_public_function(d
     assert len(received) == 2
     assert runner.admission.failure_threshold == 3  # webhooks_runner, not a superuser, read it
     assert runner.stats.reconnects == 0 and runner.stats.unreported == 0
+
+
+class _HangingSender:
+    """Sends that never end (cancelled at the test's end): what is in flight stays in flight."""
+
+    async def send(self, url: str, body: str | bytes, headers: Any, timeout: float) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_dispatch_skips_full_webhooks_but_still_starts_others_and_hands_back_late_jobs() -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused", concurrency=10, per_webhook_concurrency=2))
+    state, dispatcher = runner._state, runner.dispatcher
+    dispatcher.attach(_HangingSender())  # type: ignore[arg-type]
+    full, other, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    later = time.monotonic() + 60
+    try:
+        state.add_ready([_job(full, later) for _ in range(4)] + [_job(other, later)])
+        dispatcher.dispatch()
+        assert state.in_flight == {full: 2, other: 1}
+        assert [j.webhook_id for j in state.ready] == [full, full]
+        # Within the scan interval: a late job behind the full webhook may wait for the next scan,
+        # but another webhook's job behind it starts at once.
+        late = _job(full, time.monotonic() - 1)
+        state.add_ready([late, _job(third, later)])
+        dispatcher.dispatch()
+        assert state.in_flight == {full: 2, other: 1, third: 1}
+        dispatcher._next_scan = 0.0  # the scan interval has passed
+        dispatcher.dispatch()
+        assert state.expired == [late]
+        assert [j.webhook_id for j in state.ready] == [full, full] and state.waiting[full] == 2
+    finally:
+        for task in list(state.tasks):
+            task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)

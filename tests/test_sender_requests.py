@@ -180,3 +180,77 @@ async def test_body_that_stalls_keeps_the_status(serve, open_sender: Sender) -> 
     result = await open_sender.send(server.url(), b"{}", {}, 0.3)
     assert (result.status_code, result.response_excerpt, result.error) == (200, "partial", None)
     assert result.latency_ms < 2000
+
+
+# --- hostile receivers --------------------------------------------------------------------------------------
+
+
+async def test_header_bomb_is_an_error_not_a_crash(serve, open_sender: Sender) -> None:
+    # Endless headers: the parser's limits end it, as an error result, long before the deadline.
+    async def bomb(_: Received, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(20000):
+            writer.write(b"X-Bomb-%d: %s\r\n" % (i, b"b" * 1000))
+            await writer.drain()
+        writer.write(b"\r\nok")
+
+    server = await serve(bomb)
+    result = await open_sender.send(server.url(), b"{}", {}, 10)
+    assert result.status_code is None and result.error and "timeout" not in result.error
+    assert result.latency_ms < 5000
+
+
+async def test_one_enormous_header_line_is_an_error(serve, open_sender: Sender) -> None:
+    server = await serve(reply(200, b"ok", {"X-Huge": "h" * 100_000}))
+    result = await open_sender.send(server.url(), b"{}", {}, 5)
+    assert result.status_code is None and result.error
+
+
+async def test_slowloris_headers_are_cut_at_the_deadline(serve, open_sender: Sender) -> None:
+    # A byte of the status line and headers at a time, each well inside any per-read timeout:
+    # only the one deadline for the whole send ends it.
+    async def trickle(_: Received, writer: asyncio.StreamWriter) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"s" * 1000:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    server = await serve(trickle)
+    started = time.monotonic()
+    result = await open_sender.send(server.url(), b"{}", {}, 0.5)
+    assert (result.status_code, result.error) == (None, "timeout after 0.5s")
+    assert time.monotonic() - started < 3
+
+
+async def test_slowloris_body_keeps_the_status_and_ends_at_the_deadline(serve, open_sender: Sender) -> None:
+    async def trickle(_: Received, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100000):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    server = await serve(trickle)
+    started = time.monotonic()
+    result = await open_sender.send(server.url(), b"{}", {}, 0.5)
+    assert result.status_code == 500 and result.error is None
+    assert result.response_excerpt is not None and set(result.response_excerpt) <= {"x"}
+    assert time.monotonic() - started < 3
+
+
+async def test_a_capped_body_closes_its_connection_and_the_next_send_works(serve) -> None:
+    # The cut-off response's unread bytes must not be read as the next request's answer.
+    server = await serve(reply(200, b"a" * 200_000))
+    async with Sender(allow_private_networks=True, excerpt_bytes=10, max_body_bytes=1000) as sender:
+        first = await sender.send(server.url(), b"{}", {}, 5)
+        second = await sender.send(server.url(), b"{}", {}, 5)
+    assert (first.status_code, first.response_excerpt) == (200, "a" * 10)
+    assert (second.status_code, second.response_excerpt) == (200, "a" * 10)
+    assert server.connections == 2
+
+
+async def test_a_body_read_to_the_end_keeps_its_connection(serve, open_sender: Sender) -> None:
+    server = await serve(reply(503, b"busy", {"Retry-After": "7"}))
+    results = [await open_sender.send(server.url(), b"{}", {}, 5) for _ in range(3)]
+    assert [(r.status_code, r.response_excerpt, r.retry_after_seconds) for r in results] == [(503, "busy", 7)] * 3
+    assert server.connections == 1

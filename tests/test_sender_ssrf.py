@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from raw_http import reply
 
 from pgwebhooks.localpg import free_port
 from pgwebhooks.sender import Sender
@@ -167,3 +168,11 @@ async def test_names_are_checked_on_the_resolved_address(serve, connects, fake_d
     assert one.error == f"destination 127.0.0.1 is a loopback address; {HINT}"
     assert both.error == f"destination ::1 is a loopback address, 127.0.0.1 is a loopback address; {HINT}"
     assert server.connections == 0 and connects == []
+
+
+async def test_redirect_to_a_private_address_is_neither_followed_nor_connected(serve, connects) -> None:
+    redirector = await serve(reply(302, b"go", {"Location": "http://10.0.0.1/steal"}))
+    async with Sender(allowed_cidrs=["127.0.0.1/32"]) as sender:
+        result = await sender.send(redirector.url(), b"{}", {}, 5)
+    assert (result.status_code, result.response_excerpt, result.error) == (302, "go", None)
+    assert [ip for ip in connects if ip != "127.0.0.1"] == []

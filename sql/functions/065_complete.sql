@@ -6,6 +6,18 @@
 -- complete's one statement (LANGUAGE sql, not STRICT, not SECURITY DEFINER, no SET clause), and
 -- the circuit locks it takes first.
 
+-- The delivery a result names, found by its primary key whatever the statistics say: joined
+-- as a table, a webhook whose deliveries were counted when it had few was read whole through
+-- deliveries_webhook_id (every delivery it ever had) for each report. OFFSET 0 keeps the
+-- planner from flattening it back into that join.
+CREATE OR REPLACE FUNCTION webhooks._delivery_of(delivery_id bigint)
+RETURNS TABLE (id bigint, webhook_id uuid, attempts integer, free_attempts integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT d.id, d.webhook_id, d.attempts, d.free_attempts
+    FROM webhooks.deliveries d WHERE d.id = _delivery_of.delivery_id OFFSET 0
+$$;
+
 -- The circuits a report changes, locked in one order before anything else, so two runners'
 -- reports cannot deadlock (claim() only ever skips a locked one). A healthy endpoint's
 -- successes change nothing and lock nothing: claim() skips a webhook whose row is locked,
@@ -18,13 +30,24 @@ BEGIN
     PERFORM 1 FROM webhooks.endpoints e
     WHERE e.webhook_id IN (SELECT d.webhook_id
                            FROM jsonb_to_recordset(results) AS r(delivery_id bigint, status_code integer)
-                           JOIN webhooks.deliveries d ON d.id = r.delivery_id
+                           CROSS JOIN LATERAL webhooks._delivery_of(r.delivery_id) d
                            JOIN webhooks.endpoints x ON x.webhook_id = d.webhook_id
                            WHERE NOT coalesce(r.status_code BETWEEN 100 AND 499, false)
                               OR x.circuit <> 'closed' OR x.consecutive_failures > 0
                               OR webhooks._health_changes(r.status_code, x.failures_in_a_row, x.last_success_at))
     ORDER BY e.webhook_id
     FOR NO KEY UPDATE;
+END
+$$;
+
+-- _outcomes returns each result's retry delay since 0.3: one from before is dropped first (a
+-- function's result columns cannot be replaced).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = to_regprocedure('webhooks._outcomes(jsonb)')
+                                         AND NOT 'delay' = ANY (p.proargnames)) THEN
+        DROP FUNCTION webhooks._outcomes(jsonb);
+    END IF;
 END
 $$;
 
@@ -36,7 +59,7 @@ CREATE OR REPLACE FUNCTION webhooks._outcomes(results jsonb)
 RETURNS TABLE (delivery_id bigint, attempt integer, status_code integer, response_excerpt text, error text,
                latency_ms integer, retry_after_seconds integer, webhook_id uuid, max_retries integer,
                retry_backoff_seconds integer, retry_schedule interval[], attempts integer,
-               endpoint_failed boolean, probe boolean, new_status text, refund boolean)
+               endpoint_failed boolean, probe boolean, new_status text, refund boolean, delay interval)
 LANGUAGE sql STABLE
 AS $$
     SELECT j.*,
@@ -47,7 +70,9 @@ AS $$
                WHEN j.attempts > j.max_retries THEN 'failed'
                ELSE 'pending'
            END,
-           j.probe AND j.endpoint_failed
+           j.probe AND j.endpoint_failed,
+           webhooks._retry_delay(j.retry_backoff_seconds, j.attempts, j.status_code, j.retry_after_seconds,
+                                 j.retry_schedule)
     FROM (
         SELECT r.*, w.id AS webhook_id, w.max_retries, w.retry_backoff_seconds, w.retry_schedule,
                d.attempts - d.free_attempts AS attempts,
@@ -68,7 +93,7 @@ AS $$
                 delivery_id bigint, attempt integer, status_code integer, response_excerpt text,
                 error text, latency_ms integer, retry_after_seconds integer)
         ) r
-        JOIN webhooks.deliveries d ON d.id = r.delivery_id
+        CROSS JOIN LATERAL webhooks._delivery_of(r.delivery_id) d
         JOIN webhooks.webhooks w ON w.id = d.webhook_id
         LEFT JOIN webhooks.endpoints e ON e.webhook_id = w.id
     ) j
@@ -90,23 +115,11 @@ AS $$
         END), '')
 $$;
 
--- Apply the results of attempts, a JSON array of
---   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
---    "error": null, "latency_ms": 12, "retry_after_seconds": null}
--- A result is accepted only under the lease it was claimed with: same attempt number, lease not
--- expired. Returns each delivery's new status, or 'refused'.
---
--- Each webhook's circuit learns from the accepted results (see webhooks.endpoints): no response
--- or a 5xx is a failure, any other response shows the endpoint alive and closes the circuit.
--- A failed probe is logged but does not count against its delivery, which waits for the circuit.
-CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
-RETURNS TABLE (delivery_id bigint, attempt integer, status text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+-- complete()'s input: a JSON array of result objects, each field of its type and range.
+CREATE OR REPLACE FUNCTION webhooks._check_results(results jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-DECLARE
-    answered jsonb;
 BEGIN
     PERFORM webhooks._check_json_array(results, 'results', '{
         "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
@@ -116,13 +129,33 @@ BEGIN
         "retry_after_seconds": ["integer", -2147483648, 2147483647, false],
         "response_excerpt": ["string", null, null, false],
         "error": ["string", null, null, false]}');
+END
+$$;
+
+-- Apply the results of attempts, a JSON array of
+--   {"delivery_id": 1, "attempt": 1, "status_code": 200, "response_excerpt": "...",
+--    "error": null, "latency_ms": 12, "retry_after_seconds": null}
+-- A result is accepted only under the lease it was claimed with: same attempt number, lease not
+-- expired. Returns each delivery's new status, or 'refused'.
+--
+-- Each webhook's circuit learns from the accepted results (see webhooks.endpoints): no response
+-- or a 5xx is a failure, any other response shows the endpoint alive and closes the circuit.
+-- A failed probe is logged but does not count against its delivery, which waits for the circuit.
+-- enable_material off: with statistics taken while few deliveries were leased, the planner
+-- matched the report against a materialised scan of every leased delivery, once per result.
+CREATE OR REPLACE FUNCTION webhooks.complete(results jsonb)
+RETURNS TABLE (delivery_id bigint, attempt integer, status text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET enable_material = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    answered jsonb;
+    changed jsonb;  -- the accepted results of webhooks whose health figures change
+BEGIN
+    PERFORM webhooks._check_results(results);
     PERFORM webhooks._lock_circuits(results);
-    WITH outcome AS (
-        SELECT o.*, webhooks._retry_delay(o.retry_backoff_seconds, o.attempts, o.status_code,
-                                          o.retry_after_seconds, o.retry_schedule) AS delay
-        FROM webhooks._outcomes(results) o
-    ),
-    applied AS (
+    WITH applied AS (
         UPDATE webhooks.deliveries d
         SET status = o.new_status,
             -- A failed probe's attempt keeps its number (the lease's fencing token) and spends no
@@ -132,10 +165,13 @@ BEGIN
                                    WHEN o.new_status = 'pending' THEN now() + o.delay
                                    ELSE d.next_attempt_at END,
             completed_at = CASE WHEN o.new_status <> 'pending' THEN now() END
-        FROM outcome o
+        FROM webhooks._outcomes(results) o
         WHERE d.id = o.delivery_id AND d.status = 'leased' AND d.attempts = o.attempt
           AND d.next_attempt_at > now()
-        RETURNING d.id, d.status
+        -- What the steps below need, carried out: joined back to the outcomes instead, each step
+        -- was a nested loop of every result against every other (a CTE's size is unknown).
+        RETURNING d.id, d.status, o.delivery_id, o.attempt, o.status_code, o.response_excerpt, o.error,
+                  o.latency_ms, o.webhook_id, o.endpoint_failed, o.probe, o.refund
     ),
     -- Each webhook's verdict over this batch, and what it does to the circuit.
     verdict AS (
@@ -143,7 +179,7 @@ BEGIN
                count(*) FILTER (WHERE o.endpoint_failed)::integer AS failures,
                bool_or(o.probe) AS probed,
                max(o.delivery_id) FILTER (WHERE o.endpoint_failed) AS last_failed
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         GROUP BY o.webhook_id
     ),
     transition AS (
@@ -189,8 +225,7 @@ BEGIN
                    t.new_circuit = 'open' AND t.old_circuit <> 'open' AND o.delivery_id = t.last_failed,
                    t.times_opened, t.failures_now),
                greatest(o.latency_ms, 0), o.webhook_id
-        FROM outcome o
-        JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         LEFT JOIN transition t ON t.webhook_id = o.webhook_id
     ),
     -- 410 Gone pauses the webhook with its reason rather than dropping its queue.
@@ -199,21 +234,33 @@ BEGIN
         SET paused = true, paused_at = now(),
             paused_reason = format('the endpoint answered 410 Gone at %s', now()),
             updated_at = now()
-        FROM outcome o JOIN applied a ON a.id = o.delivery_id
+        FROM applied o
         WHERE w.id = o.webhook_id AND o.status_code = 410 AND NOT w.paused
     ),
+    -- The webhooks whose health figures this report changes (see _health_changes): a healthy
+    -- endpoint's successes mostly change nothing, and _record_health is then not called at all.
+    health AS (
+        SELECT DISTINCT a.webhook_id
+        FROM applied a JOIN webhooks.endpoints e ON e.webhook_id = a.webhook_id
+        WHERE webhooks._health_changes(a.status_code, e.failures_in_a_row, e.last_success_at)
+    ),
     answer AS (
-        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status
+        SELECT r.delivery_id, r.attempt, coalesce(a.status, 'refused') AS status,
+               a.webhook_id IN (SELECT h.webhook_id FROM health h) AS health
         FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer)
         LEFT JOIN applied a ON a.id = r.delivery_id
     )
     SELECT coalesce(jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt,
-                                                 'status', x.status) ORDER BY x.delivery_id), '[]')
-    INTO answered
+                                                 'status', x.status) ORDER BY x.delivery_id), '[]'),
+           jsonb_agg(jsonb_build_object('delivery_id', x.delivery_id, 'attempt', x.attempt, 'status', x.status))
+               FILTER (WHERE x.health)
+    INTO answered, changed
     FROM answer x;
     -- Health figures, alerts and auto-pause, from the accepted results just logged (a statement
     -- of its own: the circuit above already updated the endpoints rows in this one).
-    PERFORM webhooks._record_health(jsonb_path_query_array(answered, '$[*] ? (@.status != "refused")'));
+    IF changed IS NOT NULL THEN
+        PERFORM webhooks._record_health(changed);
+    END IF;
     RETURN QUERY
     SELECT a.delivery_id, a.attempt, a.status
     FROM jsonb_to_recordset(answered) AS a(delivery_id bigint, attempt integer, status text)
