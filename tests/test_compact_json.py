@@ -10,11 +10,15 @@ json_object_agg ({ "id" : 1 }).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from decimal import Decimal
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura"]
@@ -107,6 +111,46 @@ def test_numbers_keep_every_digit_and_range(conn: psycopg.Connection) -> None:
         "0." + "0" * 399 + "1": "0." + "0" * 399 + "1",
         "1" + "0" * 400: "1" + "0" * 400,
     }
-    for given, sent in cases.items():
-        row = conn.execute("SELECT webhooks._compact_number(%s)", (given,)).fetchone()
-        assert row is not None and row[0] == sent, (given, row)
+    for text, sent in cases.items():
+        row = conn.execute("SELECT webhooks._compact_number(%s)", (text,)).fetchone()
+        assert row is not None and row[0] == sent, (text, row)
+
+
+def javascript_number(text: str) -> str:
+    """What the body carries for a JSON number: JavaScript's shortest form where a double holds it
+    exactly as written (between 1e-4 and 1e15), else the number as it came."""
+    if re.fullmatch(r"-?[0-9]{1,15}", text):
+        return "0" if text == "-0" else text
+    n = Decimal(text)
+    if n == 0:
+        return "0"
+    if abs(n) < Decimal("1e-4") or abs(n) >= Decimal("1e15"):
+        return text
+    shortest = repr(float(n))
+    shortest = shortest[:-2] if shortest.endswith(".0") else shortest
+    return shortest if Decimal(shortest) == n else text
+
+
+def _decimal(sign: str, digits: str, scale: int, zeros: int) -> str:
+    if not scale:
+        return f"{sign}{digits}"
+    return f"{sign}{digits[:-scale] or '0'}.{digits[-scale:].rjust(scale, '0')}{'0' * zeros}"
+
+
+decimals = st.builds(
+    _decimal, st.sampled_from(["", "-"]),
+    st.text("0123456789", min_size=1, max_size=22).map(lambda d: d.lstrip("0") or "0"),
+    st.integers(0, 12), st.integers(0, 3))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decimals)
+def test_numbers_print_as_javascript_does_whatever_their_digits(conn: psycopg.Connection, text: str) -> None:
+    """The short path (at most 15 significant digits: trailing zeros dropped, no float8) and the
+    long one agree with a reference built on Python's shortest float repr."""
+    row = conn.execute("SELECT webhooks._compact_number(%s)", (text,)).fetchone()
+    assert row is not None and row[0] == javascript_number(text), text
+    flat = conn.execute("SELECT webhooks._compact_image(json_build_object('id', 1, 'n', %s::numeric, 's', 'x'))::text",
+                        (text,)).fetchone()
+    assert flat is not None and json.loads(flat[0], parse_float=str, parse_int=str)["n"] == javascript_number(
+        conn.execute("SELECT %s::numeric::text", (text,)).fetchone()[0]), text

@@ -29,15 +29,18 @@ $$;
 
 -- A JSON number as JavaScript prints it: a numeric column's 12.50 is 12.5 to JSON.stringify, so
 -- a body carrying 12.50 fails every signature check over JSON.stringify(req.body). Between 1e-4
--- and 1e15 PostgreSQL's shortest float8 text (extra_float_digits 1) is JavaScript's; outside it,
--- and for integers beyond 2^53 (which JavaScript cannot hold), the number is left as it is.
+-- and 1e15 JavaScript prints the shortest decimal that reads back as the same double; for a
+-- number of at most 15 significant digits that is its own digits without trailing zeros (15
+-- decimal digits survive a round trip through a double), so no float8 is needed (nor the
+-- session's extra_float_digits). Outside that range, and for integers beyond 2^53 (which
+-- JavaScript cannot hold), the number is left as it is; longer ones go to _compact_long_number.
 CREATE OR REPLACE FUNCTION webhooks._compact_number(t text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n numeric;
-    shortest text;
+    trimmed text;
 BEGIN
     IF t ~ '^-?[0-9]{1,15}$' THEN
         RETURN CASE WHEN t = '-0' THEN '0' ELSE t END;
@@ -50,9 +53,24 @@ BEGIN
     ELSIF abs(n) < 1e-4 OR abs(n) >= 1e15 THEN
         RETURN t;
     END IF;
-    shortest := n::float8::text;
-    -- Reprinted only when nothing is lost: 1234567.123456789012 keeps its digits (a receiver in
-    -- Python or Go reads them; JavaScript rounds what it parses either way).
+    trimmed := trim_scale(n)::text;
+    IF length(ltrim(translate(trimmed, '-.', ''), '0')) <= 15 THEN
+        RETURN trimmed;
+    END IF;
+    RETURN webhooks._compact_long_number(n, t);
+END
+$$;
+
+-- More than 15 significant digits: the shortest float8 text (extra_float_digits 1), used only
+-- when nothing is lost: 1234567.123456789012 keeps its digits (a receiver in Python or Go reads
+-- them; JavaScript rounds what it parses either way).
+CREATE OR REPLACE FUNCTION webhooks._compact_long_number(n numeric, t text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1
+AS $$
+DECLARE
+    shortest text := n::float8::text;
+BEGIN
     RETURN CASE WHEN shortest::numeric = n THEN shortest ELSE t END;
 END
 $$;
@@ -74,6 +92,19 @@ BEGIN
                          -- no number JavaScript prints otherwise: 12.50, 1e3, -0
                          AND t !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]') THEN
         RETURN image;
+    END IF;
+    IF left(t, 1) = '{' AND strpos(substr(t, 2), '{') = 0 AND strpos(t, '[') = 0 THEN
+        -- A flat object (a row of scalar columns with a numeric among them, the common case): one
+        -- pass over its fields, no call per field. A string without a backslash has no escape to
+        -- rewrite; an integer of up to 15 digits is already as JavaScript prints it.
+        RETURN ('{' || coalesce((
+            SELECT string_agg(to_json(e.k)::text || ':' || CASE
+                       WHEN json_typeof(e.v) = 'string' AND strpos(e.v::text, '\') = 0 THEN e.v::text
+                       WHEN json_typeof(e.v) = 'string' THEN to_json(e.v #>> '{}')::text
+                       WHEN json_typeof(e.v) <> 'number' THEN btrim(e.v::text, E' \t\n\r')
+                       WHEN btrim(e.v::text, E' \t\n\r') ~ '^-?[1-9][0-9]{0,14}$|^0$' THEN btrim(e.v::text, E' \t\n\r')
+                       ELSE webhooks._compact_number(btrim(e.v::text, E' \t\n\r')) END, ',' ORDER BY e.o)
+            FROM json_each(image) WITH ORDINALITY AS e(k, v, o)), '') || '}')::json;
     END IF;
     RETURN webhooks._compact(image);
 END
