@@ -18,9 +18,10 @@ CREATE INDEX IF NOT EXISTS deliveries_capture_id ON webhooks.deliveries (capture
 -- long stretch of rows it must keep (a paused webhook's old backlog) cannot use up every call's
 -- time budget before it reaches the rows it may remove. NULL: start a new pass from the oldest.
 CREATE TABLE IF NOT EXISTS webhooks._maintain_cursor (
-    only_row        boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    only_row        boolean PRIMARY KEY DEFAULT true,
     deliveries_from bigint,
-    captures_from   bigint
+    captures_from   bigint,
+    CONSTRAINT maintain_cursor_single_row CHECK (only_row)
 );
 COMMENT ON TABLE webhooks._maintain_cursor IS
     'Where the next maintain() call goes on walking deliveries and captures (NULL: from the oldest)';
