@@ -121,7 +121,7 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     best_peer = max(("naive", "supabase-style", "hasura-style"), key=lambda k: shares[k])
     results = [info(section, f"tps {label} / no trigger", f"{shares[label]:.2f}x", f"{med[label]:.0f} tps")
                for label in peers.KINDS]
-    limit = max(0.70, shares[best_peer])
+    limit = round(max(0.70, shares[best_peer]), 2)
     results.append(ratio(
         section, "tps 1 webhook / no trigger", shares["1 webhook"], limit, True,
         f"{med['1 webhook']:.0f} vs {med['none']:.0f} tps (median of {rounds}x{seconds:g}s); "
