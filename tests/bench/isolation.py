@@ -86,7 +86,9 @@ def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int, rounds: int
     runs: dict[str, dict[str, Any]] = {}
     # Alternating rounds, the best of each kept: on a machine shared with other work a single
     # drain measures the others as much as the runner.
-    plan = [("alone", 0), ("neighbour", neighbour)] * max(rounds, 1)
+    # The neighbour's backlog already fanned out; freshly captured (a bulk INSERT the runner has
+    # not fanned out yet, as it arrives); and freshly captured for a paused webhook.
+    plan = [("alone", 0), ("neighbour", neighbour), ("fresh", neighbour), ("paused", neighbour)] * max(rounds, 1)
     try:
         for label, backlog in plan:
             dsn = env.fresh_db(f"neighbour_{label}")
@@ -96,7 +98,14 @@ def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int, rounds: int
                     if backlog:
                         create_orders(conn, "dead_orders")
                         dead_id = create_webhook(conn, "dead", f"http://127.0.0.1:{free_port()}/hook", "dead_orders")
-                        bulk_backlog(conn, "dead_orders", backlog)
+                        if label == "paused":
+                            conn.execute("SELECT webhooks.pause_webhook(%s::uuid, 'bench')", (dead_id,))
+                        if label == "neighbour":
+                            bulk_backlog(conn, "dead_orders", backlog)
+                        else:
+                            conn.execute("INSERT INTO dead_orders (customer_id, amount, status)"
+                                         " SELECT g %% 10000 + 1, 1.5, 'paid' FROM generate_series(1, %s) g",
+                                         (backlog,))
                     create_orders(conn, "orders")
                     healthy_id = create_webhook(conn, "healthy", receiver.url("hook"), "orders")
                     bulk_backlog(conn, "orders", deliveries)
@@ -110,10 +119,15 @@ def bench_noisy_neighbour(env: Env, deliveries: int, neighbour: int, rounds: int
                 env.drop_db(dsn)
     finally:
         PROCS.stop(receiver.proc)
-    alone, noisy = runs["alone"], runs["neighbour"]
+    alone, noisy, fresh, paused = runs["alone"], runs["neighbour"], runs["fresh"], runs["paused"]
     return [
         ratio(section, "healthy drain rate: with neighbour / alone", noisy["rate"] / alone["rate"], 0.8, True,
               f"{noisy['rate']:.0f}/s vs {alone['rate']:.0f}/s", alone=alone, neighbour=noisy),
+        ratio(section, "... neighbour's backlog freshly captured / alone", fresh["rate"] / alone["rate"], 0.8, True,
+              f"{fresh['rate']:.0f}/s: one {neighbour:,}-row INSERT, fanned out by the runner as it drains",
+              fresh=fresh),
+        ratio(section, "... a paused webhook's freshly captured backlog / alone", paused["rate"] / alone["rate"],
+              0.8, True, f"{paused['rate']:.0f}/s", paused=paused),
         info(section, "attempts at the dead endpoint meanwhile", f"{noisy['dead_attempts']:,}",
              f"of {neighbour:,} due deliveries, over {noisy['seconds']:.1f}s; circuit {noisy['circuit']}",
              attempts=noisy["dead_attempts"], seconds=noisy["seconds"]),
