@@ -3,9 +3,10 @@
 -- A runner sleeps between claims until a NOTIFY on channel `webhooks` or its poll interval. A
 -- NOTIFY is not free: at commit PostgreSQL appends it to one queue under a database-wide lock, so
 -- notifying commits run one at a time. Writers therefore notify only while a runner is waiting
--- (webhooks._waiting_runners, counted in the sequence _runners_waiting): next_due_in(), which a runner calls right before it sleeps,
--- registers its session; runner_busy(), called when its claims come back full, takes it out, as a
--- runner draining full batches claims again at once and needs no wake-up.
+-- (webhooks._waiting_runners, counted in the sequence _runners_waiting): next_due_in(), which a
+-- runner calls right before it sleeps, registers its session; runner_busy(), called when its
+-- claims come back full, takes it out, as a runner draining full batches claims again at once
+-- and needs no wake-up.
 --
 -- The gap this leaves: a writer that decided not to notify while every runner was busy, and
 -- commits after the runner has gone to sleep. The runner therefore sleeps at most 0.25 s for
@@ -29,7 +30,7 @@ $$;
 -- once each count after the other's change has committed.
 CREATE OR REPLACE FUNCTION webhooks._count_waiting()
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock('webhooks._waiting_runners'::regclass::oid::integer, 0);
@@ -40,7 +41,7 @@ $$;
 -- Register this session as a waiting runner (a no-op while it is).
 CREATE OR REPLACE FUNCTION webhooks._register_waiting()
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM webhooks._waiting_runners w WHERE w.pid = pg_backend_pid()) THEN
