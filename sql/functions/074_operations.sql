@@ -212,7 +212,6 @@ DECLARE
     cutoff timestamptz;
     gone_deliveries bigint;
     orphans bigint;
-    candidates bigint[];
     gone_captures bigint;
 BEGIN
     -- Checked before any arithmetic: now() - '100000000 years' overflows.
@@ -221,14 +220,9 @@ BEGIN
             format('%s is out of range; expected an interval from 0 to 100 years', coalesce(older_than::text, 'null')));
     END IF;
     cutoff := now() - older_than;
-    WITH finished AS (
-        DELETE FROM webhooks.deliveries d
-        WHERE d.status IN ('delivered', 'failed') AND d.completed_at < cutoff
-        RETURNING d.id
-    ), attempts AS (
-        DELETE FROM webhooks.delivery_attempts a USING finished f WHERE a.delivery_id = f.id
-    )
-    SELECT count(*) INTO gone_deliveries FROM finished;
+    -- maintain()'s steps (075_maintain.sql) over every id at once.
+    SELECT x.deliveries INTO gone_deliveries
+    FROM webhooks._maintain_deliveries(cutoff, 0, 9223372036854775807) x;
 
     -- A fan-out that raced delete_webhook() may have left deliveries of a webhook that is gone.
     WITH orphaned AS (
@@ -240,23 +234,7 @@ BEGIN
     )
     SELECT count(*) INTO orphans FROM orphaned;
 
-    -- Two statements, so the second sees every replay that committed before the first locked
-    -- its capture: a replay holds the capture (FOR KEY SHARE) until it commits, and one that
-    -- comes later finds the capture gone and refuses.
-    SELECT array_agg(x.id) INTO candidates
-    FROM (SELECT c.id FROM webhooks.captures c
-          WHERE c.occurred_at < cutoff AND c.fanned_out = c.row_count
-            AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
-          FOR UPDATE SKIP LOCKED) x;
-    WITH unneeded AS (
-        DELETE FROM webhooks.captures c
-        WHERE c.id = ANY (coalesce(candidates, '{}'))
-          AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
-        RETURNING c.id
-    ), events AS (
-        DELETE FROM webhooks.events e USING unneeded u WHERE e.capture_id = u.id
-    )
-    SELECT count(*) INTO gone_captures FROM unneeded;
+    gone_captures := webhooks._maintain_captures(cutoff, 0, 9223372036854775807);
     RETURN QUERY SELECT gone_deliveries + orphans, gone_captures;
 END
 $$;

@@ -12,6 +12,10 @@
 -- ids (rather than "the next N that qualify") keeps every step an index range scan whatever the
 -- planner guesses about how many rows qualify.
 
+-- The window helpers took a batch size before purge() shared them (never in a release).
+DROP FUNCTION IF EXISTS webhooks._maintain_deliveries(timestamptz, bigint, bigint, integer);
+DROP FUNCTION IF EXISTS webhooks._maintain_captures(timestamptz, bigint, bigint, integer);
+
 -- The range of ids of `tbl` (deliveries or captures) to walk: from its first id to the first
 -- whose `col` is at or after `cutoff`, found by bisection over the primary key: ids grow with
 -- time, so everything older lies below it. A row that committed out of order (a long
@@ -52,16 +56,16 @@ BEGIN
 END
 $$;
 
--- The finished deliveries among ids from_id .. from_id + batch - 1 (below `below_id`), and their
--- attempts. A finished delivery changes no more (replay_failed() only marks it), so nothing
+-- The finished deliveries completed before `cutoff` among ids from_id .. below_id - 1, and their
+-- attempts (maintain() takes a window at a time, purge() everything). A finished delivery changes no more (replay_failed() only marks it), so nothing
 -- else waits for these row locks.
-CREATE OR REPLACE FUNCTION webhooks._maintain_deliveries(cutoff timestamptz, from_id bigint, below_id bigint, batch integer)
+CREATE OR REPLACE FUNCTION webhooks._maintain_deliveries(cutoff timestamptz, from_id bigint, below_id bigint)
 RETURNS TABLE (deliveries bigint, attempts bigint)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
     WITH gone AS (
         DELETE FROM webhooks.deliveries d
-        WHERE d.id >= from_id AND d.id < least(from_id + batch, below_id)
+        WHERE d.id >= from_id AND d.id < below_id
           AND d.status IN ('delivered', 'failed') AND d.completed_at < cutoff
         RETURNING d.id
     ), gone_attempts AS (
@@ -71,11 +75,11 @@ AS $$
     SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_attempts)
 $$;
 
--- The captures no delivery needs among ids from_id .. from_id + batch - 1 (below `below_id`),
--- and their events. Two statements, as in purge(): the second sees every replay that committed
+-- The fanned-out captures older than `cutoff` that no delivery needs, among ids from_id ..
+-- below_id - 1, and their events. Two statements, as in purge(): the second sees every replay that committed
 -- before the first locked its capture; a replay holds the capture (FOR KEY SHARE) until it
 -- commits, and one that comes later finds the capture gone and refuses. Returns how many went.
-CREATE OR REPLACE FUNCTION webhooks._maintain_captures(cutoff timestamptz, from_id bigint, below_id bigint, batch integer,
+CREATE OR REPLACE FUNCTION webhooks._maintain_captures(cutoff timestamptz, from_id bigint, below_id bigint,
                                                        OUT captures bigint)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -84,7 +88,7 @@ DECLARE
 BEGIN
     SELECT array_agg(x.id ORDER BY x.id) INTO candidates
     FROM (SELECT c.id FROM webhooks.captures c
-          WHERE c.id >= from_id AND c.id < least(from_id + batch, below_id)
+          WHERE c.id >= from_id AND c.id < below_id
             AND c.occurred_at < cutoff AND c.fanned_out = c.row_count
             AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
           FOR UPDATE SKIP LOCKED) x;
@@ -136,7 +140,8 @@ BEGIN
     range := webhooks._maintain_bound('webhooks.deliveries', 'created_at', cutoff);
     next_id := greatest(range.first_id, saved.deliveries_from);
     WHILE next_id < range.below_id LOOP
-        SELECT * INTO step FROM webhooks._maintain_deliveries(cutoff, next_id, range.below_id, batch_size);
+        SELECT * INTO step
+        FROM webhooks._maintain_deliveries(cutoff, next_id, least(next_id + batch_size, range.below_id));
         next_id := next_id + batch_size;
         gone_deliveries := gone_deliveries + step.deliveries;
         gone_attempts := gone_attempts + step.attempts;
@@ -152,7 +157,8 @@ BEGIN
     range := webhooks._maintain_bound('webhooks.captures', 'occurred_at', cutoff);
     next_id := greatest(range.first_id, saved.captures_from);
     WHILE next_id < range.below_id LOOP
-        gone_captures := gone_captures + webhooks._maintain_captures(cutoff, next_id, range.below_id, batch_size);
+        gone_captures := gone_captures
+            + webhooks._maintain_captures(cutoff, next_id, least(next_id + batch_size, range.below_id));
         next_id := next_id + batch_size;
         IF clock_timestamp() >= deadline AND next_id < range.below_id THEN
             UPDATE webhooks._maintain_cursor SET deliveries_from = deliveries_done, captures_from = next_id;
