@@ -11,9 +11,18 @@ AS $$
 BEGIN
     CASE json_typeof(value)
     WHEN 'object' THEN
-        RETURN ('{' || coalesce((SELECT string_agg(to_json(e.k)::text || ':' || webhooks._compact(e.v)::text, ','
-                                                    ORDER BY e.o)
-                                 FROM json_each(value) WITH ORDINALITY AS e(k, v, o)), '') || '}')::json;
+        -- Scalar fields inline, not a call each (a row image is mostly scalars): a string without
+        -- a backslash has no escape to rewrite; an integer of up to 15 digits is already as
+        -- JavaScript prints it.
+        RETURN ('{' || coalesce((
+            SELECT string_agg(to_json(e.k)::text || ':' || CASE
+                       WHEN json_typeof(e.v) IN ('object', 'array') THEN webhooks._compact(e.v)::text
+                       WHEN json_typeof(e.v) = 'string' AND strpos(e.v::text, '\') = 0 THEN e.v::text
+                       WHEN json_typeof(e.v) = 'string' THEN to_json(e.v #>> '{}')::text
+                       WHEN json_typeof(e.v) <> 'number' THEN btrim(e.v::text, E' \t\n\r')
+                       WHEN btrim(e.v::text, E' \t\n\r') ~ '^-?[1-9][0-9]{0,14}$|^0$' THEN btrim(e.v::text, E' \t\n\r')
+                       ELSE webhooks._compact_number(btrim(e.v::text, E' \t\n\r')) END, ',' ORDER BY e.o)
+            FROM json_each(value) WITH ORDINALITY AS e(k, v, o)), '') || '}')::json;
     WHEN 'array' THEN
         RETURN ('[' || coalesce((SELECT string_agg(webhooks._compact(a.v)::text, ',' ORDER BY a.o)
                                  FROM json_array_elements(value) WITH ORDINALITY AS a(v, o)), '') || ']')::json;
@@ -92,19 +101,6 @@ BEGIN
                          -- no number JavaScript prints otherwise: 12.50, 1e3, -0
                          AND t !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]') THEN
         RETURN image;
-    END IF;
-    IF left(t, 1) = '{' AND strpos(substr(t, 2), '{') = 0 AND strpos(t, '[') = 0 THEN
-        -- A flat object (a row of scalar columns with a numeric among them, the common case): one
-        -- pass over its fields, no call per field. A string without a backslash has no escape to
-        -- rewrite; an integer of up to 15 digits is already as JavaScript prints it.
-        RETURN ('{' || coalesce((
-            SELECT string_agg(to_json(e.k)::text || ':' || CASE
-                       WHEN json_typeof(e.v) = 'string' AND strpos(e.v::text, '\') = 0 THEN e.v::text
-                       WHEN json_typeof(e.v) = 'string' THEN to_json(e.v #>> '{}')::text
-                       WHEN json_typeof(e.v) <> 'number' THEN btrim(e.v::text, E' \t\n\r')
-                       WHEN btrim(e.v::text, E' \t\n\r') ~ '^-?[1-9][0-9]{0,14}$|^0$' THEN btrim(e.v::text, E' \t\n\r')
-                       ELSE webhooks._compact_number(btrim(e.v::text, E' \t\n\r')) END, ',' ORDER BY e.o)
-            FROM json_each(image) WITH ORDINALITY AS e(k, v, o)), '') || '}')::json;
     END IF;
     RETURN webhooks._compact(image);
 END
