@@ -71,8 +71,10 @@ $$;
 
 -- The webhooks with due work, with when their oldest due delivery became due and whether their
 -- limits or circuit need exact accounting across runners. A paused webhook keeps its queue
--- (fan-out still creates its deliveries); nothing is sent.
-CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[])
+-- (fan-out still creates its deliveries); nothing is sent. One without unfinished work above its
+-- open floor (`floors`, see _open_floors) is not scanned in time order.
+DROP FUNCTION IF EXISTS webhooks._due_webhooks(uuid[]);
+CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[], floors jsonb)
 RETURNS TABLE (id uuid, oldest timestamptz, exact boolean)
 LANGUAGE sql STABLE
 AS $$
@@ -87,6 +89,10 @@ AS $$
     ) n
     WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
       AND (e.circuit <> 'open' OR e.retry_at <= now())
+      -- (written out rather than a helper function, which would not be inlined: a call per webhook)
+      AND EXISTS (SELECT 1 FROM webhooks.deliveries o
+                  WHERE o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                    AND o.id >= coalesce((floors ->> w.id::text)::bigint, 0))
 $$;
 
 -- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see

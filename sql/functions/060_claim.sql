@@ -166,12 +166,14 @@ DECLARE
     serving uuid[];
     exact uuid[];
     locked uuid[] := '{}';
+    floors jsonb;
 BEGIN
     PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit);
     -- The webhooks with due work, the one whose work has waited longest first.
+    floors := webhooks._open_floors();
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
     INTO serving, exact
-    FROM webhooks._due_webhooks(skip_webhooks) x;
+    FROM webhooks._due_webhooks(skip_webhooks, floors) x;
     IF serving IS NULL THEN RETURN; END IF;
     IF exact IS NOT NULL THEN  -- served under their endpoints row lock (see _lock_exact)
         locked := webhooks._lock_exact(exact);
@@ -283,6 +285,8 @@ RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
+DECLARE
+    floors jsonb := webhooks._open_floors();
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
     PERFORM webhooks._register_waiting();
@@ -316,6 +320,9 @@ BEGIN
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
             WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+              AND EXISTS (SELECT 1 FROM webhooks.deliveries o  -- see _open_floors
+                          WHERE o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                            AND o.id >= coalesce((floors ->> w.id::text)::bigint, 0))
         ) x)
     END);
 END
