@@ -85,14 +85,19 @@ AS $$
     CROSS JOIN LATERAL (
         SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
         WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
+          -- Asked first (it refers to no row of `d`: a one-time filter of this scan), in
+          -- `deliveries_webhook_open`: the first unfinished delivery at or above the webhook's
+          -- floor, or another webhook's (the row comparison keeps the probe on that index, see
+          -- 0018_open_floor.sql). Written out: a function would not be inlined.
+          AND (SELECT o.id FROM webhooks.deliveries o
+               WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
+                 AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                 AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
+               ORDER BY o.webhook_id, o.id + 0 LIMIT 1) IS NOT NULL
         ORDER BY d.next_attempt_at LIMIT 1
     ) n
     WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
       AND (e.circuit <> 'open' OR e.retry_at <= now())
-      -- (written out rather than a helper function, which would not be inlined: a call per webhook)
-      AND EXISTS (SELECT 1 FROM webhooks.deliveries o
-                  WHERE o.webhook_id = w.id AND o.status IN ('pending', 'leased')
-                    AND o.id >= coalesce((floors ->> w.id::text)::bigint, 0))
 $$;
 
 -- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see

@@ -50,10 +50,12 @@ BEGIN
     IF (state ->> 'x')::xid8 <= pg_snapshot_xmin(pg_current_snapshot()) THEN
         seen := (state ->> 'l')::bigint;
         SELECT coalesce(jsonb_object_agg(w.id, least(seen + 1, (
-                   SELECT o.id FROM webhooks.deliveries o
-                   WHERE o.webhook_id = w.id AND o.status IN ('pending', 'leased')
-                     AND o.id >= coalesce((floors ->> w.id::text)::bigint, 0)
-                   ORDER BY o.id LIMIT 1))), '{}')
+                   SELECT o.id
+                   FROM webhooks.deliveries o  -- in `deliveries_webhook_open`: see _due_webhooks
+                   WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
+                     AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                     AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
+                   ORDER BY o.webhook_id, o.id + 0 LIMIT 1))), '{}')
         INTO floors
         FROM webhooks.webhooks w;
     ELSIF state ? 'x' THEN

@@ -317,12 +317,14 @@ BEGIN
             CROSS JOIN LATERAL (
                 SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
                 WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
+                  AND (SELECT o.id FROM webhooks.deliveries o  -- first: see _due_webhooks
+                       WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
+                         AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                         AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
+                       ORDER BY o.webhook_id, o.id + 0 LIMIT 1) IS NOT NULL
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
             WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
-              AND EXISTS (SELECT 1 FROM webhooks.deliveries o  -- see _open_floors
-                          WHERE o.webhook_id = w.id AND o.status IN ('pending', 'leased')
-                            AND o.id >= coalesce((floors ->> w.id::text)::bigint, 0))
         ) x)
     END);
 END
