@@ -168,9 +168,9 @@ DECLARE
     locked uuid[] := '{}';
     floors jsonb;
 BEGIN
+    floors := webhooks._open_floors();  -- first: the fan-out starts from the capture floor
     PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit);
     -- The webhooks with due work, the one whose work has waited longest first.
-    floors := webhooks._open_floors();
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
     INTO serving, exact
     FROM webhooks._due_webhooks(skip_webhooks, floors) x;
@@ -294,7 +294,8 @@ BEGIN
         -- Captures to fan out: now, unless this session's restore check is not settled (another
         -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
         -- nothing until it commits, so asking at once would only spin.
-        WHEN EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count) THEN
+        WHEN EXISTS (SELECT 1 FROM webhooks.captures c
+                     WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)) THEN
             CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
                       OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
                  THEN 0 ELSE 1 END

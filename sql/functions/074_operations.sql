@@ -82,6 +82,8 @@ BEGIN
     PERFORM webhooks._check_event_data('data', data);
     PERFORM webhooks._check_event_data('record', record);
     PERFORM webhooks._check_event_data('old_record', old_record);
+    -- The transaction id before the capture's and the delivery's ids (see _open_floors).
+    PERFORM pg_current_xact_id();
     IF event_type IS NOT NULL OR data IS NOT NULL THEN
         IF event IS NOT NULL OR "table" IS NOT NULL OR record IS NOT NULL OR old_record IS NOT NULL THEN
             PERFORM webhooks._fail('WH013', 'event_type',

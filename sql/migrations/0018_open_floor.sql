@@ -1,7 +1,7 @@
 -- pgwebhooks migration 0018: each webhook's unfinished deliveries in id order.
 --
 -- claim() and next_due_in() ask first whether a webhook has any unfinished delivery at or above
--- its floor (see _open_floors, 057_open_floors.sql), an id below which all its work is known to
+-- its floor (see _open_floors, 027_open_floors.sql), an id below which all its work is known to
 -- be finished. A drained webhook's due index holds an entry for every version its deliveries
 -- went through; while another session holds an old snapshot, vacuum cannot remove them and a
 -- scan of that index in time order steps over all of them. In id order the floor skips them.

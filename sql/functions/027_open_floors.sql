@@ -1,0 +1,113 @@
+-- pgwebhooks: open floors, ids below which all work is known to be done: per webhook, the id
+-- below which all of its deliveries are finished (delivered or failed, which is final), and the
+-- capture id below which every capture is fanned out; below either, no new row will ever appear.
+--
+-- Why: a finished delivery leaves an entry in `deliveries_webhook_due` for each version it had
+-- (pending, then leased), a fanned-out capture one in `captures_fan_out_pending`. Vacuum removes
+-- them once no snapshot can see those versions; a session idle in a transaction that holds an
+-- old snapshot stops that, and every scan of those indexes from their start then steps over all
+-- of them (a drained 50,000-delivery webhook cost claim() ~4x its time). claim() and next_due_in()
+-- look for captures to fan out from the capture floor, and first ask `deliveries_webhook_open`,
+-- in id order from the webhook's floor, whether it has any unfinished delivery: one without is
+-- not scanned in time order at all.
+--
+-- Why a floor is safe. Ids come from sequences (cache 1) as rows are inserted, so a snapshot can
+-- show a row whose id is below ones already visible: its transaction took the id first and
+-- committed later. A floor is therefore raised in two steps: record the sequences' last values
+-- L, then (in a later statement, so with a later snapshot) the snapshot's xmax X. Every
+-- transaction that took an id <= L had its transaction id before it took the id, so below X:
+-- every path that creates rows here writes or locks a row first (the capture triggers fire after
+-- the watched rows changed; _fan_out locks the capture; replay locks it; publish, send_test,
+-- replay_failed and release_held ask for their transaction id first). Once a later snapshot's
+-- xmin has passed X, all of them have ended: every id <= L is visible or will never be, and a
+-- floor may rise to the lowest unfinished id at or below L (or L + 1). A transaction that keeps
+-- its id open only delays the floors; one that holds a snapshot and writes nothing does not.
+--
+-- The floors and the pending (L, X) are kept per session in `pgwebhooks.open_floors`, signed with
+-- the session's identity token (025_event_ids.sql), so a value set by hand is ignored: a floor
+-- that is too high would hide work. A session starts with no floors (0), as before. They rise
+-- at most every 100 ms (each rise probes every webhook once), and only in a READ COMMITTED
+-- transaction: a longer-lived snapshot could miss rows committed after it was taken.
+
+-- This session's floors state as _open_floors stored it, or NULL (none, or not signed by it).
+CREATE OR REPLACE FUNCTION webhooks._floors_state()
+RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN md5(webhooks._identity_token() || substr(x.raw, 34)) = left(x.raw, 32)
+                THEN substr(x.raw, 34)::jsonb END
+    FROM (SELECT current_setting('pgwebhooks.open_floors', true) AS raw) x
+$$;
+
+-- The capture floor, for _fan_out: captures below it are all fanned out.
+CREATE OR REPLACE FUNCTION webhooks._capture_floor()
+RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((webhooks._floors_state() -> 'f' ->> 'captures')::bigint, 0)
+$$;
+
+-- Raise this session's floors when that is safe (see above); returns them: {"captures": id,
+-- "<webhook id>": id, ...}, a missing one being 0.
+CREATE OR REPLACE FUNCTION webhooks._open_floors()
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    token text := webhooks._identity_token();
+    state jsonb := webhooks._floors_state();
+    floors jsonb := coalesce(state -> 'f', '{}');
+    seen bigint;
+    seen_captures bigint;
+    horizon xid8;
+BEGIN
+    IF token IS NULL OR current_setting('transaction_isolation') <> 'read committed'
+       OR clock_timestamp() < (state ->> 't')::timestamptz + interval '100 milliseconds' THEN
+        RETURN floors;
+    END IF;
+    IF (state ->> 'x')::xid8 <= pg_snapshot_xmin(pg_current_snapshot()) THEN
+        seen := (state ->> 'l')::bigint;
+        seen_captures := (state ->> 'c')::bigint;
+        SELECT coalesce(jsonb_object_agg(w.id, least(seen + 1, (
+                   SELECT o.id
+                   FROM webhooks.deliveries o  -- in `deliveries_webhook_open`: see _due_webhooks
+                   WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
+                     AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
+                     AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
+                   ORDER BY o.webhook_id, o.id + 0 LIMIT 1))), '{}')
+               || jsonb_build_object('captures', least(seen_captures + 1, (
+                   SELECT c.id FROM webhooks.captures c
+                   WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)
+                   ORDER BY c.id LIMIT 1)))
+        INTO floors
+        FROM webhooks.webhooks w;
+    ELSIF state ? 'x' THEN
+        RETURN floors;  -- a transaction that may still commit an id <= L is running
+    END IF;
+    -- A sequence that hands out ids from per-session caches breaks the order argued above.
+    IF (SELECT bool_and(s.seqcache = 1) FROM pg_sequence s
+        WHERE s.seqrelid IN ('webhooks.deliveries_id_seq'::regclass, 'webhooks.captures_id_seq'::regclass)) THEN
+        SELECT CASE WHEN d.is_called THEN d.last_value ELSE d.last_value - 1 END,
+               CASE WHEN c.is_called THEN c.last_value ELSE c.last_value - 1 END
+        INTO seen, seen_captures
+        FROM webhooks.deliveries_id_seq d, webhooks.captures_id_seq c;
+        SELECT pg_snapshot_xmax(pg_current_snapshot()) INTO horizon;
+        state := jsonb_build_object('f', floors, 'l', seen, 'c', seen_captures, 'x', horizon::text,
+                                    't', clock_timestamp());
+    ELSE
+        floors := '{}';
+        state := jsonb_build_object('f', floors, 't', clock_timestamp());
+    END IF;
+    PERFORM set_config('pgwebhooks.open_floors', md5(token || state::text) || '|' || state::text, false);
+    RETURN floors;
+END
+$$;
+
+COMMENT ON FUNCTION webhooks._floors_state IS
+    'This session''s open floors and the pending raise, as _open_floors stored and signed them (NULL: none).';
+
+COMMENT ON FUNCTION webhooks._capture_floor IS
+    'The id below which every capture is fanned out (this session''s open floor; 0: none known).';
+
+COMMENT ON FUNCTION webhooks._open_floors IS
+    'Raises this session''s open floors when safe; returns them (captures, and per webhook the first unfinished id).';
