@@ -183,3 +183,16 @@ def test_a_repeatable_read_claim_uses_the_floors_but_does_not_raise_them(db, con
         rr.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         assert len(claim(rr)) == 10
         rr.commit()
+
+
+def test_held_rows_released_after_the_floors_rise_are_delivered(db, conn, table, holder) -> None:
+    hook = scalar(conn, "SELECT id FROM webhooks.create_webhook('held', 'https://receiver.example/hook', %s)",
+                  Jsonb([{"table": "bulk", "where": "100 / v > 1"}]))
+    conn.execute(ONE_ROW_WRITES % (0, 0))  # v = 0: its filter fails, the row is held
+    conn.execute(ONE_ROW_WRITES % (1, 40))
+    assert len(settle(conn)) == 40
+    assert scalar(conn, "SELECT count(*) FROM webhooks.held_rows") == 1
+    conn.execute("SELECT webhooks.update_webhook(%s, %s)",
+                 (hook, Jsonb({"events": [{"table": "bulk", "where": "v >= 0"}]})))
+    assert scalar(conn, "SELECT queued FROM webhooks.release_held(%s)", hook) == 1
+    assert len(settle(conn)) == 1
