@@ -196,3 +196,15 @@ def test_held_rows_released_after_the_floors_rise_are_delivered(db, conn, table,
                  (hook, Jsonb({"events": [{"table": "bulk", "where": "v >= 0"}]})))
     assert scalar(conn, "SELECT queued FROM webhooks.release_held(%s)", hook) == 1
     assert len(settle(conn)) == 1
+
+
+def test_a_sequence_set_back_drops_the_floors(db, conn, table, holder) -> None:
+    create_webhook(conn)
+    conn.execute(ONE_ROW_WRITES % (1, 300))
+    assert len(settle(conn)) == 300
+    # The outbox emptied and its ids started again (as a restore or a reinstall may leave them):
+    # the new rows are below every floor this session raised.
+    conn.execute("TRUNCATE webhooks.deliveries, webhooks.delivery_attempts, webhooks.captures, webhooks.events"
+                 " RESTART IDENTITY")
+    conn.execute(ONE_ROW_WRITES % (301, 310))
+    assert len(claim(conn)) == 10

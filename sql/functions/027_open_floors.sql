@@ -39,14 +39,6 @@ AS $$
     FROM (SELECT current_setting('pgwebhooks.open_floors', true) AS raw) x
 $$;
 
--- The capture floor, for _fan_out: captures below it are all fanned out.
-CREATE OR REPLACE FUNCTION webhooks._capture_floor()
-RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce((webhooks._floors_state() -> 'f' ->> 'captures')::bigint, 0)
-$$;
-
 -- Raise this session's floors when that is safe (see above); returns them: {"captures": id,
 -- "<webhook id>": id, ...}, a missing one being 0.
 CREATE OR REPLACE FUNCTION webhooks._open_floors()
@@ -56,26 +48,44 @@ AS $$
 DECLARE
     token text := webhooks._identity_token();
     state jsonb := webhooks._floors_state();
-    floors jsonb := coalesce(state -> 'f', '{}');
-    seen bigint;
-    seen_captures bigint;
+    floors jsonb;
+    last_delivery bigint;
+    last_capture bigint;
+    sequences text;
     horizon xid8;
 BEGIN
-    IF token IS NULL OR current_setting('transaction_isolation') <> 'read committed'
+    IF token IS NULL THEN
+        RETURN '{}';
+    END IF;
+    SELECT CASE WHEN d.is_called THEN d.last_value ELSE d.last_value - 1 END,
+           CASE WHEN c.is_called THEN c.last_value ELSE c.last_value - 1 END,
+           concat_ws('/', 'webhooks.deliveries_id_seq'::regclass::oid, 'webhooks.captures_id_seq'::regclass::oid)
+    INTO last_delivery, last_capture, sequences
+    FROM webhooks.deliveries_id_seq d, webhooks.captures_id_seq c;
+    -- Floors hold only for the sequences they were raised by: one set back or made anew (a
+    -- restore, a reinstall) drops them. So does age: every minute they start again from 0, so that
+    -- a row that appeared below one by a path the argument above does not cover (explicit ids: a
+    -- data-only restore into a live database) waits at most that long.
+    IF state ->> 's' IS DISTINCT FROM sequences OR last_delivery < (state ->> 'l')::bigint
+       OR last_capture < (state ->> 'c')::bigint
+       OR clock_timestamp() > (state ->> 'b')::timestamptz + interval '1 minute' THEN
+        state := NULL;
+        PERFORM set_config('pgwebhooks.open_floors', '', false);
+    END IF;
+    floors := coalesce(state -> 'f', '{}');
+    IF current_setting('transaction_isolation') <> 'read committed'
        OR clock_timestamp() < (state ->> 't')::timestamptz + interval '100 milliseconds' THEN
         RETURN floors;
     END IF;
     IF (state ->> 'x')::xid8 <= pg_snapshot_xmin(pg_current_snapshot()) THEN
-        seen := (state ->> 'l')::bigint;
-        seen_captures := (state ->> 'c')::bigint;
-        SELECT coalesce(jsonb_object_agg(w.id, least(seen + 1, (
+        SELECT coalesce(jsonb_object_agg(w.id, least((state ->> 'l')::bigint + 1, (
                    SELECT o.id
                    FROM webhooks.deliveries o  -- in `deliveries_webhook_open`: see _due_webhooks
                    WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
                      AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
                      AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
                    ORDER BY o.webhook_id, o.id + 0 LIMIT 1))), '{}')
-               || jsonb_build_object('captures', least(seen_captures + 1, (
+               || jsonb_build_object('captures', least((state ->> 'c')::bigint + 1, (
                    SELECT c.id FROM webhooks.captures c
                    WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)
                    ORDER BY c.id LIMIT 1)))
@@ -84,29 +94,35 @@ BEGIN
     ELSIF state ? 'x' THEN
         RETURN floors;  -- a transaction that may still commit an id <= L is running
     END IF;
-    -- A sequence that hands out ids from per-session caches breaks the order argued above.
+    -- L was read above, X is read now, in a later statement. A sequence that hands out ids from
+    -- per-session caches breaks the order argued above: no floors then.
     IF (SELECT bool_and(s.seqcache = 1) FROM pg_sequence s
         WHERE s.seqrelid IN ('webhooks.deliveries_id_seq'::regclass, 'webhooks.captures_id_seq'::regclass)) THEN
-        SELECT CASE WHEN d.is_called THEN d.last_value ELSE d.last_value - 1 END,
-               CASE WHEN c.is_called THEN c.last_value ELSE c.last_value - 1 END
-        INTO seen, seen_captures
-        FROM webhooks.deliveries_id_seq d, webhooks.captures_id_seq c;
         SELECT pg_snapshot_xmax(pg_current_snapshot()) INTO horizon;
-        state := jsonb_build_object('f', floors, 'l', seen, 'c', seen_captures, 'x', horizon::text,
-                                    't', clock_timestamp());
+        state := jsonb_build_object('f', floors, 'l', last_delivery, 'c', last_capture, 'x', horizon::text,
+                                    's', sequences, 't', clock_timestamp(),
+                                    'b', coalesce((state ->> 'b')::timestamptz, clock_timestamp()));
     ELSE
         floors := '{}';
-        state := jsonb_build_object('f', floors, 't', clock_timestamp());
+        state := jsonb_build_object('f', floors, 's', sequences, 't', clock_timestamp(), 'b', clock_timestamp());
     END IF;
     PERFORM set_config('pgwebhooks.open_floors', md5(token || state::text) || '|' || state::text, false);
     RETURN floors;
 END
 $$;
 
+-- The capture floor, for _fan_out: captures below it are all fanned out.
+CREATE OR REPLACE FUNCTION webhooks._fan_out_floor()
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((webhooks._open_floors() ->> 'captures')::bigint, 0)
+$$;
+
 COMMENT ON FUNCTION webhooks._floors_state IS
     'This session''s open floors and the pending raise, as _open_floors stored and signed them (NULL: none).';
 
-COMMENT ON FUNCTION webhooks._capture_floor IS
+COMMENT ON FUNCTION webhooks._fan_out_floor IS
     'The id below which every capture is fanned out (this session''s open floor; 0: none known).';
 
 COMMENT ON FUNCTION webhooks._open_floors IS

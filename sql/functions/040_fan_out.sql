@@ -14,7 +14,7 @@ AS $$
         SELECT c.id, c.webhook_ids, c.row_count, c.fanned_out, c.routed
         FROM webhooks.captures c
         WHERE c.fanned_out < c.row_count
-          AND c.id >= (SELECT webhooks._capture_floor())  -- all below are fanned out (027_open_floors.sql)
+          AND c.id >= (SELECT webhooks._fan_out_floor())  -- all below are fanned out (027_open_floors.sql)
         ORDER BY c.id
         LIMIT budget  -- every capture yields at least one delivery or costs one unit
         FOR UPDATE SKIP LOCKED
