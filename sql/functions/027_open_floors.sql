@@ -29,16 +29,6 @@
 -- at most every 100 ms (each rise probes every webhook once), and only in a READ COMMITTED
 -- transaction: a longer-lived snapshot could miss rows committed after it was taken.
 
--- This session's floors state as _open_floors stored it, or NULL (none, or not signed by it).
-CREATE OR REPLACE FUNCTION webhooks._floors_state()
-RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE WHEN md5(webhooks._identity_token() || substr(x.raw, 34)) = left(x.raw, 32)
-                THEN substr(x.raw, 34)::jsonb END
-    FROM (SELECT current_setting('pgwebhooks.open_floors', true) AS raw) x
-$$;
-
 -- Raise this session's floors when that is safe (see above); returns them: {"captures": id,
 -- "<webhook id>": id, ...}, a missing one being 0.
 CREATE OR REPLACE FUNCTION webhooks._open_floors()
@@ -46,22 +36,28 @@ RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    token text := webhooks._identity_token();
-    state jsonb := webhooks._floors_state();
+    raw text := current_setting('pgwebhooks.open_floors', true);
+    token text;
+    state jsonb;
     floors jsonb;
     last_delivery bigint;
     last_capture bigint;
     sequences text;
     horizon xid8;
 BEGIN
+    -- One statement: every call of claim() and next_due_in() pays for this one.
+    SELECT md5(k.key || '/' || pg_backend_pid()),  -- as _identity_token
+           CASE WHEN d.is_called THEN d.last_value ELSE d.last_value - 1 END,
+           CASE WHEN c.is_called THEN c.last_value ELSE c.last_value - 1 END,
+           concat_ws('/', 'webhooks.deliveries_id_seq'::regclass::oid, 'webhooks.captures_id_seq'::regclass::oid)
+    INTO token, last_delivery, last_capture, sequences
+    FROM webhooks._identity_key k, webhooks.deliveries_id_seq d, webhooks.captures_id_seq c;
     IF token IS NULL THEN
         RETURN '{}';
     END IF;
-    SELECT CASE WHEN d.is_called THEN d.last_value ELSE d.last_value - 1 END,
-           CASE WHEN c.is_called THEN c.last_value ELSE c.last_value - 1 END,
-           concat_ws('/', 'webhooks.deliveries_id_seq'::regclass::oid, 'webhooks.captures_id_seq'::regclass::oid)
-    INTO last_delivery, last_capture, sequences
-    FROM webhooks.deliveries_id_seq d, webhooks.captures_id_seq c;
+    IF md5(token || substr(raw, 34)) = left(raw, 32) THEN
+        state := substr(raw, 34)::jsonb;
+    END IF;
     -- Floors hold only for the sequences they were raised by: one set back or made anew (a
     -- restore, a reinstall) drops them. So does age: every minute they start again from 0, so that
     -- a row that appeared below one by a path the argument above does not cover (explicit ids: a
@@ -110,20 +106,6 @@ BEGIN
     RETURN floors;
 END
 $$;
-
--- The capture floor, for _fan_out: captures below it are all fanned out.
-CREATE OR REPLACE FUNCTION webhooks._fan_out_floor()
-RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce((webhooks._open_floors() ->> 'captures')::bigint, 0)
-$$;
-
-COMMENT ON FUNCTION webhooks._floors_state IS
-    'This session''s open floors and the pending raise, as _open_floors stored and signed them (NULL: none).';
-
-COMMENT ON FUNCTION webhooks._fan_out_floor IS
-    'The id below which every capture is fanned out (this session''s open floor; 0: none known).';
 
 COMMENT ON FUNCTION webhooks._open_floors IS
     'Raises this session''s open floors when safe; returns them (captures, and per webhook the first unfinished id).';

@@ -3,8 +3,9 @@
 
 -- Turn captured changes into deliveries, about `budget` of them: one per changed row per
 -- subscribed webhook that is enabled now. Runs inside claim(), so the writer never pays for it;
--- a large capture is fanned out over several calls.
-CREATE OR REPLACE FUNCTION webhooks._fan_out(budget integer)
+-- a large capture is fanned out over several calls. Captures below `floor` are all fanned out
+-- (claim() passes its session's open floor, 027_open_floors.sql).
+CREATE OR REPLACE FUNCTION webhooks._fan_out(budget integer, floor bigint)
 RETURNS integer
 LANGUAGE sql SET search_path = pg_catalog, pg_temp SET jit = off
 AS $$
@@ -14,7 +15,7 @@ AS $$
         SELECT c.id, c.webhook_ids, c.row_count, c.fanned_out, c.routed
         FROM webhooks.captures c
         WHERE c.fanned_out < c.row_count
-          AND c.id >= (SELECT webhooks._fan_out_floor())  -- all below are fanned out (027_open_floors.sql)
+          AND c.id >= floor
         ORDER BY c.id
         LIMIT budget  -- every capture yields at least one delivery or costs one unit
         FOR UPDATE SKIP LOCKED
@@ -79,4 +80,12 @@ AS $$
         FROM taken p WHERE c.id = p.id
     )
     SELECT count(*)::integer FROM created
+$$;
+
+-- From the first capture: for callers without an open floor (tests, benchmarks, an operator).
+CREATE OR REPLACE FUNCTION webhooks._fan_out(budget integer)
+RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT webhooks._fan_out(budget, 0)
 $$;

@@ -65,9 +65,11 @@ END
 $$;
 
 -- claim()'s first steps, each a statement of its own before the claim's one: check the
--- arguments, fan out, and make sure every webhook has its endpoints row.
+-- arguments, fan out (from `fan_out_floor`, see _open_floors), and make sure every webhook has
+-- its endpoints row.
+DROP FUNCTION IF EXISTS webhooks._prepare_claim(integer, integer, integer);
 CREATE OR REPLACE FUNCTION webhooks._prepare_claim(batch_size integer, lease_margin_seconds integer,
-                                                   per_webhook_limit integer)
+                                                   per_webhook_limit integer, fan_out_floor bigint)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -82,7 +84,7 @@ BEGIN
     -- A restored copy gets new event ids (025_event_ids.sql); while another transaction records
     -- them, nothing is fanned out (already fanned-out deliveries are the original's).
     IF webhooks._ensure_identity() THEN
-        PERFORM webhooks._fan_out(batch_size * 4);
+        PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
     -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
     -- missing all the same, add it without ever waiting: a claim that finds another transaction
@@ -168,8 +170,9 @@ DECLARE
     locked uuid[] := '{}';
     floors jsonb;
 BEGIN
-    floors := webhooks._open_floors();  -- first: the fan-out starts from the capture floor
-    PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit);
+    floors := webhooks._open_floors();
+    PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit,
+                                    coalesce((floors ->> 'captures')::bigint, 0));
     -- The webhooks with due work, the one whose work has waited longest first.
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
     INTO serving, exact
