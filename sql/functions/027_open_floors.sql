@@ -17,8 +17,8 @@
 -- L, then (in a later statement, so with a later snapshot) the snapshot's xmax X. Every
 -- transaction that took an id <= L had its transaction id before it took the id, so below X:
 -- every path that creates rows here writes or locks a row first (the capture triggers fire after
--- the watched rows changed; _fan_out locks the capture; replay locks it; publish, send_test,
--- replay_failed and release_held ask for their transaction id first). Once a later snapshot's
+-- the watched rows changed; _fan_out, replay and replay_failed lock the capture, release_held
+-- the held rows; publish and send_test ask for their transaction id first). Once a later snapshot's
 -- xmin has passed X, all of them have ended: every id <= L is visible or will never be, and a
 -- floor may rise to the lowest unfinished id at or below L (or L + 1). A transaction that keeps
 -- its id open only delays the floors; one that holds a snapshot and writes nothing does not.
