@@ -108,6 +108,9 @@ class Claimer:
 
     async def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
+            # A new session is not registered as waiting, whatever the old one was: its first
+            # next_due_in() registers afresh and re-arms the settling polls.
+            self._registered = False
             self._conn = await connect(self._config.dsn)
             await self._read_policy(self._conn)
         return self._conn
