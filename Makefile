@@ -47,7 +47,7 @@ test-chaos: deps venv ## crashes, restarts and hostile receivers (tests/chaos)
 bench: deps venv ## the benchmarks (tests/bench/run.py; BENCH_ARGS passed on)
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
-# Opt-in: a 10,000,000-event backlog (~15 minutes, ~10 GB of disk).
+# Opt-in: a 10,000,000-event backlog (~12 minutes, ~2 GB of disk).
 bench-big: deps venv ## the 10,000,000-event backlog benchmark (BENCH_ARGS passed on)
 	$(PY) tests/bench/run.py --only big_backlog --json bench-big-results.json $(BENCH_ARGS)
 

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
     parser.add_argument("--big-backlog", type=int, help="events of the opt-in big backlog (default 10000000; "
                         "quick 200000)")
-    parser.add_argument("--big-seconds", type=float, help="how long the runner drains the big backlog (default 120; "
+    parser.add_argument("--big-seconds", type=float, help="how long the runner drains the big backlog (default 600; "
                         "quick 20)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where to write results")
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3,
                 "dashboard_deliveries": 100_000 if quick else 1_000_000,
                 "retention_deliveries": 100_000 if quick else 1_000_000,
-                "big_backlog": 200_000 if quick else 10_000_000, "big_seconds": 20 if quick else 120}
+                "big_backlog": 200_000 if quick else 10_000_000, "big_seconds": 20 if quick else 600}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
