@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from receivers import ScriptedReceiver
@@ -197,3 +198,30 @@ async def test_without_a_backlog_only_one_claim_loop_claims() -> None:
     _fake_claims(runner, False, log)  # every claim comes back short: caught up
     await _claim_loops(runner)
     assert log["first"] >= 30 and log["beside"] == 0 and log["peak"] == 1
+
+
+async def test_results_trickling_in_are_reported_together_not_a_complete_call_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused"))
+    reporter, batches = runner.reporter, []
+
+    async def complete(conn: Any, batch: list[dict[str, Any]]) -> None:
+        batches.append(len(batch))
+
+    async def connect(dsn: str) -> Any:
+        return type("Conn", (), {"closed": False, "close": staticmethod(lambda: asyncio.sleep(0))})()
+
+    monkeypatch.setattr(reporter, "_complete", complete)
+    monkeypatch.setattr("pgwebhooks.reporter.connect", connect)
+    task = asyncio.create_task(reporter.run())
+    try:
+        for i in range(10):  # results as sends end, the reporter free to run between each
+            reporter.submit({"delivery_id": i, "attempt": 1, "status_code": 200})
+            await asyncio.sleep(0)
+        assert await _until(lambda: sum(batches) == 10)
+        # complete() costs a fixed part per call: ten results that came in one by one are one call.
+        assert batches == [10]
+    finally:
+        runner.request_stop()
+        reporter.nudge()
+        await asyncio.wait_for(task, timeout=10)
