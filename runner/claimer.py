@@ -48,19 +48,20 @@ CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_s
 
 
 class Claimer:
-    """Owns the claim connection; the only one that adds to the state's ready jobs."""
+    """Owns a claim connection; the two claim loops are the only ones that add to the state's
+    ready jobs."""
 
     def __init__(self, config: RunnerConfig, state: RunnerState, admission: Admission, dispatcher: Dispatcher,
-                 metrics: RunnerMetrics, second: Claimer | None = None) -> None:
+                 metrics: RunnerMetrics, beside: Claimer | None = None) -> None:
         self._config = config
         self._state = state
         self._admission = admission
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._conn: Conn | None = None
-        # The first loop is given; this one then claims only beside it, during a backlog.
-        self._beside = second is not None
-        self._webhook_ids: dict[UUID, UUID] = second._webhook_ids if second is not None else {}
+        # Given the first loop, this one claims only beside it, during a backlog.
+        self._beside = beside is not None
+        self._webhook_ids: dict[UUID, UUID] = beside._webhook_ids if beside is not None else {}
         self._registered = False  # as a waiting runner, by next_due_in()
         self._settle_until = 0.0  # short sleeps until then: see _wait_for_more
 
