@@ -14,7 +14,7 @@ HADOLINT_VERSION := 2.15.1
 # Tests that need no database: with the pgTAP files, `make test-fast` (well under 30 s).
 UNIT_TESTS := tests/test_layout.py tests/test_plpython_units.py tests/test_sender_requests.py tests/test_sender_ssrf.py tests/test_slow_start.py tests/test_deploy.py
 
-.PHONY: help test test-fast test-sql test-matrix test-chaos verify demo bench lint sql deps deps-matrix venv \
+.PHONY: help test test-fast test-sql test-matrix test-chaos verify demo bench bench-big lint sql deps deps-matrix venv \
 	clean migration-tools screenshots
 
 help: ## this list
@@ -46,6 +46,10 @@ test-chaos: deps venv ## crashes, restarts and hostile receivers (tests/chaos)
 
 bench: deps venv ## the benchmarks (tests/bench/run.py; BENCH_ARGS passed on)
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
+
+# Opt-in: a 10,000,000-event backlog (~12 minutes, ~2 GB of disk).
+bench-big: deps venv ## the 10,000,000-event backlog benchmark (BENCH_ARGS passed on)
+	$(PY) tests/bench/run.py --only big_backlog --json bench-big-results.json $(BENCH_ARGS)
 
 # The suite against each of $(PG_MAJORS): a summary line per major, non-zero if any ran and failed.
 # MATRIX_TESTS=tests/test_runner.py (say) limits the files.

@@ -89,7 +89,7 @@ class Admission:
 
     def claim_room(self) -> int:
         """How many jobs may be claimed now; 0: wait for a send to end first."""
-        held = len(self._state.tasks) + len(self._state.ready)
+        held = len(self._state.tasks) + len(self._state.ready) + self._state.claiming
         room = self._concurrency + self._prefetch - held
         # With slots busy and jobs waiting, top up only once half the prefetch is used: one
         # claim per finished send would be a round trip per delivery.

@@ -8,6 +8,14 @@ rate-limit token is due, the poll interval passes (in case a notification was lo
 saturated webhook has room again. Asking registers it as a waiting runner, which writers then
 NOTIFY; while its claims come back full it says so (`webhooks.runner_busy()`), and writers skip
 the NOTIFY, which costs every notifying commit a database-wide lock.
+
+A runner has two claim loops, each on a connection of its own. claim() renders and signs every
+delivery it leases, so one claim of a deep backlog keeps the database busy for tens of
+milliseconds while the runner's sends may finish sooner: with one loop the sends waited for
+claims. The second loop claims only while the last claim came back full (a backlog), beside
+the first; it never waits on next_due_in() nor registers as a waiting runner, so an idle runner
+costs what it did with one loop. Both count what they ask for as held (`claiming`), so the two
+together never claim beyond the room admission gives.
 """
 
 from __future__ import annotations
@@ -40,17 +48,20 @@ CLAIM_COLUMNS = "delivery_id, attempt, webhook_id, url, body, headers, timeout_s
 
 
 class Claimer:
-    """Owns the claim connection; the only one that adds to the state's ready jobs."""
+    """Owns a claim connection; the two claim loops are the only ones that add to the state's
+    ready jobs."""
 
     def __init__(self, config: RunnerConfig, state: RunnerState, admission: Admission, dispatcher: Dispatcher,
-                 metrics: RunnerMetrics) -> None:
+                 metrics: RunnerMetrics, beside: Claimer | None = None) -> None:
         self._config = config
         self._state = state
         self._admission = admission
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._conn: Conn | None = None
-        self._webhook_ids: dict[UUID, UUID] = {}
+        # Given the first loop, this one claims only beside it, during a backlog.
+        self._beside = beside is not None
+        self._webhook_ids: dict[UUID, UUID] = beside._webhook_ids if beside is not None else {}
         self._registered = False  # as a waiting runner, by next_due_in()
         self._settle_until = 0.0  # short sleeps until then: see _wait_for_more
 
@@ -60,21 +71,33 @@ class Claimer:
         backoff = Backoff(self._config.reconnect_min, self._config.reconnect_max)
         try:
             while not signals.stopping.is_set():
-                self._metrics.heartbeat = time.monotonic()  # /healthz: the claim loop goes round
+                if self._beside and not signals.backlog.is_set():
+                    await first_of(signals.backlog, signals.stopping)
+                    continue
+                if not self._beside:
+                    self._metrics.heartbeat = time.monotonic()  # /healthz: the claim loop goes round
                 room = self._admission.claim_room()
                 if room == 0:
                     signals.room.clear()
                     await first_of(signals.room, signals.stopping)
                     continue
                 wanted = min(room, self._config.batch_size)
-                jobs = await self._claim_round(wanted, backoff)
+                self._state.claiming += wanted
+                try:
+                    jobs = await self._claim_round(wanted, backoff)
+                finally:
+                    self._state.claiming -= wanted
                 if jobs is None:
                     continue
                 self._state.add_ready(jobs)
                 self._dispatcher.dispatch()
                 if len(jobs) < wanted:
-                    await self._wait_for_more(jobs)
-                elif self._registered:
+                    signals.backlog.clear()
+                    if not self._beside:
+                        await self._wait_for_more(jobs)
+                    continue
+                signals.backlog.set()
+                if self._registered:
                     await self._busy()
         finally:
             await close(self._conn)
@@ -108,6 +131,9 @@ class Claimer:
 
     async def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
+            # A new session is not registered as waiting, whatever the old one was: its first
+            # next_due_in() registers afresh and re-arms the settling polls.
+            self._registered = False
             self._conn = await connect(self._config.dsn)
             await self._read_policy(self._conn)
         return self._conn

@@ -107,6 +107,7 @@ class Dispatcher:
             state.signals.unsaturated.set()
         if job.max_concurrency is not None:
             state.sql_limited_sent = True
+            self._reporter.nudge()  # its report frees room that claim() counts: no lingering
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Sender.send never raises for network trouble; this is a bug worth a loud line.
             log.error("send crashed", extra={"delivery_id": job.delivery_id, "error": repr(exc)})

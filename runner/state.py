@@ -54,6 +54,9 @@ class Signals:
     # A saturated webhook has room again, or a report freed room under a max_concurrency that
     # claim() counts: worth claiming again.
     unsaturated: asyncio.Event = field(default_factory=asyncio.Event)
+    # The last claim came back full: more is due than one claim at a time can lease, so the
+    # second claim loop may claim beside the first (see Claimer).
+    backlog: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -70,6 +73,9 @@ class RunnerState:
     # (which left a third of the slots idle against 50 ms endpoints).
     ready: deque[Job] = field(default_factory=deque)
     waiting: Counter[UUID] = field(default_factory=Counter)  # jobs in `ready`, per webhook
+    # Written by the claim loops: jobs asked for by claims in progress, counted as held so that
+    # two claims at once never ask for more than there is room for.
+    claiming: int = 0
     # Written by the dispatcher, emptied by the claimer, which releases them: jobs that waited
     # past their lease's usable part, or whose webhook is failing.
     expired: list[Job] = field(default_factory=list)

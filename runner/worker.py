@@ -1,7 +1,8 @@
 """The runner: carries signed requests from `webhooks.claim()` to the network and reports back.
 
 Its parts, each with one job, share one small state object (state.py) that the runner owns:
-- the claimer (claimer.py) leases work and hands back what will not be sent;
+- the claimer (claimer.py) leases work and hands back what will not be sent; a second claim
+  loop claims beside it while there is a backlog;
 - admission (admission.py) decides which claimed job may start: slow start, limits, saturation;
 - the dispatcher (dispatcher.py) sends the jobs admitted;
 - the reporter (reporter.py) hands results to `webhooks.complete()` in batches;
@@ -75,6 +76,7 @@ class Runner:
         self.reporter = Reporter(config, self._state, self.admission)
         self.dispatcher = Dispatcher(config.concurrency, self._state, self.admission, self.reporter, self.metrics)
         self.claimer = Claimer(config, self._state, self.admission, self.dispatcher, self.metrics)
+        self.beside = Claimer(config, self._state, self.admission, self.dispatcher, self.metrics, self.claimer)
         self.listener = Listener(config, self._state)
         self.maintainer = Maintainer(config, self._state)
 
@@ -119,10 +121,16 @@ class Runner:
             listener = asyncio.create_task(self.listener.run(), name="listener")
             reporter = asyncio.create_task(self.reporter.run(), name="reporter")
             maintainer = asyncio.create_task(self.maintainer.run(), name="maintainer")
+            beside = asyncio.create_task(self.beside.run(), name="claimer-beside")
             try:
                 await self.claimer.run()
+                # Its claim in progress lands in the ready jobs, which are released next.
+                await beside
                 await self._drain_in_flight()
             finally:
+                beside.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beside
                 listener.cancel()
                 maintainer.cancel()
                 self.reporter.nudge()

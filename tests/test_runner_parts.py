@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from receivers import ScriptedReceiver
@@ -131,3 +132,96 @@ async def test_dispatch_skips_full_webhooks_but_still_starts_others_and_hands_ba
         for task in list(state.tasks):
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
+
+
+
+def _fake_claims(runner: Runner, full: bool, log: dict[str, Any]) -> None:
+    """Both claim loops' rounds replaced by slow fakes that record how many run at once and how
+    much is held and asked for when each starts."""
+    state, hook, later = runner._state, uuid.uuid4(), time.monotonic() + 60
+
+    def fake(name: str) -> Any:
+        async def claim_round(wanted: int, backoff: Any) -> list[Job]:
+            log[name] += 1
+            log["running"] += 1
+            log["peak"] = max(log["peak"], log["running"])
+            log["most_held"] = max(log["most_held"], state.claiming + len(state.ready) + len(state.tasks))
+            try:
+                await asyncio.sleep(0.02)
+            finally:
+                log["running"] -= 1
+            if log["first"] + log["beside"] >= 30:
+                runner.request_stop()
+            return [_job(hook, later) for _ in range(wanted if full else max(0, wanted // 2))]
+        return claim_round
+
+    log.update(first=0, beside=0, running=0, peak=0, most_held=0)
+    runner.claimer._claim_round = fake("first")  # type: ignore[method-assign]
+    runner.beside._claim_round = fake("beside")  # type: ignore[method-assign]
+
+
+async def _claim_loops(runner: Runner) -> None:
+    """Run both claim loops while sends "end" a few jobs at a time (the ready jobs go)."""
+    state = runner._state
+
+    async def sends() -> None:
+        while not state.signals.stopping.is_set():
+            await asyncio.sleep(0.005)
+            for _ in range(min(5, len(state.ready))):
+                state.unwait(state.ready.popleft())
+            state.signals.room.set()
+
+    ending = asyncio.create_task(sends())
+    try:
+        await asyncio.wait_for(asyncio.gather(runner.claimer.run(), runner.beside.run()), timeout=20)
+    finally:
+        ending.cancel()
+
+
+async def test_a_second_claim_goes_out_beside_a_slow_one_during_a_backlog_within_the_room() -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused", concurrency=20, per_webhook_concurrency=20,
+                                 batch_size=40))
+    log: dict[str, Any] = {}
+    _fake_claims(runner, True, log)
+    await _claim_loops(runner)
+    # claim() renders and signs what it leases: while one claim is rendered the next is asked for.
+    assert log["beside"] > 0 and log["peak"] == 2
+    # Together they never ask for more than the room admission gives.
+    assert log["most_held"] <= runner.config.concurrency + runner.admission.prefetch
+    assert runner._state.claiming == 0
+
+
+async def test_without_a_backlog_only_one_claim_loop_claims() -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused", concurrency=20, per_webhook_concurrency=20,
+                                 batch_size=40))
+    log: dict[str, Any] = {}
+    _fake_claims(runner, False, log)  # every claim comes back short: caught up
+    await _claim_loops(runner)
+    assert log["first"] >= 30 and log["beside"] == 0 and log["peak"] == 1
+
+
+async def test_results_trickling_in_are_reported_together_not_a_complete_call_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = Runner(RunnerConfig(dsn="postgresql://unused"))
+    reporter, batches = runner.reporter, []
+
+    async def complete(conn: Any, batch: list[dict[str, Any]]) -> None:
+        batches.append(len(batch))
+
+    async def connect(dsn: str) -> Any:
+        return type("Conn", (), {"closed": False, "close": staticmethod(lambda: asyncio.sleep(0))})()
+
+    monkeypatch.setattr(reporter, "_complete", complete)
+    monkeypatch.setattr("pgwebhooks.reporter.connect", connect)
+    task = asyncio.create_task(reporter.run())
+    try:
+        for i in range(10):  # results as sends end, the reporter free to run between each
+            reporter.submit({"delivery_id": i, "attempt": 1, "status_code": 200})
+            await asyncio.sleep(0)
+        assert await _until(lambda: sum(batches) == 10)
+        # complete() costs a fixed part per call: ten results that came in one by one are one call.
+        assert batches == [10]
+    finally:
+        runner.request_stop()
+        reporter.nudge()
+        await asyncio.wait_for(task, timeout=10)

@@ -155,3 +155,60 @@ async def test_a_busy_runner_still_delivers_what_arrives_as_it_goes_idle(db: str
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+async def test_a_runner_settles_again_after_its_connection_is_lost(db: str, monkeypatch) -> None:
+    """Terminated sessions (a failover, a restart) leave the runner registering from a new
+    session; a change committed by a writer that skipped its NOTIFY just then is still picked up
+    by the settling polls, not left for the poll interval."""
+    monkeypatch.setattr("pgwebhooks.claimer.SETTLE_SECONDS", 1.0)
+    role = f"runner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
+        conn.execute("CREATE TABLE IF NOT EXISTS relisted (id serial PRIMARY KEY, label text)")
+    rx = await ScriptedReceiver().start()
+    config = RunnerConfig(dsn=make_conninfo(db, user=role), poll_interval=30.0, batch_size=10,
+                          allowed_cidrs=("127.0.0.1/32",), reconnect_min=0.05, reconnect_max=0.5,
+                          shutdown_grace=5.0)
+    runner = Runner(config)
+    task = asyncio.create_task(runner.run())
+    registered = ("SELECT max(pid) FROM webhooks._waiting_runners w JOIN pg_stat_activity a USING (pid)"
+                  " WHERE a.usename = %s")
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SELECT webhooks.create_webhook(name => 'relisted', url => %s, events => %s)",
+                         (rx.url, Jsonb([{"table": "relisted"}])))
+            conn.execute("INSERT INTO relisted (label) VALUES ('first')")
+            await rx.wait_for(1, timeout=30)
+            first_pid = None
+            for _ in range(200):  # bounded: the runner registers as it goes idle
+                first_pid = scalar(conn, f"SELECT ({registered})", role)
+                if first_pid:
+                    break
+                await asyncio.sleep(0.05)
+            assert first_pid
+            await asyncio.sleep(1.5)  # its first settling window is over
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            # The stale row keeps writers notifying; the runner wakes, finds its session gone,
+            # reconnects, claims, and registers the new session.
+            conn.execute("INSERT INTO relisted (label) VALUES ('wakes it')")
+            await rx.wait_for(2, timeout=30)
+            second_pid = None
+            for _ in range(200):
+                second_pid = scalar(conn, f"SELECT ({registered})", role)
+                if second_pid and second_pid != first_pid:
+                    break
+                await asyncio.sleep(0.05)
+            assert second_pid and second_pid != first_pid
+            await asyncio.sleep(0.3)  # asleep, inside the new settling window
+            conn.execute("SELECT setval('webhooks._runners_waiting', 0)")  # a writer that saw nobody waiting
+            conn.execute("INSERT INTO relisted (label) VALUES ('late')")
+            received = await rx.wait_for(3, timeout=10)  # well inside the 30 s poll interval
+        assert len(received) >= 3
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+        await rx.stop()
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -88,22 +88,22 @@ $$;
 -- verbatim (a jsonb column's "a": 1, a json column as typed) and images built elsewhere (jsonb
 -- text, json_object_agg's { "a" : 1 }) are not. An image with no nested object or array and no
 -- ": " or number to reprint is already compact and is returned as it is: the common row costs
--- a few strpos and one regular expression.
+-- a few strpos and one regular expression. A SQL expression without a SET clause, so that claim()
+-- inlines it (see 060_claim.sql): a function call with its own search_path cost more than the test.
 CREATE OR REPLACE FUNCTION webhooks._compact_image(image json)
 RETURNS json
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-DECLARE
-    t text := image::text;
-BEGIN
-    IF image IS NULL OR (left(t, 1) = '{' AND right(t, 1) = '}' AND strpos(t, ': ') = 0
-                         AND strpos(t, ' :') = 0 AND strpos(substr(t, 2), '{') = 0 AND strpos(t, '[') = 0
-                         -- no number JavaScript prints otherwise: 12.50, 1e3, -0
-                         AND t !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]') THEN
-        RETURN image;
-    END IF;
-    RETURN webhooks._compact(image);
-END
+    SELECT CASE
+        WHEN image IS NULL
+             OR (left(image::text, 1) = '{' AND right(image::text, 1) = '}' AND strpos(image::text, ': ') = 0
+                 AND strpos(image::text, ' :') = 0 AND strpos(substr(image::text, 2), '{') = 0
+                 AND strpos(image::text, '[') = 0
+                 -- no number JavaScript prints otherwise: 12.50, 1e3, -0
+                 AND image::text !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]')
+            THEN image
+        ELSE webhooks._compact(image)
+    END
 $$;
 
 -- JSON text with no space after ':' or ',' (jsonb's own text has both), keys in jsonb's order:

@@ -1,18 +1,30 @@
 -- pgwebhooks: payloads. The body of a delivery in its webhook's receiver profile and the headers
 -- that go with it, rendered at claim time from the outbox (never stored twice).
 
+-- The object `image` without the keys `excluded`, in its own key order (for _without).
+CREATE OR REPLACE FUNCTION webhooks._without_columns(image json, excluded text[])
+RETURNS json
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT json_object_agg(k.key, k.value ORDER BY k.ord)
+                     FROM json_each(image) WITH ORDINALITY AS k(key, value, ord)
+                     WHERE k.key <> ALL (excluded)), '{}'::json)
+$$;
+
 -- A row image without the columns `excluded`, its column order kept (json, not jsonb), as
 -- compact JSON (webhooks._compact_image: json_object_agg prints { "id" : 1 }, and a jsonb column
 -- embeds "a": 1). Called by claim() for every row image it sends; a NULL list removes nothing.
+-- A SQL expression without a SET clause, so that claim() inlines it (see 060_claim.sql): most
+-- images have nothing to remove, and a missing one (an INSERT's old image) costs nothing.
 CREATE OR REPLACE FUNCTION webhooks._without(image json, excluded text[])
 RETURNS json
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT webhooks._compact_image(
-        CASE WHEN excluded IS NULL OR image IS NULL OR json_typeof(image) <> 'object' THEN image
-             ELSE coalesce((SELECT json_object_agg(k.key, k.value ORDER BY k.ord)
-                            FROM json_each(image) WITH ORDINALITY AS k(key, value, ord)
-                            WHERE k.key <> ALL (excluded)), '{}'::json) END)
+    SELECT CASE
+        WHEN image IS NULL THEN NULL
+        WHEN excluded IS NULL OR json_typeof(image) <> 'object' THEN webhooks._compact_image(image)
+        ELSE webhooks._compact_image(webhooks._without_columns(image, excluded))
+    END
 $$;
 
 -- The request body of one delivery, in the webhook's receiver profile (see README, "Receiver
@@ -92,9 +104,10 @@ $$;
 --   fluxbase_hex  X-Fluxbase-Signature: <hex HMAC of the body> (Fluxbase's older receivers)
 --   truss     X-Truss-Signature: <hex HMAC of the body>
 --   rowbase   X-Rowbase-Signature: sha256=<hex HMAC of the body>
+-- No SET clause, so that claim() inlines it (see 060_claim.sql): for most profiles it is '{}'.
 CREATE OR REPLACE FUNCTION webhooks._profile_headers(profile text, signed jsonb, body text, secret text)
 RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE
 AS $$
     SELECT CASE profile
         WHEN 'fluxbase' THEN jsonb_build_object('X-Fluxbase-Signature', signed ->> 'X-Webhook-Signature')

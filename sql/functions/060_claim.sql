@@ -83,7 +83,10 @@ BEGIN
     -- holds a large capture.
     -- A restored copy gets new event ids (025_event_ids.sql); while another transaction records
     -- them, nothing is fanned out (already fanned-out deliveries are the original's).
-    IF webhooks._ensure_identity() THEN
+    -- Whether a capture waits is asked before calling _fan_out: its statement is planned at
+    -- every call, which cost each claim 0.7 ms when there was nothing to fan out.
+    IF webhooks._ensure_identity()
+       AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
     -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import backlog
+import big_backlog
 import dashboard
 import delivery
 import events
@@ -35,7 +36,9 @@ from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
 MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health", "dashboard", "retention", "snapshot", "storage")
+                "health", "dashboard", "retention", "snapshot", "storage", "big_backlog")
+# Run only when named in --only (make bench-big): building the backlog alone takes minutes and gigabytes.
+OPT_IN = ("big_backlog",)
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
@@ -51,6 +54,7 @@ TITLES = {
     "retention": "12 retention",
     "snapshot": "13 a snapshot held open",
     "storage": "14 storage",
+    "big_backlog": "15 a 10,000,000-event backlog",
 }
 
 
@@ -75,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="length of each pgbench run (default 5; quick 2)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 10; quick 4)")
     parser.add_argument("--rounds", type=int, help="pgbench rounds and bulk repeats, medians taken (default 3)")
+    parser.add_argument("--big-backlog", type=int, help="events of the opt-in big backlog (default 10000000; "
+                        "quick 200000)")
+    parser.add_argument("--big-seconds", type=float, help="how long the runner drains the big backlog (default 600; "
+                        "quick 20)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where to write results")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server and process logs)")
@@ -86,11 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "status_deliveries": 20_000 if quick else 100_000, "tenant_writes": 500 if quick else 2_000,
                 "latency_seconds": 4 if quick else 10, "rounds": 1 if quick else 3,
                 "dashboard_deliveries": 100_000 if quick else 1_000_000,
-                "retention_deliveries": 100_000 if quick else 1_000_000}
+                "retention_deliveries": 100_000 if quick else 1_000_000,
+                "big_backlog": 200_000 if quick else 10_000_000, "big_seconds": 20 if quick else 600}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.selected = [m.strip() for m in args.only.split(",") if m.strip()] or list(MEASUREMENTS)
+    named = [m.strip() for m in args.only.split(",") if m.strip()]
+    args.selected = named or [m for m in MEASUREMENTS if m not in OPT_IN]
     unknown = sorted(set(args.selected) - set(MEASUREMENTS))
     if unknown:
         parser.error(f"unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(MEASUREMENTS)}")
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "retention": lambda: retention.bench_retention(env, args.retention_deliveries),
         "snapshot": lambda: snapshot.bench_snapshot(env, 10_000 if args.quick else 50_000),
         "storage": lambda: storage.bench_storage(env, 5_000 if args.quick else 20_000),
+        "big_backlog": lambda: big_backlog.bench_big_backlog(env, args.big_backlog, args.big_seconds),
     }
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,52 @@
+"""What claim() spends per call and per delivery: the steps it renders every delivery with are
+inlined into its statement (no function call, each with its own search_path, per row image), and a
+claim with nothing to fan out does not plan the fan-out's statement."""
+
+from __future__ import annotations
+
+import psycopg
+
+# Called per delivery (or per claim) before; each must now cost no call of its own.
+INLINED = ("_without", "_compact_image", "_profile_headers")
+
+
+def _calls(conn: psycopg.Connection, name: str) -> int:
+    """Calls of webhooks.`name` in this transaction so far (track_functions = 'all')."""
+    row = conn.execute("SELECT coalesce(sum(pg_stat_get_xact_function_calls(p.oid)), 0)::int FROM pg_proc p"
+                       " WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname = %s", (name,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _setup(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, amount numeric(12, 2), note text)")
+    conn.execute("SELECT webhooks.create_webhook(name => 'h', url => 'https://example.com/h',"
+                 " events => '[{\"table\": \"items\"}]')")
+
+
+def test_claim_renders_row_images_without_a_function_call_per_image(conn: psycopg.Connection) -> None:
+    _setup(conn)
+    # An already compact image, one with a number JavaScript prints otherwise, an UPDATE's pair.
+    conn.execute("INSERT INTO items VALUES (1, 12.5, 'a'), (2, 12.50, 'b')")
+    conn.execute("UPDATE items SET note = 'c' WHERE id = 1")
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL track_functions = 'all'")
+        bodies = [r[0] for r in conn.execute("SELECT body FROM webhooks.claim(10)").fetchall()]
+        assert len(bodies) == 3
+        assert all('"amount":12.5,' in b for b in bodies), bodies  # still compacted
+        assert {name: _calls(conn, name) for name in INLINED} == dict.fromkeys(INLINED, 0)
+        assert _calls(conn, "_compact") >= 1  # the image that needed it was compacted by a call
+
+
+def test_a_claim_with_nothing_to_fan_out_does_not_call_the_fan_out(conn: psycopg.Connection) -> None:
+    _setup(conn)
+    conn.execute("INSERT INTO items VALUES (1, 1, 'a')")
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL track_functions = 'all'")
+        assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 1
+        assert _calls(conn, "_fan_out") == 1  # a capture to fan out: fanned out
+        assert conn.execute("SELECT * FROM webhooks.claim(10)").fetchall() == []
+        assert _calls(conn, "_fan_out") == 1  # nothing left: not called again
+        conn.execute("INSERT INTO items VALUES (2, 2, 'b')")
+        assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 1
+        assert _calls(conn, "_fan_out") == 2
