@@ -10,7 +10,9 @@ silence a waiting runner; and a real runner still delivers a change made while i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -114,13 +116,14 @@ def test_no_application_role_can_silence_a_waiting_runner(db, conn, table) -> No
         conn.execute(f"DROP ROLE {role}")
 
 
-async def test_a_busy_runner_still_delivers_what_arrives_as_it_goes_idle(db: str) -> None:
-    """The runner says busy while its claims are full, registers again once they are short, and a
-    change committed around that moment is delivered without a NOTIFY (its settling polls)."""
+@contextlib.asynccontextmanager
+async def runner_of_its_own_role(db: str, table: str) -> AsyncIterator[tuple[str, ScriptedReceiver]]:
+    """A real runner (30 s poll interval: only a NOTIFY or its settling polls wake it) logged in as
+    a fresh webhooks_runner role, a receiver, and `table` to watch; yields (role, receiver)."""
     role = f"runner_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
-        conn.execute("CREATE TABLE items (id serial PRIMARY KEY, label text)")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id serial PRIMARY KEY, label text)")
     rx = await ScriptedReceiver().start()
     config = RunnerConfig(dsn=make_conninfo(db, user=role), poll_interval=30.0, batch_size=10,
                           allowed_cidrs=("127.0.0.1/32",), reconnect_min=0.05, reconnect_max=0.5,
@@ -128,6 +131,20 @@ async def test_a_busy_runner_still_delivers_what_arrives_as_it_goes_idle(db: str
     runner = Runner(config)
     task = asyncio.create_task(runner.run())
     try:
+        yield role, rx
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+        await rx.stop()
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+async def test_a_busy_runner_still_delivers_what_arrives_as_it_goes_idle(db: str) -> None:
+    """The runner says busy while its claims are full, registers again once they are short, and a
+    change committed around that moment is delivered without a NOTIFY (its settling polls)."""
+    async with runner_of_its_own_role(db, "items") as (_, rx):
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("SELECT webhooks.create_webhook(name => 'items', url => %s, events => %s)",
                          (rx.url, Jsonb([{"table": "items"}])))
@@ -148,13 +165,6 @@ async def test_a_busy_runner_still_delivers_what_arrives_as_it_goes_idle(db: str
             conn.execute("INSERT INTO items (label) VALUES ('late')")
             received = await rx.wait_for(201, timeout=20)
         assert len(received) >= 201
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(task, timeout=30)
-        await rx.stop()
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
 
 
 async def test_a_runner_settles_again_after_its_connection_is_lost(db: str, monkeypatch) -> None:
@@ -162,19 +172,9 @@ async def test_a_runner_settles_again_after_its_connection_is_lost(db: str, monk
     session; a change committed by a writer that skipped its NOTIFY just then is still picked up
     by the settling polls, not left for the poll interval."""
     monkeypatch.setattr("pgwebhooks.claimer.SETTLE_SECONDS", 1.0)
-    role = f"runner_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE webhooks_runner")
-        conn.execute("CREATE TABLE IF NOT EXISTS relisted (id serial PRIMARY KEY, label text)")
-    rx = await ScriptedReceiver().start()
-    config = RunnerConfig(dsn=make_conninfo(db, user=role), poll_interval=30.0, batch_size=10,
-                          allowed_cidrs=("127.0.0.1/32",), reconnect_min=0.05, reconnect_max=0.5,
-                          shutdown_grace=5.0)
-    runner = Runner(config)
-    task = asyncio.create_task(runner.run())
     registered = ("SELECT max(pid) FROM webhooks._waiting_runners w JOIN pg_stat_activity a USING (pid)"
                   " WHERE a.usename = %s")
-    try:
+    async with runner_of_its_own_role(db, "relisted") as (role, rx):
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("SELECT webhooks.create_webhook(name => 'relisted', url => %s, events => %s)",
                          (rx.url, Jsonb([{"table": "relisted"}])))
@@ -205,10 +205,3 @@ async def test_a_runner_settles_again_after_its_connection_is_lost(db: str, monk
             conn.execute("INSERT INTO relisted (label) VALUES ('late')")
             received = await rx.wait_for(3, timeout=10)  # well inside the 30 s poll interval
         assert len(received) >= 3
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(task, timeout=30)
-        await rx.stop()
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
