@@ -68,8 +68,10 @@ def test_who_may_call_maintain(conn: psycopg.Connection, role: str, allowed: boo
 
 
 def _hammer(db: str, sql: str, stop: threading.Event, errors: list[str], outcomes: list[Any],
-            params: Any = None) -> None:
+            params: Any = None, go: threading.Event | None = None) -> None:
     with psycopg.connect(db, autocommit=True) as c:
+        if go is not None:
+            go.wait(timeout=30)
         deadline = time.monotonic() + 30
         while not stop.is_set() and time.monotonic() < deadline:
             try:
@@ -97,20 +99,25 @@ def test_nothing_needed_goes_under_concurrent_claim_and_replay(conn: psycopg.Con
     _age(conn, "1 second")
 
     stop = threading.Event()
+    # The hammers start when the replays do: a connection opened late (a slow CI machine) must not
+    # let maintain() remove all 400 before the first replay, which would prove nothing.
+    go = threading.Event()
     errors: list[str] = []
     replays: list[Any] = []
     claims: list[Any] = []
     maintained: list[Any] = []
     threads = [
         threading.Thread(target=_hammer, args=(conn.info.dsn, "SELECT deliveries, captures, busy FROM "
-                                               "webhooks.maintain('20 milliseconds', 7)", stop, errors, maintained)),
+                                               "webhooks.maintain('20 milliseconds', 2)", stop, errors, maintained),
+                         kwargs={"go": go}),
         threading.Thread(target=_hammer, args=(conn.info.dsn, "SELECT delivery_id FROM webhooks.claim(5)",
-                                               stop, errors, claims)),
+                                               stop, errors, claims), kwargs={"go": go}),
     ]
     for t in threads:
         t.start()
     try:
         with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+            go.set()
             for delivery in failed[::-3]:  # newest first: maintain() walks from the oldest
                 try:
                     replays.append(c.execute("SELECT webhooks.replay(%s)", (delivery,)).fetchone())
@@ -121,6 +128,7 @@ def test_nothing_needed_goes_under_concurrent_claim_and_replay(conn: psycopg.Con
                     else:
                         errors.append(f"{exc.sqlstate}: {exc}")
     finally:
+        go.set()
         stop.set()
         for t in threads:
             t.join(timeout=60)
