@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 PROFILES = ["standard", "fluxbase", "fluxbase_hex", "truss", "rowbase", "flux", "supabase", "hasura"]
@@ -154,3 +155,40 @@ def test_numbers_print_as_javascript_does_whatever_their_digits(conn: psycopg.Co
                         (text,)).fetchone()
     assert flat is not None and json.loads(flat[0], parse_float=str, parse_int=str)["n"] == javascript_number(
         conn.execute("SELECT %s::numeric::text", (text,)).fetchone()[0]), text
+
+
+flat_text = st.text(alphabet='0123456789.:,}{[" -eE\\ab', max_size=24)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decimals, decimals, flat_text, st.floats(allow_nan=False, allow_infinity=False), flat_text)
+def test_a_flat_image_with_trailing_zeros_takes_the_short_path_to_the_same_bytes(
+    conn: psycopg.Connection, a: str, b: str, text: str, real: float, key: str
+) -> None:
+    """Attack on the short path (_compact_numbers): strings that look like numbers after a colon
+    ("x":1.50,), keys that do, numbers it must not touch (below 1e-4, 16 digits and more, -0, a
+    double's exponent). Whatever the row holds, the image is byte for byte what the full walk
+    (_compact) prints."""
+    image = conn.execute(
+        sql.SQL("SELECT row_to_json(x)::text FROM (SELECT %s::numeric AS a, %s::text AS t, %s::numeric AS b,"
+                " %s::float8 AS f, 1 AS {}) x").format(sql.Identifier(key or "k")),
+        (a, text, b, real)).fetchone()
+    assert image is not None
+    row = conn.execute("SELECT webhooks._compact_image(%s::json)::text, webhooks._compact(%s::json)::text",
+                       (image[0], image[0])).fetchone()
+    assert row is not None and row[0] == row[1], image[0]
+
+
+def test_the_short_path_is_the_one_taken_for_a_money_column(conn: psycopg.Connection) -> None:
+    """12.50 and 3.00 in a numeric(12,2) column: trimmed by _compact_numbers, not walked."""
+    image = conn.execute("""SELECT row_to_json(x)::text FROM (SELECT 1 AS id, 12.50::numeric(12, 2) AS amount,
+                            'due 10:30, 1.5' AS note, 3.00::numeric(12, 2) AS tax) x""").fetchone()
+    assert image is not None
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL track_functions = 'all'")
+        out = conn.execute("SELECT webhooks._compact_image(%s::json)::text", (image[0],)).fetchone()
+        calls = conn.execute("SELECT p.proname, pg_stat_get_xact_function_calls(p.oid) FROM pg_proc p"
+                             " WHERE p.pronamespace = 'webhooks'::regnamespace"
+                             " AND p.proname IN ('_compact', '_compact_numbers')").fetchall()
+    assert out == ('{"id":1,"amount":12.5,"note":"due 10:30, 1.5","tax":3}',)
+    assert dict(calls) == {"_compact_numbers": 1, "_compact": None}
