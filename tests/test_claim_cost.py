@@ -52,3 +52,26 @@ def test_a_claim_with_nothing_to_fan_out_does_not_call_the_fan_out(conn: psycopg
         conn.execute("INSERT INTO items VALUES (2, 2, 'b')")
         assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 1
         assert _calls(conn, "_fan_out") == 2
+
+
+def _index_reads(conn: psycopg.Connection, index: str) -> int:
+    """Index entries read through webhooks.`index` in this transaction so far."""
+    row = conn.execute("SELECT pg_stat_get_xact_tuples_returned(%s::regclass)", (f"webhooks.{index}",)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_claim_reads_the_captures_of_its_batch_not_every_capture_kept(conn: psycopg.Connection) -> None:
+    """claim() checks each candidate's capture is still there (a purge may have raced it): a probe
+    per candidate, not a scan of every capture ever kept, which grew each claim with retention."""
+    _setup(conn)
+    kept = 3000
+    conn.execute(f"DO $$ BEGIN FOR i IN 1..{kept} LOOP INSERT INTO items VALUES (i, i, 'x'); END LOOP; END $$")
+    conn.execute("SELECT webhooks._fan_out(%s, 0)", (kept,))
+    conn.execute("VACUUM ANALYZE webhooks.captures, webhooks.deliveries")
+    with conn.transaction(force_rollback=True):
+        before = _index_reads(conn, "captures_pkey")
+        assert len(conn.execute("SELECT * FROM webhooks.claim(200)").fetchall()) == 200
+        # Each claimed delivery's capture is read twice (the check, the render); reading every
+        # kept capture was 3000 more (statistics that know the queue is long made it a hash).
+        assert _index_reads(conn, "captures_pkey") - before < 1000

@@ -210,9 +210,11 @@ BEGIN
                 ) d
                 LIMIT batch_size
             ),
-            -- What can never be sent (see _unsendable) is failed here.
+            -- What can never be sent (see _unsendable) is failed here. OFFSET 0 keeps the capture's
+            -- EXISTS a probe per candidate: as a hashed subplan it read every capture kept, each claim.
             judged AS (
-                SELECT c.*, webhooks._unsendable(EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id),
+                SELECT c.*, webhooks._unsendable(EXISTS (SELECT 1 FROM webhooks.captures x WHERE x.id = c.capture_id
+                                                         OFFSET 0),
                                                  c.status, c.attempts, c.free_attempts, c.max_retries) AS fatal
                 FROM candidate c
             ),
