@@ -121,6 +121,30 @@ RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- The runner's reports are valid, and checked in one pass: every key of the right JSON type,
+    -- then every integer read as complete() reads it (1.0 or 2^31 do not read). Anything else is
+    -- checked again below, key by key, for the message that names the problem (~6 us a result).
+    BEGIN
+        IF jsonb_typeof(results) = 'array' AND NOT EXISTS (
+            SELECT 1 FROM jsonb_array_elements(results) AS e(v)
+            WHERE jsonb_typeof(e.v) <> 'object'
+               OR coalesce(jsonb_typeof(e.v -> 'delivery_id'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'attempt'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'status_code'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'latency_ms'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'retry_after_seconds'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'response_excerpt'), 'null') NOT IN ('string', 'null')
+               OR coalesce(jsonb_typeof(e.v -> 'error'), 'null') NOT IN ('string', 'null'))
+        AND NOT EXISTS (
+            SELECT 1 FROM jsonb_to_recordset(results) AS r(
+                delivery_id bigint, attempt integer, status_code integer, latency_ms integer,
+                retry_after_seconds integer)
+            WHERE r.delivery_id IS NULL OR r.attempt IS NULL) THEN
+            RETURN;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- an integer that does not read: the check below says which
+    END;
     PERFORM webhooks._check_json_array(results, 'results', '{
         "delivery_id": ["integer", -9223372036854775808, 9223372036854775807, true],
         "attempt": ["integer", -2147483648, 2147483647, true],
