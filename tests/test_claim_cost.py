@@ -75,3 +75,40 @@ def test_a_claim_reads_the_captures_of_its_batch_not_every_capture_kept(conn: ps
         # Each claimed delivery's capture is read twice (the check, the render); reading every
         # kept capture was 3000 more (statistics that know the queue is long made it a hash).
         assert _index_reads(conn, "captures_pkey") - before < 1000
+
+
+PROFILES = ("standard", "fluxbase", "fluxbase_hex", "truss", "supabase", "hasura", "rowbase", "flux")
+
+
+def test_claim_builds_every_body_as_the_envelope_does(conn: psycopg.Connection) -> None:
+    """claim() builds the most common body itself (not through _envelope's PL/pgSQL call): in every
+    profile and for every kind of event, each body is byte for byte what _envelope renders."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, amount numeric(12, 2), note text, doc jsonb)")
+    conn.execute("CREATE TABLE typed (id int PRIMARY KEY, secret text)")
+    conn.execute("SELECT webhooks.create_event_type('typed.changed'), webhooks.create_event_type('app.thing')")
+    for profile in PROFILES:
+        conn.execute("SELECT webhooks.create_webhook(name => %s, url => 'https://example.com/h', profile => %s,"
+                     " events => '[{\"table\": \"items\"}, {\"table\": \"typed\", \"event_type\": \"typed.changed\","
+                     " \"exclude_columns\": [\"secret\"]}, \"app.*\"]')", (profile, profile))
+    conn.execute("INSERT INTO items VALUES (1, 12.50, 'a \"quoted\" é \\ note', '{\"k\": [1, 2.50]}'),"
+                 " (2, -0, NULL, NULL)")
+    conn.execute("UPDATE items SET note = 'b' WHERE id = 1")
+    conn.execute("DELETE FROM items WHERE id = 2")
+    conn.execute("INSERT INTO typed VALUES (1, 'hidden')")
+    conn.execute("SELECT webhooks.publish('app.thing', '{\"n\": 1.50}')")
+    conn.execute("TRUNCATE items")
+    conn.execute("SELECT webhooks.send_test(id) FROM webhooks.webhooks")
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT webhooks._fan_out(10000, 0)")
+        # _render is the same delivery rendered by _envelope alone, for its next attempt: the
+        # body claim() is about to send, then the headers.
+        expected = dict(conn.execute("SELECT d.id, webhooks._render(d.id) FROM webhooks.deliveries d").fetchall())
+        conn.execute("SET LOCAL track_functions = 'all'")
+        bodies = dict(conn.execute("SELECT delivery_id, body FROM webhooks.claim(1000)").fetchall())
+        # In the three profiles of that shape, the row changes without an event type and the tests
+        # (5 each) are built inline.
+        assert _calls(conn, "_envelope") == len(bodies) - 3 * 5
+        # a two-row INSERT, an UPDATE, a DELETE, a typed INSERT, an event, a test (TRUNCATE: not subscribed)
+        assert len(bodies) == len(expected) == len(PROFILES) * 7
+        for delivery_id, body in bodies.items():
+            assert expected[delivery_id][:len(body) + 1] == body + "{", (delivery_id, body)
