@@ -9,7 +9,8 @@ with a numeric(12,2) column, drained by claim(200) and complete() of every resul
 The CPU is the server backend's own (user + system from /proc/<pid>/stat), so the server must
 run on this machine; claim() includes the fan-out it does ahead of each batch. Prints each
 run and the median per tree, in microseconds per delivery. --functions adds, per tree, the
-self time of each PL/pgSQL function (track_functions) in the last run.
+self time of each PL/pgSQL function (track_functions) in the last run; --prefan measures a queue
+the statistics know is long (fanned out and analyzed first; claim() then fans nothing out).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def install(tree: Path, dsn: str, database: str) -> None:
                    check=True, stdout=subprocess.DEVNULL, cwd=tree)
 
 
-def drain(dsn: str, database: str, rows: int, functions: bool) -> tuple[float, float, list[tuple[str, float]]]:
+def drain(dsn: str, database: str, rows: int, functions: bool,
+          prefan: bool = False) -> tuple[float, float, list[tuple[str, float]]]:
     """Returns claim's and complete's CPU per delivery (us), and the functions' self times."""
     with psycopg.connect(f"{dsn} dbname={database}", autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, amount numeric(12,2),"
@@ -50,6 +52,8 @@ def drain(dsn: str, database: str, rows: int, functions: bool) -> tuple[float, f
         conn.execute("SELECT webhooks.create_webhook('o', 'http://127.0.0.1:9/x', '[{\"table\": \"orders\"}]')")
         conn.execute(f"DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO orders (customer_id, amount, status)"
                      " VALUES (i % 10000 + 1, (i % 100000) / 100.0, 'paid'); END LOOP; END $$")
+        if prefan:
+            conn.execute("SELECT webhooks._fan_out(%s, 0)", (rows,))
         conn.execute("VACUUM ANALYZE")
         if functions:
             conn.execute("SET track_functions = 'pl'")
@@ -93,6 +97,9 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, action="append")
     parser.add_argument("--database", default="d1_cpu")
     parser.add_argument("--functions", action="store_true")
+    parser.add_argument("--prefan", action="store_true",
+                        help="fan every capture out and ANALYZE first, as autovacuum does on a long queue"
+                             " (claim() then does no fan-out)")
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [HERE])]
     runs: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
@@ -100,7 +107,8 @@ def main() -> None:
         for i, tree in enumerate(trees):
             database = f"{args.database}_{i}"
             install(tree, args.dsn, database)
-            claim, complete, spent = drain(args.dsn, database, args.rows, args.functions and n == args.repeat - 1)
+            claim, complete, spent = drain(args.dsn, database, args.rows, args.functions and n == args.repeat - 1,
+                                          args.prefan)
             runs[tree].append((claim, complete))
             print(f"{tree}: run {n + 1}: claim {claim:.1f} us/delivery, complete {complete:.1f}", flush=True)
             for name, ms in spent:
