@@ -65,6 +65,8 @@ BEGIN
         END IF;
         RETURN (SELECT row_to_json(x)::text FROM (SELECT id, kind AS type, ts AS created, payload AS data) x);
     END IF;
+    -- _request builds the bodies from here on, but for truss, supabase and hasura, itself: change
+    -- both together.
     IF operation = 'EVENT' OR payload IS NOT NULL THEN
         RETURN (SELECT row_to_json(x)::text
                 FROM (SELECT id, event_type AS type, ts AS "timestamp", payload AS data, webhook_id) x);
@@ -92,7 +94,6 @@ BEGIN
                     table_name AS "table", schema_name AS schema, record, old_image AS old_record,
                     ts AS "timestamp", webhook_id) x);
         END IF;
-        -- _request builds this one itself (the most common body): change both together.
         RETURN (SELECT row_to_json(x)::text FROM (SELECT id, operation AS event, table_name AS "table",
                 schema_name AS schema, record, old_image AS old_record, ts AS "timestamp", webhook_id) x);
     END CASE;
@@ -196,21 +197,36 @@ AS $$
                to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS ts
         OFFSET 0
     ) i
-    -- The envelope most deliveries have (a row change in the standard profile, no event type) is
-    -- built here, _envelope's last branch to the byte: a PL/pgSQL call per delivery, its function
-    -- call and its query, was ~15 us of each claimed delivery. Every other body is _envelope's.
+    -- The envelopes of the standard profile's shape (an event; a row change or test, with or
+    -- without its type) are built here, _envelope's to the byte: its PL/pgSQL call per delivery,
+    -- the call and its query, was ~15 us of each claimed delivery. Other bodies are _envelope's.
     CROSS JOIN LATERAL (
         SELECT u.uid, CASE
-            WHEN w.profile NOT IN ('rowbase', 'flux', 'truss', 'supabase', 'hasura') AND c.data IS NULL
-                 AND c.operation <> 'EVENT' AND c.event_type IS NULL AND sub.event_type IS NULL THEN
+            WHEN w.profile IN ('rowbase', 'flux') THEN NULL
+            WHEN c.operation = 'EVENT' OR c.data IS NOT NULL THEN
+                (SELECT row_to_json(x)::text FROM (
+                    SELECT u.uid AS id, coalesce(c.event_type, sub.event_type) AS type, i.ts AS "timestamp",
+                           CASE WHEN c.data IS NOT NULL THEN webhooks._compact_json(c.data)::json END AS data,
+                           w.id AS webhook_id) x)
+            WHEN w.profile IN ('truss', 'supabase', 'hasura') THEN NULL
+            WHEN coalesce(c.event_type, sub.event_type) IS NOT NULL THEN
+                (SELECT row_to_json(x)::text FROM (
+                    SELECT u.uid AS id, c.operation AS event, coalesce(c.event_type, sub.event_type) AS type,
+                           c.table_name AS "table", c.schema_name AS schema, i.record,
+                           CASE WHEN c.operation = 'DELETE' THEN i.record ELSE i.old_record END AS old_record,
+                           i.ts AS "timestamp", w.id AS webhook_id) x)
+            ELSE
                 (SELECT row_to_json(x)::text FROM (
                     SELECT u.uid AS id, c.operation AS event, c.table_name AS "table", c.schema_name AS schema,
                            i.record, CASE WHEN c.operation = 'DELETE' THEN i.record ELSE i.old_record END AS old_record,
                            i.ts AS "timestamp", w.id AS webhook_id) x)
-            ELSE webhooks._envelope(
+        END AS inline
+        OFFSET 0
+    ) p00
+    CROSS JOIN LATERAL (
+        SELECT p00.uid, coalesce(p00.inline, webhooks._envelope(
                 w.profile, u.uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
-                i.record, i.old_record, i.ts, w.id, c.data, w.name, of_attempt, w.max_retries)
-        END AS env
+                i.record, i.old_record, i.ts, w.id, c.data, w.name, of_attempt, w.max_retries)) AS env
         OFFSET 0  -- not flattened: the body is used three times and must be built once
     ) p0
     -- A test event (send_test) says so in its body, which is what is signed, and a header.
