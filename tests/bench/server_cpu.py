@@ -10,7 +10,8 @@ The CPU is the server backend's own (user + system from /proc/<pid>/stat), so th
 run on this machine; claim() includes the fan-out it does ahead of each batch. Prints each
 run and the median per tree, in microseconds per delivery. --functions adds, per tree, the
 self time of each PL/pgSQL function (track_functions) in the last run; --prefan measures a queue
-the statistics know is long (fanned out and analyzed first; claim() then fans nothing out).
+the statistics know is long (fanned out and analyzed first; claim() then fans nothing out);
+--events publishes the events (publish(), 4 keys of data) instead of capturing row changes.
 """
 
 from __future__ import annotations
@@ -44,14 +45,21 @@ def install(tree: Path, dsn: str, database: str) -> None:
 
 
 def drain(dsn: str, database: str, rows: int, functions: bool,
-          prefan: bool = False) -> tuple[float, float, list[tuple[str, float]]]:
+          prefan: bool = False, events: bool = False) -> tuple[float, float, list[tuple[str, float]]]:
     """Returns claim's and complete's CPU per delivery (us), and the functions' self times."""
     with psycopg.connect(f"{dsn} dbname={database}", autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, amount numeric(12,2),"
                      " status text, created_at timestamptz DEFAULT now())")
-        conn.execute("SELECT webhooks.create_webhook('o', 'http://127.0.0.1:9/x', '[{\"table\": \"orders\"}]')")
-        conn.execute(f"DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO orders (customer_id, amount, status)"
-                     " VALUES (i % 10000 + 1, (i % 100000) / 100.0, 'paid'); END LOOP; END $$")
+        if events:
+            conn.execute("SELECT webhooks.create_event_type('order.paid')")
+            conn.execute("SELECT webhooks.create_webhook('o', 'http://127.0.0.1:9/x', '[\"order.paid\"]')")
+            conn.execute(f"DO $$ BEGIN FOR i IN 1..{rows} LOOP PERFORM webhooks.publish('order.paid',"
+                         " jsonb_build_object('id', i, 'customer_id', i % 10000 + 1, 'amount', (i % 100000) / 100.0,"
+                         " 'status', 'paid')); END LOOP; END $$")
+        else:
+            conn.execute("SELECT webhooks.create_webhook('o', 'http://127.0.0.1:9/x', '[{\"table\": \"orders\"}]')")
+            conn.execute(f"DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO orders (customer_id, amount, status)"
+                         " VALUES (i % 10000 + 1, (i % 100000) / 100.0, 'paid'); END LOOP; END $$")
         if prefan:
             conn.execute("SELECT webhooks._fan_out(%s, 0)", (rows,))
         conn.execute("VACUUM ANALYZE")
@@ -100,6 +108,7 @@ def main() -> None:
     parser.add_argument("--prefan", action="store_true",
                         help="fan every capture out and ANALYZE first, as autovacuum does on a long queue"
                              " (claim() then does no fan-out)")
+    parser.add_argument("--events", action="store_true", help="published events (publish()) instead of row changes")
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [HERE])]
     runs: dict[Path, list[tuple[float, float]]] = {t: [] for t in trees}
@@ -108,7 +117,7 @@ def main() -> None:
             database = f"{args.database}_{i}"
             install(tree, args.dsn, database)
             claim, complete, spent = drain(args.dsn, database, args.rows, args.functions and n == args.repeat - 1,
-                                          args.prefan)
+                                          args.prefan, args.events)
             runs[tree].append((claim, complete))
             print(f"{tree}: run {n + 1}: claim {claim:.1f} us/delivery, complete {complete:.1f}", flush=True)
             for name, ms in spent:
