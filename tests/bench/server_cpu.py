@@ -1,6 +1,6 @@
 """The server's CPU per delivery in the runner's loop, claim(200) then complete() of its results, no HTTP.
 
-    .venv/bin/python tests/bench/server_cpu.py [--dsn DSN] [--rows 20000] [--repeat 3] [--tree DIR ...]
+    .venv/bin/python tests/bench/server_cpu.py --dsn DSN [--rows 20000] [--repeat 3] [--tree DIR ...]
 
 Each --tree is a checkout with its own .venv (default: this one); its `pgwebhooks migrate`
 installs a fresh database, so several trees (before and after a change) are measured in one
@@ -99,7 +99,9 @@ def drain(dsn: str, database: str, rows: int, functions: bool,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default="host=/tmp/scratch port=55432 user=postgres")
+    parser.add_argument("--dsn", required=True,
+                        help="a superuser connection to a server on this machine, without dbname"
+                             " (e.g. 'host=/var/run/postgresql user=postgres'): its backends' CPU is read from /proc")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tree", type=Path, action="append")
