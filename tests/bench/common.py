@@ -73,6 +73,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (user + system, from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_kib(pid: int, field_name: str) -> int | None:
     """A memory field of /proc/<pid>/status (VmRSS, VmHWM) in KiB, or None once the process is gone."""
     try:

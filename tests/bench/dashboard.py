@@ -18,7 +18,7 @@ import urllib.request
 
 import psycopg
 from aiohttp import ClientSession, web
-from common import PROCS, BenchError, Env, create_orders, create_webhook, median
+from common import PROCS, BenchError, Env, cpu_seconds, create_orders, create_webhook, median
 from delivery import RUNNER_FAST_OPTIONS, delivered, single_row_backlog
 from psycopg.types.json import Jsonb
 from report import Result, info, ratio, threshold
@@ -27,7 +27,6 @@ from pgwebhooks.dashboard.app import Settings, create_app
 from pgwebhooks.localpg import free_port
 
 SECTION = "11 dashboard and metrics"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _fill(dsn: str, webhooks: int, deliveries: int) -> str:
@@ -117,12 +116,6 @@ def bench_pages(env: Env, deliveries: int, webhooks: int = 1000) -> list[Result]
     ]
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
 def _drain_cpu(env: Env, deliveries: int, metrics: bool) -> tuple[float, float]:
     """CPU seconds of one runner draining `deliveries`, and the seconds it took."""
     label = "metrics" if metrics else "plain"
@@ -154,7 +147,7 @@ def _drain_cpu(env: Env, deliveries: int, metrics: bool) -> tuple[float, float]:
                         except OSError:
                             pass  # not listening yet
                     time.sleep(0.1)
-                cpu = _cpu_seconds(proc.pid)
+                cpu = cpu_seconds(proc.pid)
                 seconds = time.monotonic() - started
             finally:
                 PROCS.stop(proc)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,9 @@ import time
 from pathlib import Path
 
 import psycopg
+from common import cpu_seconds, create_orders
 
 HERE = Path(__file__).resolve().parents[2]
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def install(tree: Path, dsn: str, database: str) -> None:
@@ -48,8 +42,7 @@ def drain(dsn: str, database: str, rows: int, functions: bool,
           prefan: bool = False, events: bool = False) -> tuple[float, float, list[tuple[str, float]]]:
     """Returns claim's and complete's CPU per delivery (us), and the functions' self times."""
     with psycopg.connect(f"{dsn} dbname={database}", autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, amount numeric(12,2),"
-                     " status text, created_at timestamptz DEFAULT now())")
+        create_orders(conn, "orders")
         if events:
             conn.execute("SELECT webhooks.create_event_type('order.paid')")
             conn.execute("SELECT webhooks.create_webhook('o', 'http://127.0.0.1:9/x', '[\"order.paid\"]')")
@@ -74,9 +67,9 @@ def drain(dsn: str, database: str, rows: int, functions: bool,
         for _ in range(rows * 2):
             if done >= rows - 1 or time.monotonic() > deadline:
                 break
-            start = backend_cpu(pid)
+            start = cpu_seconds(pid)
             leases = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(200)").fetchall()
-            middle = backend_cpu(pid)
+            middle = cpu_seconds(pid)
             claim_cpu += middle - start
             if not leases:
                 time.sleep(0.01)
@@ -84,7 +77,7 @@ def drain(dsn: str, database: str, rows: int, functions: bool,
             report = [{"delivery_id": d, "attempt": a, "status_code": 200, "latency_ms": 3,
                        "response_excerpt": "ok"} for d, a in leases]
             conn.execute("SELECT count(*) FROM webhooks.complete(%s::jsonb)", (json.dumps(report),))
-            complete_cpu += backend_cpu(pid) - middle
+            complete_cpu += cpu_seconds(pid) - middle
             done += len(leases)
         if done < rows - 1:
             sys.exit(f"only {done} of {rows} deliveries were drained")

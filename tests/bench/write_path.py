@@ -6,7 +6,6 @@ fan-out to deliveries happens later, in claim(). Webhook URLs are therefore neve
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import peers
 import psycopg
-from common import BenchError, Env, create_orders, create_webhook, median
+from common import BenchError, Env, cpu_seconds, create_orders, create_webhook, median
 from report import Result, info, ratio
 
 UNUSED_URL = "http://127.0.0.1:9/never-contacted"
@@ -47,11 +46,6 @@ def _pgbench(env: Env, dbname: str, script: Path, seconds: float) -> float:
     return float(found.group(1))
 
 
-def _backend_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _server_cpu_per_insert(dsn: str, table: str, inserts: int = 20_000, rounds: int = 3) -> float:
     """Microseconds of the server process's CPU per one-row INSERT, the trigger included and the
     commit excluded (rolled back): the capture's own cost, which CPU time shows steadier than tps
@@ -65,9 +59,9 @@ def _server_cpu_per_insert(dsn: str, table: str, inserts: int = 20_000, rounds: 
         conn.execute(loop.replace(str(inserts), "500"))  # warm-up: plans and caches
         conn.rollback()
         for _ in range(rounds):
-            before = _backend_cpu_seconds(row[0])
+            before = cpu_seconds(row[0])
             conn.execute(loop)
-            samples.append((_backend_cpu_seconds(row[0]) - before) / inserts * 1e6)
+            samples.append((cpu_seconds(row[0]) - before) / inserts * 1e6)
             conn.rollback()
     return median(samples)
 
