@@ -160,19 +160,23 @@ def test_numbers_print_as_javascript_does_whatever_their_digits(conn: psycopg.Co
 flat_text = st.text(alphabet='0123456789.:,}{[" -eE\\ab', max_size=24)
 
 
+# A json column's number is embedded as it was typed: exponents JSON.stringify prints in full.
+json_numbers = st.sampled_from(["1", "1e3", "2.5E2", "-1e-7", "1E+20", "0e0", "12.50", "-0", "7"])
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(decimals, decimals, flat_text, st.floats(allow_nan=False, allow_infinity=False), flat_text)
+@given(decimals, decimals, flat_text, st.floats(allow_nan=False, allow_infinity=False), flat_text, json_numbers)
 def test_a_flat_image_with_trailing_zeros_takes_the_short_path_to_the_same_bytes(
-    conn: psycopg.Connection, a: str, b: str, text: str, real: float, key: str
+    conn: psycopg.Connection, a: str, b: str, text: str, real: float, key: str, raw: str
 ) -> None:
     """Attack on the short path (_compact_numbers): strings that look like numbers after a colon
     ("x":1.50,), keys that do, numbers it must not touch (below 1e-4, 16 digits and more, -0, a
-    double's exponent). Whatever the row holds, the image is byte for byte what the full walk
-    (_compact) prints."""
+    double's exponent, a json column's 1e3). Whatever the row holds, the image is byte for byte
+    what the full walk (_compact) prints."""
     image = conn.execute(
         sql.SQL("SELECT row_to_json(x)::text FROM (SELECT %s::numeric AS a, %s::text AS t, %s::numeric AS b,"
-                " %s::float8 AS f, 1 AS {}) x").format(sql.Identifier(key or "k")),
-        (a, text, b, real)).fetchone()
+                " %s::float8 AS f, %s::json AS j, 1 AS {}) x").format(sql.Identifier(key or "k")),
+        (a, text, b, real, raw)).fetchone()
     assert image is not None
     row = conn.execute("SELECT webhooks._compact_image(%s::json)::text, webhooks._compact(%s::json)::text",
                        (image[0], image[0])).fetchone()
@@ -192,3 +196,16 @@ def test_the_short_path_is_the_one_taken_for_a_money_column(conn: psycopg.Connec
                              " AND p.proname IN ('_compact', '_compact_numbers')").fetchall()
     assert out == ('{"id":1,"amount":12.5,"note":"due 10:30, 1.5","tax":3}',)
     assert dict(calls) == {"_compact_numbers": 1, "_compact": None}
+
+
+def test_a_json_columns_exponent_is_printed_as_json_stringify_does(conn: psycopg.Connection) -> None:
+    """A json column holding 1e3 is embedded verbatim by row_to_json; JSON.stringify prints 1000,
+    so a flat image that is otherwise compact must not be sent as it is (a signature checked over
+    JSON.stringify(req.body) would fail), alone or beside a trailing zero."""
+    rows = conn.execute("""SELECT webhooks._compact_image(row_to_json(x))::text FROM (
+                               SELECT 1 AS id, '1e3'::json AS raw UNION ALL
+                               SELECT 2, '2.5E2'::json) x ORDER BY 1""").fetchall()
+    assert rows == [('{"id":1,"raw":1000}',), ('{"id":2,"raw":250}',)]
+    both = conn.execute("""SELECT webhooks._compact_image(row_to_json(x))::text
+                           FROM (SELECT 12.50 AS a, '1e3'::json AS raw, 'ab1e3' AS s) x""").fetchone()
+    assert both == ('{"a":12.5,"raw":1000,"s":"ab1e3"}',)

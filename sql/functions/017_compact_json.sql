@@ -89,9 +89,10 @@ $$;
 -- those zeros are cut with a regular expression instead of a walk of every field (_compact,
 -- 8 times slower). In such an image '":' occurs only where a key ends and its value starts
 -- (no string can hold a quote unescaped), so the expression touches no string. What it leaves
--- that the walk would print otherwise (a number below 1e-4, one of 15 or more digits, -0) goes
--- to the walk: the result is byte for byte _compact's. PL/pgSQL without SET search_path (a
--- function-level SET costs a GUC save and restore per call), so every name carries its schema.
+-- that the walk would print otherwise (a number below 1e-4, one of 15 or more digits, -0, an
+-- exponent) goes to the walk: the result is byte for byte _compact's. PL/pgSQL without SET
+-- search_path (a function-level SET costs a GUC save and restore per call), so every name
+-- carries its schema.
 CREATE OR REPLACE FUNCTION webhooks._compact_numbers(image json)
 RETURNS json
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
@@ -101,7 +102,7 @@ DECLARE
     trimmed pg_catalog.text := pg_catalog.regexp_replace(image::pg_catalog.text,
         '(":-?[0-9]+)(?:([.][0-9]*[1-9])0+|[.]0+)([,}])', '\1\2\3', 'g');
 BEGIN
-    IF trimmed OPERATOR(pg_catalog.~) '([0-9][.][0-9]*0|[:,]-0)[,}]|":-?0[.]0000|[0-9.]{16}' THEN
+    IF trimmed OPERATOR(pg_catalog.~) '([0-9][.][0-9]*0|[:,]-0)[,}]|":-?0[.]0000|[0-9.]{16}|":-?[0-9.]+[eE]' THEN
         RETURN webhooks._compact(image);
     END IF;
     RETURN trimmed::pg_catalog.json;
@@ -125,8 +126,8 @@ AS $$
              AND strpos(image::text, ' :') = 0 AND strpos(substr(image::text, 2), '{') = 0
              AND strpos(image::text, '[') = 0 THEN
             CASE
-                -- no number JavaScript prints otherwise: 12.50, -0
-                WHEN image::text !~ '([0-9]\.[0-9]*0|[0-9][eE]|[:,]-0)[,}]' THEN image
+                -- no number JavaScript prints otherwise: 12.50, -0, a json column's 1e3 (1000)
+                WHEN image::text !~ '([0-9]\.[0-9]*0|[:,]-0)[,}]|":-?[0-9.]+[eE]' THEN image
                 WHEN strpos(image::text, '\') = 0 THEN webhooks._compact_numbers(image)
                 ELSE webhooks._compact(image)
             END
