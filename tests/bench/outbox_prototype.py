@@ -18,7 +18,8 @@ answers, side by side with today's code installed by `pgwebhooks migrate` in the
 4. retention of `--retention` finished deliveries: dropping the prototype's partitions, against
    DELETE of the same rows from unpartitioned copies;
 5. a writer holding its transaction open: what claim(200) costs while the rows committed after
-   it are delivered ahead of the cursor, and once it ends and the cursor passes them.
+   it are delivered ahead of the cursor, and once it ends and the cursor passes them;
+6. writers committing out of xid order while claims run: every committed row delivered once.
 
 The server must run on this machine (CPU is read from /proc/<backend>/stat).
 """
@@ -28,8 +29,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,7 +165,7 @@ def bench_storage(conn: psycopg.Connection[Any], rows: int) -> dict[str, tuple[f
     hook, route = fresh_pair(conn, "s")
     for table in ("captures", "events", "deliveries", "delivery_attempts"):
         conn.execute(f"ALTER TABLE webhooks.{table} SET (autovacuum_enabled = false)")
-    for table in ("log_1", "outcomes_1", "cursors", "ahead"):
+    for table in ("log_1", "outcomes_1", "cursors"):
         conn.execute(f"ALTER TABLE outbox_proto.{table} SET (autovacuum_enabled = false)")
     conn.execute("TRUNCATE webhooks.captures, webhooks.events, webhooks.deliveries, webhooks.delivery_attempts")
     conn.execute("VACUUM webhooks.captures, webhooks.deliveries, webhooks.delivery_attempts")
@@ -174,8 +177,7 @@ def bench_storage(conn: psycopg.Connection[Any], rows: int) -> dict[str, tuple[f
         drain_proto(conn, hook, route, patience="0 s")
     delivered_once(conn)
     today = sizes(conn, ["webhooks.captures", "webhooks.events", "webhooks.deliveries", "webhooks.delivery_attempts"])
-    proto = sizes(conn, ["outbox_proto.log_1", "outbox_proto.outcomes_1", "outbox_proto.cursors",
-                         "outbox_proto.ahead"])
+    proto = sizes(conn, ["outbox_proto.log_1", "outbox_proto.outcomes_1", "outbox_proto.cursors"])
     return {"today": (today[0] / rows, today[1] / rows), "proto": (proto[0] / rows, proto[1] / rows)}
 
 
@@ -255,6 +257,44 @@ def bench_open_writer(target: str, conn: psycopg.Connection[Any], rows: int) -> 
             "pass_sent": passed}
 
 
+def check_concurrent_writers(target: str, conn: psycopg.Connection[Any], seconds: float = 3.0) -> int:
+    """Writers whose transactions commit out of xid order (random sizes and pauses, some holding
+    their transaction open for 0.3 s now and then) while a claimer drains with no patience: every
+    committed row must be delivered exactly once, none of a rolled-back transaction."""
+    hook, route = fresh_pair(conn, "x")
+    stop = threading.Event()
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        with psycopg.connect(target) as writer:
+            while not stop.is_set():
+                for _ in range(rng.randint(1, 20)):
+                    writer.execute("INSERT INTO proto_x (customer_id, amount, status) VALUES (%s, 1.5, 'w')", (seed,))
+                    if rng.random() < 0.05:
+                        time.sleep(rng.choice((0.001, 0.01, 0.3)))
+                if rng.random() < 0.1:
+                    writer.rollback()
+                else:
+                    writer.commit()
+
+    writers = [threading.Thread(target=write, args=(seed,)) for seed in range(4)]
+    for thread in writers:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        drain_proto(conn, hook, route, limit=1, patience="0 s")
+    stop.set()
+    for thread in writers:
+        thread.join(timeout=10)
+    for _ in range(1000):  # the writers have ended: the cursor reaches the end
+        before = conn.execute("SELECT xid::text, id FROM outbox_proto.cursors").fetchone()
+        drain_proto(conn, hook, route, patience="0 s")
+        if conn.execute("SELECT xid::text, id FROM outbox_proto.cursors").fetchone() == before:
+            break
+    delivered_once(conn)
+    return int(conn.execute("SELECT count(*) FROM outbox_proto.log").fetchone()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", required=True, help="libpq DSN of a local server, without dbname")
@@ -288,6 +328,8 @@ def main() -> None:
         print(f"  claim(200) delivering ahead of the cursor: first {held['ahead_first']:.1f} ms,"
               f" last {held['ahead_last']:.1f} ms ({held['ahead_calls']} calls)")
         print(f"  once it ended, the cursor passes them: {held['pass_ms']:.1f} ms, {held['pass_sent']} sent again")
+        written = check_concurrent_writers(target, conn)
+        print(f"  4 writers committing out of xid order, claims meanwhile: {written:,} rows, each delivered once")
         print("\nruns: " + "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in vals) for k, vals in cpu.items()))
 
 

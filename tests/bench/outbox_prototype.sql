@@ -4,7 +4,6 @@
 --
 --   log       insert-only, partitioned by id range; one index, (route, xid, id): what a cursor reads
 --   cursors   per (webhook, route): the (xid, id) below which every row is handled
---   ahead     rows delivered before the cursor reached them (committed behind an older, open writer)
 --   outcomes  the delivery log: one row per attempt, partitioned like the log; inserted by claim
 --             (the lease) and updated once by complete, in place (HOT: no indexed column changes)
 DROP SCHEMA IF EXISTS outbox_proto CASCADE;
@@ -31,15 +30,12 @@ CREATE TABLE outbox_proto.cursors (
     xid        xid8 NOT NULL DEFAULT '0',
     id         bigint NOT NULL DEFAULT 0,
     in_flight  integer NOT NULL DEFAULT 0,
+    -- Delivered ahead of the cursor, past an older writer still open: up to (ahead_xid, ahead_id)
+    -- in cursor order, plus the rows of `ahead_open` (writers that were still open below it).
+    ahead_xid  xid8,
+    ahead_id   bigint,
+    ahead_open xid8[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (webhook_id, route)
-);
-
-CREATE TABLE outbox_proto.ahead (
-    webhook_id uuid NOT NULL,
-    route      oid NOT NULL,
-    xid        xid8 NOT NULL,
-    id         bigint NOT NULL,
-    PRIMARY KEY (webhook_id, route, xid, id)
 );
 
 CREATE TABLE outbox_proto.outcomes (
@@ -78,83 +74,92 @@ BEGIN
 END $$;
 
 -- claim: the webhook's rows past its cursor that no open writer can still add to (xid below the
--- oldest running transaction's), then rows committed past an open writer once they are `patience`
--- old, remembered in `ahead`; leased, rendered in the standard shape and signed like 050_payloads.
+-- oldest running transaction's), in (xid, id) order; then, if the batch has room, rows committed
+-- past an older writer still open, once they are `patience` old: delivered ahead of the cursor,
+-- which skips them when it gets there (they have an attempt row). Where the ahead scan stopped is
+-- kept on the cursor row with the writers that were open below that point, so each ahead scan
+-- reads only new rows and those writers' rows, never the whole stretch again.
+-- Leased rows are rendered in the standard shape and signed like 050_payloads.
 CREATE FUNCTION outbox_proto.claim(of_webhook uuid, of_route oid, k integer, patience interval DEFAULT '1 s')
 RETURNS TABLE (log_id bigint, attempt integer, body text, headers jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     c outbox_proto.cursors;
-    horizon xid8 := pg_snapshot_xmin(pg_current_snapshot());
-    xids xid8[];
-    ids bigint[];
-    early_xids xid8[] := '{}';
-    early_ids bigint[] := '{}';
-    n integer;
-    skips boolean[];
-    has_ahead boolean;
-    taken_xids xid8[] := '{}';
-    taken_ids bigint[] := '{}';
+    snap pg_snapshot := pg_current_snapshot();
+    horizon xid8 := pg_snapshot_xmin(snap);
+    passing boolean;
+    taken bigint[] := '{}';
+    r record;
     last_xid xid8;
     last_id bigint;
+    ahead_xid xid8;
+    ahead_id bigint;
 BEGIN
     SELECT * INTO c FROM outbox_proto.cursors WHERE webhook_id = of_webhook AND route = of_route FOR UPDATE;
-    -- Rows delivered ahead of the cursor (committed past an older, open writer) are skipped
-    -- as the cursor passes them; the window is wider than k so that a run of them is crossed.
-    has_ahead := EXISTS (SELECT FROM outbox_proto.ahead a WHERE a.webhook_id = of_webhook AND a.route = of_route);
-    SELECT coalesce(array_agg(l.xid ORDER BY l.xid, l.id), '{}'), coalesce(array_agg(l.id ORDER BY l.xid, l.id), '{}'),
-           coalesce(array_agg(l.skip ORDER BY l.xid, l.id), '{}')
-    INTO xids, ids, skips
-    FROM (SELECT l.xid, l.id, has_ahead AND EXISTS (
-                     SELECT FROM outbox_proto.ahead a WHERE a.webhook_id = of_webhook AND a.route = of_route
-                     AND a.xid = l.xid AND a.id = l.id) AS skip
-          FROM outbox_proto.log l
-          WHERE l.route = of_route AND (l.xid, l.id) > (c.xid, c.id) AND l.xid < horizon
-          ORDER BY l.xid, l.id LIMIT CASE WHEN has_ahead THEN 10 * k ELSE k END) l;
-    n := 0;
-    FOR i IN 1 .. cardinality(ids) LOOP
-        EXIT WHEN n = k;
-        last_xid := xids[i];
-        last_id := ids[i];
-        IF NOT skips[i] THEN
-            n := n + 1;
-            taken_xids[n] := xids[i];
-            taken_ids[n] := ids[i];
+    -- Below where the ahead scan got to, rows may have been delivered already: look before taking.
+    passing := c.ahead_id IS NOT NULL;
+    FOR r IN
+        SELECT l.xid, l.id, passing AND EXISTS (
+                   SELECT FROM outbox_proto.outcomes o WHERE o.webhook_id = of_webhook AND o.log_id = l.id) AS sent
+        FROM outbox_proto.log l
+        WHERE l.route = of_route AND (l.xid, l.id) > (c.xid, c.id) AND l.xid < horizon
+        ORDER BY l.xid, l.id LIMIT CASE WHEN passing THEN 10 * k ELSE k END
+    LOOP
+        EXIT WHEN cardinality(taken) = k;
+        last_xid := r.xid;
+        last_id := r.id;
+        IF NOT r.sent THEN
+            taken := taken || r.id;
         END IF;
     END LOOP;
-    xids := taken_xids;
-    ids := taken_ids;
     IF last_id IS NOT NULL THEN
-        UPDATE outbox_proto.cursors SET xid = last_xid, id = last_id, in_flight = in_flight + n
-        WHERE webhook_id = of_webhook AND route = of_route;
-        IF has_ahead THEN
-            DELETE FROM outbox_proto.ahead a WHERE a.webhook_id = of_webhook AND a.route = of_route
-               AND (a.xid, a.id) <= (last_xid, last_id);
+        c.xid := last_xid;
+        c.id := last_id;
+        -- Past the ahead point, the cursor has passed everything delivered ahead: the open
+        -- writers below it have finished (the cursor only passes finished ones).
+        IF passing AND (c.xid, c.id) >= (c.ahead_xid, c.ahead_id) THEN
+            c.ahead_xid := NULL;
+            c.ahead_id := NULL;
+            c.ahead_open := '{}';
         END IF;
     END IF;
-    IF cardinality(ids) < k THEN
-        SELECT coalesce(array_agg(l.xid), '{}'), coalesce(array_agg(l.id), '{}') INTO early_xids, early_ids
-        FROM (SELECT l.xid, l.id FROM outbox_proto.log l
-              WHERE l.route = of_route AND l.xid >= horizon AND l.occurred_at < now() - patience
-                AND NOT EXISTS (SELECT FROM outbox_proto.ahead a WHERE a.webhook_id = of_webhook
-                                AND a.route = of_route AND a.xid = l.xid AND a.id = l.id)
-              ORDER BY l.xid, l.id LIMIT k - cardinality(ids)) l;
-        INSERT INTO outbox_proto.ahead SELECT of_webhook, of_route, b.xid, b.id FROM unnest(early_xids, early_ids) b(xid, id);
+    IF cardinality(taken) < k AND EXISTS (SELECT FROM pg_snapshot_xip(snap)) THEN
+        ahead_xid := coalesce(c.ahead_xid, c.xid);
+        ahead_id := coalesce(c.ahead_id, c.id);
+        FOR r IN
+            SELECT l.xid, l.id, l.occurred_at FROM outbox_proto.log l
+            WHERE l.route = of_route AND l.xid >= horizon AND (l.xid, l.id) > (ahead_xid, ahead_id)
+            ORDER BY l.xid, l.id LIMIT k - cardinality(taken)
+        LOOP
+            EXIT WHEN r.occurred_at >= now() - patience;  -- never step past a row left for later
+            taken := taken || r.id;
+            c.ahead_xid := r.xid;
+            c.ahead_id := r.id;
+        END LOOP;
+        -- Rows of writers that were open below the ahead point and have committed since.
+        taken := taken || ARRAY(
+            SELECT l.id FROM outbox_proto.log l
+            WHERE l.route = of_route AND l.xid = ANY (c.ahead_open) AND l.id <> ALL (taken)
+              AND NOT EXISTS (SELECT FROM outbox_proto.outcomes o WHERE o.webhook_id = of_webhook AND o.log_id = l.id)
+            ORDER BY l.xid, l.id LIMIT greatest(k - cardinality(taken), 0));
+        c.ahead_open := ARRAY(
+            SELECT w FROM pg_snapshot_xip(snap) w WHERE c.ahead_xid IS NOT NULL AND w < c.ahead_xid);
     END IF;
+    UPDATE outbox_proto.cursors
+    SET xid = c.xid, id = c.id, ahead_xid = c.ahead_xid, ahead_id = c.ahead_id, ahead_open = c.ahead_open,
+        in_flight = in_flight + cardinality(taken)
+    WHERE webhook_id = of_webhook AND route = of_route;
     RETURN QUERY
-    WITH batch AS (
-        SELECT b.xid, b.id FROM unnest(xids || early_xids, ids || early_ids) b(xid, id)
-    ), leased AS (
+    WITH leased AS (
         INSERT INTO outbox_proto.outcomes (webhook_id, log_id, attempt, leased_until)
-        SELECT of_webhook, b.id, 1, now() + interval '30 s' FROM batch b
+        SELECT of_webhook, b.id, 1, now() + interval '30 s' FROM unnest(taken) b(id)
         RETURNING outcomes.log_id, outcomes.attempt
     )
     SELECT l.id, ls.attempt, p.body,
            jsonb_build_object('Content-Type', 'application/json', 'User-Agent', 'pgwebhooks/proto')
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, s.secrets)
     FROM leased ls
-    JOIN batch b ON b.id = ls.log_id
-    JOIN outbox_proto.log l ON l.route = of_route AND l.xid = b.xid AND l.id = b.id
+    JOIN outbox_proto.log l ON l.id = ls.log_id AND l.route = of_route
     CROSS JOIN LATERAL (
         SELECT array_agg(x.secret ORDER BY x.id DESC) AS secrets FROM webhooks.secrets x
         WHERE x.webhook_id = of_webhook AND (x.expires_at IS NULL OR x.expires_at > now())
