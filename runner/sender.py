@@ -171,7 +171,8 @@ class Sender:
                 if conn is not None:
                     self._put_back(target, conn)
                 slots.release()
-        assert exchange is not None and exchange.status is not None  # every other path has returned
+        if exchange is None or exchange.status is None:  # ended without a status line we could read
+            return SendResult(None, None, "invalid HTTP response", _elapsed_ms(started), None)
         retry_after = None
         if exchange.status in (429, 503):
             retry_after = parse_retry_after(exchange.retry_after)
@@ -197,18 +198,20 @@ class Sender:
             if not conn.closed and now - conn.idle_since < _IDLE_SECONDS:
                 return conn
             conn.close()
-        while self._idle_count and self._idle_count + self._in_use > self._max_connections:
-            self._evict_one()
+        while self._idle_count + self._in_use > self._max_connections and self._evict_one():
+            pass
         return await self._connect(target, refused)
 
-    def _evict_one(self) -> None:
+    def _evict_one(self) -> bool:
+        """Close the oldest idle connection of the first destination holding one."""
         for key, idle in self._idle.items():
             if idle:
                 idle.pop(0).close()
                 self._idle_count -= 1
                 if not idle:
                     del self._idle[key]
-                return
+                return True
+        return False
 
     def _put_back(self, target: _Target, conn: Connection) -> None:
         conn.finish()
@@ -216,6 +219,8 @@ class Sender:
             conn.idle_since = time.monotonic()
             self._idle.setdefault(target.key, []).append(conn)
             self._idle_count += 1
+        else:
+            conn.close()  # not clean, or the sender is closing
 
     async def _connect(self, target: _Target, refused: list[str]) -> Connection:
         loop = asyncio.get_running_loop()
