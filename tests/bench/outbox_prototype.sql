@@ -82,7 +82,7 @@ END $$;
 -- Leased rows are rendered in the standard shape and signed like 050_payloads.
 CREATE FUNCTION outbox_proto.claim(of_webhook uuid, of_route oid, k integer, patience interval DEFAULT '1 s')
 RETURNS TABLE (log_id bigint, attempt integer, body text, headers jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 DECLARE
     c outbox_proto.cursors;
     snap pg_snapshot := pg_current_snapshot();
@@ -176,18 +176,20 @@ BEGIN
 END $$;
 
 -- complete: each result settles its attempt row in place (no retries in the prototype).
-CREATE FUNCTION outbox_proto.complete(of_webhook uuid, results jsonb) RETURNS integer LANGUAGE sql AS $$
+-- Plans pinned as today's claim() and complete() pin theirs: statistics taken while the attempt
+-- rows were few picked a bitmap scan of every attempt of the webhook, per call.
+CREATE FUNCTION outbox_proto.complete(of_webhook uuid, results jsonb) RETURNS integer LANGUAGE sql
+    SET enable_seqscan = off SET enable_bitmapscan = off AS $$
     WITH r AS (
-        SELECT (e->>'log_id')::bigint AS log_id, (e->>'attempt')::integer AS attempt,
-               (e->>'status_code')::integer AS status_code, (e->>'latency_ms')::integer AS latency_ms,
-               e->>'response_excerpt' AS response_excerpt
-        FROM jsonb_array_elements(results) e
+        SELECT * FROM jsonb_to_recordset(results)
+            AS x(log_id bigint, attempt integer, status_code integer, latency_ms integer, response_excerpt text)
     ), settled AS (
+        -- The ids as an array: one probe each of (webhook_id, log_id), whatever the estimates.
         UPDATE outbox_proto.outcomes o
         SET status_code = r.status_code, latency_ms = r.latency_ms, response_excerpt = r.response_excerpt
         FROM r
-        WHERE o.webhook_id = of_webhook AND o.log_id = r.log_id AND o.attempt = r.attempt
-          AND o.status_code IS NULL AND o.error IS NULL
+        WHERE o.webhook_id = of_webhook AND o.log_id = ANY (ARRAY(SELECT r.log_id FROM r))
+          AND o.log_id = r.log_id AND o.attempt = r.attempt AND o.status_code IS NULL AND o.error IS NULL
         RETURNING 1
     ), counted AS (
         UPDATE outbox_proto.cursors SET in_flight = in_flight - (SELECT count(*) FROM settled)
