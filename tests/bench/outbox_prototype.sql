@@ -56,8 +56,10 @@ CREATE FUNCTION outbox_proto.add_partition(first bigint, size bigint) RETURNS vo
 BEGIN
     EXECUTE format('CREATE TABLE outbox_proto.log_%s PARTITION OF outbox_proto.log FOR VALUES FROM (%s) TO (%s)',
                    first, first, first + size);
+    -- Room on each page for every attempt row's one settle, so that it is a HOT update: no new
+    -- index entry, and the old version is pruned on the page.
     EXECUTE format('CREATE TABLE outbox_proto.outcomes_%s PARTITION OF outbox_proto.outcomes'
-                   ' FOR VALUES FROM (%s) TO (%s)', first, first, first + size);
+                   ' FOR VALUES FROM (%s) TO (%s) WITH (fillfactor = 50)', first, first, first + size);
 END $$;
 
 -- The capture: today's one-row statement trigger (030_capture.sql) writing the log instead.
@@ -89,6 +91,7 @@ DECLARE
     horizon xid8 := pg_snapshot_xmin(snap);
     passing boolean;
     taken bigint[] := '{}';
+    taken_xids xid8[] := '{}';  -- beside `taken`: the log is found by its key, (route, xid, id)
     r record;
     last_xid xid8;
     last_id bigint;
@@ -110,6 +113,7 @@ BEGIN
         last_id := r.id;
         IF NOT r.sent THEN
             taken := taken || r.id;
+            taken_xids := taken_xids || r.xid;
         END IF;
     END LOOP;
     IF last_id IS NOT NULL THEN
@@ -133,15 +137,20 @@ BEGIN
         LOOP
             EXIT WHEN r.occurred_at >= now() - patience;  -- never step past a row left for later
             taken := taken || r.id;
+            taken_xids := taken_xids || r.xid;
             c.ahead_xid := r.xid;
             c.ahead_id := r.id;
         END LOOP;
         -- Rows of writers that were open below the ahead point and have committed since.
-        taken := taken || ARRAY(
-            SELECT l.id FROM outbox_proto.log l
+        FOR r IN
+            SELECT l.xid, l.id FROM outbox_proto.log l
             WHERE l.route = of_route AND l.xid = ANY (c.ahead_open) AND l.id <> ALL (taken)
               AND NOT EXISTS (SELECT FROM outbox_proto.outcomes o WHERE o.webhook_id = of_webhook AND o.log_id = l.id)
-            ORDER BY l.xid, l.id LIMIT greatest(k - cardinality(taken), 0));
+            ORDER BY l.xid, l.id LIMIT greatest(k - cardinality(taken), 0)
+        LOOP
+            taken := taken || r.id;
+            taken_xids := taken_xids || r.xid;
+        END LOOP;
         c.ahead_open := ARRAY(
             SELECT w FROM pg_snapshot_xip(snap) w WHERE c.ahead_xid IS NOT NULL AND w < c.ahead_xid);
     END IF;
@@ -154,12 +163,15 @@ BEGIN
         INSERT INTO outbox_proto.outcomes (webhook_id, log_id, attempt, leased_until)
         SELECT of_webhook, b.id, 1, now() + interval '30 s' FROM unnest(taken) b(id)
         RETURNING outcomes.log_id, outcomes.attempt
+    ), keys AS (
+        SELECT k.xid, k.id FROM unnest(taken_xids, taken) k(xid, id)
     )
     SELECT l.id, ls.attempt, p.body,
            jsonb_build_object('Content-Type', 'application/json', 'User-Agent', 'pgwebhooks/proto')
            || webhooks._sign_headers(p.uid::text, floor(extract(epoch FROM now()))::bigint, p.body, s.secrets)
     FROM leased ls
-    JOIN outbox_proto.log l ON l.id = ls.log_id AND l.route = of_route
+    JOIN keys ON keys.id = ls.log_id
+    JOIN outbox_proto.log l ON l.route = of_route AND l.xid = keys.xid AND l.id = keys.id
     CROSS JOIN LATERAL (
         SELECT array_agg(x.secret ORDER BY x.id DESC) AS secrets FROM webhooks.secrets x
         WHERE x.webhook_id = of_webhook AND (x.expires_at IS NULL OR x.expires_at > now())
