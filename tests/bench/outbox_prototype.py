@@ -19,7 +19,8 @@ answers, side by side with today's code installed by `pgwebhooks migrate` in the
    DELETE of the same rows from unpartitioned copies;
 5. a writer holding its transaction open: what claim(200) costs while the rows committed after
    it are delivered ahead of the cursor, and once it ends and the cursor passes them;
-6. writers committing out of xid order while claims run: every committed row delivered once.
+6. writers committing out of xid order while claims run: every committed row delivered once;
+7. 100,000 publish() calls in one transaction (`make bench` row 9): today's, and a log row.
 
 The server must run on this machine (CPU is read from /proc/<backend>/stat).
 """
@@ -257,6 +258,44 @@ def bench_open_writer(target: str, conn: psycopg.Connection[Any], rows: int) -> 
             "pass_sent": passed}
 
 
+EVENT_DATA = "jsonb_build_object('order_id', g, 'amount', g * 100, 'currency', 'usd')"
+
+
+def bench_publish(conn: psycopg.Connection[Any], calls: int, repeat: int) -> dict[str, float]:
+    """Seconds for `calls` publish() calls in one transaction, as `make bench` row 9 times them:
+    today's, the prototype's (a log row), and one plain INSERT per event."""
+    conn.execute("DROP SCHEMA IF EXISTS outbox_proto CASCADE")
+    conn.execute((HERE / "outbox_prototype.sql").read_text())
+    conn.execute("SELECT outbox_proto.add_partition(1, 10000000)")
+    conn.execute("DROP TABLE IF EXISTS plain_events")
+    conn.execute("CREATE TABLE plain_events (id bigserial PRIMARY KEY, event_type text NOT NULL,"
+                 " data jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
+    conn.execute("DELETE FROM webhooks.webhooks")
+    conn.execute("SELECT webhooks.create_event_type('order.completed') WHERE NOT EXISTS"
+                 " (SELECT FROM webhooks.event_types WHERE name = 'order.completed')")
+    hook = conn.execute("SELECT id FROM webhooks.create_webhook('events', 'http://127.0.0.1:9/x',"
+                        " '[{\"event_type\": \"order.*\"}]')").fetchone()[0]
+    conn.execute("INSERT INTO outbox_proto.event_routes VALUES ('order.completed', 1, ARRAY[%s::uuid])", (hook,))
+    variants = {
+        "today": f"SELECT count(webhooks.publish('order.completed', {EVENT_DATA})) FROM generate_series(1, {calls}) g",
+        "proto": (f"SELECT count(outbox_proto.publish('order.completed', {EVENT_DATA}))"
+                  f" FROM generate_series(1, {calls}) g"),
+        "plain": (f"DO $$ BEGIN FOR g IN 1..{calls} LOOP INSERT INTO plain_events (event_type, data)"
+                  f" VALUES ('order.completed', {EVENT_DATA}); END LOOP; END $$"),
+    }
+    seconds: dict[str, list[float]] = {label: [] for label in variants}
+    for run in range(repeat + 1):  # the first round warms up
+        for label, statement in variants.items():
+            conn.execute("TRUNCATE plain_events, webhooks.captures, webhooks.deliveries, outbox_proto.log")
+            conn.execute("CHECKPOINT")
+            started = time.perf_counter()
+            with conn.transaction():
+                conn.execute(statement)
+            if run:
+                seconds[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in seconds.items()}
+
+
 def check_concurrent_writers(target: str, conn: psycopg.Connection[Any], seconds: float = 3.0) -> int:
     """Writers whose transactions commit out of xid order (random sizes and pauses, some holding
     their transaction open for 0.3 s now and then) while a claimer drains with no patience: every
@@ -322,6 +361,10 @@ def main() -> None:
         print(f"{f'removing {args.retention:,} finished deliveries, s':58}"
               f" {kept['maintain']:>10.2f} {kept['drop']:>10.3f}   (maintain(), then VACUUM"
               f" {kept['vacuum']:.2f} s; DROP of two partitions)")
+        published = bench_publish(conn, 100_000, args.repeat)
+        print(f"{'100,000 publish() calls in one transaction / a plain INSERT each':58}"
+              f" {published['today'] / published['plain']:>9.2f}x {published['proto'] / published['plain']:>9.2f}x"
+              f"   (plain {published['plain']:.3f} s)")
         held = bench_open_writer(target, conn, args.rows)
         print(f"\nprototype, a writer holding its transaction open while {args.rows:,} rows commit after it:")
         print(f"  claim(200) with no open writer (median of 5): {held['calm']:.1f} ms")
