@@ -6,13 +6,15 @@ llhttp (httptools, the parser uvicorn uses). Per request this costs a third of a
 CPU, which on a busy runner was half of all its work. Everything a receiver sends is bounded: the
 header block by size, the body by `max_body` (the rest is never read: the connection is closed),
 the time by the caller's one deadline. A connection is reused only after a complete response that
-allows it, and is dropped if anything arrives while it is idle, so no stale or unsolicited bytes
-can ever be read as another request's answer.
+allows it, and is dropped if anything arrives while it is idle (looked for again in the socket
+when the pool hands it out, as the loop may not have delivered those bytes yet), so no stale or
+unsolicited bytes that arrived before a request was written can be read as its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 
 import httptools
 
@@ -55,6 +57,7 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         self.closed = False
         self.idle_since = 0.0
+        self._fd = -1
 
     # -- used by the pool ---------------------------------------------------------------------------
 
@@ -66,6 +69,17 @@ class Connection(asyncio.Protocol):
         self._exchange = Exchange(asyncio.get_running_loop().create_future())
         self._transport.write(request)
         return self._exchange
+
+    def unread_input(self) -> bool:
+        """Whether bytes (or the receiver's close) wait in the socket that the event loop has not
+        delivered yet. data_received drops a connection that gets bytes while idle, but only once the
+        loop runs it: a busy loop can hand out an idle connection whose stray answer is already here,
+        and that answer would be read as the next request's."""
+        if self._fd < 0 or self.closed:
+            return False
+        poller = select.poll()  # not select.select: it fails on descriptors above 1023
+        poller.register(self._fd, select.POLLIN | select.POLLRDHUP)
+        return bool(poller.poll(0))
 
     def finish(self) -> None:
         """The caller is done with the current exchange (answered, failed or timed out): a
@@ -87,6 +101,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         if self._exchange is None:  # bytes nobody asked for: never let them answer a later request

@@ -195,7 +195,7 @@ class Sender:
         while idle:
             conn = idle.pop()
             self._idle_count -= 1
-            if not conn.closed and now - conn.idle_since < _IDLE_SECONDS:
+            if not conn.closed and now - conn.idle_since < _IDLE_SECONDS and not conn.unread_input():
                 return conn
             conn.close()
         while self._idle_count + self._in_use > self._max_connections and self._evict_one():
