@@ -158,3 +158,132 @@ async def test_unsolicited_response_while_idle_is_never_read_as_the_next_answer(
         assert await p.wait_closed_by_client()
     assert await send(open_sender, p) == (200, "answer-2", None)
     assert p.connections == 2
+
+
+# 2. Interim answers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nRetry-After: 99\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+])
+async def test_interim_answers_are_skipped_for_the_final_one(peer, open_sender, interim) -> None:
+    p = await peer(answers(interim + b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"))
+    result = await open_sender.send(p.url(), b"{}", {}, 5)
+    # A Retry-After of an interim answer is not the final answer's.
+    assert (result.status_code, result.response_excerpt, result.retry_after_seconds) == (503, "busy", None)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 1  # a complete keep-alive answer: reused
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"])
+async def test_endless_interim_answers_end_at_the_deadline(peer, open_sender, interim) -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        await p.read_request(reader)
+        for _ in range(200_000):  # a few MB at most
+            writer.write(interim * 10)
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    p = await peer(endless)
+    started = time.monotonic()
+    assert await send(open_sender, p, timeout=0.5) == (None, None, "timeout after 0.5s")
+    assert time.monotonic() - started < 5
+    assert await p.wait_closed_by_client()
+
+
+async def test_one_huge_interim_header_block_is_cut_at_the_header_cap(peer, open_sender) -> None:
+    huge = b"HTTP/1.1 103 Early Hints\r\n" + b"Link: </%s>\r\n" % (b"a" * 1000) * 100 + b"\r\n"
+    p = await peer(answers(huge + ok(b"late")))
+    status, _, error = await send(open_sender, p)
+    assert status is None and error is not None and "larger than 64 KiB" in error
+
+
+# 3. Protocol switches -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("switch", [
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello",
+])
+async def test_switching_protocols_is_a_result_and_the_connection_is_not_reused(peer, open_sender, switch) -> None:
+    p = await peer(answers(switch))
+    assert await send(open_sender, p) == (101, "", None)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 2
+
+
+async def test_an_upgrade_offer_on_a_200_is_just_a_200(peer, open_sender) -> None:
+    # "Upgrade" on a final non-101 answer only advertises: the connection stays HTTP/1.1.
+    offer = b"HTTP/1.1 200 OK\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\noffer"
+    p = await peer(answers(offer))
+    assert await send(open_sender, p) == (200, "offer", None)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+
+
+# 4. Bodies read until the connection closes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.0 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",  # not chunked last: the close ends it
+])
+async def test_a_body_read_until_close_keeps_status_and_excerpt(peer, open_sender, head) -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        if await p.read_request(reader) is not None:
+            writer.write(head + b"until close %d" % len(p.requests))
+            await writer.drain()
+
+    p = await peer(until_close)
+    assert await send(open_sender, p) == (200, "until close 1", None)
+    assert await send(open_sender, p) == (200, "until close 2", None)
+    assert p.connections == 2
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n",
+])
+async def test_a_connection_close_answer_is_not_reused_even_if_the_server_keeps_it_open(peer, open_sender, head):
+    p = await peer(answers(head + b"done"))
+    assert await send(open_sender, p) == (200, "done", None)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 2
+
+
+# 5. Garbage ---------------------------------------------------------------------------------------------------
+
+GARBAGE = {
+    "not-http": (b"SMTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None),
+    "http-0.9": (b"ok\r\n", None),
+    "no-cr": (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", None),
+    "status-1000": (b"HTTP/1.1 1000 X\r\nContent-Length: 0\r\n\r\n", None),
+    "negative-length": (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", None),
+    "overflowing-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n", None),
+    "two-lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\nok", None),
+    "length-list": (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 7\r\n\r\nok", None),
+    "te-then-cl": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\nok\r\n0\r\n\r\n", None),
+    "cl-then-te": (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", None),
+    "space-before-colon": (b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", None),
+    "folded-header": (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok", None),
+    "nul-in-header": (b"HTTP/1.1 200 OK\r\nX: a\0b\r\nContent-Length: 2\r\n\r\nok", None),
+    "chunk-size-not-hex": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", 200),
+    "chunk-size-negative": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\nok\r\n0\r\n\r\n", 200),
+    "chunk-size-overflow": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 40 + b"\r\nok\r\n", 200),
+    "chunk-longer-than-size": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokEXTRA\r\n0\r\n\r\n", 200),
+    "body-after-204": (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", 204),
+}
+
+
+@pytest.mark.parametrize(("garbage", "status"), GARBAGE.values(), ids=GARBAGE.keys())
+async def test_garbage_is_an_error_result_and_the_connection_is_dropped(peer, open_sender, garbage, status) -> None:
+    p = await peer(answers(garbage))
+    result = await open_sender.send(p.url(), b"{}", {}, 5)  # never raises
+    assert result.status_code == status
+    if status is None:
+        assert result.error is not None and result.error.startswith("invalid HTTP response (")
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 2
