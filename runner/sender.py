@@ -270,6 +270,10 @@ class Sender:
 
 
 def _parse_target(url: str) -> _Target:
+    # yarl, like a browser, silently drops tabs and line breaks and encodes the rest, so such a URL
+    # would be sent somewhere else than what it says; the database refuses these URLs, and so do we.
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise ValueError("the URL holds a space or a control character; not sent")
     parsed = URL(url)  # ValueError for what is no URL
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise ValueError(f"not an http(s) URL: {parsed.scheme or 'no scheme'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import socket
 import ssl
 import subprocess
 import time
@@ -177,7 +178,9 @@ async def test_interim_answers_are_skipped_for_the_final_one(peer, open_sender, 
     assert p.connections == 1  # a complete keep-alive answer: reused
 
 
-@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"])
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+])
 async def test_endless_interim_answers_end_at_the_deadline(peer, open_sender, interim) -> None:
     async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
         await p.read_request(reader)
@@ -256,6 +259,7 @@ async def test_a_connection_close_answer_is_not_reused_even_if_the_server_keeps_
 
 # 5. Garbage ---------------------------------------------------------------------------------------------------
 
+CHUNKED = b"2\r\nok\r\n0\r\n\r\n"
 GARBAGE = {
     "not-http": (b"SMTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None),
     "http-0.9": (b"ok\r\n", None),
@@ -265,8 +269,8 @@ GARBAGE = {
     "overflowing-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n", None),
     "two-lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\nok", None),
     "length-list": (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 7\r\n\r\nok", None),
-    "te-then-cl": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\nok\r\n0\r\n\r\n", None),
-    "cl-then-te": (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", None),
+    "te-then-cl": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n" + CHUNKED, None),
+    "cl-then-te": (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED, None),
     "space-before-colon": (b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", None),
     "folded-header": (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok", None),
     "nul-in-header": (b"HTTP/1.1 200 OK\r\nX: a\0b\r\nContent-Length: 2\r\n\r\nok", None),
@@ -287,3 +291,129 @@ async def test_garbage_is_an_error_result_and_the_connection_is_dropped(peer, op
         assert result.error is not None and result.error.startswith("invalid HTTP response (")
     assert await send(open_sender, p) == (200, "answer-2", None)
     assert p.connections == 2
+
+
+# 6. The receiver closes an idle keep-alive connection ---------------------------------------------------------
+
+
+def answer_then_hang_up(after: int) -> Script:
+    """Answers `after` requests on a connection, then ends it (a server's keep-alive timeout)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(after):
+            if await p.read_request(reader) is None:
+                return
+            writer.write(ok(b"answer-%d" % len(p.requests)))
+            await writer.drain()
+
+    return script
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["seen-by-the-loop", "still-in-the-socket"])
+async def test_an_idle_connection_the_receiver_closed_is_replaced(peer, open_sender, noticed) -> None:
+    # The close arrives before the next send picks a connection: that send succeeds on a new one,
+    # whether the event loop has delivered the close yet or not.
+    p = await peer(answer_then_hang_up(after=1000))
+    assert await send(open_sender, p) == (200, "answer-1", None)
+    p.writers[0].get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # the FIN goes out now
+    if noticed:
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 2
+
+
+async def test_a_close_after_the_request_was_written_fails_cleanly(peer, open_sender) -> None:
+    # The receiver reads the request on the reused connection and hangs up without answering (its
+    # keep-alive timeout raced our request): that attempt fails, it is not resent (a POST may have
+    # been acted on), and the next send opens a new connection.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        if await p.read_request(reader) is not None:
+            writer.write(ok(b"answer-%d" % len(p.requests)))
+            await writer.drain()
+            await p.read_request(reader)  # and return without answering: the connection closes
+
+    p = await peer(script)
+    assert await send(open_sender, p) == (200, "answer-1", None)
+    assert await send(open_sender, p) == (None, None, "server disconnected without a response")
+    assert await send(open_sender, p) == (200, "answer-3", None)
+    assert (p.connections, len(p.requests)) == (2, 3)
+
+
+# 7. Header and URL injection by whoever configures the webhook -----------------------------------------------
+
+INJECTED_HEADERS = [
+    {"X-A": "v\r\nX-Injected: 1"},
+    {"X-A": "v\nX-Injected: 1"},
+    {"X-A": "v\rX-Injected: 1"},
+    {"X-A\r\nX-Injected": "1"},
+    {"X-A": "v\r\n\r\nPOST /smuggled HTTP/1.1\r\nX-Injected: 1"},
+    {"X-A": "v\0X-Injected: 1"},
+    {"X-A\0": "v"},
+    {"X-Fine": "ok", "X-A": "v\r\nX-Injected: 1", "X-Also-Fine": "ok"},
+]
+
+
+@pytest.mark.parametrize("headers", INJECTED_HEADERS)
+async def test_line_breaks_and_nul_in_headers_are_refused_before_connecting(peer, open_sender, headers) -> None:
+    p = await peer(answers())
+    result = await open_sender.send(p.url(), b"{}", headers, 5)
+    assert (result.status_code, result.error) == (None, "a header name or value holds a line break or NUL; not sent")
+    assert p.connections == 0
+
+
+@pytest.mark.parametrize("path", [
+    "/a\r\nX-Injected: 1", "/a?q=\r\nX-Injected: 1", "/a\nX-Injected: 1", "/a\rX-Injected: 1", "/a\0",
+    "/a HTTP/1.1\r\nX-Injected: 1\r\n\r\n", "/a\tb", "/a b",
+])
+async def test_raw_control_characters_in_the_url_are_refused(peer, open_sender, path) -> None:
+    p = await peer(answers())
+    for url in (p.url(path), p.url(userinfo=f"u{path}:p{path}@")):
+        result = await open_sender.send(url, b"{}", {}, 5)
+        assert (result.status_code, result.error) == (None, "the URL holds a space or a control character; not sent")
+    assert p.connections == 0
+
+
+@pytest.mark.parametrize("path", ["/a%0D%0AX-Injected:%201", "/a?q=%0d%0aX-Injected:%201&r=%00"])
+async def test_percent_encoded_line_breaks_stay_encoded(peer, open_sender, path) -> None:
+    p = await peer(answers())
+    for url in (p.url(path), p.url(path, userinfo="u%0D%0AX-Injected:%201:p%0d%0a@")):
+        assert await send_to(open_sender, url) == (200, None)
+    for request in p.requests:
+        assert b"x-injected" not in request.head.lower().replace(b"%0d%0ax-injected", b"")
+        assert request.request_line.startswith(b"POST /a") and request.request_line.endswith(b" HTTP/1.1")
+        assert b"\r" not in request.request_line and b"\0" not in request.head
+        assert [k for k, _ in request.headers] in ([b"host", b"content-length"],
+                                                   [b"host", b"authorization", b"content-length"])
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1%0D%0AX-Injected:%201", "127.0.0.1\r\nX-Injected: 1", "127.0.0.1%00"])
+async def test_a_line_break_in_the_host_is_refused(open_sender, host) -> None:
+    result = await open_sender.send(f"http://{host}:1/", b"{}", {}, 5)
+    assert result.status_code is None and result.error is not None
+
+
+async def send_to(sender: Sender, url: str) -> tuple[int | None, str | None]:
+    result = await sender.send(url, b"{}", {}, 5)
+    return result.status_code, result.error
+
+
+# 8. Credentials in the URL ------------------------------------------------------------------------------------
+
+
+async def test_url_userinfo_is_sent_as_basic_credentials_only(peer, open_sender) -> None:
+    p = await peer(answers())
+    assert await send_to(open_sender, p.url("/hook?x=1", userinfo="user:p%40ss@")) == (200, None)
+    [request] = p.requests
+    port = p.url().rsplit(":", 1)[1].rstrip("/")
+    assert request.request_line == b"POST /hook?x=1 HTTP/1.1"
+    assert dict(request.headers)[b"host"] == f"127.0.0.1:{port}".encode()
+    assert dict(request.headers)[b"authorization"] == b"Basic dXNlcjpwQHNz"  # base64 of user:p@ss
+    assert b"user" not in request.head and b"p@ss" not in request.head and b"p%40ss" not in request.head
+
+
+async def test_userinfo_that_is_not_latin1_is_an_error_not_an_exception(peer, open_sender) -> None:
+    p = await peer(answers())
+    status, error = await send_to(open_sender, p.url(userinfo="%E7%94%A8:pw@"))
+    assert status is None and error is not None and "latin-1" in error
+    assert p.connections == 0
