@@ -417,3 +417,57 @@ async def test_userinfo_that_is_not_latin1_is_an_error_not_an_exception(peer, op
     status, error = await send_to(open_sender, p.url(userinfo="%E7%94%A8:pw@"))
     assert status is None and error is not None and "latin-1" in error
     assert p.connections == 0
+
+
+# 9. TLS -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl CLI."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_peer(peer, certificate) -> Peer:
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(*certificate)
+    return await peer(answers(), tls=server_side)
+
+
+async def test_an_untrusted_certificate_is_a_tls_error(tls_peer) -> None:
+    async with Sender(allow_private_networks=True) as sender:
+        result = await sender.send(tls_peer.url(scheme="https"), b"{}", {}, 5)
+    assert result.status_code is None and result.error is not None
+    assert result.error.startswith("TLS error") and "CERTIFICATE_VERIFY_FAILED" in result.error
+    assert tls_peer.requests == []
+
+
+async def test_a_trusted_certificate_carries_the_post(tls_peer, certificate, monkeypatch) -> None:
+    monkeypatch.setattr(pgwebhooks.sender, "tls_context", lambda: ssl.create_default_context(cafile=certificate[0]))
+    async with Sender(allow_private_networks=True) as sender:
+        results = [await sender.send(tls_peer.url("/tls", scheme="https"), b'{"n":1}', {}, 5) for _ in range(3)]
+    assert [(r.status_code, r.response_excerpt, r.error) for r in results] == [
+        (200, f"answer-{n}", None) for n in (1, 2, 3)]
+    assert [(r.request_line, r.body) for r in tls_peer.requests] == [(b"POST /tls HTTP/1.1", b'{"n":1}')] * 3
+    assert tls_peer.connections == 1  # kept alive over TLS too
+
+
+async def test_a_tls_name_mismatch_is_a_tls_error(tls_peer, certificate, monkeypatch) -> None:
+    # Trusted certificate, but for 127.0.0.1, not for the name in the URL.
+    monkeypatch.setattr(pgwebhooks.sender, "tls_context", lambda: ssl.create_default_context(cafile=certificate[0]))
+    loop = asyncio.get_running_loop()
+    real_getaddrinfo = loop.getaddrinfo
+    monkeypatch.setattr(loop, "getaddrinfo", lambda host, *a, **k: real_getaddrinfo(
+        "127.0.0.1" if host == "other.test" else host, *a, **k))
+    async with Sender(allow_private_networks=True) as sender:
+        result = await sender.send(tls_peer.url().replace("http://127.0.0.1", "https://other.test"), b"{}", {}, 5)
+    assert result.status_code is None and result.error is not None and result.error.startswith("TLS error")
+    assert "mismatch" in result.error or "match" in result.error
