@@ -471,3 +471,96 @@ async def test_a_tls_name_mismatch_is_a_tls_error(tls_peer, certificate, monkeyp
         result = await sender.send(tls_peer.url().replace("http://127.0.0.1", "https://other.test"), b"{}", {}, 5)
     assert result.status_code is None and result.error is not None and result.error.startswith("TLS error")
     assert "mismatch" in result.error or "match" in result.error
+
+
+# 10. Pool bounds ----------------------------------------------------------------------------------------------
+
+
+async def test_max_connections_holds_across_destinations(peer) -> None:
+    async def slow_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(400):
+            if await p.read_request(reader) is None:
+                return
+            await asyncio.sleep(0.002)
+            writer.write(ok(p.url().encode()))
+            await writer.drain()
+
+    live: list[asyncio.StreamWriter] = []  # open connections of all three servers, counted at each accept
+    peers = [await peer(slow_answers, live) for _ in range(3)]
+    async with Sender(allow_private_networks=True, max_connections=5) as sender:
+        results = await asyncio.gather(*(sender.send(peers[n % 3].url(), b"{}", {}, 30) for n in range(300)))
+    assert [r.status_code for r in results] == [200] * 300
+    assert [r.response_excerpt for r in results] == [peers[n % 3].url() for n in range(300)]  # each its own answer
+    assert sum(len(p.requests) for p in peers) == 300
+    assert max(p.peak for p in peers) <= 5
+    assert sum(p.connections for p in peers) > 5  # destinations took turns: idle connections were closed for others
+
+
+# 11. Cancellation ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("before_cancel", [b"", b"HTTP/1.1 200 OK\r\n", OK_HEAD % 10 + b"stale"])
+async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_sender, before_cancel) -> None:
+    go, written = asyncio.Event(), asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(10):
+            if await p.read_request(reader) is None:
+                return
+            if len(p.requests) == 1:  # the answer to the cancelled send comes in two parts
+                writer.write(before_cancel)
+                await writer.drain()
+                written.set()
+                await asyncio.wait_for(go.wait(), 5)
+                writer.write((OK_HEAD % 10 + b"stale-----")[len(before_cancel):])
+            else:
+                writer.write(ok(b"answer-%d" % len(p.requests)))
+            await writer.drain()
+
+    p = await peer(script)
+    cancelled = asyncio.create_task(open_sender.send(p.url(), b"{}", {}, 5))
+    await asyncio.wait_for(written.wait(), 5)
+    for _ in range(5):  # let the client read what was written, if anything
+        await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    go.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert await send(open_sender, p) == (200, "answer-3", None)
+    assert p.connections == 2
+
+
+# 12. A body trickled past the deadline ------------------------------------------------------------------------
+
+
+async def test_a_trickled_body_keeps_its_status_and_its_connection_is_closed(peer, open_sender) -> None:
+    client_gone = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        if await p.read_request(reader) is None:
+            return
+        if len(p.requests) > 1:
+            writer.write(ok(b"answer-%d" % len(p.requests)))
+            await writer.drain()
+            await p.read_request(reader)
+            return
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(1000):  # 20 s at most; the deadline is 0.5 s
+            if reader.at_eof() or hung_up(writer):
+                client_gone.set()
+                return
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    p = await peer(script)
+    started = time.monotonic()
+    status, excerpt, error = await send(open_sender, p, timeout=0.5)
+    assert (status, error) == (502, None) and excerpt and set(excerpt) == {"x"}
+    assert time.monotonic() - started < 5
+    await asyncio.wait_for(client_gone.wait(), 5)  # the receiver sees the connection end
+    assert await send(open_sender, p) == (200, "answer-2", None)
+    assert p.connections == 2
