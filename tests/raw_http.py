@@ -4,6 +4,8 @@ framework, so tests see the request bytes exactly as sent and can count accepted
 from __future__ import annotations
 
 import asyncio
+import select
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,3 +90,105 @@ def reply(status: int, body: bytes = b"", headers: dict[str, str] | None = None,
 
 
 OK = reply(200, b"ok")
+
+
+# --- servers that write exactly what a test scripts, per connection (tests/test_sender_hostile.py) ---
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Peer"], Awaitable[None]]
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+def ok(body: bytes) -> bytes:
+    return OK_HEAD % len(body) + body
+
+
+class Peer:
+    """A loopback server that runs `script` once per accepted connection and counts connections:
+    accepted in all, and at most open at once (one whose client has hung up is not open)."""
+
+    def __init__(self, script: Script, live: list[asyncio.StreamWriter] | None = None) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[Received] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.live = [] if live is None else live  # shared between peers to count across ports
+        self.peak = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> Peer:
+        self.server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0, ssl=tls)
+        return self
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def url(self, path: str = "/", scheme: str = "http", userinfo: str = "") -> str:
+        assert self.server is not None
+        return f"{scheme}://{userinfo}127.0.0.1:{self.server.sockets[0].getsockname()[1]}{path}"
+
+    async def read_request(self, reader: asyncio.StreamReader) -> Received | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request = Received(head, b"")
+            length = next((int(v) for k, v in request.headers if k == b"content-length"), 0)
+            request.body = await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            return None
+        self.requests.append(request)
+        return request
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)  # type: ignore[arg-type]
+        self.connections += 1
+        self.writers.append(writer)
+        self.live.append(writer)
+        self.peak = max(self.peak, sum(not hung_up(w) for w in self.live))
+        try:
+            await self.script(reader, writer, self)
+        except ConnectionError:
+            pass
+        finally:
+            self.live.remove(writer)
+            self.tasks.discard(task)  # type: ignore[arg-type]
+            writer.close()
+
+    async def wait_closed_by_client(self) -> bool:
+        """True once every connection's handler has ended (bounded: 2 s)."""
+        for _ in range(200):
+            if not self.tasks:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+
+def hung_up(writer: asyncio.StreamWriter) -> bool:
+    """Whether the client's end has closed (its FIN or RST has arrived), without reading anything."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+def answers(*replies: bytes) -> Script:
+    """Answers the n-th request of the whole server with replies[n] (after those, `ok(b"answer-n")`),
+    keeping the connection open for more."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(100):
+            if await p.read_request(reader) is None:
+                return
+            n = len(p.requests)
+            reply = replies[n - 1] if n <= len(replies) else ok(b"answer-%d" % n)
+            writer.write(reply)
+            await writer.drain()
+
+    return script
