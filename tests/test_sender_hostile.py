@@ -40,8 +40,6 @@ async def send(sender: Sender, to: Peer | str, timeout: float = 5) -> tuple[int 
 
 
 # 1. Unsolicited bytes -----------------------------------------------------------------------------------------
-
-
 async def test_unsolicited_response_in_the_same_write_is_never_read_as_the_next_answer(peer, open_sender) -> None:
     p = await peer(answers(ok(b"answer-1") + ok(b"stale")))
     assert await send(open_sender, p) == (200, "answer-1", None)
@@ -65,8 +63,6 @@ async def test_unsolicited_response_while_idle_is_never_read_as_the_next_answer(
 
 
 # 2. Interim answers -------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("interim", [
     b"HTTP/1.1 100 Continue\r\n\r\n",
     b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nRetry-After: 99\r\n\r\n",
@@ -107,8 +103,6 @@ async def test_one_huge_interim_header_block_is_cut_at_the_header_cap(peer, open
 
 
 # 3. Protocol switches -----------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("switch", [
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
@@ -130,8 +124,6 @@ async def test_an_upgrade_offer_on_a_200_is_just_a_200(peer, open_sender) -> Non
 
 
 # 4. Bodies read until the connection closes --------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(("head", "hang_up"), [
     (b"HTTP/1.0 200 OK\r\n\r\n", True),
     (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", True),
@@ -190,8 +182,6 @@ async def test_garbage_is_an_error_result_and_the_connection_is_dropped(peer, op
 
 
 # 6. The receiver closes an idle keep-alive connection ---------------------------------------------------------
-
-
 @pytest.mark.parametrize("noticed", [True, False], ids=["seen-by-the-loop", "still-in-the-socket"])
 async def test_an_idle_connection_the_receiver_closed_is_replaced(peer, open_sender, noticed) -> None:
     # The close arrives before the next send picks a connection: that send succeeds on a new one,
@@ -276,8 +266,6 @@ async def test_a_line_break_in_the_host_is_refused(open_sender, host) -> None:
 
 
 # 8. Credentials in the URL ------------------------------------------------------------------------------------
-
-
 async def test_url_userinfo_is_sent_as_basic_credentials_only(peer, open_sender) -> None:
     p = await peer(answers())
     assert await send(open_sender, p.url("/hook?x=1", userinfo="user:p%40ss@")) == (200, "answer-1", None)
@@ -297,8 +285,6 @@ async def test_userinfo_that_is_not_latin1_is_an_error_not_an_exception(peer, op
 
 
 # 9. TLS -------------------------------------------------------------------------------------------------------
-
-
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made by the openssl CLI."""
@@ -321,9 +307,8 @@ async def tls_peer(peer, certificate) -> Peer:
 
 async def test_an_untrusted_certificate_is_a_tls_error(tls_peer) -> None:
     async with Sender(allow_private_networks=True) as sender:
-        result = await sender.send(tls_peer.url(scheme="https"), b"{}", {}, 5)
-    assert result.status_code is None and result.error is not None
-    assert result.error.startswith("TLS error") and "CERTIFICATE_VERIFY_FAILED" in result.error
+        status, _, error = await send(sender, tls_peer.url(scheme="https"))
+    assert status is None and error is not None and error.startswith("TLS error") and "VERIFY_FAILED" in error
     assert tls_peer.requests == []
 
 
@@ -338,21 +323,14 @@ async def test_a_trusted_certificate_carries_the_post(tls_peer, certificate, mon
 
 
 async def test_a_tls_name_mismatch_is_a_tls_error(tls_peer, certificate, monkeypatch) -> None:
-    # Trusted certificate, but for 127.0.0.1, not for the name in the URL.
+    # A trusted certificate, but for 127.0.0.1, not for the name in the URL.
     monkeypatch.setattr(pgwebhooks.sender, "tls_context", lambda: ssl.create_default_context(cafile=certificate[0]))
-    loop = asyncio.get_running_loop()
-    real_getaddrinfo = loop.getaddrinfo
-    monkeypatch.setattr(loop, "getaddrinfo", lambda host, *a, **k: real_getaddrinfo(
-        "127.0.0.1" if host == "other.test" else host, *a, **k))
     async with Sender(allow_private_networks=True) as sender:
-        result = await sender.send(tls_peer.url().replace("http://127.0.0.1", "https://other.test"), b"{}", {}, 5)
-    assert result.status_code is None and result.error is not None and result.error.startswith("TLS error")
-    assert "mismatch" in result.error or "match" in result.error
+        _, _, error = await send(sender, tls_peer.url(scheme="https").replace("127.0.0.1", "localhost"))
+    assert error is not None and error.startswith("TLS error") and "match" in error
 
 
 # 10. Pool bounds ----------------------------------------------------------------------------------------------
-
-
 async def test_max_connections_holds_across_destinations(peer) -> None:
     async def slow_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
         for _ in range(400):
@@ -374,8 +352,6 @@ async def test_max_connections_holds_across_destinations(peer) -> None:
 
 
 # 11. Cancellation ---------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("before_cancel", [b"", b"HTTP/1.1 200 OK\r\n", OK_HEAD % 10 + b"stale"])
 async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_sender, before_cancel) -> None:
     go, written = asyncio.Event(), asyncio.Event()
@@ -411,8 +387,6 @@ async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_
 
 
 # 12. A body trickled past the deadline ------------------------------------------------------------------------
-
-
 async def test_a_trickled_body_keeps_its_status_and_its_connection_is_closed(peer, open_sender) -> None:
     client_gone = asyncio.Event()
 
