@@ -57,7 +57,7 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         self.closed = False
         self.idle_since = 0.0
-        self._fd = -1
+        self._idle_poll: select.poll | None = None
 
     # -- used by the pool ---------------------------------------------------------------------------
 
@@ -75,11 +75,7 @@ class Connection(asyncio.Protocol):
         delivered yet. data_received drops a connection that gets bytes while idle, but only once the
         loop runs it: a busy loop can hand out an idle connection whose stray answer is already here,
         and that answer would be read as the next request's."""
-        if self._fd < 0 or self.closed:
-            return False
-        poller = select.poll()  # not select.select: it fails on descriptors above 1023
-        poller.register(self._fd, select.POLLIN | select.POLLRDHUP)
-        return bool(poller.poll(0))
+        return self._idle_poll is not None and not self.closed and bool(self._idle_poll.poll(0))
 
     def finish(self) -> None:
         """The caller is done with the current exchange (answered, failed or timed out): a
@@ -102,7 +98,9 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        if sock is not None:  # poll, not select: select fails on descriptors above 1023
+            self._idle_poll = select.poll()
+            self._idle_poll.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     def data_received(self, data: bytes) -> None:
         if self._exchange is None:  # bytes nobody asked for: never let them answer a later request

@@ -386,6 +386,28 @@ async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_
     assert p.connections == 2
 
 
+async def test_cancelled_and_timed_out_waits_give_their_slot_back(peer) -> None:
+    async def first_never_answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(10):
+            if await p.read_request(reader) is None:
+                return
+            if len(p.requests) == 1:
+                await asyncio.sleep(30)  # cancelled with the server
+            writer.write(ok(b"answer-%d" % len(p.requests)))
+            await writer.drain()
+
+    p = await peer(first_never_answered)
+    async with Sender(allow_private_networks=True, max_connections=1) as sender:
+        holder = asyncio.create_task(send(sender, p))
+        waiters = [asyncio.create_task(send(sender, p)) for _ in range(3)]
+        assert await send(sender, p, timeout=0.3) == (None, None, "timeout after 0.3s")  # no slot came
+        for task in (holder, *waiters):
+            task.cancel()
+        await asyncio.gather(holder, *waiters, return_exceptions=True)
+        assert [await send(sender, p) for _ in range(2)] == [(200, "answer-2", None), (200, "answer-3", None)]
+    assert p.connections == 2
+
+
 # 12. A body trickled past the deadline ------------------------------------------------------------------------
 async def test_a_trickled_body_keeps_its_status_and_its_connection_is_closed(peer, open_sender) -> None:
     client_gone = asyncio.Event()
