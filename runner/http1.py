@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
         self._exchange: Exchange | None = None
         self._header_bytes = 0  # raw bytes read before the headers ended
         self._field_bytes = 0  # names and values parsed
+        self._tail_bytes = 0  # raw bytes read after the headers: body, chunk framing, trailers
         self._headers_done = False
         self.reusable = False
         self.closed = False
@@ -64,7 +65,7 @@ class Connection(asyncio.Protocol):
     def send(self, request: bytes) -> Exchange:
         assert self._transport is not None and self._exchange is None
         self.reusable = False
-        self._header_bytes = self._field_bytes = 0
+        self._header_bytes = self._field_bytes = self._tail_bytes = 0
         self._headers_done = False
         self._exchange = Exchange(asyncio.get_running_loop().create_future())
         self._transport.write(request)
@@ -121,6 +122,12 @@ class Connection(asyncio.Protocol):
             self._header_bytes += len(data)  # a header block that never ends is cut here
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._fail(ProtocolError(f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB"))
+        elif self._exchange is not None:
+            # max_body caps only body bytes: a trailer that never ends (httptools holds it in memory,
+            # joined anew on every read) or chunk framing without data are cut here like a long body.
+            self._tail_bytes += len(data)
+            if self._tail_bytes > self._max_body + MAX_HEADER_BYTES:
+                self._end(reusable=False)
 
     def eof_received(self) -> bool:
         return False  # close the transport: we never write after the receiver stopped

@@ -181,6 +181,30 @@ async def test_garbage_is_an_error_result_and_the_connection_is_dropped(peer, op
     assert p.connections == 2
 
 
+@pytest.mark.parametrize(("start", "filler"), [
+    (b"0\r\nX-Trailer: ", b"a"),  # one trailer that never ends: the parser keeps what it has of it in memory
+    (b"0\r\n", b"X-More: b\r\n"),  # trailers that never end
+    (b"", b"1\r\na\r\n"),  # one byte per chunk, forever
+])
+async def test_endless_chunk_framing_or_trailers_are_cut_like_a_body(peer, start, filler) -> None:
+    sent = [0]
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + start)
+        for _ in range(4096):  # 256 MiB at most
+            writer.write(filler * (65536 // len(filler)))
+            await writer.drain()
+            sent[0] += 65536
+
+    p = await peer(endless)
+    async with Sender(allow_private_networks=True, max_body_bytes=64 * 1024) as sender:
+        result = await sender.send(p.url(), b"{}", {}, 10)
+    assert (result.status_code, result.error) == (200, None) and result.latency_ms < 5000
+    assert await p.wait_closed_by_client()
+    assert sent[0] < 64 * 1024 * 1024  # kernel buffers take some; the client stopped reading long before
+
+
 # 6. The receiver closes an idle keep-alive connection ---------------------------------------------------------
 @pytest.mark.parametrize("noticed", [True, False], ids=["seen-by-the-loop", "still-in-the-socket"])
 async def test_an_idle_connection_the_receiver_closed_is_replaced(peer, open_sender, noticed) -> None:
