@@ -185,6 +185,7 @@ async def test_garbage_is_an_error_result_and_the_connection_is_dropped(peer, op
     (b"0\r\nX-Trailer: ", b"a"),  # one trailer that never ends: the parser keeps what it has of it in memory
     (b"0\r\n", b"X-More: b\r\n"),  # trailers that never end
     (b"", b"1\r\na\r\n"),  # one byte per chunk, forever
+    (b"1;", b"a"),  # a chunk extension that never ends
 ])
 async def test_endless_chunk_framing_or_trailers_are_cut_like_a_body(peer, start, filler) -> None:
     sent = [0]
@@ -352,6 +353,31 @@ async def test_a_tls_name_mismatch_is_a_tls_error(tls_peer, certificate, monkeyp
     async with Sender(allow_private_networks=True) as sender:
         _, _, error = await send(sender, tls_peer.url(scheme="https").replace("127.0.0.1", "localhost"))
     assert error is not None and error.startswith("TLS error") and "match" in error
+
+
+async def test_a_tls_handshake_that_never_ends_times_out_and_lets_go(peer) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        await asyncio.wait_for(reader.read(), 10)  # the ClientHello, then nothing until the client leaves
+
+    p = await peer(silent)
+    async with Sender(allow_private_networks=True) as sender:
+        assert await send(sender, p.url(scheme="https"), timeout=0.3) == (None, None, "timeout after 0.3s")
+    assert await p.wait_closed_by_client()
+
+
+async def test_a_tls_body_cut_without_close_notify_keeps_its_status(peer, certificate, monkeypatch) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        if await p.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\npartial")
+            await writer.drain()
+            writer.transport.abort()  # no close_notify: the TLS layer reports a truncated stream
+
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(*certificate)
+    p = await peer(cut, tls=server_side)
+    monkeypatch.setattr(pgwebhooks.sender, "tls_context", lambda: ssl.create_default_context(cafile=certificate[0]))
+    async with Sender(allow_private_networks=True) as sender:
+        assert await send(sender, p.url(scheme="https")) == (500, "partial", None)
 
 
 # 10. Pool bounds ----------------------------------------------------------------------------------------------
