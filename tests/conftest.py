@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
-from raw_http import OK, RawServer, Respond
+from raw_http import OK, Peer, RawServer, Respond, Script
 
 from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres, find_bindir
@@ -167,6 +168,20 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Callable[..., Awaitable[Peer]]]:
+    """Starts loopback servers that run a script per connection (tests/raw_http.py); closes them after."""
+    peers: list[Peer] = []
+
+    async def start(script: Script, live: list | None = None, tls: ssl.SSLContext | None = None) -> Peer:
+        peers.append(await Peer(script, live).start(tls))
+        return peers[-1]
+
+    yield start
+    for p in peers:
+        await p.close()
 
 
 @pytest.fixture

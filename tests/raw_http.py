@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgwebhooks.sender import Sender
+
 
 @dataclass
 class Received:
@@ -192,3 +194,9 @@ def answers(*replies: bytes) -> Script:
             await writer.drain()
 
     return script
+
+
+async def send(sender: Sender, to: Peer | str, timeout: float = 5) -> tuple[int | None, str | None, str | None]:
+    """POSTs {} to a Peer or a URL: (status, excerpt, error)."""
+    result = await sender.send(to if isinstance(to, str) else to.url(), b"{}", {}, timeout)
+    return result.status_code, result.response_excerpt, result.error
