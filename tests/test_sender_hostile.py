@@ -308,6 +308,23 @@ async def test_max_connections_holds_across_destinations(peer) -> None:
     assert sum(p.connections for p in peers) > 5  # destinations took turns: idle connections were closed for others
 
 
+async def test_a_send_that_ends_after_the_sender_closed_closes_its_connection(peer) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        for _ in range(10):
+            if await p.read_request(reader) is None:
+                return
+            await asyncio.sleep(0.1)
+            writer.write(ok(b"late"))
+            await writer.drain()
+
+    p = await peer(slow)
+    async with Sender(allow_private_networks=True) as sender:
+        in_flight = asyncio.create_task(send(sender, p))
+        await asyncio.sleep(0.02)
+    assert await in_flight == (200, "late", None)
+    assert await p.wait_closed_by_client()  # no pool left to keep it: closed, not left to the GC
+
+
 # 11. Cancellation ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("before_cancel", [b"", b"HTTP/1.1 200 OK\r\n", OK_HEAD % 10 + b"stale"])
 async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_sender, before_cancel) -> None:
