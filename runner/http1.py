@@ -91,7 +91,9 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         if self._transport is not None and not self.closed:
             self.closed = True
-            self._transport.close()
+            # abort, not close: close() first sends what is still queued, and a receiver that never
+            # reads would keep the socket, and the queued request, open without any deadline.
+            self._transport.abort()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 

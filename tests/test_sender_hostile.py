@@ -325,6 +325,29 @@ async def test_a_send_that_ends_after_the_sender_closed_closes_its_connection(pe
     assert await p.wait_closed_by_client()  # no pool left to keep it: closed, not left to the GC
 
 
+async def test_a_receiver_that_never_reads_does_not_keep_the_connection(peer) -> None:
+    # A body bigger than the socket buffers stays queued in the client; when the send gives up, the
+    # rest must be dropped with the connection, not kept to be sent whenever (if ever) the receiver
+    # reads again. It reads only after the send gave up: it gets what the kernels held, then the end.
+    gave_up, received = asyncio.Event(), [0]
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p: Peer) -> None:
+        await asyncio.wait_for(gave_up.wait(), 10)
+        for _ in range(10_000):
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            if not chunk:
+                return
+            received[0] += len(chunk)
+
+    p = await peer(deaf)
+    async with Sender(allow_private_networks=True) as sender:
+        result = await sender.send(p.url(), b"x" * (32 << 20), {}, 0.3)
+        gave_up.set()
+        assert (result.status_code, result.error) == (None, "timeout after 0.3s")
+        assert await p.wait_closed_by_client()
+    assert received[0] < 16 << 20  # socket buffers hold a few MiB; the other 30-odd were dropped
+
+
 # 11. Cancellation ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("before_cancel", [b"", b"HTTP/1.1 200 OK\r\n", OK_HEAD % 10 + b"stale"])
 async def test_a_cancelled_send_leaves_no_connection_with_its_answer(peer, open_sender, before_cancel) -> None:
