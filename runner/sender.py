@@ -215,9 +215,7 @@ class Sender:
 
     def _put_back(self, target: _Target, conn: Connection) -> None:
         conn.finish()
-        if conn.reusable and self._slots is None:  # the sender closed while this send ran
-            conn.close()
-        elif conn.reusable:
+        if conn.reusable and self._slots is not None:
             conn.idle_since = time.monotonic()
             self._idle.setdefault(target.key, []).append(conn)
             self._idle_count += 1
