@@ -238,6 +238,18 @@ async def test_line_breaks_and_nul_in_headers_are_refused_before_connecting(peer
     assert p.connections == 0
 
 
+@pytest.mark.parametrize("headers", [
+    {"Content-Length": "0"}, {"transfer-encoding": "chunked"}, {"Host": "elsewhere.test"}, {"CONNECTION": "close"},
+])
+async def test_headers_that_frame_the_request_are_refused_before_connecting(peer, open_sender, headers) -> None:
+    # A second Content-Length or a Transfer-Encoding would make a proxy in front of the receiver
+    # read another request than the one sent; the database refuses these names, the sender too.
+    p = await peer(answers())
+    result = await open_sender.send(p.url(), b"{}", {"X-Ok": "1", **headers}, 5)
+    assert result.status_code is None and result.error and result.error.endswith("; not sent")
+    assert p.connections == 0
+
+
 @pytest.mark.parametrize("path", [
     "/a\r\nX-Injected: 1", "/a?q=\r\nX-Injected: 1", "/a\nX-Injected: 1", "/a\rX-Injected: 1", "/a\0",
     "/a HTTP/1.1\r\nX-Injected: 1\r\n\r\n", "/a\tb", "/a b",

@@ -176,3 +176,14 @@ async def test_redirect_to_a_private_address_is_neither_followed_nor_connected(s
         result = await sender.send(redirector.url(), b"{}", {}, 5)
     assert (result.status_code, result.response_excerpt, result.error) == (302, "go", None)
     assert [ip for ip in connects if ip != "127.0.0.1"] == []
+
+
+async def test_a_name_whose_every_address_refuses_says_connection_refused(connects, fake_dns) -> None:
+    # Two addresses refusing: aiohappyeyeballs raises one folded OSError, which must still read as
+    # a refusal (the receiver is down), not as its raw message.
+    port = free_port()
+    fake_dns({"down.test": ["127.0.0.1", "127.0.0.2"]})
+    async with Sender(allow_private_networks=True) as sender:
+        result = await sender.send(f"http://down.test:{port}/", b"{}", {}, 5)
+    assert (result.status_code, result.error) == (None, "connection refused")
+    assert connects == ["127.0.0.1", "127.0.0.2"]
