@@ -73,11 +73,16 @@ class RawServer:
 
     async def close(self) -> None:
         assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        await shut_down(self._server, self._tasks)
+
+
+async def shut_down(server: asyncio.Server, tasks: set[asyncio.Task[Any]]) -> None:
+    """Stop accepting, end every connection's task, and wait until the server is closed."""
+    server.close()
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await server.wait_closed()
 
 
 def reply(status: int, body: bytes = b"", headers: dict[str, str] | None = None, delay: float = 0) -> Respond:
@@ -124,10 +129,7 @@ class Peer:
 
     async def close(self) -> None:
         assert self.server is not None
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await shut_down(self.server, self.tasks)
 
     def url(self, path: str = "/", scheme: str = "http", userinfo: str = "") -> str:
         assert self.server is not None
