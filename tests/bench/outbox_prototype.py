@@ -40,7 +40,7 @@ from typing import Any
 
 import psycopg
 from common import cpu_seconds, create_orders
-from retention import _fill_finished, _maintain_all
+from retention import fill_finished, maintain_all
 
 HERE = Path(__file__).resolve().parent
 TREE = HERE.parents[1]
@@ -188,10 +188,10 @@ def bench_retention(conn: psycopg.Connection[Any], count: int) -> dict[str, floa
     against dropping the prototype's log and outcome partitions holding the same rows."""
     hook, _route = fresh_pair(conn, "r")
     conn.execute("DROP TABLE IF EXISTS orders")
-    create_orders(conn, "orders")  # the table _fill_finished names
-    _fill_finished(conn, hook, count)
+    create_orders(conn, "orders")  # the table fill_finished names
+    fill_finished(conn, hook, count)
     conn.execute("VACUUM ANALYZE")
-    maintained, _calls, _removed = _maintain_all(conn)
+    maintained, _calls, _removed = maintain_all(conn)
     started = time.perf_counter()
     for table in ("captures", "events", "deliveries", "delivery_attempts"):
         conn.execute(f"VACUUM webhooks.{table}")

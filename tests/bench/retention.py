@@ -23,7 +23,7 @@ SECTION = "12 retention"
 TABLES = ("captures", "events", "deliveries", "delivery_attempts")
 
 
-def _fill_finished(conn: psycopg.Connection[Any], webhook: str, count: int) -> None:
+def fill_finished(conn: psycopg.Connection[Any], webhook: str, count: int) -> None:
     """`count` one-row captures, each delivered once 30 days ago, with its attempt."""
     first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM webhooks.captures").fetchone()
     assert first is not None
@@ -87,7 +87,7 @@ def _claims(dsn: str, stop: threading.Event, times: list[float], pace: float) ->
             stop.wait(pace)
 
 
-def _maintain_all(conn: psycopg.Connection[Any], pause: float = 0.0) -> tuple[float, int, dict[str, int]]:
+def maintain_all(conn: psycopg.Connection[Any], pause: float = 0.0) -> tuple[float, int, dict[str, int]]:
     """maintain() until nothing more remains (at most 10,000 calls, `pause` seconds apart): seconds,
     calls, rows removed."""
     removed = {"deliveries": 0, "attempts": 0, "captures": 0}
@@ -120,7 +120,7 @@ def _claim_beside(dsn: str, conn: psycopg.Connection[Any]) -> tuple[list[float],
     beside = threading.Thread(target=_claims, args=(dsn, stop, during, 0.02))
     beside.start()
     try:
-        seconds, _, _ = _maintain_all(conn, PAUSE_BETWEEN_CALLS)
+        seconds, _, _ = maintain_all(conn, PAUSE_BETWEEN_CALLS)
     finally:
         stop.set()
         beside.join(timeout=30)
@@ -137,19 +137,19 @@ def bench_retention(env: Any, finished: int) -> list[Result]:
                                "'[{\"table\": \"orders\"}]')").fetchone()
             assert row is not None
             webhook = str(row[0])
-            _fill_finished(conn, webhook, finished)
+            fill_finished(conn, webhook, finished)
             _fill_pending(conn, webhook, pending)
             _vacuum(conn)
             size_full = _size(conn)
             # Alone first: the time and the space, with nothing else changing the tables.
-            seconds, calls, removed = _maintain_all(conn)
+            seconds, calls, removed = maintain_all(conn)
             size_deleted = _size(conn)
             vacuum_seconds = _vacuum(conn)
             # Index pages one VACUUM empties are recycled by the next one (btree page deletion
             # waits for every snapshot that might still visit them): autovacuum's next pass.
             vacuum_seconds += _vacuum(conn)
             size_vacuumed = _size(conn)
-            _fill_finished(conn, webhook, finished)
+            fill_finished(conn, webhook, finished)
             size_refilled = _size(conn)
             # Then the refilled rows again, with claim() leasing the pending backlog beside it.
             baseline, during, seconds_beside = _claim_beside(dsn, conn)
