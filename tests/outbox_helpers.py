@@ -60,7 +60,8 @@ def stored_row_images(conn: psycopg.Connection) -> int:
     """How many row images the outbox holds (the one look at its internal layout)."""
     return scalar(
         conn,
-        "SELECT (SELECT count(*) FROM webhooks.events)"
+        # An events row holds one image, or up to 16 in `records` (migration 0019).
+        "SELECT (SELECT coalesce(sum(coalesce(cardinality(records), 1)), 0) FROM webhooks.events)"
         " + (SELECT count(*) FROM webhooks.captures WHERE record IS NOT NULL OR old_record IS NOT NULL)",
     )
 

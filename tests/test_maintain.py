@@ -141,7 +141,7 @@ def test_nothing_needed_goes_under_concurrent_claim_and_replay(conn: psycopg.Con
            LEFT JOIN webhooks.captures c ON c.id = d.capture_id
            WHERE d.status IN ('pending', 'leased')
              AND (c.id IS NULL OR (c.row_count > 1 AND NOT EXISTS (
-                      SELECT 1 FROM webhooks.events e WHERE e.capture_id = d.capture_id AND e.n = d.n)))"""
+                      SELECT 1 FROM webhooks._event_images(d.capture_id, d.n) e WHERE e.record IS NOT NULL)))"""
     ).fetchall()
     assert orphans == []
     # And no claim failed a delivery because its event had gone.
@@ -193,7 +193,7 @@ def _unsendable(conn: psycopg.Connection) -> list[Any]:
     return conn.execute(
         """SELECT d.id FROM webhooks.deliveries d
            WHERE d.status IN ('pending', 'leased')
-             AND NOT EXISTS (SELECT 1 FROM webhooks.events e WHERE e.capture_id = d.capture_id AND e.n = d.n)"""
+             AND NOT EXISTS (SELECT 1 FROM webhooks._event_images(d.capture_id, d.n) e WHERE e.record IS NOT NULL)"""
     ).fetchall()
 
 

@@ -16,7 +16,7 @@ MAX_BODY = 80
 # claim() and complete() each keep one data-modifying statement (one snapshot).
 # _capture_statement is every watched one-row write's path: a helper call there costs about 5%
 # of a one-row insert, so it stays whole.
-LONGER = {"claim": 120, "complete": 120, "_capture_statement": 125}
+LONGER = {"claim": 120, "complete": 120, "_capture_statement": 130}
 MAX_FILE = 400
 
 _CREATE = re.compile(r"^CREATE OR REPLACE FUNCTION webhooks\.(\w+)")

@@ -175,30 +175,45 @@ BEGIN
                                           new_images, old_images);
         RETURN NULL;
     END IF;
-    -- No row, or several: one events row per changed row, then the capture that counts them.
+    -- No row, or several. (Counted here: webhooks_capture may not read the events it writes,
+    -- so an INSERT ... RETURNING cannot count them.)
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        captured := (SELECT pg_catalog.count(*) FROM old_rows);
+    ELSE
+        captured := (SELECT pg_catalog.count(*) FROM new_rows);
+    END IF;
+    IF captured OPERATOR(pg_catalog.=) 0 THEN
+        RETURN NULL;  -- an empty statement: nothing to send, no wake-up
+    END IF;
+    -- The row images in chunks of 16 rows per events row (migration 0019;
+    -- `n` is the chunk's first row), then the capture that counts them. The aggregate's ORDER BY
+    -- is what ties each image to its row number: the planner may regroup the rows in any order.
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO webhooks.events (capture_id, n, record)
-        SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(new_row.*)
-        FROM new_rows new_row;
+        INSERT INTO webhooks.events (capture_id, n, records)
+        SELECT this_capture, pg_catalog.min(r.n), pg_catalog.array_agg(r.image ORDER BY r.n)
+        FROM (SELECT pg_catalog.row_number() OVER () AS n, pg_catalog.row_to_json(new_row.*)::pg_catalog.text AS image
+              FROM new_rows new_row) r
+        GROUP BY (r.n OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 16;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO webhooks.events (capture_id, n, record)
-        SELECT this_capture, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(old_row.*)
-        FROM old_rows old_row;
+        INSERT INTO webhooks.events (capture_id, n, records)
+        SELECT this_capture, pg_catalog.min(r.n), pg_catalog.array_agg(r.image ORDER BY r.n)
+        FROM (SELECT pg_catalog.row_number() OVER () AS n, pg_catalog.row_to_json(old_row.*)::pg_catalog.text AS image
+              FROM old_rows old_row) r
+        GROUP BY (r.n OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 16;
     ELSE
         -- Pair old and new rows by their key. A row whose key itself changed finds no
         -- partner: it is still sent, with old_record null, rather than lost.
         key_join := coalesce(webhooks._primary_key_join(TG_RELID), 'false');
         EXECUTE pg_catalog.format(
-            'INSERT INTO webhooks.events (capture_id, n, record, old_record)'
-            ' SELECT $1, pg_catalog.row_number() OVER (), pg_catalog.row_to_json(n.new_row),'
-            ' pg_catalog.row_to_json(o.old_row)'
+            'INSERT INTO webhooks.events (capture_id, n, records, old_records)'
+            ' SELECT $1, pg_catalog.min(r.n), pg_catalog.array_agg(r.image ORDER BY r.n),'
+            ' pg_catalog.array_agg(r.old_image ORDER BY r.n)'
+            ' FROM (SELECT pg_catalog.row_number() OVER () AS n, pg_catalog.row_to_json(n.new_row)::pg_catalog.text AS image,'
+            ' pg_catalog.row_to_json(o.old_row)::pg_catalog.text AS old_image'
             ' FROM (SELECT new_row FROM new_rows new_row) n'
-            ' LEFT JOIN (SELECT old_row FROM old_rows old_row) o ON %s', key_join)
+            ' LEFT JOIN (SELECT old_row FROM old_rows old_row) o ON %s) r'
+            ' GROUP BY (r.n OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 16', key_join)
         USING this_capture;
-    END IF;
-    GET DIAGNOSTICS captured = ROW_COUNT;
-    IF captured OPERATOR(pg_catalog.=) 0 THEN
-        RETURN NULL;  -- an empty statement: nothing to send, no wake-up
     END IF;
     INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count)
     VALUES (this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], captured);
@@ -341,4 +356,4 @@ COMMENT ON TABLE webhooks.captures IS
     'Outbox, step 1: one row per captured statement (single-row changes inline), written in the writer''s transaction.';
 
 COMMENT ON TABLE webhooks.events IS
-    'Outbox: the row images of multi-row statements, one per changed row, stored once however many webhooks receive them.';
+    'Outbox: the row images of multi-row statements, up to 16 rows per row (records), stored once however many webhooks receive them.';

@@ -125,6 +125,24 @@ AS $$
     END
 $$;
 
+-- Row `of_n` of multi-row capture `of_capture` (migration 0019): its image and, for an UPDATE,
+-- the old one. Chunks hold rows `n` to `n + 15` in `records` and `old_records`; a row stored
+-- alone (written before 0.5.0, by a capture filter, or read-only) is the row whose `n` is `of_n`.
+-- claim() reads it through _request (inlined there: no SET clause).
+CREATE OR REPLACE FUNCTION webhooks._event_images(of_capture bigint, of_n integer)
+RETURNS TABLE (record json, old_record json)
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN e.records IS NOT NULL THEN e.records[of_n - e.n + 1]::json
+                WHEN e.n = of_n THEN e.record END,
+           CASE WHEN e.records IS NOT NULL THEN e.old_records[of_n - e.n + 1]::json
+                WHEN e.n = of_n THEN e.old_record END
+    FROM webhooks.events e
+    WHERE e.capture_id = of_capture AND e.n <= of_n
+    ORDER BY e.n DESC
+    LIMIT 1
+$$;
+
 -- Render and sign one delivery as claim() would at its next attempt, for _quarantine: the
 -- same expressions as claim()'s last step, one delivery at a time.
 CREATE OR REPLACE FUNCTION webhooks._render(delivery_id bigint)
@@ -135,7 +153,7 @@ AS $$
     FROM webhooks.deliveries l
     JOIN webhooks.webhooks w ON w.id = l.webhook_id
     JOIN webhooks.captures c ON c.id = l.capture_id
-    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = l.capture_id AND e.n = l.n
+    LEFT JOIN LATERAL webhooks._event_images(CASE WHEN c.row_count > 1 THEN l.capture_id END, l.n) e ON true
     LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
                                         AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
     CROSS JOIN LATERAL (
@@ -181,7 +199,8 @@ AS $$
            w.timeout_seconds
     FROM webhooks.webhooks w
     JOIN webhooks.captures c ON c.id = of_capture
-    LEFT JOIN webhooks.events e ON c.row_count > 1 AND e.capture_id = of_capture AND e.n = of_n
+    -- A one-row capture's image is inline: no capture id, so no events row is looked up.
+    LEFT JOIN LATERAL webhooks._event_images(CASE WHEN c.row_count > 1 THEN of_capture END, of_n) e ON true
     -- The event type a table subscription sends its changes as, and the columns it never sends
     -- (exclude_columns).
     LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid

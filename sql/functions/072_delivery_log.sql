@@ -190,7 +190,7 @@ DECLARE
     d webhooks.deliveries;
     w webhooks.webhooks;
     c webhooks.captures;
-    e webhooks.events;
+    e record;
     sub webhooks.subscriptions;
     uid uuid;
     n_attempt integer;
@@ -222,7 +222,9 @@ BEGIN
                                                          n_attempt, delivery_id, d.attempts));
     END IF;
     IF c.row_count > 1 THEN
-        SELECT * INTO e FROM webhooks.events x WHERE x.capture_id = c.id AND x.n = d.n;
+        SELECT * INTO e FROM webhooks._event_images(c.id, d.n);
+    ELSE
+        SELECT NULL::json AS record, NULL::json AS old_record INTO e;
     END IF;
     SELECT * INTO sub FROM webhooks.subscriptions s
     WHERE s.webhook_id = w.id AND s.relid = c.relid AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE');

@@ -3,7 +3,7 @@
 -- on several tables, unsubscribed operations and disabled webhooks, bulk statements, schema
 -- changes, tables without a primary key, key changes, and rolled-back writes.
 BEGIN;
-SELECT plan(49);
+SELECT plan(56);
 
 CREATE TABLE public.users (id int PRIMARY KEY, email text, score int);
 CREATE TABLE public.orders (id int PRIMARY KEY, total numeric);
@@ -16,9 +16,10 @@ CREATE TABLE "Shop"."Line Items" ("Id" int PRIMARY KEY, qty int);
 CREATE FUNCTION pg_temp.claimed() RETURNS TABLE (webhook_id uuid, p jsonb, body text) LANGUAGE sql AS $$
     SELECT c.webhook_id, c.body::jsonb, c.body FROM webhooks.claim(10000) c ORDER BY c.delivery_id
 $$;
--- How many row images the outbox holds (single-row changes inline in captures, others in events).
+-- How many row images the outbox holds (single-row changes inline in captures, others in events,
+-- up to 16 to an events row).
 CREATE FUNCTION pg_temp.stored_images() RETURNS bigint LANGUAGE sql AS $$
-    SELECT (SELECT count(*) FROM webhooks.events)
+    SELECT (SELECT coalesce(sum(coalesce(cardinality(e.records), 1)), 0) FROM webhooks.events e)::bigint
          + (SELECT count(*) FROM webhooks.captures c
             WHERE NOT EXISTS (SELECT 1 FROM webhooks.events e WHERE e.capture_id = c.id))
 $$;
@@ -124,6 +125,37 @@ SELECT is((SELECT count(*)::int FROM c7), 10, 'a 10-row UPDATE: 10 deliveries to
 SELECT is((SELECT count(*)::int FROM c7 WHERE p -> 'record' ->> 'v' = (p -> 'old_record' ->> 'v') || '!'
            AND p -> 'record' -> 'id' = p -> 'old_record' -> 'id'), 10,
           'each paired with its own old row');
+
+-- Chunks of 16 rows per events row (migration 0019) --------------------------------------------
+UPDATE public.bulk SET v = 'w' || id WHERE id <= 40;
+CREATE TEMP TABLE ch8 AS SELECT * FROM pg_temp.claimed() WHERE webhook_id = (SELECT id FROM webhooks.webhooks WHERE name = 'bulk1');
+SELECT is((SELECT count(*)::int FROM ch8 WHERE p -> 'record' ->> 'v' = 'w' || (p -> 'record' ->> 'id')
+           AND p -> 'old_record' -> 'id' = p -> 'record' -> 'id' AND p -> 'old_record' ->> 'v' <> p -> 'record' ->> 'v'), 40,
+          'a 40-row UPDATE, in three chunks: each row with its own old row');
+SELECT is((SELECT count(DISTINCT p -> 'record' ->> 'id')::int FROM ch8), 40, 'no row twice');
+SELECT is((SELECT array_agg(cardinality(e.records) ORDER BY e.n) FROM webhooks.events e
+           WHERE e.capture_id = (SELECT max(id) FROM webhooks.captures WHERE table_name = 'bulk')), ARRAY[16, 16, 8],
+          'stored as three events rows of 16, 16 and 8');
+UPDATE public.bulk SET id = CASE WHEN id = 50 THEN 10050 ELSE id END, v = v || '?' WHERE id BETWEEN 41 AND 60;
+CREATE TEMP TABLE ch9 AS SELECT * FROM pg_temp.claimed() WHERE webhook_id = (SELECT id FROM webhooks.webhooks WHERE name = 'bulk1');
+SELECT is((SELECT array_agg((p -> 'record' ->> 'id')::int) FROM ch9 WHERE p -> 'old_record' = 'null'::jsonb), ARRAY[10050],
+          'in a chunk, the row whose key changed has no old row');
+SELECT is((SELECT count(*)::int FROM ch9 WHERE p -> 'old_record' ->> 'v' || '?' = p -> 'record' ->> 'v'
+           AND p -> 'old_record' -> 'id' = p -> 'record' -> 'id'), 19, 'the 19 others keep theirs');
+DELETE FROM public.bulk WHERE id BETWEEN 61 AND 80;
+SELECT is((SELECT array_agg((p -> 'record' ->> 'id')::int ORDER BY (p -> 'record' ->> 'id')::int) FROM pg_temp.claimed()
+           WHERE webhook_id = (SELECT id FROM webhooks.webhooks WHERE name = 'bulk1')),
+          (SELECT array_agg(g) FROM generate_series(61, 80) g), 'a 20-row DELETE: each deleted row once');
+-- Rows stored one per events row (before 0.5.0, and by capture filters) are still read.
+WITH c AS (
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count)
+    VALUES ('INSERT', 'public.bulk'::regclass, 'public', 'bulk', ARRAY[(SELECT id FROM webhooks.webhooks WHERE name = 'bulk1')], 2)
+    RETURNING id
+)
+INSERT INTO webhooks.events (capture_id, n, record) SELECT c.id, g, json_build_object('id', -g, 'v', 'old') FROM c, generate_series(1, 2) g;
+SELECT is((SELECT array_agg((p -> 'record' ->> 'id')::int ORDER BY (p -> 'record' ->> 'id')::int) FROM pg_temp.claimed()
+           WHERE webhook_id = (SELECT id FROM webhooks.webhooks WHERE name = 'bulk1')), ARRAY[-2, -1],
+          'a capture stored one row per events row (before 0.5.0): each row its own image');
 
 -- Schema changes are followed ---------------------------------------------------------------------
 ALTER TABLE public.users ADD COLUMN plan text DEFAULT 'free';

@@ -68,7 +68,7 @@ SELECT is_empty($$SELECT 1 FROM webhooks.delivery_attempts a WHERE NOT EXISTS
                   (SELECT 1 FROM webhooks.deliveries d WHERE d.id = a.delivery_id)$$,
                 'their attempts go with them');
 SELECT is((SELECT count(*)::int FROM webhooks.deliveries), 3, 'the replays (finished now) are kept');
-SELECT is((SELECT count(*)::int FROM webhooks.events), 2, 'so is the capture they need');
+SELECT is((SELECT coalesce(sum(cardinality(e.records)), 0)::int FROM webhooks.events e), 2, 'so is the capture they need');
 SELECT is((SELECT count(*)::int FROM webhooks.claim()), 1, 'the unclaimed change is untouched');
 SELECT is((SELECT (deliveries, captures)::text FROM webhooks.purge('0 seconds')), '(0,0)',
           'purge(0): nothing finished strictly before now');
