@@ -1,5 +1,7 @@
 """What one `webhooks.complete()` call costs for a report of 200 results (issue target: <= 10 ms).
 
+`make bench` runs it as its `complete` measurement (bench_complete); alone:
+
     .venv/bin/python tests/bench/complete_cost.py [--rounds 30] [--batch 200] [--explain]
 
 A throwaway server (fsync on, as `make bench`), one webhook, a backlog of one-row captures. Each
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import Env
 from psycopg.types.json import Jsonb
+from report import Result, info, threshold
 
 from pgwebhooks import migrations
 from pgwebhooks.localpg import LocalPostgres
@@ -77,6 +81,31 @@ def measure(dsn: str, rounds: int, batch: int) -> dict[str, list[float]]:
                              " failures_in_a_row = 0, failing_since = NULL")
                 conn.execute("UPDATE webhooks.webhooks SET paused = false, paused_at = NULL, paused_reason = NULL")
     return timings
+
+
+def bench_complete(env: Env, rounds: int, batch: int = 200) -> list[Result]:
+    """The `make bench` rows: the median complete() call of each kind, against the issue's 10 ms."""
+    section = (f"3 delivery throughput: complete() of a {batch}-result report ({rounds} calls of each kind, "
+               f"one webhook, no HTTP; claim({batch}) leases them first, untimed)")
+    dsn = env.fresh_db("complete")
+    try:
+        timings = measure(dsn, rounds, batch)
+    finally:
+        env.drop_db(dsn)
+
+    def p90(ms: list[float]) -> float:
+        return sorted(ms)[min(len(ms) - 1, int(len(ms) * 0.9))]
+
+    success, mix, claim = timings["success"], timings["mix"], timings["claim"]
+    return [
+        threshold(section, f"complete(): {batch} results, all 200", statistics.median(success), 10, "ms", False,
+                  f"median; min {min(success):.1f} ms, p90 {p90(success):.1f} ms", calls_ms=success),
+        threshold(section, f"complete(): {batch} results, 70% 200 / 25% 500 / 5% 429", statistics.median(mix), 10,
+                  "ms", False, f"median; min {min(mix):.1f} ms, p90 {p90(mix):.1f} ms; retries scheduled, "
+                  "the circuit counting", calls_ms=mix),
+        info(section, f"claim({batch}), for comparison", f"{statistics.median(claim):.1f} ms",
+             f"median; p90 {p90(claim):.1f} ms", calls_ms=claim),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import backlog
 import big_backlog
+import complete_cost
 import dashboard
 import delivery
 import events
@@ -35,14 +36,15 @@ import write_path
 from common import BenchError, Env, install_exit_handlers
 from report import Result, failed, machine, render, write_json
 
-MEASUREMENTS = ("pgbench", "bulk", "throughput", "slow", "latency", "backlog", "horizontal", "isolation", "events",
-                "health", "dashboard", "retention", "snapshot", "storage", "big_backlog")
+MEASUREMENTS = ("pgbench", "bulk", "throughput", "complete", "slow", "latency", "backlog", "horizontal", "isolation",
+                "events", "health", "dashboard", "retention", "snapshot", "storage", "big_backlog")
 # Run only when named in --only (make bench-big): building the backlog alone takes minutes and gigabytes.
 OPT_IN = ("big_backlog",)
 TITLES = {
     "pgbench": "1 write path, one row per transaction",
     "bulk": "2 write path, bulk",
     "throughput": "3 delivery throughput",
+    "complete": "3 delivery throughput: complete()",
     "slow": "4 slow endpoints",
     "latency": "5 latency",
     "backlog": "6 backlog",
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, Callable[[], list[Result]]] = {
         "pgbench": lambda: write_path.bench_single_row(env, args.seconds, args.rounds),
         "bulk": lambda: write_path.bench_bulk(env, args.rows, args.rounds),
+        "complete": lambda: complete_cost.bench_complete(env, 10 if args.quick else 30),
         "slow": lambda: delivery.bench_slow(env, ceiling, slow_rows),
         "latency": lambda: latency.bench_latency(env, args.latency_seconds),
         "backlog": lambda: backlog.bench_backlog(env, args.backlog),
