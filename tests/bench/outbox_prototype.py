@@ -4,10 +4,12 @@
                                                      [--retention 1000000]
 
 The prototype is docs/outbox-design.md's "Next": an insert-only capture log partitioned by id,
-read by per-webhook cursors in (xid, id) order; a delivery exists once claimed (a lease row,
-deleted when it ends) and its outcome is an insert-only row partitioned like the log. It covers
-one-row captures, one webhook, every delivery answered 2xx; nothing else of the product. What it
-answers, side by side with today's code installed by `pgwebhooks migrate` in the same database:
+read by per-webhook cursors in (xid, id) order; a delivery exists once claimed, as an attempt row
+partitioned like the log and settled in place (a HOT update); each claim's lease is one row, and
+failures wait in a small retries table (outbox_prototype_faults.py drives those under faults).
+It covers one-row captures and one webhook; nothing else of the product. What it answers, side by
+side with today's code installed by `pgwebhooks migrate` in the same database (every delivery
+answered 2xx):
 
 1. server CPU per one-row INSERT (the capture);
 2. server CPU per delivery of the claim(200) + complete() loop, no HTTP (both render the
@@ -112,6 +114,8 @@ def drain_proto(conn: psycopg.Connection[Any], hook: str, route: int, limit: int
                    for i, a in rows]
         conn.execute("SELECT outbox_proto.complete(%s, %s::jsonb)", (hook, json.dumps(results)))
         done += len(rows)
+        if done % 2000 == 0:
+            conn.execute("SELECT outbox_proto.forget_leases()")  # maintain()'s, in the product
     return done
 
 
@@ -166,7 +170,7 @@ def bench_storage(conn: psycopg.Connection[Any], rows: int) -> dict[str, tuple[f
     hook, route = fresh_pair(conn, "s")
     for table in ("captures", "events", "deliveries", "delivery_attempts"):
         conn.execute(f"ALTER TABLE webhooks.{table} SET (autovacuum_enabled = false)")
-    for table in ("log_1", "outcomes_1", "cursors"):
+    for table in ("log_1", "outcomes_1", "cursors", "leases"):
         conn.execute(f"ALTER TABLE outbox_proto.{table} SET (autovacuum_enabled = false)")
     conn.execute("TRUNCATE webhooks.captures, webhooks.events, webhooks.deliveries, webhooks.delivery_attempts")
     conn.execute("VACUUM webhooks.captures, webhooks.deliveries, webhooks.delivery_attempts")
@@ -178,7 +182,8 @@ def bench_storage(conn: psycopg.Connection[Any], rows: int) -> dict[str, tuple[f
         drain_proto(conn, hook, route, patience="0 s")
     delivered_once(conn)
     today = sizes(conn, ["webhooks.captures", "webhooks.events", "webhooks.deliveries", "webhooks.delivery_attempts"])
-    proto = sizes(conn, ["outbox_proto.log_1", "outbox_proto.outcomes_1", "outbox_proto.cursors"])
+    proto = sizes(conn, ["outbox_proto.log_1", "outbox_proto.outcomes_1", "outbox_proto.cursors",
+                         "outbox_proto.leases"])
     return {"today": (today[0] / rows, today[1] / rows), "proto": (proto[0] / rows, proto[1] / rows)}
 
 
@@ -205,8 +210,8 @@ def bench_retention(conn: psycopg.Connection[Any], count: int) -> dict[str, floa
                  " json_build_object('id', g, 'amount', g % 1000)"
                  f" FROM generate_series(1, {count}) g")
     conn.execute("INSERT INTO outbox_proto.outcomes (log_id, webhook_id, attempt, status_code, latency_ms,"
-                 " response_excerpt, leased_until) SELECT g, '00000000-0000-0000-0000-000000000001', 1, 200, 12,"
-                 " 'ok', now()"
+                 " response_excerpt, leased_until, lease_id) SELECT g, '00000000-0000-0000-0000-000000000001', 1,"
+                 " 200, 12, 'ok', now(), g / 200"
                  f" FROM generate_series(1, {count}) g")
     conn.execute("VACUUM ANALYZE outbox_proto.log, outbox_proto.outcomes")
     started = time.perf_counter()

@@ -6,6 +6,9 @@
 --   cursors   per (webhook, route): the (xid, id) below which every row is handled
 --   outcomes  the delivery log: one row per attempt, partitioned like the log; inserted by claim
 --             (the lease) and updated once by complete, in place (HOT: no indexed column changes)
+--   leases    one row per claim: its deadline, its attempts and how many are still open; a claim
+--             settles the open attempts of a lease that ran out as expired and retries them
+--   retries   failed attempts waiting for their next try (a small table: churn per failure only)
 DROP SCHEMA IF EXISTS outbox_proto CASCADE;
 CREATE SCHEMA outbox_proto;
 
@@ -48,9 +51,38 @@ CREATE TABLE outbox_proto.outcomes (
     response_excerpt text,
     latency_ms       integer,
     attempted_at     timestamptz NOT NULL DEFAULT now(),
-    leased_until     timestamptz NOT NULL
+    leased_until     timestamptz NOT NULL,
+    lease_id         bigint NOT NULL  -- never changed by the settle, which stays HOT
 ) PARTITION BY RANGE (log_id);
 CREATE INDEX ON outbox_proto.outcomes (webhook_id, log_id);
+
+-- A settled attempt cannot sit in a partial index of unsettled ones without losing its HOT
+-- update, so what is still open is counted per claim instead: one row per lease, found by its
+-- deadline once it has run out, holding the keys of what it leased.
+CREATE TABLE outbox_proto.leases (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    webhook_id uuid NOT NULL,
+    route      oid NOT NULL,
+    deadline   timestamptz NOT NULL,
+    open       integer NOT NULL,
+    log_ids    bigint[] NOT NULL,
+    xids       xid8[] NOT NULL
+);
+CREATE INDEX ON outbox_proto.leases (webhook_id, deadline) WHERE open > 0;
+
+CREATE TABLE outbox_proto.retries (
+    webhook_id uuid NOT NULL,
+    log_id     bigint NOT NULL,
+    route      oid NOT NULL,
+    xid        xid8 NOT NULL,
+    attempt    integer NOT NULL,  -- the attempt it will be
+    due        timestamptz NOT NULL,
+    PRIMARY KEY (webhook_id, log_id)
+);
+CREATE INDEX ON outbox_proto.retries (webhook_id, due);
+
+-- Attempts a delivery gets in all (the product's max_retries + 1).
+CREATE FUNCTION outbox_proto.max_attempts() RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 3';
 
 -- Partitions of `size` ids from `first`, for the log and the outcomes alike.
 CREATE FUNCTION outbox_proto.add_partition(first bigint, size bigint) RETURNS void LANGUAGE plpgsql AS $$
@@ -83,7 +115,8 @@ END $$;
 -- kept on the cursor row with the writers that were open below that point, so each ahead scan
 -- reads only new rows and those writers' rows, never the whole stretch again.
 -- Leased rows are rendered in the standard shape and signed like 050_payloads.
-CREATE FUNCTION outbox_proto.claim(of_webhook uuid, of_route oid, k integer, patience interval DEFAULT '1 s')
+CREATE FUNCTION outbox_proto.claim(of_webhook uuid, of_route oid, k integer, patience interval DEFAULT '1 s',
+                                   lease interval DEFAULT '30 s')
 RETURNS TABLE (log_id bigint, attempt integer, body text, headers jsonb)
 LANGUAGE plpgsql SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 DECLARE
@@ -93,6 +126,8 @@ DECLARE
     passing boolean;
     taken bigint[] := '{}';
     taken_xids xid8[] := '{}';  -- beside `taken`: the log is found by its key, (route, xid, id)
+    taken_attempts integer[] := '{}';
+    this_lease bigint;
     r record;
     last_xid xid8;
     last_id bigint;
@@ -100,6 +135,36 @@ DECLARE
     ahead_id bigint;
 BEGIN
     SELECT * INTO c FROM outbox_proto.cursors WHERE webhook_id = of_webhook AND route = of_route FOR UPDATE;
+    -- Leases that ran out with attempts still open (a runner died or stalled): those attempts are
+    -- settled as expired, under the fencing complete() uses (unsettled, this lease), so a late
+    -- report of one is refused, and retried now while attempts are left.
+    WITH expired AS (
+        UPDATE outbox_proto.leases s SET open = 0
+        WHERE s.webhook_id = of_webhook AND s.open > 0 AND s.deadline < now()
+        RETURNING s.id, s.log_ids, s.xids, s.route
+    ), settled AS (
+        UPDATE outbox_proto.outcomes o SET error = 'lease expired before a result was reported'
+        FROM expired e
+        WHERE o.webhook_id = of_webhook AND o.log_id = ANY (e.log_ids) AND o.lease_id = e.id
+          AND o.status_code IS NULL AND o.error IS NULL
+        RETURNING o.log_id, o.attempt, e.log_ids, e.xids, e.route
+    )
+    INSERT INTO outbox_proto.retries (webhook_id, log_id, route, xid, attempt, due)
+    SELECT of_webhook, s.log_id, s.route, s.xids[array_position(s.log_ids, s.log_id)], s.attempt + 1, now()
+    FROM settled s WHERE s.attempt < outbox_proto.max_attempts();
+    -- Due retries before anything past the cursor: they are older.
+    FOR r IN
+        DELETE FROM outbox_proto.retries x
+        WHERE (x.webhook_id, x.log_id) IN (
+            SELECT y.webhook_id, y.log_id FROM outbox_proto.retries y
+            WHERE y.webhook_id = of_webhook AND y.route = of_route AND y.due <= now()
+            ORDER BY y.due LIMIT k FOR UPDATE SKIP LOCKED)
+        RETURNING x.log_id, x.xid, x.attempt
+    LOOP
+        taken := taken || r.log_id;
+        taken_xids := taken_xids || r.xid;
+        taken_attempts := taken_attempts || r.attempt;
+    END LOOP;
     -- Below where the ahead scan got to, rows may have been delivered already: look before taking.
     passing := c.ahead_id IS NOT NULL;
     FOR r IN
@@ -115,6 +180,7 @@ BEGIN
         IF NOT r.sent THEN
             taken := taken || r.id;
             taken_xids := taken_xids || r.xid;
+            taken_attempts := taken_attempts || 1;
         END IF;
     END LOOP;
     IF last_id IS NOT NULL THEN
@@ -139,6 +205,7 @@ BEGIN
             EXIT WHEN r.occurred_at >= now() - patience;  -- never step past a row left for later
             taken := taken || r.id;
             taken_xids := taken_xids || r.xid;
+            taken_attempts := taken_attempts || 1;
             c.ahead_xid := r.xid;
             c.ahead_id := r.id;
         END LOOP;
@@ -151,6 +218,7 @@ BEGIN
         LOOP
             taken := taken || r.id;
             taken_xids := taken_xids || r.xid;
+            taken_attempts := taken_attempts || 1;
         END LOOP;
         c.ahead_open := ARRAY(
             SELECT w FROM pg_snapshot_xip(snap) w WHERE c.ahead_xid IS NOT NULL AND w < c.ahead_xid);
@@ -159,10 +227,16 @@ BEGIN
     SET xid = c.xid, id = c.id, ahead_xid = c.ahead_xid, ahead_id = c.ahead_id, ahead_open = c.ahead_open,
         in_flight = in_flight + cardinality(taken)
     WHERE webhook_id = of_webhook AND route = of_route;
+    IF cardinality(taken) = 0 THEN
+        RETURN;
+    END IF;
+    INSERT INTO outbox_proto.leases (webhook_id, route, deadline, open, log_ids, xids)
+    VALUES (of_webhook, of_route, now() + lease, cardinality(taken), taken, taken_xids)
+    RETURNING id INTO this_lease;
     RETURN QUERY
     WITH leased AS (
-        INSERT INTO outbox_proto.outcomes (webhook_id, log_id, attempt, leased_until)
-        SELECT of_webhook, b.id, 1, now() + interval '30 s' FROM unnest(taken) b(id)
+        INSERT INTO outbox_proto.outcomes (webhook_id, log_id, attempt, leased_until, lease_id)
+        SELECT of_webhook, b.id, b.attempt, now() + lease, this_lease FROM unnest(taken, taken_attempts) b(id, attempt)
         RETURNING outcomes.log_id, outcomes.attempt
     ), keys AS (
         SELECT k.xid, k.id FROM unnest(taken_xids, taken) k(xid, id)
@@ -188,7 +262,10 @@ BEGIN
     ) p;
 END $$;
 
--- complete: each result settles its attempt row in place (no retries in the prototype).
+-- complete: each result settles its attempt row in place; a failure (not 2xx) with attempts left
+-- becomes a retry, due after a backoff (2^attempt seconds); each settled attempt is taken off its
+-- lease's open count, and a lease with none open is gone. Fencing: only an unsettled attempt of
+-- that number is settled (a lease that expired first has settled it already).
 -- Plans pinned as today's claim() and complete() pin theirs: statistics taken while the attempt
 -- rows were few picked a bitmap scan of every attempt of the webhook, per call.
 CREATE FUNCTION outbox_proto.complete(of_webhook uuid, results jsonb) RETURNS integer LANGUAGE sql
@@ -203,13 +280,31 @@ CREATE FUNCTION outbox_proto.complete(of_webhook uuid, results jsonb) RETURNS in
         FROM r
         WHERE o.webhook_id = of_webhook AND o.log_id = ANY (ARRAY(SELECT r.log_id FROM r))
           AND o.log_id = r.log_id AND o.attempt = r.attempt AND o.status_code IS NULL AND o.error IS NULL
+        RETURNING o.log_id, o.attempt, o.lease_id, o.status_code
+    ), released AS (
+        UPDATE outbox_proto.leases s SET open = s.open - n.settled
+        FROM (SELECT x.lease_id, count(*) AS settled FROM settled x GROUP BY x.lease_id) n
+        WHERE s.id = n.lease_id
+        RETURNING s.id, s.open, s.log_ids, s.xids, s.route
+    ), retried AS (
+        INSERT INTO outbox_proto.retries (webhook_id, log_id, route, xid, attempt, due)
+        SELECT of_webhook, x.log_id, l.route, l.xids[array_position(l.log_ids, x.log_id)], x.attempt + 1,
+               now() + make_interval(secs => 2 ^ x.attempt)
+        FROM settled x JOIN released l ON l.id = x.lease_id
+        WHERE x.status_code NOT BETWEEN 200 AND 299 AND x.attempt < outbox_proto.max_attempts()
         RETURNING 1
     ), counted AS (
         UPDATE outbox_proto.cursors SET in_flight = in_flight - (SELECT count(*) FROM settled)
         WHERE webhook_id = of_webhook
         RETURNING 1
     )
-    SELECT count(*)::integer FROM settled WHERE EXISTS (SELECT FROM counted)
+    SELECT count(*)::integer FROM settled
+    WHERE EXISTS (SELECT FROM counted) AND (SELECT count(*) FROM retried) >= 0
+$$;
+
+-- Leases with nothing open: gone (maintain() in the product; the prototype's drains call it).
+CREATE FUNCTION outbox_proto.forget_leases() RETURNS void LANGUAGE sql AS $$
+    DELETE FROM outbox_proto.leases WHERE open <= 0
 $$;
 
 -- publish: an application event is a log row like a captured change, on its event type's route.
