@@ -46,13 +46,13 @@ CREATE TABLE outbox_proto.outcomes (
     log_id           bigint NOT NULL,
     webhook_id       uuid NOT NULL,
     attempt          integer NOT NULL,
+    lease_id         integer NOT NULL,  -- never changed by the settle, which stays HOT
     status_code      integer,
     error            text,
     response_excerpt text,
     latency_ms       integer,
     attempted_at     timestamptz NOT NULL DEFAULT now(),
-    leased_until     timestamptz NOT NULL,
-    lease_id         bigint NOT NULL  -- never changed by the settle, which stays HOT
+    leased_until     timestamptz NOT NULL
 ) PARTITION BY RANGE (log_id);
 CREATE INDEX ON outbox_proto.outcomes (webhook_id, log_id);
 
@@ -60,7 +60,7 @@ CREATE INDEX ON outbox_proto.outcomes (webhook_id, log_id);
 -- update, so what is still open is counted per claim instead: one row per lease, found by its
 -- deadline once it has run out, holding the keys of what it leased.
 CREATE TABLE outbox_proto.leases (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id         integer GENERATED ALWAYS AS IDENTITY (CYCLE) PRIMARY KEY,  -- a lease lives minutes
     webhook_id uuid NOT NULL,
     route      oid NOT NULL,
     deadline   timestamptz NOT NULL,
