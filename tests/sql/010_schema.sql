@@ -1,7 +1,7 @@
 -- 010: the installed schema: tables, named constraints, indexes, roles, and the functions of
 -- the documented API with their signatures (argument types, argument names, defaults, SECURITY DEFINER).
 BEGIN;
-SELECT plan(64);
+SELECT plan(65);
 
 -- Schema and tables ----------------------------------------------------------------------------
 SELECT has_schema('webhooks');
@@ -84,6 +84,13 @@ SELECT has_role('webhooks_runner');
 SELECT has_role('webhooks_capture');
 SELECT function_owner_is('webhooks', '_capture_statement', ARRAY[]::text[], 'webhooks_capture',
                          'the capture trigger functions belong to the locked-down webhooks_capture role');
+-- Code a table's owner wrote may run while a capture takes row images (read-only then, see
+-- 030_capture.sql): as webhooks_capture it must be able to read nothing of the outbox, so it can
+-- neither forge events nor see another table's images or a webhook's secrets.
+SELECT is((SELECT array_agg(t ORDER BY t) FROM unnest(ARRAY['captures', 'events', 'deliveries', 'delivery_attempts',
+                                                            'secrets', 'secret_headers', 'webhooks']) t
+           WHERE has_table_privilege('webhooks_capture', 'webhooks.' || t, 'SELECT')), NULL,
+          'webhooks_capture may read no outbox table, row images and secrets included');
 
 -- Functions with the documented signatures ------------------------------------------------------
 SELECT has_function('webhooks', 'create_webhook',
