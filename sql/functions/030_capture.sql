@@ -94,29 +94,29 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 AS $$
 DECLARE
-    this_capture pg_catalog.int8 := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+    this_capture pg_catalog.int8;
     captured pg_catalog.int4;
     key_join pg_catalog.text;
     new_images pg_catalog.json;
     old_images pg_catalog.json;
     taken pg_catalog.bool := false;
 BEGIN
-    -- The common write first, in one statement: the row image travels inline in the capture,
-    -- and nothing is inserted unless exactly one row changed and every column is of a built-in
-    -- type (the probe above, here a one-time filter: as statements of their own, the count and
-    -- the probe cost a one-row write 7 us of its 25). Then a NOTIFY if a runner waits for one
-    -- (028_wakeups.sql).
+    -- The common write first, in one statement: the row image travels inline in the capture, and
+    -- nothing is inserted (no capture id drawn) unless exactly one row changed and every column is
+    -- of a built-in type (the probe above, here a one-time filter: as statements of their own, the
+    -- count and the probe cost a one-row write 7 us of its 25). Then a NOTIFY if a runner waits
+    -- for one (028_wakeups.sql).
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
                pg_catalog.row_to_json(new_row.*)
         FROM new_rows new_row
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, record)
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
                pg_catalog.row_to_json(old_row.*)
         FROM old_rows old_row
         WHERE NOT EXISTS (SELECT FROM old_rows OFFSET 1) AND NOT EXISTS (
@@ -124,9 +124,9 @@ BEGIN
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSE
         -- One row on each side: they are the same row, whatever its key did.
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
                                        record, old_record)
-        SELECT this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
                pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
         FROM new_rows new_row, old_rows old_row
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
@@ -140,7 +140,18 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    -- Not one plain row: _needs_guarded_images(TG_RELID), inline.
+    -- No row, or several, or one taken read-only: counted first, so an empty statement costs no
+    -- more (webhooks_capture may not read the events it writes: no INSERT ... RETURNING counts).
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        captured := (SELECT pg_catalog.count(*) FROM old_rows);
+    ELSE
+        captured := (SELECT pg_catalog.count(*) FROM new_rows);
+    END IF;
+    IF captured OPERATOR(pg_catalog.=) 0 THEN
+        RETURN NULL;  -- an empty statement: nothing to send, no wake-up, no capture id spent
+    END IF;
+    this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
+    -- _needs_guarded_images(TG_RELID), inline.
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attnum OPERATOR(pg_catalog.>) 0
                  AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) THEN
@@ -152,7 +163,7 @@ BEGIN
                 old_images := pg_catalog.to_json((SELECT pg_catalog.array_agg(old_row) FROM old_rows old_row));
             ELSE
                 -- Paired as below; the one row of a single-row UPDATE pairs with itself.
-                key_join := CASE WHEN (SELECT pg_catalog.count(*) FROM new_rows) OPERATOR(pg_catalog.=) 1 THEN 'true'
+                key_join := CASE WHEN captured OPERATOR(pg_catalog.=) 1 THEN 'true'
                                  ELSE coalesce(webhooks._primary_key_join(TG_RELID), 'false') END;
                 EXECUTE pg_catalog.format(
                     'WITH n AS (SELECT pg_catalog.row_number() OVER () AS ord, new_row FROM new_rows new_row),'
@@ -174,16 +185,6 @@ BEGIN
         PERFORM webhooks._capture_guarded(this_capture, TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0],
                                           new_images, old_images);
         RETURN NULL;
-    END IF;
-    -- No row, or several. (Counted here: webhooks_capture may not read the events it writes,
-    -- so an INSERT ... RETURNING cannot count them.)
-    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        captured := (SELECT pg_catalog.count(*) FROM old_rows);
-    ELSE
-        captured := (SELECT pg_catalog.count(*) FROM new_rows);
-    END IF;
-    IF captured OPERATOR(pg_catalog.=) 0 THEN
-        RETURN NULL;  -- an empty statement: nothing to send, no wake-up
     END IF;
     -- The row images in chunks of 16 rows per events row (migration 0019;
     -- `n` is the chunk's first row), then the capture that counts them. The aggregate's ORDER BY

@@ -96,9 +96,11 @@ BEGIN
         DELETE FROM webhooks.captures c
         WHERE c.id = ANY (coalesce(candidates, '{}'))
           AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
-        RETURNING c.id
+        RETURNING c.id, c.record IS NULL AS images_apart
     ), events AS (
-        DELETE FROM webhooks.events e USING unneeded u WHERE e.capture_id = u.id
+        -- A capture holding its row's image inline (every one-row change, in every release) has
+        -- no events rows to look for.
+        DELETE FROM webhooks.events e USING unneeded u WHERE e.capture_id = u.id AND u.images_apart
     )
     SELECT count(*) INTO captures FROM unneeded;
 END

@@ -3,12 +3,14 @@
 -- on several tables, unsubscribed operations and disabled webhooks, bulk statements, schema
 -- changes, tables without a primary key, key changes, and rolled-back writes.
 BEGIN;
-SELECT plan(56);
+SELECT plan(57);
 
 CREATE TABLE public.users (id int PRIMARY KEY, email text, score int);
 CREATE TABLE public.orders (id int PRIMARY KEY, total numeric);
 CREATE TABLE public.logs (line text, level int);                  -- no primary key
 CREATE TABLE public.bulk (id int PRIMARY KEY, v text);
+CREATE TYPE public.mood AS ENUM ('ok', 'meh');
+CREATE TABLE public.moods (id int PRIMARY KEY, m public.mood);  -- images taken read-only
 CREATE SCHEMA "Shop";
 CREATE TABLE "Shop"."Line Items" ("Id" int PRIMARY KEY, qty int);
 
@@ -29,7 +31,7 @@ CREATE TEMP TABLE hooks AS SELECT 'all'::text AS k, id FROM webhooks.create_webh
 INSERT INTO hooks SELECT 'ins', id FROM webhooks.create_webhook('ins', 'https://e.com/ins',
     '[{"table": "users", "operations": ["INSERT"]}]');
 INSERT INTO hooks SELECT 'misc', id FROM webhooks.create_webhook('misc', 'https://e.com/misc',
-    '[{"table": "logs"}, {"table": "\"Shop\".\"Line Items\""}]');
+    '[{"table": "logs"}, {"table": "\"Shop\".\"Line Items\""}, {"table": "moods"}]');
 CREATE FUNCTION pg_temp.hook(name text) RETURNS uuid LANGUAGE sql AS $$ SELECT id FROM hooks WHERE k = name $$;
 
 -- INSERT, seen by two webhooks --------------------------------------------------------------
@@ -65,11 +67,16 @@ SELECT is((SELECT p -> 'record' FROM c3), '{"id": 1, "email": "ada@example.com",
 SELECT is((SELECT p -> 'old_record' FROM c3), (SELECT p -> 'record' FROM c3), 'DELETE: old_record repeats it');
 SELECT is((SELECT count(*)::int FROM webhooks.captures WHERE operation = 'DELETE' AND old_record IS NOT NULL), 0,
           'DELETE: the deleted row is stored once, as record');
+CREATE TEMP TABLE ids_before AS SELECT pg_sequence_last_value('webhooks.captures_id_seq') AS last_id;
 UPDATE public.users SET score = 0 WHERE false;
 DELETE FROM public.users WHERE id = 999;
+INSERT INTO public.bulk SELECT g, 'x' FROM generate_series(1, 0) g;
+UPDATE public.moods SET m = 'ok';
 SELECT is((SELECT count(*)::int FROM pg_temp.claimed()), 0, 'statements that change no row send nothing');
 SELECT is((SELECT count(*)::int FROM webhooks.captures WHERE operation IN ('UPDATE', 'DELETE')), 2,
           'and record nothing');
+SELECT is(pg_sequence_last_value('webhooks.captures_id_seq'), (SELECT last_id FROM ids_before),
+          'and spend no capture id (direct, bulk and read-only paths alike)');
 
 -- One webhook on several tables --------------------------------------------------------------
 INSERT INTO public.orders VALUES (7, 99.5);
