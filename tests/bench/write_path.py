@@ -46,12 +46,18 @@ def _pgbench(env: Env, dbname: str, script: Path, seconds: float) -> float:
     return float(found.group(1))
 
 
-def _server_cpu_per_insert(dsn: str, table: str, inserts: int = 20_000, rounds: int = 3) -> float:
-    """Microseconds of the server process's CPU per one-row INSERT, the trigger included and the
-    commit excluded (rolled back): the capture's own cost, which CPU time shows steadier than tps
-    on a machine whose other processes come and go."""
-    loop = (f"DO $$ BEGIN FOR i IN 1..{inserts} LOOP INSERT INTO {table} (customer_id, amount, status)"
-            " VALUES (i % 10000 + 1, 12.5, 'new'); END LOOP; END $$")
+# What each loop iteration writes: one row, or nothing (a statement whose rows were all filtered
+# out, as an ORM's conditional write often is: row triggers never fire for it, statement ones do).
+ONE_ROW = "INSERT INTO {table} (customer_id, amount, status) VALUES (i % 10000 + 1, 12.5, 'new')"
+NO_ROW = "INSERT INTO {table} (customer_id, amount, status) SELECT i, 12.5, 'new' WHERE i < 0"
+
+
+def _server_cpu_per_insert(dsn: str, table: str, inserts: int = 20_000, rounds: int = 3,
+                           statement: str = ONE_ROW) -> float:
+    """Microseconds of the server process's CPU per INSERT statement (one row by default), the
+    trigger included and the commit excluded (rolled back): the capture's own cost, which CPU
+    time shows steadier than tps on a machine whose other processes come and go."""
+    loop = f"DO $$ BEGIN FOR i IN 1..{inserts} LOOP {statement.format(table=table)}; END LOOP; END $$"
     samples = []
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -110,6 +116,8 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
         runner.close()
     med = {label: median(v) for label, v in tps.items()}
     cpu = {label: _server_cpu_per_insert(dsn, variants[label]) for label in variants if label != WAITING}
+    idle = {label: _server_cpu_per_insert(dsn, variants[label], statement=NO_ROW)
+            for label in ("none", "naive", "1 webhook")}
     env.drop_db(dsn)
     shares = {label: med[label] / med["none"] for label in variants}
     best_peer = max(("naive", "supabase-style", "hasura-style"), key=lambda k: shares[k])
@@ -126,6 +134,9 @@ def bench_single_row(env: Env, seconds: float, rounds: int) -> list[Result]:
     results.append(info(section, "server CPU per one-row INSERT, 1 webhook", f"{cpu['1 webhook']:.1f} us",
                         "commit excluded, one session, median of 3x20,000; "
                         + ", ".join(f"{label} {v:.1f}" for label, v in cpu.items() if label != "1 webhook")))
+    results.append(info(section, "server CPU per INSERT of no row, 1 webhook", f"{idle['1 webhook']:.1f} us",
+                        "INSERT ... SELECT whose WHERE is false: the statement trigger still runs; "
+                        f"none {idle['none']:.1f}, naive {idle['naive']:.1f} (a row trigger does not fire)"))
     results.append(info(section, "tps 1 webhook, a runner waiting / no trigger", f"{shares[WAITING]:.2f}x",
                         f"{med[WAITING]:.0f} tps; every commit NOTIFYs (an idle runner); a busy one is not waiting"))
     return results
