@@ -51,19 +51,12 @@ def _tenants_db(env: Env, hooks: int) -> str:
     return dsn
 
 
-def _time_writes(dsn: str, writes: int, tenants: int, rounds: int) -> tuple[float, float]:
-    """Median microseconds per one-row transaction, and bytes the outbox grew per write."""
-    times = []
-    grown = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CALL public.bench_writes(200, %s)", (tenants,))  # warm caches and plans
-        for _ in range(rounds):
-            before = _outbox_bytes(conn)
-            started = time.perf_counter()
-            conn.execute("CALL public.bench_writes(%s, %s)", (writes, tenants))
-            times.append((time.perf_counter() - started) / writes * 1e6)
-            grown.append((_outbox_bytes(conn) - before) / writes)
-    return median(times), median(grown)
+def _time_writes(conn: psycopg.Connection[Any], writes: int, tenants: int) -> tuple[float, float]:
+    """Microseconds per one-row transaction, and bytes the outbox grew per write, for one round."""
+    before = _outbox_bytes(conn)
+    started = time.perf_counter()
+    conn.execute("CALL public.bench_writes(%s, %s)", (writes, tenants))
+    return (time.perf_counter() - started) / writes * 1e6, (_outbox_bytes(conn) - before) / writes
 
 
 def _outbox_bytes(conn: psycopg.Connection[Any]) -> float:
@@ -74,13 +67,28 @@ def _outbox_bytes(conn: psycopg.Connection[Any]) -> float:
 
 
 def bench_tenants(env: Env, writes: int, rounds: int) -> list[Result]:
-    measured: dict[int, tuple[float, float]] = {}
-    for hooks in (1, 100, 1000):
-        dsn = _tenants_db(env, hooks)
+    counts = (1, 100, 1000)
+    dsns = {hooks: _tenants_db(env, hooks) for hooks in counts}
+    samples: dict[int, list[tuple[float, float]]] = {hooks: [] for hooks in counts}
+    conns = {hooks: psycopg.connect(dsns[hooks], autocommit=True) for hooks in counts}
+    try:
+        for hooks, conn in conns.items():
+            # Commits are not flushed to disk before they return (as in section 1): a flush costs
+            # more than the capture and varies with whatever else writes to the disk.
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("CALL public.bench_writes(200, %s)", (hooks,))  # warm caches and plans
         # With one webhook, its tenant is 1 and every write is tenant 1's; with more, writes go to
-        # every tenant in turn, so each is routed to exactly one webhook either way.
-        measured[hooks] = _time_writes(dsn, writes, hooks, rounds)
+        # every tenant in turn, so each is routed to exactly one webhook either way. Rounds are
+        # interleaved (1, 100, 1000, 1, ...), so drift in the machine hits all three alike.
+        for _ in range(rounds):
+            for hooks, conn in conns.items():
+                samples[hooks].append(_time_writes(conn, writes, hooks))
+    finally:
+        for conn in conns.values():
+            conn.close()
+    for dsn in dsns.values():
         env.drop_db(dsn)
+    measured = {hooks: (median([t for t, _ in v]), median([b for _, b in v])) for hooks, v in samples.items()}
     base_us, base_bytes = measured[1]
     results = []
     for hooks in (100, 1000):
