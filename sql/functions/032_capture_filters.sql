@@ -153,13 +153,12 @@ $$;
 -- on that one column, and the column's text is the same in the row's JSON image (integers,
 -- numeric, text, varchar, uuid, boolean): its trigger then routes rows with _routed_rows, whose
 -- plan is kept for the session, instead of _filter_query's, planned at every write (that planning
--- was ~165 us of a filtered one-row INSERT's ~225). NULL otherwise, and for UPDATE (whose old
--- rows are judged too).
+-- was ~165 us of a filtered one-row INSERT's ~225, and most of an UPDATE's ~550). NULL otherwise.
 CREATE OR REPLACE FUNCTION webhooks._route_column(relid oid, op text)
 RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN op IN ('INSERT', 'DELETE') AND count(DISTINCT f.route_column) = 1
+    SELECT CASE WHEN op IN ('INSERT', 'UPDATE', 'DELETE') AND count(DISTINCT f.route_column) = 1
                      AND bool_and(f.kind = 'plain' OR (f.kind = 'route' AND a.atttypid IN (
                          'bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
                          'text'::regtype, 'varchar'::regtype, 'uuid'::regtype)))
@@ -168,12 +167,12 @@ AS $$
     LEFT JOIN pg_attribute a ON a.attrelid = relid AND a.attname = f.route_column AND NOT a.attisdropped
 $$;
 
--- What _filter_query's query gives for a table of _route_column, from the statement's row images:
--- [{r, o, h, oh}] for the rows some webhook wants, `plain` (the trigger's first argument) getting
--- every row. An image without the route column (dropped since the trigger was made) is an error,
--- so the trigger's fail-closed path decides, webhook by webhook, as for a failing filter. A
--- generic plan: a custom one, planned per call, cost as much as the query it replaces.
-CREATE OR REPLACE FUNCTION webhooks._routed_rows(images json[], plain text, route_column text, relid oid, op text)
+-- What _filter_query's query gives for a table of _route_column, from the row images (an UPDATE's
+-- old ones paired by position): [{r, o, h, oh}] for the rows some webhook wants, `plain` getting
+-- every row. An image without the route column (dropped since) is an error: the trigger's
+-- fail-closed path decides. A generic plan: a custom one, made per call, cost what it saves.
+CREATE OR REPLACE FUNCTION webhooks._routed_rows(images json[], old_images json[], plain text, route_column text,
+                                                 relid oid, op text)
 RETURNS json
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan
 AS $$
@@ -181,16 +180,21 @@ DECLARE
     found_rows json;
     complete boolean;
 BEGIN
-    SELECT json_agg(json_build_object('r', u.j, 'o', NULL, 'h', h.hooks, 'oh', NULL) ORDER BY u.i)
+    SELECT json_agg(json_build_object('r', u.j, 'o', o.j, 'h', h.hooks, 'oh', h.ohooks) ORDER BY u.i)
                FILTER (WHERE cardinality(h.hooks) > 0),
            bool_and(u.j -> route_column IS NOT NULL)
     INTO found_rows, complete
     FROM unnest(images) WITH ORDINALITY AS u(j, i)
+    LEFT JOIN unnest(old_images) WITH ORDINALITY AS o(j, i) ON o.i = u.i
     CROSS JOIN LATERAL (
         SELECT array_remove(plain::uuid[] || ARRAY(
-            SELECT rt.webhook_id FROM webhooks.capture_routes rt
-            WHERE rt.relid = _routed_rows.relid AND rt.operation = op AND rt.column_name = route_column
-              AND rt.value = u.j ->> route_column), NULL) AS hooks
+                   SELECT rt.webhook_id FROM webhooks.capture_routes rt
+                   WHERE rt.relid = _routed_rows.relid AND rt.operation = op AND rt.column_name = route_column
+                     AND rt.value = u.j ->> route_column), NULL) AS hooks,
+               CASE WHEN o.j IS NOT NULL THEN array_remove(plain::uuid[] || ARRAY(
+                   SELECT rt.webhook_id FROM webhooks.capture_routes rt
+                   WHERE rt.relid = _routed_rows.relid AND rt.operation = op AND rt.column_name = route_column
+                     AND rt.value = o.j ->> route_column), NULL) END AS ohooks
     ) h;
     IF NOT complete THEN
         RAISE EXCEPTION 'the route column % is not in the row', route_column;
@@ -223,12 +227,14 @@ AS $$
 $$;
 
 -- One entry per row and set of webhooks: those whose filter the old row passes too get the old
--- image, the others the row without it. (An INSERT's or DELETE's set-based result is already that.)
+-- image, the others the row without it (an INSERT's or DELETE's result is already that).
+-- PL/pgSQL for its kept plan: as a SQL function it was planned at every filtered UPDATE.
 CREATE OR REPLACE FUNCTION webhooks._split_old_images(found_rows json, op text)
 RETURNS json
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan
 AS $$
-    WITH e AS (
+BEGIN
+    RETURN (WITH e AS (
         SELECT v -> 'r' AS r, v -> 'o' AS o, i,
                ARRAY(SELECT json_array_elements_text(v -> 'h'))::uuid[] AS h,
                ARRAY(SELECT json_array_elements_text(CASE WHEN json_typeof(v -> 'oh') = 'array'
@@ -245,7 +251,8 @@ AS $$
                                        THEN ARRAY(SELECT unnest(e.h) EXCEPT SELECT unnest(e.oh)) ELSE e.h END
         FROM e
     ) p
-    WHERE cardinality(p.hooks) > 0
+    WHERE cardinality(p.hooks) > 0);
+END
 $$;
 
 -- Store a statement's filtered rows ([{r, o, h}], more than one) as a routed capture, the rows
@@ -298,14 +305,19 @@ BEGIN
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
         PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-        IF TG_ARGV[2] IS NULL THEN
+        IF TG_ARGV[2] IS NULL OR key <> 'true' THEN
             EXECUTE 'SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', f.record, ''o'', f.old_record,'
                     ' ''h'', f.hooks, ''oh'', f.ohooks)) FROM (' || query || ') f' INTO found_rows;
-        ELSIF TG_OP = 'INSERT' THEN  -- routes only: the plan of _routed_rows is kept, this query's is not
-            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM new_rows r), TG_ARGV[0], TG_ARGV[2],
+        -- One route column (an UPDATE: of one row): _routed_rows, its plan kept, where the query's is not.
+        ELSIF TG_OP = 'INSERT' THEN
+            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM new_rows r), NULL, TG_ARGV[0], TG_ARGV[2],
+                                                TG_RELID, TG_OP);
+        ELSIF TG_OP = 'DELETE' THEN
+            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM old_rows r), NULL, TG_ARGV[0], TG_ARGV[2],
                                                 TG_RELID, TG_OP);
         ELSE
-            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM old_rows r), TG_ARGV[0], TG_ARGV[2],
+            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM new_rows r),
+                                                ARRAY(SELECT row_to_json(r) FROM old_rows r), TG_ARGV[0], TG_ARGV[2],
                                                 TG_RELID, TG_OP);
         END IF;
         taken := true;
