@@ -1,8 +1,9 @@
-"""Capture filters routed by value on one column take a path whose plan is kept for the session
-(webhooks._routed_rows); any other filter takes the general query, planned at every write. Both
-must route every row alike: two tables with the same tenant webhooks, one of them given a
-predicate filter besides (so its triggers take the general query), receive the same statements,
-and each tenant gets the same rows from both."""
+"""On a table routed by value on one column, a one-row statement takes a path whose plan is kept
+for the session (webhooks._routed_row); larger statements and any other filter take the general
+query, planned at every write. Both must route every row alike: two tables with the same tenant
+webhooks, one of them given a predicate filter besides (so its triggers take the general query),
+receive the same statements, one row at a time or in bulk, and each tenant gets the same rows
+from both."""
 
 from __future__ import annotations
 

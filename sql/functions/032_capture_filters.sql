@@ -150,10 +150,9 @@ END
 $$;
 
 -- The route column of `relid` for `op` when every subscription of it is plain or routed by value
--- on that one column, and the column's text is the same in the row's JSON image (integers,
--- numeric, text, varchar, uuid, boolean): its trigger then routes rows with _routed_rows, whose
--- plan is kept for the session, instead of _filter_query's, planned at every write (that planning
--- was ~165 us of a filtered one-row INSERT's ~225, and most of an UPDATE's ~550). NULL otherwise.
+-- on that one column, whose text is the same in the row's JSON image (integers, numeric, text,
+-- varchar, uuid, boolean): its trigger then routes a one-row statement with _routed_row, plan kept,
+-- not _filter_query's, planned at every write (~165 us of a one-row INSERT's ~225). NULL otherwise.
 CREATE OR REPLACE FUNCTION webhooks._route_column(relid oid, op text)
 RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
@@ -167,41 +166,36 @@ AS $$
     LEFT JOIN pg_attribute a ON a.attrelid = relid AND a.attname = f.route_column AND NOT a.attisdropped
 $$;
 
--- What _filter_query's query gives for a table of _route_column, from the row images (an UPDATE's
--- old ones paired by position): [{r, o, h, oh}] for the rows some webhook wants, `plain` getting
--- every row. An image without the route column (dropped since) is an error: the trigger's
--- fail-closed path decides. A generic plan: a custom one, made per call, cost what it saves.
-CREATE OR REPLACE FUNCTION webhooks._routed_rows(images json[], old_images json[], plain text, route_column text,
-                                                 relid oid, op text)
+-- What _filter_query's query gives for the one row of a statement on a table of _route_column
+-- (and an UPDATE's old row): [{r, o, h, oh}] if some webhook wants it, `plain` getting every row.
+-- An image without the route column (dropped since) is an error: the trigger's fail-closed path
+-- decides. A generic plan: a custom one, made per call, cost what it saves.
+CREATE OR REPLACE FUNCTION webhooks._routed_row(image json, old_image json, plain text, route_column text,
+                                                relid oid, op text)
 RETURNS json
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     found_rows json;
-    complete boolean;
 BEGIN
-    SELECT json_agg(json_build_object('r', u.j, 'o', o.j, 'h', h.hooks, 'oh', h.ohooks) ORDER BY u.i)
-               FILTER (WHERE cardinality(h.hooks) > 0),
-           bool_and(u.j -> route_column IS NOT NULL)
-    INTO found_rows, complete
-    FROM unnest(images) WITH ORDINALITY AS u(j, i)
-    LEFT JOIN unnest(old_images) WITH ORDINALITY AS o(j, i) ON o.i = u.i
-    CROSS JOIN LATERAL (
-        SELECT array_remove(plain::uuid[] || ARRAY(
-                   SELECT rt.webhook_id FROM webhooks.capture_routes rt
-                   WHERE rt.relid = _routed_rows.relid AND rt.operation = op AND rt.column_name = route_column
-                     AND rt.value = u.j ->> route_column), NULL) AS hooks,
-               CASE WHEN o.j IS NOT NULL THEN array_remove(plain::uuid[] || ARRAY(
-                   SELECT rt.webhook_id FROM webhooks.capture_routes rt
-                   WHERE rt.relid = _routed_rows.relid AND rt.operation = op AND rt.column_name = route_column
-                     AND rt.value = o.j ->> route_column), NULL) END AS ohooks
-    ) h;
-    IF NOT complete THEN
+    IF image -> route_column IS NULL THEN
         RAISE EXCEPTION 'the route column % is not in the row', route_column;
     END IF;
+    SELECT json_build_array(json_build_object('r', image, 'o', old_image, 'h', h.hooks, 'oh', h.ohooks))
+    INTO found_rows
+    FROM (SELECT array_remove(plain::uuid[] || ARRAY(
+                     SELECT rt.webhook_id FROM webhooks.capture_routes rt
+                     WHERE rt.relid = _routed_row.relid AND rt.operation = op AND rt.column_name = route_column
+                       AND rt.value = image ->> route_column), NULL) AS hooks,
+                 CASE WHEN old_image IS NOT NULL THEN array_remove(plain::uuid[] || ARRAY(
+                     SELECT rt.webhook_id FROM webhooks.capture_routes rt
+                     WHERE rt.relid = _routed_row.relid AND rt.operation = op AND rt.column_name = route_column
+                       AND rt.value = old_image ->> route_column), NULL) END AS ohooks) h
+    WHERE cardinality(h.hooks) > 0;
     RETURN found_rows;
 END
 $$;
+
 
 -- Make capture_routes match the subscriptions of `relid`, touching only what differs (a table
 -- with a thousand tenant webhooks re-syncs on every one of their changes).
@@ -288,6 +282,8 @@ DECLARE
     query text := TG_ARGV[1];
     key text;
     from_clause text;
+    images json[];
+    old_images json[];
     found_rows json;
     base_rows json;
     flags json;
@@ -305,21 +301,20 @@ BEGIN
     BEGIN
         PERFORM set_config('transaction_read_only', 'on', true);
         PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-        IF TG_ARGV[2] IS NULL OR key <> 'true' THEN
+        -- Routed by one column: one row goes to _routed_row (its plan kept; the query is planned at
+        -- every write), more keep the query (one plan for all rows: cheaper than handing over images).
+        IF TG_ARGV[2] IS NOT NULL AND TG_OP = 'DELETE' THEN
+            images := ARRAY(SELECT row_to_json(r) FROM old_rows r LIMIT 2);
+        ELSIF TG_ARGV[2] IS NOT NULL THEN
+            images := ARRAY(SELECT row_to_json(r) FROM new_rows r LIMIT 2);
+            IF TG_OP = 'UPDATE' THEN old_images := ARRAY(SELECT row_to_json(r) FROM old_rows r LIMIT 1); END IF;
+        END IF;
+        IF cardinality(images) = 1 THEN
+            found_rows := webhooks._routed_row(images[1], old_images[1], TG_ARGV[0], TG_ARGV[2], TG_RELID, TG_OP);
+        ELSIF images IS NULL OR cardinality(images) > 1 THEN
             EXECUTE 'SELECT pg_catalog.json_agg(pg_catalog.json_build_object(''r'', f.record, ''o'', f.old_record,'
                     ' ''h'', f.hooks, ''oh'', f.ohooks)) FROM (' || query || ') f' INTO found_rows;
-        -- One route column (an UPDATE: of one row): _routed_rows, its plan kept, where the query's is not.
-        ELSIF TG_OP = 'INSERT' THEN
-            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM new_rows r), NULL, TG_ARGV[0], TG_ARGV[2],
-                                                TG_RELID, TG_OP);
-        ELSIF TG_OP = 'DELETE' THEN
-            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM old_rows r), NULL, TG_ARGV[0], TG_ARGV[2],
-                                                TG_RELID, TG_OP);
-        ELSE
-            found_rows := webhooks._routed_rows(ARRAY(SELECT row_to_json(r) FROM new_rows r),
-                                                ARRAY(SELECT row_to_json(r) FROM old_rows r), TG_ARGV[0], TG_ARGV[2],
-                                                TG_RELID, TG_OP);
-        END IF;
+        END IF;  -- (no row changed: nothing found)
         taken := true;
         RAISE EXCEPTION USING ERRCODE = 'WHR00';
     EXCEPTION
@@ -391,7 +386,7 @@ REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- The trigger runs as webhooks_capture: its helpers are that role's to execute, nobody else's.
 GRANT EXECUTE ON FUNCTION webhooks._filter_conds, webhooks._filter_from, webhooks._no_old_row,
-    webhooks._split_old_images, webhooks._store_filtered, webhooks._routed_rows TO webhooks_capture;
+    webhooks._split_old_images, webhooks._store_filtered, webhooks._routed_row TO webhooks_capture;
 
 COMMENT ON FUNCTION webhooks._split_old_images IS
     'Capture filters: one entry per row and set of webhooks; the old image only for webhooks whose filter the old row passes too.';

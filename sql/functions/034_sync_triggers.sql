@@ -52,7 +52,7 @@ BEGIN
                               SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = h
                                 AND s.relid = _sync_triggers.relid AND s.route_column IS NOT NULL)), '{}')::text,
                                 filter_query]
-                          -- Routes on one column only: a third argument, that column (see _routed_rows).
+                          -- Routes on one column only: a third argument, that column (see _routed_row).
                           || ARRAY(SELECT r::text FROM webhooks._route_column(relid, op) r WHERE r IS NOT NULL)
                      WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
         IF hooks IS NOT NULL AND EXISTS (

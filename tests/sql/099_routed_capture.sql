@@ -1,6 +1,6 @@
--- 099: capture filters routed by value on one column (tenant_id = N), the write path whose plan
--- is kept for the session (webhooks._routed_rows): which triggers take it, that it routes INSERT
--- and DELETE as the general query does, and that a route column dropped since still fails closed.
+-- 099: capture filters routed by value on one column (tenant_id = N): a one-row statement takes a
+-- path whose plan is kept for the session (webhooks._routed_row). Which triggers take it, that it
+-- routes as the general query does, and that a route column dropped since still fails closed.
 BEGIN;
 SELECT plan(15);
 
