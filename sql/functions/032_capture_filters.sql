@@ -149,54 +149,6 @@ BEGIN
 END
 $$;
 
--- The route column of `relid` for `op` when every subscription of it is plain or routed by value
--- on that one column, whose text is the same in the row's JSON image (integers, numeric, text,
--- varchar, uuid, boolean): its trigger then routes a one-row statement with _routed_row, plan kept,
--- not _filter_query's, planned at every write (~165 us of a one-row INSERT's ~225). NULL otherwise.
-CREATE OR REPLACE FUNCTION webhooks._route_column(relid oid, op text)
-RETURNS name
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE WHEN op IN ('INSERT', 'UPDATE', 'DELETE') AND count(DISTINCT f.route_column) = 1
-                     AND bool_and(f.kind = 'plain' OR (f.kind = 'route' AND a.atttypid IN (
-                         'bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
-                         'text'::regtype, 'varchar'::regtype, 'uuid'::regtype)))
-                THEN min(f.route_column) END
-    FROM webhooks._filter_conds(relid, op) f
-    LEFT JOIN pg_attribute a ON a.attrelid = relid AND a.attname = f.route_column AND NOT a.attisdropped
-$$;
-
--- What _filter_query's query gives for the one row of a statement on a table of _route_column
--- (and an UPDATE's old row): [{r, o, h, oh}] if some webhook wants it, `plain` getting every row.
--- An image without the route column (dropped since) is an error: the trigger's fail-closed path
--- decides. A generic plan: a custom one, made per call, cost what it saves.
-CREATE OR REPLACE FUNCTION webhooks._routed_row(image json, old_image json, plain text, route_column text,
-                                                relid oid, op text)
-RETURNS json
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    found_rows json;
-BEGIN
-    IF image -> route_column IS NULL THEN
-        RAISE EXCEPTION 'the route column % is not in the row', route_column;
-    END IF;
-    SELECT json_build_array(json_build_object('r', image, 'o', old_image, 'h', h.hooks, 'oh', h.ohooks))
-    INTO found_rows
-    FROM (SELECT array_remove(plain::uuid[] || ARRAY(
-                     SELECT rt.webhook_id FROM webhooks.capture_routes rt
-                     WHERE rt.relid = _routed_row.relid AND rt.operation = op AND rt.column_name = route_column
-                       AND rt.value = image ->> route_column), NULL) AS hooks,
-                 CASE WHEN old_image IS NOT NULL THEN array_remove(plain::uuid[] || ARRAY(
-                     SELECT rt.webhook_id FROM webhooks.capture_routes rt
-                     WHERE rt.relid = _routed_row.relid AND rt.operation = op AND rt.column_name = route_column
-                       AND rt.value = old_image ->> route_column), NULL) END AS ohooks) h
-    WHERE cardinality(h.hooks) > 0;
-    RETURN found_rows;
-END
-$$;
-
-
 -- Make capture_routes match the subscriptions of `relid`, touching only what differs (a table
 -- with a thousand tenant webhooks re-syncs on every one of their changes).
 CREATE OR REPLACE FUNCTION webhooks._sync_routes(relid oid)
@@ -386,7 +338,7 @@ REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- The trigger runs as webhooks_capture: its helpers are that role's to execute, nobody else's.
 GRANT EXECUTE ON FUNCTION webhooks._filter_conds, webhooks._filter_from, webhooks._no_old_row,
-    webhooks._split_old_images, webhooks._store_filtered, webhooks._routed_row TO webhooks_capture;
+    webhooks._split_old_images, webhooks._store_filtered TO webhooks_capture;
 
 COMMENT ON FUNCTION webhooks._split_old_images IS
     'Capture filters: one entry per row and set of webhooks; the old image only for webhooks whose filter the old row passes too.';
