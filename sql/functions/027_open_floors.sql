@@ -26,14 +26,15 @@
 -- The floors and the pending (L, X) are kept per session in `pgwebhooks.open_floors`, signed with
 -- the session's identity token (025_event_ids.sql), so a value set by hand is ignored: a floor
 -- that is too high would hide work. A session starts with no floors (0), as before. They rise
--- at most every 100 ms (each rise probes every webhook once), and only in a READ COMMITTED
+-- at most every 100 ms (each rise probes every webhook not at rest once, see
+-- 046_resting_webhooks.sql: one at rest has no floor, nor needs one), and only in a READ COMMITTED
 -- transaction: a longer-lived snapshot could miss rows committed after it was taken.
 
 -- Raise this session's floors when that is safe (see above); returns them: {"captures": id,
--- "<webhook id>": id, ...}, a missing one being 0.
+-- "<webhook id>": id, ...}, a missing one being 0. Generic plans, as _rest_webhooks.
 CREATE OR REPLACE FUNCTION webhooks._open_floors()
 RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     raw text := current_setting('pgwebhooks.open_floors', true);
@@ -86,7 +87,7 @@ BEGIN
                    WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)
                    ORDER BY c.id LIMIT 1)))
         INTO floors
-        FROM webhooks.webhooks w;
+        FROM (SELECT e.webhook_id AS id FROM webhooks.endpoints e WHERE e.work_state <> 'idle') w;
     ELSIF state ? 'x' THEN
         RETURN floors;  -- a transaction that may still commit an id <= L is running
     END IF;

@@ -71,8 +71,9 @@ $$;
 
 -- The webhooks with due work, with when their oldest due delivery became due and whether their
 -- limits or circuit need exact accounting across runners. A paused webhook keeps its queue
--- (fan-out still creates its deliveries); nothing is sent. One without unfinished work above its
--- open floor (`floors`, see _open_floors) is not scanned in time order.
+-- (fan-out still creates its deliveries); nothing is sent. One at rest is not looked at; one
+-- without unfinished work above its open floor (`floors`, see _open_floors) is not scanned in
+-- time order.
 DROP FUNCTION IF EXISTS webhooks._due_webhooks(uuid[]);
 CREATE OR REPLACE FUNCTION webhooks._due_webhooks(skip_webhooks uuid[], floors jsonb)
 RETURNS TABLE (id uuid, oldest timestamptz, exact boolean)
@@ -80,8 +81,11 @@ LANGUAGE sql STABLE
 AS $$
     SELECT w.id, n.oldest,
            w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed'
-    FROM webhooks.webhooks w
-    JOIN webhooks.endpoints e ON e.webhook_id = w.id
+    -- From the webhooks not at rest (046_resting_webhooks.sql), each joined to its settings: the
+    -- lateral join keeps that order whatever the statistics say of how many are at rest (taken
+    -- while they were all open, they made the planner walk every webhook instead).
+    FROM webhooks.endpoints e
+    CROSS JOIN LATERAL (SELECT w.* FROM webhooks.webhooks w WHERE w.id = e.webhook_id OFFSET 0) w
     CROSS JOIN LATERAL (
         SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
         WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased') AND d.next_attempt_at <= now()
@@ -98,6 +102,7 @@ AS $$
     ) n
     WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
       AND (e.circuit <> 'open' OR e.retry_at <= now())
+      AND e.work_state <> 'idle'
 $$;
 
 -- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see

@@ -65,8 +65,7 @@ END
 $$;
 
 -- claim()'s first steps, each a statement of its own before the claim's one: check the
--- arguments, fan out (from `fan_out_floor`, see _open_floors), and make sure every webhook has
--- its endpoints row.
+-- arguments and fan out (from `fan_out_floor`, see _open_floors).
 DROP FUNCTION IF EXISTS webhooks._prepare_claim(integer, integer, integer);
 CREATE OR REPLACE FUNCTION webhooks._prepare_claim(batch_size integer, lease_margin_seconds integer,
                                                    per_webhook_limit integer, fan_out_floor bigint)
@@ -89,14 +88,6 @@ BEGIN
        AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
-    -- Every webhook has its endpoints row from its creation (see _add_endpoint); should one be
-    -- missing all the same, add it without ever waiting: a claim that finds another transaction
-    -- adding the same row (the advisory lock taken) leaves it to that one.
-    INSERT INTO webhooks.endpoints (webhook_id)
-    SELECT w.id FROM webhooks.webhooks w
-    WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
-      AND pg_try_advisory_xact_lock(2003, hashtext(w.id::text))
-    ON CONFLICT DO NOTHING;
 END
 $$;
 
@@ -144,11 +135,11 @@ $$;
 -- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
 --
 -- Work is chosen per webhook, never by walking all due work in time order: one index probe per
--- enabled webhook finds those with due work (the one whose work has waited longest first); each
+-- enabled webhook not at rest (046_resting_webhooks.sql) finds those with due work (the one whose work has waited longest first); each
 -- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
 -- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
 -- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
--- costs O(batch + enabled webhooks), whatever one webhook has queued; a webhook whose circuit is
+-- costs O(batch + webhooks with unfinished work), whatever one webhook has queued; a webhook whose circuit is
 -- open, or a paused one, is not looked at beyond that probe.
 --
 -- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
@@ -176,6 +167,8 @@ BEGIN
     floors := webhooks._open_floors();
     PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit,
                                     coalesce((floors ->> 'captures')::bigint, 0));
+    -- Webhooks without unfinished work come to rest, and are not looked at (046_resting_webhooks.sql).
+    PERFORM webhooks._rest_webhooks(floors);
     -- The webhooks with due work, the one whose work has waited longest first.
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
     INTO serving, exact
@@ -291,13 +284,14 @@ CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAUL
                                                 skip_webhooks uuid[] DEFAULT '{}')
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     floors jsonb := webhooks._open_floors();
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
     PERFORM webhooks._register_waiting();
+    PERFORM webhooks._rest_webhooks(floors);
     RETURN (SELECT CASE
         -- Captures to fan out: now, unless this session's restore check is not settled (another
         -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
@@ -321,8 +315,8 @@ BEGIN
                                                         e.tokens_at)) / w.rate_limit_per_second)
                 ELSE now()
             END AS due
-            FROM webhooks.webhooks w
-            JOIN webhooks.endpoints e ON e.webhook_id = w.id
+            FROM webhooks.endpoints e  -- not at rest, as in _due_webhooks
+            CROSS JOIN LATERAL (SELECT w.* FROM webhooks.webhooks w WHERE w.id = e.webhook_id OFFSET 0) w
             CROSS JOIN LATERAL (
                 SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
                 WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
@@ -334,6 +328,7 @@ BEGIN
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
             WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
+              AND e.work_state <> 'idle'
         ) x)
     END);
 END

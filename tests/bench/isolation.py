@@ -29,6 +29,7 @@ from fanout import bench_bulk_neighbour
 from outage import bench_outage
 from psycopg.types.json import Jsonb
 from report import Result, failed, info, ratio, threshold
+from resting_webhooks import bench_resting_webhooks
 
 from pgwebhooks.localpg import free_port
 
@@ -290,10 +291,11 @@ def bench_rate_limit(env: Env, limit: int = 200, total: int = 2000) -> list[Resu
 
 
 def bench_isolation(env: Env, deliveries: int, neighbour: int, rounds: int = 2,
-                    outage_seconds: float = 60) -> list[Result]:
+                    outage_seconds: float = 60, quiet_webhooks: int = 10_000) -> list[Result]:
     """All of the above; one that fails is reported as such and the others still run."""
     parts = (("noisy neighbour", lambda: bench_noisy_neighbour(env, deliveries, neighbour, rounds)),
              ("claim cost", lambda: bench_claim_isolation(env, neighbour)),
+             ("quiet webhooks", lambda: bench_resting_webhooks(env, quiet_webhooks)),
              ("bulk neighbour", lambda: bench_bulk_neighbour(env, 2 * neighbour)),
              ("retry punctuality", lambda: bench_retry_punctuality(env)),
              ("rate limit", lambda: bench_rate_limit(env)),

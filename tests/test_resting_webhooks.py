@@ -1,0 +1,151 @@
+"""Webhooks at rest (sql/functions/046_resting_webhooks.sql): a webhook without unfinished
+deliveries is not probed by claim() or next_due_in(), and never comes to rest while a delivery
+of it may still commit."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from outbox_helpers import create_webhook, scalar
+
+
+def states(conn: psycopg.Connection) -> dict[str, str]:
+    return {str(w): s for w, s in conn.execute("SELECT webhook_id, work_state FROM webhooks.endpoints")}
+
+
+def rest(conn: psycopg.Connection, times: int = 1) -> None:
+    for _ in range(times):
+        conn.execute("SELECT webhooks._rest_webhooks(webhooks._open_floors(), true)")
+
+
+def test_a_webhook_comes_to_rest_in_three_steps_and_wakes_on_its_next_delivery(conn, table) -> None:
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    hook = str(create_webhook(conn))
+    other = str(create_webhook(conn, table="other"))
+    assert states(conn) == {hook: "open", other: "open"}
+    rest(conn)
+    assert states(conn) == {hook: "emptied", other: "emptied"}
+    assert scalar(conn, "SELECT count(*) FROM webhooks.endpoints WHERE work_horizon IS NULL") == 2
+    rest(conn)
+    assert scalar(conn, "SELECT count(*) FROM webhooks.endpoints WHERE work_horizon IS NOT NULL") == 2
+    rest(conn)
+    assert states(conn) == {hook: "idle", other: "idle"}
+
+    conn.execute("INSERT INTO bulk VALUES (1, 1)")
+    claimed = conn.execute("SELECT webhook_id FROM webhooks.claim(10)").fetchall()
+    assert [str(w) for (w,) in claimed] == [hook]
+    assert states(conn) == {hook: "open", other: "idle"}
+    # Leased is unfinished: the webhook stays open until the result is in.
+    rest(conn, 3)
+    assert states(conn)[hook] == "open"
+
+
+def test_no_rest_while_a_transaction_that_read_open_may_still_commit_a_delivery(db, conn, table) -> None:
+    """The race the horizon is for: the writer reads the row while it is 'open' (and so changes
+    nothing), then stays open while the other steps run. A rest that skipped the horizon (or
+    took it from the first step) strands its delivery: nothing would ever claim it."""
+    hook = str(create_webhook(conn))
+    with psycopg.connect(db) as writer:
+        delivery = scalar(writer, "SELECT webhooks.send_test(%s)", hook)
+        assert states(conn)[hook] == "open"
+        rest(conn, 6)
+        # Emptied (its delivery is not visible), but its horizon is above the writer's id.
+        assert states(conn)[hook] == "emptied"
+        writer.commit()
+    rest(conn)
+    assert states(conn)[hook] == "open"
+    assert [d for (d,) in conn.execute("SELECT delivery_id FROM webhooks.claim(10)")] == [delivery]
+
+
+def test_a_writer_that_reads_the_mark_opens_the_webhook_again(db, conn, table) -> None:
+    hook = str(create_webhook(conn))
+    rest(conn, 2)
+    assert states(conn)[hook] == "emptied"
+    with psycopg.connect(db) as writer:
+        delivery = scalar(writer, "SELECT webhooks.send_test(%s)", hook)
+        # The writer holds the row it set open: rest leaves it alone, without waiting.
+        conn.execute("SET lock_timeout = '200ms'")
+        rest(conn, 3)
+        assert states(conn)[hook] == "emptied"
+        writer.commit()
+    assert states(conn)[hook] == "open"
+    rest(conn, 3)
+    assert states(conn)[hook] == "open"
+    assert [d for (d,) in conn.execute("SELECT delivery_id FROM webhooks.claim(10)")] == [delivery]
+
+
+def test_a_rolled_back_delivery_leaves_the_webhook_to_rest(db, conn, table) -> None:
+    hook = str(create_webhook(conn))
+    rest(conn, 3)
+    with psycopg.connect(db) as writer:
+        writer.execute("SELECT webhooks.send_test(%s)", (hook,))
+        writer.rollback()
+    assert states(conn)[hook] == "idle"
+    assert conn.execute("SELECT * FROM webhooks.claim(10)").fetchall() == []
+
+
+def test_claim_does_not_probe_webhooks_at_rest(conn, table) -> None:
+    """200 idle webhooks beside one with work, with statistics taken while all were open (the
+    planner then preferred walking every webhook): the due-work probe runs for one webhook."""
+    conn.execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+    for _ in range(200):
+        create_webhook(conn, table="quiet")
+    busy = str(create_webhook(conn))
+    conn.execute("ANALYZE webhooks.endpoints")
+    rest(conn, 3)
+    conn.execute("INSERT INTO bulk VALUES (1, 1)")
+    conn.execute("SELECT webhooks._fan_out(100)")
+    assert scalar(conn, "SELECT count(*) FROM webhooks.endpoints WHERE work_state <> 'idle'") == 1
+    conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+    plan = scalar(conn, "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM webhooks._due_webhooks('{}', '{}')")
+
+    def loops(node: dict, relation: str) -> int:
+        own = node.get("Actual Loops", 0) if node.get("Relation Name") == relation else 0
+        return max([own] + [loops(child, relation) for child in node.get("Plans", [])])
+
+    assert loops(plan[0]["Plan"], "webhooks") == 1  # settings read for the one webhook with work
+    assert [str(w) for (w,) in conn.execute("SELECT id FROM webhooks._due_webhooks('{}', '{}')")] == [busy]
+
+
+def test_next_due_in_sees_work_of_a_webhook_woken_since(conn, table) -> None:
+    create_webhook(conn)
+    rest(conn, 3)
+    assert scalar(conn, "SELECT webhooks.next_due_in()") is None
+    conn.execute("INSERT INTO bulk VALUES (1, 1)")
+    assert scalar(conn, "SELECT webhooks.next_due_in()") == 0  # a capture to fan out
+    conn.execute("SELECT webhooks._fan_out(100)")
+    assert scalar(conn, "SELECT webhooks.next_due_in()") == 0  # its delivery is due
+
+
+@pytest.mark.parametrize("role", ["webhooks_runner", "webhooks_admin", "webhooks_publisher", "webhooks_viewer"])
+def test_no_role_may_move_a_webhook_to_rest_or_open_it(conn, table, role: str) -> None:
+    hook = str(create_webhook(conn))
+    conn.execute(f"SET ROLE {role}")
+    try:
+        for call in ("SELECT webhooks._rest_webhooks('{}', true)",
+                     f"UPDATE webhooks.endpoints SET work_state = 'idle' WHERE webhook_id = '{hook}'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(call)
+    finally:
+        conn.execute("RESET ROLE")
+    assert states(conn)[hook] == "open"
+
+
+def test_a_session_that_never_rests_harms_no_one(db, conn, table) -> None:
+    """A runner may set the session's gate so its own claims never sweep: others still do, and
+    its claims still find a webhook woken by a new delivery."""
+    hook = str(create_webhook(conn))
+    with psycopg.connect(db, autocommit=True) as lazy:
+        lazy.execute("SET pgwebhooks.rested_at = 'infinity'")
+        lazy.execute("SELECT count(*) FROM webhooks.claim(10)")
+        rest(conn, 3)
+        assert states(conn)[hook] == "idle"
+        conn.execute("INSERT INTO bulk VALUES (1, 1)")
+        assert [str(w) for (w,) in lazy.execute("SELECT webhook_id FROM webhooks.claim(10)")] == [hook]
+
+
+def test_an_endpoints_row_lost_is_added_back(conn, table) -> None:
+    hook = str(create_webhook(conn))
+    conn.execute("DELETE FROM webhooks.endpoints")
+    rest(conn)
+    assert list(states(conn)) == [hook]
