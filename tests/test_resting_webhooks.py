@@ -1,4 +1,4 @@
-"""Webhooks at rest (sql/functions/046_resting_webhooks.sql): a webhook without unfinished
+"""Webhooks at rest (sql/functions/044_resting_webhooks.sql): a webhook without unfinished
 deliveries is not probed by claim() or next_due_in(), and never comes to rest while a delivery
 of it may still commit."""
 
@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from helpers import create_table, eventually, insert, receiver, runner_config, running
+from helpers import create_webhook as create_receiving_webhook
 from outbox_helpers import create_webhook, scalar
+from psycopg.types.json import Jsonb
 
 
 def states(conn: psycopg.Connection) -> dict[str, str]:
     return {str(w): s for w, s in conn.execute("SELECT webhook_id, work_state FROM webhooks.endpoints")}
+
+
+def unrested(conn: psycopg.Connection) -> list[str]:
+    return sorted(str(w) for (w,) in conn.execute("SELECT webhook_id FROM webhooks._unrested()"))
 
 
 def rest(conn: psycopg.Connection, times: int = 1) -> None:
@@ -34,10 +41,11 @@ def test_a_webhook_comes_to_rest_in_three_steps_and_wakes_on_its_next_delivery(c
     conn.execute("INSERT INTO bulk VALUES (1, 1)")
     claimed = conn.execute("SELECT webhook_id FROM webhooks.claim(10)").fetchall()
     assert [str(w) for (w,) in claimed] == [hook]
-    assert states(conn) == {hook: "open", other: "idle"}
-    # Leased is unfinished: the webhook stays open until the result is in.
+    assert unrested(conn) == [hook]  # woken by its delivery
+    # The wake opens it; leased is unfinished, so it stays open until the result is in.
     rest(conn, 3)
-    assert states(conn)[hook] == "open"
+    assert states(conn) == {hook: "open", other: "idle"}
+    assert scalar(conn, "SELECT count(*) FROM webhooks._wakes") == 0
 
 
 def test_no_rest_while_a_transaction_that_read_open_may_still_commit_a_delivery(db, conn, table) -> None:
@@ -57,21 +65,47 @@ def test_no_rest_while_a_transaction_that_read_open_may_still_commit_a_delivery(
     assert [d for (d,) in conn.execute("SELECT delivery_id FROM webhooks.claim(10)")] == [delivery]
 
 
-def test_a_writer_that_reads_the_mark_opens_the_webhook_again(db, conn, table) -> None:
+def test_a_writer_that_reads_the_mark_wakes_the_webhook_without_waiting(db, conn, table) -> None:
     hook = str(create_webhook(conn))
     rest(conn, 2)
     assert states(conn)[hook] == "emptied"
     with psycopg.connect(db) as writer:
+        writer.execute("SET lock_timeout = '200ms'")  # waiting on anyone would be an error
         delivery = scalar(writer, "SELECT webhooks.send_test(%s)", hook)
-        # The writer holds the row it set open: rest leaves it alone, without waiting.
-        conn.execute("SET lock_timeout = '200ms'")
+        # The writer's wake is not visible yet: rest may go on to idle meanwhile.
         rest(conn, 3)
-        assert states(conn)[hook] == "emptied"
+        assert unrested(conn) == []
         writer.commit()
-    assert states(conn)[hook] == "open"
-    rest(conn, 3)
-    assert states(conn)[hook] == "open"
+    assert unrested(conn) == [hook]
     assert [d for (d,) in conn.execute("SELECT delivery_id FROM webhooks.claim(10)")] == [delivery]
+    rest(conn)
+    assert states(conn)[hook] == "open"
+
+
+def test_an_open_transaction_that_woke_a_webhook_blocks_no_claim(db, conn, table) -> None:
+    """An admin's send_test left open, and a claim of another runner left open, both having woken
+    the same webhooks: a third claim fans out new changes for them without waiting on either."""
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    hooks = sorted([str(create_webhook(conn)), str(create_webhook(conn, table="other"))])
+    rest(conn, 3)
+    assert set(states(conn).values()) == {"idle"}
+    with psycopg.connect(db) as admin, psycopg.connect(db) as runner, psycopg.connect(db) as third:
+        for hook in hooks:
+            admin.execute("SELECT webhooks.send_test(%s)", (hook,))
+        conn.execute("INSERT INTO bulk VALUES (1, 1)")
+        conn.execute("INSERT INTO other VALUES (1)")
+        assert len(runner.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 2
+        conn.execute("INSERT INTO bulk VALUES (2, 2)")
+        conn.execute("INSERT INTO other VALUES (2)")
+        third.execute("SET lock_timeout = '200ms'")
+        claimed = third.execute("SELECT webhook_id FROM webhooks.claim(10)").fetchall()
+        assert sorted(str(w) for (w,) in claimed) == hooks
+        third.commit()
+        runner.commit()
+        admin.commit()
+    rest(conn)
+    assert set(states(conn).values()) == {"open"}
+    assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 2  # the two tests
 
 
 def test_a_rolled_back_delivery_leaves_the_webhook_to_rest(db, conn, table) -> None:
@@ -95,7 +129,7 @@ def test_claim_does_not_probe_webhooks_at_rest(conn, table) -> None:
     rest(conn, 3)
     conn.execute("INSERT INTO bulk VALUES (1, 1)")
     conn.execute("SELECT webhooks._fan_out(100)")
-    assert scalar(conn, "SELECT count(*) FROM webhooks.endpoints WHERE work_state <> 'idle'") == 1
+    assert unrested(conn) == [busy]
     conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
     plan = scalar(conn, "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM webhooks._due_webhooks('{}', '{}')")
 
@@ -123,6 +157,9 @@ def test_no_role_may_move_a_webhook_to_rest_or_open_it(conn, table, role: str) -
     conn.execute(f"SET ROLE {role}")
     try:
         for call in ("SELECT webhooks._rest_webhooks('{}', true)",
+                     "SELECT * FROM webhooks._unrested()",
+                     f"INSERT INTO webhooks._wakes VALUES ('{hook}')",
+                     "DELETE FROM webhooks._wakes",
                      f"UPDATE webhooks.endpoints SET work_state = 'idle' WHERE webhook_id = '{hook}'"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(call)
@@ -149,3 +186,27 @@ def test_an_endpoints_row_lost_is_added_back(conn, table) -> None:
     conn.execute("DELETE FROM webhooks.endpoints")
     rest(conn)
     assert list(states(conn)) == [hook]
+
+
+async def test_the_runner_delivers_to_webhooks_that_came_to_rest(db: str) -> None:
+    """End to end with the runner: twenty webhooks deliver, all come to rest, and a new change
+    for one of them, and a published event for another, still arrive."""
+    create_table(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT webhooks.create_event_type('tenant.changed')")
+    async with receiver() as rx:
+        hooks = [create_receiving_webhook(db, rx.url, name=f"tenant-{n}") for n in range(19)]
+        published = create_receiving_webhook(db, rx.url, name="events",
+                                             events=Jsonb([{"event_type": "tenant.changed"}]))
+        async with running(runner_config(db)):
+            insert(db, 1)
+            await rx.wait_for(19, timeout=20)
+            with psycopg.connect(db, autocommit=True) as conn:
+                def all_idle() -> bool:
+                    return scalar(conn, "SELECT count(*) FROM webhooks.endpoints WHERE work_state <> 'idle'") == 0
+                assert await eventually(all_idle, timeout=20)
+                conn.execute("INSERT INTO items (label) VALUES ('late')")
+                conn.execute("SELECT webhooks.publish('tenant.changed', '{\"n\": 1}')")
+            requests = await rx.wait_for(19 + 19 + 1, timeout=20)
+    late = [r.payload for r in requests[19:]]
+    assert sorted(p["webhook_id"] for p in late) == sorted([str(h["id"]) for h in hooks] + [str(published["id"])])

@@ -27,7 +27,7 @@
 -- the session's identity token (025_event_ids.sql), so a value set by hand is ignored: a floor
 -- that is too high would hide work. A session starts with no floors (0), as before. They rise
 -- at most every 100 ms (each rise probes every webhook not at rest once, see
--- 046_resting_webhooks.sql: one at rest has no floor, nor needs one), and only in a READ COMMITTED
+-- 044_resting_webhooks.sql: one at rest has no floor, nor needs one), and only in a READ COMMITTED
 -- transaction: a longer-lived snapshot could miss rows committed after it was taken.
 
 -- Raise this session's floors when that is safe (see above); returns them: {"captures": id,
@@ -87,7 +87,7 @@ BEGIN
                    WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)
                    ORDER BY c.id LIMIT 1)))
         INTO floors
-        FROM (SELECT e.webhook_id AS id FROM webhooks.endpoints e WHERE e.work_state <> 'idle') w;
+        FROM (SELECT u.webhook_id AS id FROM webhooks._unrested() u) w;
     ELSIF state ? 'x' THEN
         RETURN floors;  -- a transaction that may still commit an id <= L is running
     END IF;

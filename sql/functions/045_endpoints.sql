@@ -81,10 +81,11 @@ LANGUAGE sql STABLE
 AS $$
     SELECT w.id, n.oldest,
            w.max_concurrency IS NOT NULL OR w.rate_limit_per_second IS NOT NULL OR e.circuit <> 'closed'
-    -- From the webhooks not at rest (046_resting_webhooks.sql), each joined to its settings: the
-    -- lateral join keeps that order whatever the statistics say of how many are at rest (taken
+    -- From the webhooks not at rest (044_resting_webhooks.sql), each joined to its settings: the
+    -- lateral joins keep that order whatever the statistics say of how many are at rest (taken
     -- while they were all open, they made the planner walk every webhook instead).
-    FROM webhooks.endpoints e
+    FROM webhooks._unrested() u
+    CROSS JOIN LATERAL (SELECT e.* FROM webhooks.endpoints e WHERE e.webhook_id = u.webhook_id OFFSET 0) e
     CROSS JOIN LATERAL (SELECT w.* FROM webhooks.webhooks w WHERE w.id = e.webhook_id OFFSET 0) w
     CROSS JOIN LATERAL (
         SELECT d.next_attempt_at AS oldest FROM webhooks.deliveries d
@@ -102,7 +103,6 @@ AS $$
     ) n
     WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
       AND (e.circuit <> 'open' OR e.retry_at <= now())
-      AND e.work_state <> 'idle'
 $$;
 
 -- The webhooks one claim serves, in order (`ord`), each with its settings and its room now (see

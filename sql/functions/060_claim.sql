@@ -135,7 +135,7 @@ $$;
 -- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
 --
 -- Work is chosen per webhook, never by walking all due work in time order: one index probe per
--- enabled webhook not at rest (046_resting_webhooks.sql) finds those with due work (the one whose work has waited longest first); each
+-- enabled webhook not at rest (044_resting_webhooks.sql) finds those with due work (the one whose work has waited longest first); each
 -- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
 -- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
 -- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
@@ -167,7 +167,7 @@ BEGIN
     floors := webhooks._open_floors();
     PERFORM webhooks._prepare_claim(batch_size, lease_margin_seconds, per_webhook_limit,
                                     coalesce((floors ->> 'captures')::bigint, 0));
-    -- Webhooks without unfinished work come to rest, and are not looked at (046_resting_webhooks.sql).
+    -- Webhooks without unfinished work come to rest, and are not looked at (044_resting_webhooks.sql).
     PERFORM webhooks._rest_webhooks(floors);
     -- The webhooks with due work, the one whose work has waited longest first.
     SELECT array_agg(x.id ORDER BY x.oldest, x.id), array_agg(x.id) FILTER (WHERE x.exact)
@@ -315,7 +315,8 @@ BEGIN
                                                         e.tokens_at)) / w.rate_limit_per_second)
                 ELSE now()
             END AS due
-            FROM webhooks.endpoints e  -- not at rest, as in _due_webhooks
+            FROM webhooks._unrested() u  -- as in _due_webhooks
+            CROSS JOIN LATERAL (SELECT e.* FROM webhooks.endpoints e WHERE e.webhook_id = u.webhook_id OFFSET 0) e
             CROSS JOIN LATERAL (SELECT w.* FROM webhooks.webhooks w WHERE w.id = e.webhook_id OFFSET 0) w
             CROSS JOIN LATERAL (
                 SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
@@ -328,7 +329,6 @@ BEGIN
                 ORDER BY d.next_attempt_at LIMIT 1
             ) n
             WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
-              AND e.work_state <> 'idle'
         ) x)
     END);
 END

@@ -4,7 +4,7 @@
 -- 10,000 webhooks of which one had work, claim(200) took 77 ms instead of ~25 and next_due_in
 -- 29 ms instead of 0.3. Each webhook's endpoints row now says whether it may have unfinished
 -- (pending or leased) deliveries; a webhook at rest ('idle') is not looked at. How a webhook
--- comes to rest without missing a delivery committed meanwhile: 046_resting_webhooks.sql.
+-- comes to rest without missing a delivery committed meanwhile: 044_resting_webhooks.sql.
 -- Every webhook starts 'open' (it may have work): the first claims settle them.
 ALTER TABLE webhooks.endpoints ADD COLUMN IF NOT EXISTS work_state text NOT NULL DEFAULT 'open';
 ALTER TABLE webhooks.endpoints ADD COLUMN IF NOT EXISTS work_horizon xid8;
@@ -19,5 +19,15 @@ COMMENT ON COLUMN webhooks.endpoints.work_state IS
 COMMENT ON COLUMN webhooks.endpoints.work_horizon IS
     'For emptied: the transaction id every writer that could have missed the mark is below (see _rest_webhooks)';
 
--- The webhooks claim() looks at: the ones not at rest.
+-- The webhooks claim() looks at: the ones not at rest,
 CREATE INDEX IF NOT EXISTS endpoints_not_idle ON webhooks.endpoints (webhook_id) WHERE work_state <> 'idle';
+
+-- and the ones a delivery was inserted for while they were not open. A writer only ever inserts
+-- here (no unique key, no row of anyone else's to lock), so it never waits on another writer,
+-- an open transaction or a claim; _rest_webhooks opens those webhooks and removes their rows.
+CREATE TABLE IF NOT EXISTS webhooks._wakes (
+    webhook_id uuid NOT NULL
+);
+COMMENT ON TABLE webhooks._wakes IS
+    'Webhooks a delivery was inserted for while not open (see _open_webhooks); consumed by _rest_webhooks';
+CREATE INDEX IF NOT EXISTS wakes_webhook_id ON webhooks._wakes (webhook_id);

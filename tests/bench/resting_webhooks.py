@@ -1,7 +1,7 @@
 """claim() and next_due_in() beside many webhooks without work (a webhook per tenant, each
 subscribed to its own event type, each delivered to once and then quiet). Before 0.5.2 both
 probed every enabled webhook at every call; webhooks at rest are now left out
-(sql/functions/046_resting_webhooks.sql).
+(sql/functions/044_resting_webhooks.sql).
 """
 
 from __future__ import annotations
