@@ -135,12 +135,13 @@ $$;
 -- max_concurrency (NULL: the runner's own --per-webhook-concurrency applies).
 --
 -- Work is chosen per webhook, never by walking all due work in time order: one index probe per
--- enabled webhook not at rest (044_resting_webhooks.sql) finds those with due work (the one whose work has waited longest first); each
--- gets its room (see _room: its max_concurrency minus what is in flight across all runners, one
--- probe while its circuit is not closed, its rate limit's tokens), at most its fair share of the
--- batch, taken from its oldest due deliveries in `deliveries_webhook_due`. A claim therefore
--- costs O(batch + webhooks with unfinished work), whatever one webhook has queued; a webhook whose circuit is
--- open, or a paused one, is not looked at beyond that probe.
+-- enabled webhook not at rest (044_resting_webhooks.sql) finds those with due work (the one whose
+-- work has waited longest first); each gets its room (see _room: its max_concurrency minus what
+-- is in flight across all runners, one probe while its circuit is not closed, its rate limit's
+-- tokens), at most its fair share of the batch, taken from its oldest due deliveries in
+-- `deliveries_webhook_due`. A claim therefore costs O(batch + webhooks with unfinished work),
+-- whatever one webhook has queued and however many have none; a webhook whose circuit is open,
+-- or a paused one, is not looked at beyond that probe.
 --
 -- `per_webhook_limit` caps one call's deliveries of a webhook without `max_concurrency` (the
 -- runner passes twice its --per-webhook-concurrency, which it counts against its own sends);
