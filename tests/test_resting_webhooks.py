@@ -168,12 +168,15 @@ def test_no_role_may_move_a_webhook_to_rest_or_open_it(conn, table, role: str) -
     assert states(conn)[hook] == "open"
 
 
-def test_a_session_that_never_rests_harms_no_one(db, conn, table) -> None:
-    """A runner may set the session's gate so its own claims never sweep: others still do, and
-    its claims still find a webhook woken by a new delivery."""
+@pytest.mark.parametrize("gate", ["99999999999", "infinity", "not a time", "1e400"])
+def test_a_session_that_never_rests_harms_no_one(db, conn, table, gate: str) -> None:
+    """A runner may set the session's gate so its own claims never sweep (a time far ahead), or
+    set it to anything at all: others still rest webhooks, and its claims still work and still
+    find a webhook woken by a new delivery."""
     hook = str(create_webhook(conn))
     with psycopg.connect(db, autocommit=True) as lazy:
-        lazy.execute("SET pgwebhooks.rested_at = 'infinity'")
+        lazy.execute("SELECT set_config('pgwebhooks.rested_at', %s, false)", (gate,))
+        lazy.execute("SELECT set_config('pgwebhooks.endpoints_checked_at', %s, false)", (gate,))
         lazy.execute("SELECT count(*) FROM webhooks.claim(10)")
         rest(conn, 3)
         assert states(conn)[hook] == "idle"

@@ -57,6 +57,26 @@ AS $$
     SELECT k.webhook_id FROM webhooks._wakes k
 $$;
 
+-- Whether this session last did `what` at least `period` seconds ago, or never; if so, records
+-- now. Kept as epoch seconds in the session setting pgwebhooks.<what>: a value that is not one
+-- (set by hand, or through a pooled connection) counts as never, so it can only make the session
+-- do the work sooner, never fail its claims.
+CREATE OR REPLACE FUNCTION webhooks._session_due(what text, period double precision)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    raw text := current_setting('pgwebhooks.' || what, true);
+    now_s double precision := extract(epoch FROM clock_timestamp());
+BEGIN
+    IF raw ~ '^[0-9]{1,12}(\.[0-9]+)?$' AND now_s < raw::double precision + period THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('pgwebhooks.' || what, now_s::text, false);
+    RETURN true;
+END
+$$;
+
 -- Steps 1-3 above for every webhook not at rest, and back to 'open' for any with work or a
 -- wake (its wakes seen now are removed); at most every 100 ms per session unless `force`. A row
 -- another transaction holds, or one changed since this statement's snapshot, is left for the
@@ -76,17 +96,13 @@ DECLARE
 BEGIN
     -- A REPEATABLE READ snapshot is older than the statement: the steps need a fresh one each.
     IF current_setting('transaction_isolation') <> 'read committed'
-       OR NOT force AND clock_timestamp() < coalesce(nullif(current_setting('pgwebhooks.rested_at', true), ''),
-                                                     '-infinity')::timestamptz + interval '100 milliseconds' THEN
+       OR NOT (webhooks._session_due('rested_at', 0.1) OR force) THEN
         RETURN 0;
     END IF;
-    PERFORM set_config('pgwebhooks.rested_at', clock_timestamp()::text, false);
     -- Should a webhook lack its endpoints row, add it without ever waiting: one another
     -- transaction is adding (the advisory lock taken) is left to that one. Every 10 minutes per
     -- session: the check reads every webhook (~25 ms for 10,000), and each is created with its row.
-    IF force OR clock_timestamp() > coalesce(nullif(current_setting('pgwebhooks.endpoints_checked_at', true), ''),
-                                             '-infinity')::timestamptz + interval '10 minutes' THEN
-        PERFORM set_config('pgwebhooks.endpoints_checked_at', clock_timestamp()::text, false);
+    IF webhooks._session_due('endpoints_checked_at', 600) OR force THEN
         INSERT INTO webhooks.endpoints (webhook_id)
         SELECT w.id FROM webhooks.webhooks w
         WHERE NOT EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.webhook_id = w.id)
@@ -140,4 +156,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks._rest_webhooks, webhooks._open_webhooks, webhooks._unrested FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks._rest_webhooks, webhooks._open_webhooks, webhooks._unrested, webhooks._session_due
+    FROM PUBLIC;

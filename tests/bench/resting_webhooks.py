@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from common import Env, create_orders, create_webhook, median
 from delivery import bulk_backlog
+from psycopg.types.json import Jsonb
 from report import Result, ratio
 
 
@@ -51,8 +52,8 @@ def _quiet_tenants(conn: psycopg.Connection[Any], count: int) -> None:
         leased = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(1000)").fetchall()
         if not leased:
             break
-        conn.execute("SELECT count(*) FROM webhooks.complete(%s::jsonb)", (
-            "[" + ",".join(f'{{"delivery_id": {d}, "attempt": {a}, "status_code": 200}}' for d, a in leased) + "]",))
+        conn.execute("SELECT count(*) FROM webhooks.complete(%s)",
+                     (Jsonb([{"delivery_id": d, "attempt": a, "status_code": 200} for d, a in leased]),))
 
 
 def bench_resting_webhooks(env: Env, tenants: int, repeats: int = 25) -> list[Result]:
