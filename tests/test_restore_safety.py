@@ -42,7 +42,9 @@ def test_an_open_transaction_that_published_in_a_copy_blocks_no_claim_or_publish
         clone: tuple[str, tuple[int, uuid.UUID]]) -> None:
     dsn, before = clone
     with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as other:
-        # The first to look records the copy's new salt, and keeps its transaction open.
+        # The first to look (a runner's claim) records the copy's new salt, publishes, and keeps its
+        # transaction open.
+        assert holder.execute("SELECT * FROM webhooks.claim()").fetchall() == []
         held_id = holder.execute("SELECT webhooks.publish('order.created', '{\"n\": 1}')").fetchone()[0]
         # A wait would be an error here, not a slow test.
         other.execute("SET lock_timeout = '2s'")
@@ -54,7 +56,8 @@ def test_an_open_transaction_that_published_in_a_copy_blocks_no_claim_or_publish
         assert other.execute("SELECT webhooks.next_due_in()").fetchone()[0] == 1
         holder.commit()
         sent = other.execute("SELECT headers ->> 'webhook-id' FROM webhooks.claim() ORDER BY delivery_id").fetchall()
-        # The ids publish() returned are the ids sent, in both sessions, under the copy's new salt.
+        # The ids publish() returned are the ids sent, in both sessions; the copy has its new salt
+        # (for row changes: a published event's id is drawn and stored when it is published).
         assert [uuid.UUID(r[0]) for r in sent] == [held_id, other_id]
         after = other.execute(LATEST_SALT).fetchone()
         assert after is not None and after[1] != before[1] and after[0] > before[0]

@@ -60,6 +60,17 @@ AS $$
     SELECT md5(i.salt::text || '/' || capture_id || '/' || n)::uuid FROM webhooks._salt_for(capture_id) i
 $$;
 
+-- The id of event `n` of capture `capture_id` whose stored id is `published_id`: a published
+-- event's own (drawn by publish(), migration 0021), else the derived one. Every reader of an
+-- event's id asks this. SQL without SET clauses, so it is inlined, and coalesce() asks
+-- _event_uid only when there is no stored id.
+CREATE OR REPLACE FUNCTION webhooks._event_id(published_id uuid, capture_id bigint, n integer)
+RETURNS uuid
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(published_id, webhooks._event_uid(capture_id, n))
+$$;
+
 -- _ensure_identity returns whether the check is settled since 0.2 (it returned void).
 DO $$
 BEGIN

@@ -46,28 +46,38 @@ BEGIN
 END
 $$;
 
--- The id of published capture `capture_id`, after the restore check (see 025_event_ids.sql): a
--- restored copy starts a new salt before its first event id is handed out. Once the check is
--- settled, the session flag pgwebhooks.publish_salt is set from the newest salt, so publish()
--- names the next events itself (a salt is unreadable to ordinary roles, so no one can set the
--- flag by hand to skip the check). Unsettled (another transaction is recording a copy's new
--- salt): the capture is past the copy's boundary, so its id is under the copy's derived salt.
-CREATE OR REPLACE FUNCTION webhooks._published_id(capture_id bigint)
+-- publish() for what its one statement does not take (see publish): data that may be too large or
+-- too deep, SQL NULL, a reserved or undeclared type. The checks in publish()'s order, then the
+-- same insert; an error names the field and the value. Called from publish(), with its rights.
+CREATE OR REPLACE FUNCTION webhooks._publish_checked(event_type text, data jsonb)
 RETURNS uuid
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    event_id uuid;
 BEGIN
-    IF NOT webhooks._ensure_identity() THEN
-        RETURN md5(webhooks._salt_at(webhooks._database_identity())::text || '/' || capture_id || '/1')::uuid;
+    IF starts_with(event_type, 'pgwebhooks.') THEN
+        PERFORM webhooks._fail('WH032', 'event_type', format(
+            '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
     END IF;
-    PERFORM set_config('pgwebhooks.publish_salt',
-                       (SELECT md5(s.salt::text || '/' || pg_backend_pid()) FROM webhooks._salts s
-                        ORDER BY s.first_capture_id DESC LIMIT 1), false);
-    RETURN webhooks._event_uid(capture_id, 1);
+    PERFORM webhooks._check_event_data('data', data);
+    IF data IS NULL THEN
+        PERFORM webhooks._fail('WH013', 'data', 'must be a JSON value, not SQL NULL (use ''null''::jsonb or ''{}'')');
+    END IF;
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                   event_type, data, published_id)
+    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data, gen_random_uuid()
+    FROM webhooks.event_types t
+    WHERE t.name = event_type AND pg_current_xact_id() IS NOT NULL
+    RETURNING published_id INTO event_id;
+    IF event_id IS NULL THEN
+        PERFORM webhooks._check_event_type_declared('event_type', event_type);
+    END IF;
+    RETURN event_id;
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks._published_id FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks._publish_checked FROM PUBLIC;
 
 -- Publish an application event in the caller's transaction; returns its id (the webhook-id
 -- receivers see). The receiving webhooks are resolved now, from event_subscriptions; whether
@@ -82,60 +92,39 @@ RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 AS $$
 DECLARE
-    capture_id bigint;
     event_id pg_catalog.uuid;
+    runner_waits boolean;
 BEGIN
-    IF pg_catalog.starts_with(event_type, 'pgwebhooks.') THEN
-        PERFORM webhooks._fail('WH032', 'event_type', pg_catalog.format(
-            '%L is reserved: pgwebhooks.* events are published by pgwebhooks only', event_type));
-    END IF;
-    -- Most events are small: an uncompressed jsonb of at most 512 bytes is neither too large nor
-    -- too deep (65 nested arrays take 520: 4 bytes of header per level and 4 to point at each
-    -- inner one), so it skips both tests; a compressed one's size says nothing, so it takes them.
-    -- The tests are _check_event_data's, inline (its own search_path would cost every call a GUC
-    -- save and restore); only data that fails one is handed to it, for the error.
-    IF (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.>) 512
-        OR pg_catalog.pg_column_compression(data) IS NOT NULL)
-       AND (pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.*) 6 OPERATOR(pg_catalog.>) webhooks._max_data_bytes()
-            OR pg_catalog.pg_column_compression(data) IS NOT NULL
-            OR pg_catalog.jsonb_path_exists(data, 'strict $.**{64} ? (@.type() == "object" || @.type() == "array")')) THEN
-        PERFORM webhooks._check_event_data('data', data);
-    END IF;
-    -- One statement does it all (type check, subscribers, insert, id): each statement a call runs
-    -- costs about as much as the insert itself. The subscribers are the type's webhook_ids.
-    -- The id is named here only once this session has settled the restore check under the salt
-    -- that names it (the session flag pgwebhooks.publish_salt, see _published_id: derived from
-    -- that salt, which no ordinary role can read, so it cannot be set by hand); otherwise, and on
-    -- the first call of a session, _published_id names it after the check. A capture not yet fanned
-    -- out takes no part in the check, so checking after inserting it changes nothing.
+    -- One statement takes the common event: each statement a call runs costs about as much as the
+    -- insert itself. It resolves the subscribers (the type's webhook_ids), draws the event's id
+    -- (stored with it: migration 0021) and asks whether a runner waits. It takes only a declared,
+    -- unreserved type and small data: an uncompressed jsonb of at most 512 bytes is neither too
+    -- large nor too deep (65 nested arrays take 520: 4 bytes of header per level and 4 to point at
+    -- each inner one); a compressed one's size says nothing, and SQL NULL has none. Anything else
+    -- inserts nothing here and goes to _publish_checked, which checks it, raises the error or
+    -- inserts it.
     INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                   event_type, data)
-    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data
+                                   event_type, data, published_id)
+    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data, pg_catalog.gen_random_uuid()
     FROM webhooks.event_types t
-    WHERE t.name OPERATOR(pg_catalog.=) event_type AND data IS NOT NULL
+    WHERE t.name OPERATOR(pg_catalog.=) event_type
+      AND NOT pg_catalog.starts_with(event_type, 'pgwebhooks.')
+      AND pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.<=) 512
+      AND pg_catalog.pg_column_compression(data) IS NULL
       -- The transaction id before the capture's id (see _open_floors): a filter of the scan that
       -- feeds the insert, so it is asked before the id is drawn for the row.
       AND pg_catalog.pg_current_xact_id() IS NOT NULL
-    RETURNING id, (SELECT CASE WHEN pg_catalog.current_setting('pgwebhooks.publish_salt', true) OPERATOR(pg_catalog.=)
-                                    pg_catalog.md5(s.salt::pg_catalog.text OPERATOR(pg_catalog.||) '/'
-                                                   OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid())
-                               THEN pg_catalog.md5(s.salt::pg_catalog.text OPERATOR(pg_catalog.||) '/'
-                                                   OPERATOR(pg_catalog.||) id OPERATOR(pg_catalog.||) '/1')::pg_catalog.uuid END
-                   FROM webhooks._salts s WHERE s.first_capture_id OPERATOR(pg_catalog.<=) id
-                   ORDER BY s.first_capture_id DESC LIMIT 1)
-    INTO capture_id, event_id;
-    IF capture_id IS NULL THEN
-        IF data IS NULL THEN
-            PERFORM webhooks._fail('WH013', 'data', 'must be a JSON value, not SQL NULL (use ''null''::jsonb or ''{}'')');
-        END IF;
-        PERFORM webhooks._check_event_type_declared('event_type', event_type);
-    END IF;
-    IF event_id IS NULL AND capture_id IS NOT NULL THEN
-        event_id := webhooks._published_id(capture_id);
+    RETURNING published_id,
+              pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0
+    INTO event_id, runner_waits;
+    IF event_id IS NULL THEN
+        event_id := webhooks._publish_checked(event_type, data);
+        runner_waits := pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass)
+                        OPERATOR(pg_catalog.>) 0;
     END IF;
     -- Like a capture, only while a runner waits (_wake_runners(), inline; 028_wakeups.sql): a
     -- NOTIFY serialises the commits that send one. Identical ones in a transaction are folded.
-    IF pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0 THEN
+    IF runner_waits THEN
         PERFORM pg_catalog.pg_notify('webhooks', '');
     END IF;
     RETURN event_id;

@@ -163,7 +163,7 @@ AS $$
             webhooks._without(coalesce(e.old_record, c.old_record), sub.exclude_columns),
             to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             w.id, c.data, w.name, l.attempts + 1, w.max_retries) AS env
-        FROM (SELECT webhooks._event_uid(l.capture_id, l.n) AS uid) u
+        FROM (SELECT webhooks._event_id(c.published_id, l.capture_id, l.n) AS uid) u
     ) p0
     CROSS JOIN LATERAL (
         SELECT p0.uid, CASE WHEN c.test THEN left(p0.env, -1) || ',"test":' || 'true}' ELSE p0.env END AS body
@@ -205,9 +205,11 @@ AS $$
     -- (exclude_columns).
     LEFT JOIN webhooks.subscriptions sub ON sub.webhook_id = w.id AND sub.relid = c.relid
                                         AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-    -- webhooks._event_uid() inline: called through the LATERAL it ran once per reference.
+    -- webhooks._event_id() inline: called through the LATERAL it ran once per reference. The
+    -- salt is probed only for an event without a stored id.
     CROSS JOIN LATERAL (
-        SELECT md5(i.salt::text || '/' || of_capture || '/' || of_n)::uuid AS uid FROM webhooks._salt_for(of_capture) i
+        SELECT coalesce(c.published_id, (SELECT md5(i.salt::text || '/' || of_capture || '/' || of_n)::uuid
+                                         FROM webhooks._salt_for(of_capture) i)) AS uid
     ) u
     CROSS JOIN LATERAL (
         -- exclude_columns are removed here: kept in the outbox, never sent.

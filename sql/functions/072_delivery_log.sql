@@ -15,7 +15,7 @@ AS $$
     -- Only an enabled webhook's: a disabled one gets no delivery from them.
     WITH queued AS (
         -- A published event is listed by its type, not as EVENT.
-        SELECT NULL::bigint AS id, webhooks._event_uid(c.id, g.n) AS event_id,
+        SELECT NULL::bigint AS id, webhooks._event_id(c.published_id, c.id, g.n) AS event_id,
                CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END AS operation,
                format('%I.%I', c.schema_name, c.table_name) AS tbl, c.occurred_at, c.id AS capture_id, g.n
         FROM webhooks.captures c
@@ -44,7 +44,7 @@ AS $$
         ) held
         UNION ALL
         SELECT * FROM (
-            SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
+            SELECT d.id, webhooks._event_id(c.published_id, d.capture_id, d.n),
                    coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
                    CASE WHEN c.id IS NOT NULL THEN format('%I.%I', c.schema_name, c.table_name) END,
                    d.status, d.attempts, a.status_code, a.response_excerpt, a.error, a.latency_ms, d.created_at,
@@ -151,7 +151,7 @@ BEGIN
         PERFORM webhooks._fail('WH040', 'only_event', format('is %s characters long; at most 200 are allowed', length(only_event)));
     END IF;
     RETURN QUERY
-    SELECT d.id, webhooks._event_uid(d.capture_id, d.n),
+    SELECT d.id, webhooks._event_id(c.published_id, d.capture_id, d.n),
            coalesce(CASE WHEN c.operation = 'EVENT' THEN c.event_type END, c.operation, 'PURGED'),
            coalesce(c.event_type, sub.event_type),
            CASE WHEN c.id IS NOT NULL AND c.operation NOT IN ('EVENT', 'TEST')
@@ -228,7 +228,7 @@ BEGIN
     END IF;
     SELECT * INTO sub FROM webhooks.subscriptions s
     WHERE s.webhook_id = w.id AND s.relid = c.relid AND c.operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE');
-    uid := webhooks._event_uid(c.id, d.n);
+    uid := webhooks._event_id(c.published_id, c.id, d.n);
     rendered := webhooks._envelope(
         w.profile, uid, c.operation, coalesce(c.event_type, sub.event_type), c.schema_name, c.table_name,
         webhooks._without(coalesce(e.record, c.record), sub.exclude_columns),

@@ -172,7 +172,7 @@ BEGIN
     -- Deliveries whose retries ran out in this report.
     PERFORM webhooks._alert('exhausted', jsonb_build_object(
         'webhook_id', d.webhook_id, 'name', w.name, 'delivery_id', d.id,
-        'event_id', webhooks._event_uid(d.capture_id, d.n), 'attempts', d.attempts, 'event_type', c.event_type))
+        'event_id', webhooks._event_id(c.published_id, d.capture_id, d.n), 'attempts', d.attempts, 'event_type', c.event_type))
     FROM jsonb_to_recordset(results) AS r(delivery_id bigint, attempt integer, status text)
     JOIN webhooks.deliveries d ON d.id = r.delivery_id
     JOIN webhooks.webhooks w ON w.id = d.webhook_id
