@@ -1,7 +1,8 @@
--- pgwebhooks: event ids. An event's id (its webhook-id) is md5(salt/capture_id/n): stable across
--- retries, so receivers deduplicate on it, and never reused by a restored copy.
+-- pgwebhooks: event ids. An event's id (its webhook-id) is stable across retries, so receivers
+-- deduplicate on it, and never reused by a restored copy. A published event's is drawn at random
+-- by publish() and stored with it (captures.published_id, since 0.5.3); the rest are derived.
 --
--- An event's id is md5(salt/capture_id/n). pg_dump carries the salt and the captures' id
+-- A derived id is md5(salt/capture_id/n). pg_dump carries the salt and the captures' id
 -- counter, so a copy (pg_restore into a new database or another cluster, CREATE DATABASE ...
 -- TEMPLATE) numbers its next captures exactly as the original goes on numbering its own: under
 -- one salt, receivers deduplicating on webhook-id would drop the copy's events as repeats.
@@ -108,8 +109,8 @@ $$;
 -- Never waits and never makes anyone wait for long: the switch is taken with SKIP LOCKED, and a
 -- session that finds it taken goes on. Until the switch commits no capture is fanned out in the
 -- copy (everyone else skips fan-out), so the boundary it records is the dump's, whoever records
--- it and whenever, and the new salt is derived from the identity: publish() in a session that
--- could not take the switch names its event with the very id the switch will give it.
+-- it and whenever, and the new salt is derived from the identity, so every session of the copy
+-- knows it.
 CREATE OR REPLACE FUNCTION webhooks._ensure_identity()
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
