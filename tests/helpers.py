@@ -45,6 +45,21 @@ def empty_database(server: Server, prefix: str = "inst") -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def database_copy(server: Server, original: str, prefix: str = "copy") -> Iterator[str]:
+    """A copy of the database named `original`, made with CREATE DATABASE ... TEMPLATE (what a
+    restore of it gives); its DSN. No session may be connected to the original meanwhile.
+    Dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {original}")
+    try:
+        yield server.dsn_for(name)
+    finally:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 SIGNER_EXTENSIONS = {"plpython": "plpython3u", "pgcrypto": "pgcrypto"}
 
 

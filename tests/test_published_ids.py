@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from helpers import FUZZ, receiver, runner_config, running
+from helpers import FUZZ, database_copy, receiver, runner_config, running
 from helpers import create_webhook as create_receiving_webhook
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,24 +82,17 @@ def test_a_copy_sends_inherited_events_under_the_originals_ids_and_its_own_under
     inherited = publish(events, {"n": "inherited"})  # published, not yet fanned out when copied
     events.commit()
     name = events.info.dbname
-    copy = "copy_" + uuid.uuid4().hex[:10]
     events.close()
-    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {copy} TEMPLATE {name}")
-    try:
-        with psycopg.connect(server.dsn_for(copy), autocommit=True) as in_copy, \
+    with database_copy(server, name) as copy_dsn, psycopg.connect(copy_dsn, autocommit=True) as in_copy, \
                 psycopg.connect(server.dsn_for(name), autocommit=True) as original:
-            own = publish(in_copy, {"n": "copy's"})
-            theirs = publish(original, {"n": "original's"})
-            same_capture = "SELECT max(id) FROM webhooks.captures"
-            # Both number their next event alike: a derived id would be the same for both.
-            assert in_copy.execute(same_capture).fetchone() == original.execute(same_capture).fetchone()
-            assert sent_ids(in_copy) == [("inherited", inherited), ("copy's", own)]
-            assert sent_ids(original) == [("inherited", inherited), ("original's", theirs)]
-            assert own != theirs
-    finally:
-        with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {copy} WITH (FORCE)")
+        own = publish(in_copy, {"n": "copy's"})
+        theirs = publish(original, {"n": "original's"})
+        same_capture = "SELECT max(id) FROM webhooks.captures"
+        # Both number their next event alike: a derived id would be the same for both.
+        assert in_copy.execute(same_capture).fetchone() == original.execute(same_capture).fetchone()
+        assert sent_ids(in_copy) == [("inherited", inherited), ("copy's", own)]
+        assert sent_ids(original) == [("inherited", inherited), ("original's", theirs)]
+        assert own != theirs
 
 
 @pytest.mark.parametrize("role", ["webhooks_publisher", "webhooks_admin", "webhooks_runner", "webhooks_viewer"])

@@ -13,7 +13,18 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import create_webhook, eventually, insert, libpq_env, pg_tool, query, receiver, runner_config, running
+from helpers import (
+    create_webhook,
+    database_copy,
+    eventually,
+    insert,
+    libpq_env,
+    pg_tool,
+    query,
+    receiver,
+    runner_config,
+    running,
+)
 
 from conftest import Server, dsn_params
 from pgwebhooks import migrations, roles
@@ -156,17 +167,10 @@ def test_a_copy_changes_salt_once_and_the_original_never(server: Server, conn: p
         again.execute("SELECT * FROM webhooks.claim()")
     assert conn.execute(latest).fetchone() == before
     name = conn.info.dbname
-    clone = "clone_" + uuid.uuid4().hex[:10]
     conn.close()
-    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {clone} TEMPLATE {name}")
-    try:
-        with psycopg.connect(server.dsn_for(clone), autocommit=True) as c:
-            c.execute("SELECT * FROM webhooks.claim()")
-            after = c.execute(latest).fetchone()
-            assert after is not None and before is not None and after[1] != before[1]
-            identity = c.execute("SELECT identity FROM webhooks._installation").fetchone()
-            assert identity == c.execute("SELECT webhooks._database_identity()").fetchone()
-    finally:
-        with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {clone} WITH (FORCE)")
+    with database_copy(server, name, "clone") as clone, psycopg.connect(clone, autocommit=True) as c:
+        c.execute("SELECT * FROM webhooks.claim()")
+        after = c.execute(latest).fetchone()
+        assert after is not None and before is not None and after[1] != before[1]
+        identity = c.execute("SELECT identity FROM webhooks._installation").fetchone()
+        assert identity == c.execute("SELECT webhooks._database_identity()").fetchone()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from helpers import database_copy
 
 from conftest import Server
 
@@ -27,15 +28,9 @@ def clone(server: Server, conn: psycopg.Connection) -> Iterator[tuple[str, tuple
     before = conn.execute(LATEST_SALT).fetchone()
     assert before is not None
     name = conn.info.dbname
-    copy = "clone_" + uuid.uuid4().hex[:10]
     conn.close()
-    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {copy} TEMPLATE {name}")
-    try:
-        yield server.dsn_for(copy), before
-    finally:
-        with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {copy} WITH (FORCE)")
+    with database_copy(server, name, "clone") as copy:
+        yield copy, before
 
 
 def test_an_open_transaction_that_published_in_a_copy_blocks_no_claim_or_publish(
