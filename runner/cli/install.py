@@ -16,7 +16,8 @@ DSN = common.DSN
 SIGNER = click.option(
     "--signer", type=click.Choice(sorted(migrations.SIGNERS)),
     help="How signatures are computed: plpython (plpython3u) or pgcrypto (managed PostgreSQL)."
-    " Default: the installed one, else plpython where plpython3u can be created, else pgcrypto.",
+    " Default for migrate: the installed one, else plpython where plpython3u can be created, else pgcrypto;"
+    " for sql without --pending: plpython.",
 )
 # Formats for migration tools: `plain` suits psql, yoyo and Alembic's op.execute as it stands;
 # `sqitch` is a deploy script (its own BEGIN/COMMIT, as sqitch expects); `dbmate` a migration

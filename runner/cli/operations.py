@@ -34,7 +34,7 @@ def status(dsn: str, as_json: bool) -> None:
 @click.option("--count", type=int, default=None, help="Stop after this many alerts.")
 @click.option("--seconds", type=float, default=None, help="Stop after this many seconds.")
 def alerts(dsn: str, count: int | None, seconds: float | None) -> None:
-    """Print alerts (failing, paused, recovered, disabled, exhausted) as JSON lines as they come."""
+    """Print alerts (failing, paused, recovered, disabled, exhausted, filter_failed) as JSON lines as they come."""
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
     with sql_api(dsn) as conn:

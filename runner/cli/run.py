@@ -50,7 +50,7 @@ def _env(name: str) -> dict[str, Any]:
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, **_env("METRICS_HOST"),
               help="Address for --metrics-port (0.0.0.0 for a Prometheus elsewhere).")
 @click.option("--progress-interval", type=float, default=60.0, show_default=True, **_env("PROGRESS_INTERVAL"),
-              help="Seconds between progress log lines (delivered, failed, pending); 0: none.")
+              help="Seconds between progress log lines (delivered, failed attempts, claimed, in flight); 0: none.")
 @click.option("--maintain-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
               **_env("MAINTAIN_INTERVAL"),
               help="Seconds between calls of webhooks.maintain(), which removes finished work older than the "
