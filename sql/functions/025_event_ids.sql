@@ -142,7 +142,7 @@ BEGIN
     END IF;
     -- deliveries.capture_id has no index: scanned once per restore, not per claim.
     boundary := greatest(
-        (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0),
+        (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0 AND c.route IS NULL),
         (SELECT max(d.capture_id) FROM webhooks.deliveries d),
         0);
     -- A later range here (purged captures lowered the boundary) named nothing sent from this copy.

@@ -88,6 +88,12 @@ BEGIN
        AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
+    -- Published events: each webhook's next ones from its cursors (041_cursors.sql). Their ids
+    -- are stored with them, so the restore check above does not hold them back.
+    PERFORM webhooks._rest_routes();
+    IF EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
+        PERFORM webhooks._fill_from_cursors(batch_size * 4);
+    END IF;
 END
 $$;
 
@@ -289,11 +295,18 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     floors jsonb := webhooks._open_floors();
+    routed double precision;
+    queued double precision;
 BEGIN
     -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
     PERFORM webhooks._register_waiting();
     PERFORM webhooks._rest_webhooks(floors);
-    RETURN (SELECT CASE
+    PERFORM webhooks._rest_routes();
+    routed := webhooks._cursors_due_in();
+    IF routed = 0 THEN
+        RETURN 0;  -- published events to give out (041_cursors.sql)
+    END IF;
+    queued := (SELECT CASE
         -- Captures to fan out: now, unless this session's restore check is not settled (another
         -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
         -- nothing until it commits, so asking at once would only spin.
@@ -332,6 +345,7 @@ BEGIN
             WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
         ) x)
     END);
+    RETURN CASE WHEN queued IS NULL THEN routed WHEN routed IS NULL THEN queued ELSE least(queued, routed) END;
 END
 $$;
 

@@ -1,0 +1,301 @@
+-- pgwebhooks: published events through cursors (migration 0022; docs/outbox-design.md, step 1a).
+--
+-- publish() writes each event once, on its type's route, with its transaction id. Each webhook
+-- subscribed to the type has a cursor on the route: every event at or before the cursor's
+-- (xid, id) has been given to it. claim() moves the cursors (_fill_from_cursors) and creates a
+-- pending delivery per event passed; from there on a delivery is a delivery, however it came.
+--
+-- Why (xid, id) order, and when a cursor may pass an event: ids are drawn as events are written,
+-- not as they commit, so an event may become visible below others already passed. A cursor only
+-- passes events of transactions below the snapshot's xmin: those have all ended, and every event
+-- they wrote is visible. The xmin is the whole server's (a long transaction in another database
+-- holds it back), so events committed past a writer still running are given ahead of the cursor
+-- once they are `_route_patience()` old; the cursor row keeps how far that got and which writers
+-- were running below that point, and when it gets there it skips what already has a delivery.
+--
+-- Which cursors a claim looks at: the routes not at rest. A route comes to rest (no cursor has an
+-- event past it) in the three steps of a webhook (044_resting_webhooks.sql), on `event_types`;
+-- publish() reads its route's state with its id and adds a `_route_wakes` row when it is not
+-- open, having taken its transaction id first, as the argument there needs.
+
+-- How old an event committed past a running writer must be before it is given ahead of the
+-- cursor: long enough that most writers in flight have committed (and the cursor passes their
+-- events in order), short enough that a long transaction delays others' events by this, not by
+-- its length.
+CREATE OR REPLACE FUNCTION webhooks._route_patience()
+RETURNS interval
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT interval '1 second' $$;
+
+-- The transaction id below which a cursor may pass events: the oldest other transaction still
+-- running (or the snapshot's xmax). Every other transaction below it has ended. The caller's own
+-- transaction is not counted: its events are visible to it, and go with it if it rolls back
+-- (a claim in the transaction that published, as tests do).
+CREATE OR REPLACE FUNCTION webhooks._cursor_horizon()
+RETURNS xid8
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(
+        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) x),
+        -- None running: everything visible is final, the caller's own events included.
+        greatest(pg_snapshot_xmax(pg_current_snapshot()),
+                 (coalesce(pg_current_xact_id_if_assigned()::text, '0')::numeric + 1)::text::xid8))
+$$;
+
+-- The routes not at rest: open or emptied, or woken since. Inlined into its callers.
+CREATE OR REPLACE FUNCTION webhooks._open_routes()
+RETURNS TABLE (route integer)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.route FROM webhooks.event_types t WHERE t.route_state <> 'idle'
+    UNION
+    SELECT k.route FROM webhooks._route_wakes k
+$$;
+
+-- After event_types.webhook_ids changed for `types` (NULL: all): a cursor for each webhook that
+-- now receives a type, none for one that no longer does. A new cursor starts at this
+-- transaction's snapshot xmin: events of transactions still running when the subscription was
+-- made are given to it, rather than lost in between; past this transaction's own events, if it
+-- published on the route.
+CREATE OR REPLACE FUNCTION webhooks._sync_cursors(types text[])
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        DELETE FROM webhooks.cursors k
+        USING webhooks.event_types t
+        WHERE k.route = t.route AND (types IS NULL OR t.name = ANY (types))
+          AND k.webhook_id <> ALL (t.webhook_ids)
+    )
+    INSERT INTO webhooks.cursors (route, webhook_id, xid, id)
+    SELECT t.route, h, coalesce(own.xid, pg_snapshot_xmin(pg_current_snapshot())), coalesce(own.id, 0)
+    FROM webhooks.event_types t
+    CROSS JOIN LATERAL unnest(t.webhook_ids) h
+    -- What this transaction published on the route before subscribing stays out, as before
+    -- cursors (a type's subscribers were read when an event was published).
+    LEFT JOIN LATERAL (
+        SELECT x.xid, x.id FROM webhooks.captures x
+        WHERE x.route = t.route AND x.route IS NOT NULL AND x.xid = pg_current_xact_id_if_assigned()
+        ORDER BY x.route, x.xid DESC, x.id DESC LIMIT 1
+    ) own ON true
+    WHERE (types IS NULL OR t.name = ANY (types))
+      AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = h)
+    ON CONFLICT DO NOTHING
+$$;
+
+-- Give each cursor of the open routes its next events, about `budget` in all, shared alike
+-- between the cursors that have any: a pending delivery per event, for an enabled webhook (a
+-- disabled one's cursor passes its events and gets nothing, as fan-out never gave a disabled
+-- webhook anything). A cursor another claim holds is left to it. Returns the deliveries created.
+CREATE OR REPLACE FUNCTION webhooks._fill_from_cursors(budget integer)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+DECLARE
+    snap pg_snapshot := pg_current_snapshot();
+    horizon xid8 := webhooks._cursor_horizon();
+    writers_running boolean := EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot()));
+    todo record;
+    k record;
+    r record;
+    share integer;
+    taken bigint[];
+    passing boolean;
+    at_xid xid8;
+    at_id bigint;
+    ahead_at_xid xid8;
+    ahead_at_id bigint;
+    ahead_running xid8[];
+    created integer := 0;
+BEGIN
+    SELECT array_agg(c.route ORDER BY c.xid, c.route, c.webhook_id) AS routes,
+           array_agg(c.webhook_id ORDER BY c.xid, c.route, c.webhook_id) AS hooks
+    INTO todo
+    FROM webhooks.cursors c
+    WHERE c.route IN (SELECT o.route FROM webhooks._open_routes() o)
+      AND EXISTS (SELECT 1 FROM webhooks.captures x
+                  WHERE x.route = c.route AND x.route IS NOT NULL AND (x.xid, x.id) > (c.xid, c.id));
+    IF todo.routes IS NULL THEN
+        RETURN 0;
+    END IF;
+    share := greatest(1, budget / cardinality(todo.routes));
+    FOR i IN 1 .. cardinality(todo.routes) LOOP
+        -- The webhook's row too (FOR KEY SHARE, as _fan_out): a delete_webhook() running now is
+        -- skipped, and one that comes later waits for this claim and then deletes what it made.
+        SELECT c.*, w.enabled INTO k
+        FROM webhooks.cursors c JOIN webhooks.webhooks w ON w.id = c.webhook_id
+        WHERE c.route = todo.routes[i] AND c.webhook_id = todo.hooks[i]
+        FOR NO KEY UPDATE OF c SKIP LOCKED
+        FOR KEY SHARE OF w SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        taken := '{}';
+        at_xid := k.xid;
+        at_id := k.id;
+        ahead_at_xid := k.ahead_xid;
+        ahead_at_id := k.ahead_id;
+        ahead_running := k.ahead_open;
+        -- In order, up to the oldest writer still running. Below the point reached ahead, an
+        -- event may have its delivery already: look before taking.
+        passing := ahead_at_id IS NOT NULL;
+        FOR r IN
+            SELECT x.xid, x.id,
+                   passing AND EXISTS (SELECT 1 FROM webhooks.deliveries d
+                                       WHERE d.capture_id = x.id AND d.webhook_id = k.webhook_id) AS given
+            FROM webhooks.captures x
+            WHERE x.route = k.route AND x.route IS NOT NULL AND (x.xid, x.id) > (k.xid, k.id) AND x.xid < horizon
+            ORDER BY x.route, x.xid, x.id
+            LIMIT CASE WHEN passing THEN 10 * share ELSE share END
+        LOOP
+            EXIT WHEN cardinality(taken) >= share;
+            at_xid := r.xid;
+            at_id := r.id;
+            IF NOT r.given THEN
+                taken := taken || r.id;
+            END IF;
+        END LOOP;
+        -- Past the point reached ahead, the cursor has passed all that was given ahead.
+        IF passing AND (at_xid, at_id) >= (ahead_at_xid, ahead_at_id) THEN
+            ahead_at_xid := NULL;
+            ahead_at_id := NULL;
+            ahead_running := '{}';
+        END IF;
+        -- Ahead of a writer still running: events old enough, in order, from where the last claim
+        -- stopped; then the events of writers that were running below that point and have since
+        -- committed. (A disabled webhook gets nothing ahead: its cursor passes events in order.)
+        IF cardinality(taken) < share AND writers_running AND k.enabled THEN
+            ahead_at_xid := coalesce(ahead_at_xid, at_xid);
+            ahead_at_id := coalesce(ahead_at_id, at_id);
+            FOR r IN
+                SELECT x.xid, x.id, x.occurred_at FROM webhooks.captures x
+                WHERE x.route = k.route AND x.route IS NOT NULL AND x.xid >= horizon
+                  AND (x.xid, x.id) > (ahead_at_xid, ahead_at_id)
+                ORDER BY x.route, x.xid, x.id
+                LIMIT share - cardinality(taken)
+            LOOP
+                EXIT WHEN r.occurred_at > now() - webhooks._route_patience();  -- left for later, in order
+                taken := taken || r.id;
+                ahead_at_xid := r.xid;
+                ahead_at_id := r.id;
+            END LOOP;
+            FOR r IN
+                SELECT x.id FROM webhooks.captures x
+                WHERE x.route = k.route AND x.route IS NOT NULL AND x.xid = ANY (ahead_running)
+                  AND x.id <> ALL (taken)
+                  AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d
+                                  WHERE d.capture_id = x.id AND d.webhook_id = k.webhook_id)
+                ORDER BY x.route, x.xid, x.id
+                LIMIT greatest(share - cardinality(taken), 0)
+            LOOP
+                taken := taken || r.id;
+            END LOOP;
+            -- Nothing given ahead: no point to keep.
+            IF (ahead_at_xid, ahead_at_id) = (at_xid, at_id) THEN
+                ahead_at_xid := NULL;
+                ahead_at_id := NULL;
+                ahead_running := '{}';
+            ELSE
+                ahead_running := ARRAY(SELECT w FROM pg_snapshot_xip(snap) w WHERE w < ahead_at_xid ORDER BY w);
+            END IF;
+        END IF;
+        IF k.enabled AND cardinality(taken) > 0 THEN
+            INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+            SELECT t, 1, k.webhook_id FROM unnest(taken) AS t ORDER BY t;
+            created := created + cardinality(taken);
+        END IF;
+        UPDATE webhooks.cursors c
+        SET xid = at_xid, id = at_id, ahead_xid = ahead_at_xid, ahead_id = ahead_at_id, ahead_open = ahead_running
+        WHERE c.route = k.route AND c.webhook_id = k.webhook_id;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+-- Seconds until a cursor of an open route has an event to give (0: now), or NULL: for
+-- next_due_in(). An event past the point reached ahead is due once its writer's transaction is
+-- below the horizon, or once it is `_route_patience()` old; an event of a writer that was running
+-- below that point, once it has committed.
+CREATE OR REPLACE FUNCTION webhooks._cursors_due_in()
+RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+    SELECT min(x.due)
+    FROM webhooks.cursors c
+    CROSS JOIN LATERAL (
+        (SELECT CASE WHEN n.xid < webhooks._cursor_horizon() THEN 0
+                     ELSE greatest(0, extract(epoch FROM n.occurred_at + webhooks._route_patience() - now()))::float8
+                END AS due
+         FROM webhooks.captures n
+         WHERE n.route = c.route AND n.route IS NOT NULL
+           AND (n.xid, n.id) > (coalesce(c.ahead_xid, c.xid), coalesce(c.ahead_id, c.id))
+         ORDER BY n.route, n.xid, n.id LIMIT 1)
+        UNION ALL
+        (SELECT 0::float8 FROM webhooks.captures n
+         WHERE c.ahead_open <> '{}' AND n.route = c.route AND n.route IS NOT NULL AND n.xid = ANY (c.ahead_open)
+           AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = n.id AND d.webhook_id = c.webhook_id)
+         LIMIT 1)
+    ) x
+    WHERE c.route IN (SELECT o.route FROM webhooks._open_routes() o)
+$$;
+
+-- The routes' rest, in the steps of _rest_webhooks (044_resting_webhooks.sql): a route is busy
+-- while a cursor of it has an event past it, woken by a `_route_wakes` row; at most every 100 ms
+-- per session unless `force`. Returns how many routes came to rest.
+CREATE OR REPLACE FUNCTION webhooks._rest_routes(force boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    rested integer;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed'
+       OR NOT (webhooks._session_due('routes_rested_at', 0.1) OR force) THEN
+        RETURN 0;
+    END IF;
+    WITH probed AS (
+        SELECT t.route, t.xmin AS version, t.route_state, t.route_horizon,
+               EXISTS (SELECT 1 FROM webhooks._route_wakes k WHERE k.route = t.route) AS woken,
+               EXISTS (SELECT 1 FROM webhooks.cursors c
+                       WHERE c.route = t.route
+                         AND EXISTS (SELECT 1 FROM webhooks.captures x
+                                     WHERE x.route = c.route AND x.route IS NOT NULL
+                                       AND (x.xid, x.id) > (c.xid, c.id))) AS busy,
+               pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+               pg_snapshot_xmax(pg_current_snapshot()) AS xmax
+        FROM webhooks._open_routes() o
+        JOIN webhooks.event_types t ON t.route = o.route
+    ), moving AS (
+        SELECT p.* FROM probed p
+        WHERE CASE WHEN p.woken THEN true
+                   WHEN p.busy THEN p.route_state <> 'open'
+                   ELSE p.route_state = 'open' OR p.route_horizon IS NULL OR p.route_horizon <= p.xmin END
+    ), locked AS (
+        SELECT l.route, l.xmin AS version
+        FROM webhooks.event_types l
+        WHERE l.route IN (SELECT m.route FROM moving m)
+        FOR NO KEY UPDATE OF l SKIP LOCKED
+    ), moved AS (
+        UPDATE webhooks.event_types t
+        SET route_state = CASE WHEN p.busy OR p.woken THEN 'open'
+                               WHEN p.route_state = 'emptied' AND p.route_horizon <= p.xmin THEN 'idle'
+                               ELSE 'emptied' END,
+            route_horizon = CASE WHEN p.busy OR p.woken OR p.route_state = 'open' OR p.route_horizon <= p.xmin THEN NULL
+                                 WHEN p.route_horizon IS NULL THEN p.xmax
+                                 ELSE p.route_horizon END
+        FROM moving p
+        JOIN locked k ON k.route = p.route AND k.version = p.version
+        WHERE t.route = p.route
+        RETURNING t.route, t.route_state, p.woken
+    ), consumed AS (
+        DELETE FROM webhooks._route_wakes k
+        WHERE k.route IN (SELECT m.route FROM moved m WHERE m.woken)
+    )
+    SELECT count(*) FILTER (WHERE m.route_state = 'idle') INTO rested FROM moved m;
+    RETURN rested;
+END
+$$;
+
+REVOKE ALL ON FUNCTION webhooks._route_patience, webhooks._cursor_horizon, webhooks._open_routes, webhooks._sync_cursors,
+    webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rest_routes FROM PUBLIC;
