@@ -83,30 +83,158 @@ AS $$
     ON CONFLICT DO NOTHING
 $$;
 
+-- A cursor's next events in order, from (from_xid, from_id) up to the oldest writer still running
+-- (`horizon`), at most `share` of them; where it got. Below a point reached ahead (`passing`), an
+-- event may have its delivery already: it is passed, not taken again.
+CREATE OR REPLACE FUNCTION webhooks._cursor_in_order(route integer, webhook_id uuid, from_xid xid8, from_id bigint,
+                                                     passing boolean, share integer, horizon xid8,
+                                                     OUT taken bigint[], OUT at_xid xid8, OUT at_id bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+DECLARE
+    r record;
+BEGIN
+    taken := '{}';
+    at_xid := from_xid;
+    at_id := from_id;
+    FOR r IN
+        SELECT x.xid, x.id,
+               passing AND EXISTS (SELECT 1 FROM webhooks.deliveries d
+                                   WHERE d.capture_id = x.id AND d.webhook_id = _cursor_in_order.webhook_id) AS given
+        FROM webhooks.captures x
+        WHERE x.route = _cursor_in_order.route AND x.route IS NOT NULL
+          AND (x.xid, x.id) > (from_xid, from_id) AND x.xid < horizon
+        ORDER BY x.route, x.xid, x.id
+        LIMIT CASE WHEN passing THEN 10 * share ELSE share END
+    LOOP
+        EXIT WHEN cardinality(taken) >= share;
+        at_xid := r.xid;
+        at_id := r.id;
+        IF NOT r.given THEN
+            taken := taken || r.id;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Events committed past a writer still running, given ahead of the cursor: those at least
+-- _route_patience() old past the point reached ahead (from_xid, from_id), in order, then those
+-- of `running` writers (running below that point last time) that have since committed; at most
+-- `room`, none of `already`. Where the point got to.
+CREATE OR REPLACE FUNCTION webhooks._cursor_ahead(route integer, webhook_id uuid, from_xid xid8, from_id bigint,
+                                                  running xid8[], already bigint[], room integer, horizon xid8,
+                                                  OUT taken bigint[], OUT ahead_xid xid8, OUT ahead_id bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+DECLARE
+    r record;
+BEGIN
+    taken := '{}';
+    ahead_xid := from_xid;
+    ahead_id := from_id;
+    FOR r IN
+        SELECT x.xid, x.id, x.occurred_at FROM webhooks.captures x
+        WHERE x.route = _cursor_ahead.route AND x.route IS NOT NULL AND x.xid >= horizon
+          AND (x.xid, x.id) > (from_xid, from_id)
+        ORDER BY x.route, x.xid, x.id
+        LIMIT room
+    LOOP
+        EXIT WHEN r.occurred_at > now() - webhooks._route_patience();  -- left for later, in order
+        taken := taken || r.id;
+        ahead_xid := r.xid;
+        ahead_id := r.id;
+    END LOOP;
+    taken := taken || ARRAY(
+        SELECT x.id FROM webhooks.captures x
+        WHERE x.route = _cursor_ahead.route AND x.route IS NOT NULL AND x.xid = ANY (running)
+          AND x.id <> ALL (already)
+          AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d
+                          WHERE d.capture_id = x.id AND d.webhook_id = _cursor_ahead.webhook_id)
+        ORDER BY x.route, x.xid, x.id
+        LIMIT greatest(room - cardinality(taken), 0));
+END
+$$;
+
+-- One cursor's turn in _fill_from_cursors: its next events (at most `share`), a pending delivery
+-- for each if its webhook is enabled, the cursor moved. A cursor another claim holds, or whose
+-- webhook is being deleted, is skipped. Returns the deliveries created.
+CREATE OR REPLACE FUNCTION webhooks._give_from_cursor(route integer, webhook_id uuid, share integer,
+                                                      horizon xid8, running xid8[])
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record;
+    done record;
+    ahead record;
+    taken bigint[];
+    kept_xid xid8;
+    kept_id bigint;
+    kept_open xid8[];
+BEGIN
+    -- The webhook's row too (FOR KEY SHARE, as _fan_out): a delete_webhook() running now is
+    -- skipped, and one that comes later waits for this claim and then deletes what it made.
+    SELECT c.*, w.enabled INTO k
+    FROM webhooks.cursors c JOIN webhooks.webhooks w ON w.id = c.webhook_id
+    WHERE c.route = _give_from_cursor.route AND c.webhook_id = _give_from_cursor.webhook_id
+    FOR NO KEY UPDATE OF c SKIP LOCKED
+    FOR KEY SHARE OF w SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    done := webhooks._cursor_in_order(k.route, k.webhook_id, k.xid, k.id, k.ahead_id IS NOT NULL, share, horizon);
+    taken := done.taken;
+    kept_xid := k.ahead_xid;
+    kept_id := k.ahead_id;
+    kept_open := k.ahead_open;
+    IF kept_id IS NOT NULL AND (done.at_xid, done.at_id) >= (kept_xid, kept_id) THEN
+        kept_xid := NULL;  -- past the point reached ahead: all given ahead is behind the cursor
+        kept_id := NULL;
+        kept_open := '{}';
+    END IF;
+    -- Ahead of writers still running (a disabled webhook gets nothing ahead: its cursor passes
+    -- events in order only).
+    IF cardinality(taken) < share AND running <> '{}' AND k.enabled THEN
+        ahead := webhooks._cursor_ahead(k.route, k.webhook_id, coalesce(kept_xid, done.at_xid),
+                                        coalesce(kept_id, done.at_id), kept_open, taken,
+                                        share - cardinality(taken), horizon);
+        taken := taken || ahead.taken;
+        IF (ahead.ahead_xid, ahead.ahead_id) = (done.at_xid, done.at_id) THEN
+            kept_xid := NULL;  -- nothing given ahead: no point to keep
+            kept_id := NULL;
+            kept_open := '{}';
+        ELSE
+            kept_xid := ahead.ahead_xid;
+            kept_id := ahead.ahead_id;
+            kept_open := ARRAY(SELECT w FROM unnest(running) w WHERE w < ahead.ahead_xid ORDER BY w);
+        END IF;
+    END IF;
+    IF k.enabled AND cardinality(taken) > 0 THEN
+        INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
+        SELECT t, 1, k.webhook_id FROM unnest(taken) AS t ORDER BY t;
+    END IF;
+    UPDATE webhooks.cursors c
+    SET xid = done.at_xid, id = done.at_id, ahead_xid = kept_xid, ahead_id = kept_id, ahead_open = kept_open
+    WHERE c.route = k.route AND c.webhook_id = k.webhook_id;
+    RETURN CASE WHEN k.enabled THEN cardinality(taken) ELSE 0 END;
+END
+$$;
+
 -- Give each cursor of the open routes its next events, about `budget` in all, shared alike
 -- between the cursors that have any: a pending delivery per event, for an enabled webhook (a
 -- disabled one's cursor passes its events and gets nothing, as fan-out never gave a disabled
--- webhook anything). A cursor another claim holds is left to it. Returns the deliveries created.
+-- webhook anything). Returns the deliveries created.
 CREATE OR REPLACE FUNCTION webhooks._fill_from_cursors(budget integer)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 DECLARE
-    snap pg_snapshot := pg_current_snapshot();
     horizon xid8 := webhooks._cursor_horizon();
-    writers_running boolean := EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot()));
+    running xid8[] := ARRAY(SELECT x FROM pg_snapshot_xip(pg_current_snapshot()) x ORDER BY x);
     todo record;
-    k record;
-    r record;
-    share integer;
-    taken bigint[];
-    passing boolean;
-    at_xid xid8;
-    at_id bigint;
-    ahead_at_xid xid8;
-    ahead_at_id bigint;
-    ahead_running xid8[];
     created integer := 0;
 BEGIN
     SELECT array_agg(c.route ORDER BY c.xid, c.route, c.webhook_id) AS routes,
@@ -116,96 +244,10 @@ BEGIN
     WHERE c.route IN (SELECT o.route FROM webhooks._open_routes() o)
       AND EXISTS (SELECT 1 FROM webhooks.captures x
                   WHERE x.route = c.route AND x.route IS NOT NULL AND (x.xid, x.id) > (c.xid, c.id));
-    IF todo.routes IS NULL THEN
-        RETURN 0;
-    END IF;
-    share := greatest(1, budget / cardinality(todo.routes));
-    FOR i IN 1 .. cardinality(todo.routes) LOOP
-        -- The webhook's row too (FOR KEY SHARE, as _fan_out): a delete_webhook() running now is
-        -- skipped, and one that comes later waits for this claim and then deletes what it made.
-        SELECT c.*, w.enabled INTO k
-        FROM webhooks.cursors c JOIN webhooks.webhooks w ON w.id = c.webhook_id
-        WHERE c.route = todo.routes[i] AND c.webhook_id = todo.hooks[i]
-        FOR NO KEY UPDATE OF c SKIP LOCKED
-        FOR KEY SHARE OF w SKIP LOCKED;
-        CONTINUE WHEN NOT FOUND;
-        taken := '{}';
-        at_xid := k.xid;
-        at_id := k.id;
-        ahead_at_xid := k.ahead_xid;
-        ahead_at_id := k.ahead_id;
-        ahead_running := k.ahead_open;
-        -- In order, up to the oldest writer still running. Below the point reached ahead, an
-        -- event may have its delivery already: look before taking.
-        passing := ahead_at_id IS NOT NULL;
-        FOR r IN
-            SELECT x.xid, x.id,
-                   passing AND EXISTS (SELECT 1 FROM webhooks.deliveries d
-                                       WHERE d.capture_id = x.id AND d.webhook_id = k.webhook_id) AS given
-            FROM webhooks.captures x
-            WHERE x.route = k.route AND x.route IS NOT NULL AND (x.xid, x.id) > (k.xid, k.id) AND x.xid < horizon
-            ORDER BY x.route, x.xid, x.id
-            LIMIT CASE WHEN passing THEN 10 * share ELSE share END
-        LOOP
-            EXIT WHEN cardinality(taken) >= share;
-            at_xid := r.xid;
-            at_id := r.id;
-            IF NOT r.given THEN
-                taken := taken || r.id;
-            END IF;
-        END LOOP;
-        -- Past the point reached ahead, the cursor has passed all that was given ahead.
-        IF passing AND (at_xid, at_id) >= (ahead_at_xid, ahead_at_id) THEN
-            ahead_at_xid := NULL;
-            ahead_at_id := NULL;
-            ahead_running := '{}';
-        END IF;
-        -- Ahead of a writer still running: events old enough, in order, from where the last claim
-        -- stopped; then the events of writers that were running below that point and have since
-        -- committed. (A disabled webhook gets nothing ahead: its cursor passes events in order.)
-        IF cardinality(taken) < share AND writers_running AND k.enabled THEN
-            ahead_at_xid := coalesce(ahead_at_xid, at_xid);
-            ahead_at_id := coalesce(ahead_at_id, at_id);
-            FOR r IN
-                SELECT x.xid, x.id, x.occurred_at FROM webhooks.captures x
-                WHERE x.route = k.route AND x.route IS NOT NULL AND x.xid >= horizon
-                  AND (x.xid, x.id) > (ahead_at_xid, ahead_at_id)
-                ORDER BY x.route, x.xid, x.id
-                LIMIT share - cardinality(taken)
-            LOOP
-                EXIT WHEN r.occurred_at > now() - webhooks._route_patience();  -- left for later, in order
-                taken := taken || r.id;
-                ahead_at_xid := r.xid;
-                ahead_at_id := r.id;
-            END LOOP;
-            FOR r IN
-                SELECT x.id FROM webhooks.captures x
-                WHERE x.route = k.route AND x.route IS NOT NULL AND x.xid = ANY (ahead_running)
-                  AND x.id <> ALL (taken)
-                  AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d
-                                  WHERE d.capture_id = x.id AND d.webhook_id = k.webhook_id)
-                ORDER BY x.route, x.xid, x.id
-                LIMIT greatest(share - cardinality(taken), 0)
-            LOOP
-                taken := taken || r.id;
-            END LOOP;
-            -- Nothing given ahead: no point to keep.
-            IF (ahead_at_xid, ahead_at_id) = (at_xid, at_id) THEN
-                ahead_at_xid := NULL;
-                ahead_at_id := NULL;
-                ahead_running := '{}';
-            ELSE
-                ahead_running := ARRAY(SELECT w FROM pg_snapshot_xip(snap) w WHERE w < ahead_at_xid ORDER BY w);
-            END IF;
-        END IF;
-        IF k.enabled AND cardinality(taken) > 0 THEN
-            INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
-            SELECT t, 1, k.webhook_id FROM unnest(taken) AS t ORDER BY t;
-            created := created + cardinality(taken);
-        END IF;
-        UPDATE webhooks.cursors c
-        SET xid = at_xid, id = at_id, ahead_xid = ahead_at_xid, ahead_id = ahead_at_id, ahead_open = ahead_running
-        WHERE c.route = k.route AND c.webhook_id = k.webhook_id;
+    FOR i IN 1 .. coalesce(cardinality(todo.routes), 0) LOOP
+        created := created + webhooks._give_from_cursor(todo.routes[i], todo.hooks[i],
+                                                         greatest(1, budget / cardinality(todo.routes)),
+                                                         horizon, running);
     END LOOP;
     RETURN created;
 END
@@ -298,4 +340,4 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION webhooks._route_patience, webhooks._cursor_horizon, webhooks._open_routes, webhooks._sync_cursors,
-    webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rest_routes FROM PUBLIC;
+    webhooks._cursor_in_order, webhooks._cursor_ahead, webhooks._give_from_cursor, webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rest_routes FROM PUBLIC;
