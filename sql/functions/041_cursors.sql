@@ -253,6 +253,35 @@ BEGIN
 END
 $$;
 
+-- A copy of the database (pg_restore into another server, CREATE DATABASE ... TEMPLATE) keeps
+-- the original's transaction ids in `captures.xid` and `cursors`, and another server's may be
+-- lower: the copy's new events would sort before its cursors and never be given. So when the
+-- restore check finds a copy (_ensure_identity), every published event takes transaction id 1,
+-- which orders them by id, and every cursor starts again below its first event not given yet
+-- (and at or below its own id, which every event the copy publishes is above), with the point
+-- reached ahead at the last event: what lies between is given unless it has a delivery already.
+CREATE OR REPLACE FUNCTION webhooks._rebase_cursors()
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH n AS (
+        SELECT k.route, k.webhook_id,
+               least(k.id, (SELECT min(x.id) - 1 FROM webhooks.captures x
+                            WHERE x.route = k.route AND x.route IS NOT NULL AND (x.xid, x.id) > (k.xid, k.id))) AS from_id,
+               (SELECT max(x.id) FROM webhooks.captures x WHERE x.route = k.route AND x.route IS NOT NULL) AS last_id
+        FROM webhooks.cursors k
+    ), rebased AS (
+        UPDATE webhooks.cursors c
+        SET xid = '1', id = n.from_id,
+            ahead_xid = CASE WHEN n.last_id > n.from_id THEN '1'::xid8 END,
+            ahead_id = CASE WHEN n.last_id > n.from_id THEN n.last_id END,
+            ahead_open = '{}'
+        FROM n
+        WHERE c.route = n.route AND c.webhook_id = n.webhook_id
+    )
+    UPDATE webhooks.captures x SET xid = '1' WHERE x.route IS NOT NULL AND x.xid <> '1'
+$$;
+
 -- Seconds until a cursor of an open route has an event to give (0: now), or NULL: for
 -- next_due_in(). An event past the point reached ahead is due once its writer's transaction is
 -- below the horizon, or once it is `_route_patience()` old; an event of a writer that was running
@@ -340,4 +369,4 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION webhooks._route_patience, webhooks._cursor_horizon, webhooks._open_routes, webhooks._sync_cursors,
-    webhooks._cursor_in_order, webhooks._cursor_ahead, webhooks._give_from_cursor, webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rest_routes FROM PUBLIC;
+    webhooks._cursor_in_order, webhooks._cursor_ahead, webhooks._give_from_cursor, webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rebase_cursors, webhooks._rest_routes FROM PUBLIC;

@@ -84,12 +84,14 @@ BEGIN
     -- them, nothing is fanned out (already fanned-out deliveries are the original's).
     -- Whether a capture waits is asked before calling _fan_out: its statement is planned at
     -- every call, which cost each claim 0.7 ms when there was nothing to fan out.
-    IF webhooks._ensure_identity()
-       AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
+    IF NOT webhooks._ensure_identity() THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
-    -- Published events: each webhook's next ones from its cursors (041_cursors.sql). Their ids
-    -- are stored with them, so the restore check above does not hold them back.
+    -- Published events: each webhook's next ones from its cursors (041_cursors.sql), once the
+    -- restore check has rebased them in a copy.
     PERFORM webhooks._rest_routes();
     IF EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
         PERFORM webhooks._fill_from_cursors(batch_size * 4);
@@ -304,7 +306,11 @@ BEGIN
     PERFORM webhooks._rest_routes();
     routed := webhooks._cursors_due_in();
     IF routed = 0 THEN
-        RETURN 0;  -- published events to give out (041_cursors.sql)
+        -- Published events to give out (041_cursors.sql), unless the restore check is not settled
+        -- (as for captures below: claim() gives nothing until it is).
+        RETURN CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
+                         OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
+                    THEN 0 ELSE 1 END;
     END IF;
     queued := (SELECT CASE
         -- Captures to fan out: now, unless this session's restore check is not settled (another
