@@ -48,6 +48,9 @@ DECLARE
     user_name text;
     used_as text;
 BEGIN
+    -- Serialised with subscription changes (see _refresh_subscribers): a webhook subscribing
+    -- meanwhile is either seen below, or finds the type gone.
+    PERFORM pg_advisory_xact_lock('webhooks.event_types'::regclass::oid::integer, 0);
     IF NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = delete_event_type.name) THEN
         PERFORM webhooks._fail('WH021', 'name', format('event type %L is not declared', name));
     END IF;
