@@ -288,26 +288,34 @@ $$;
 -- below that point, once it has committed.
 CREATE OR REPLACE FUNCTION webhooks._cursors_due_in()
 RETURNS double precision
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-    SET enable_seqscan = off SET enable_bitmapscan = off
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT min(x.due)
-    FROM webhooks.cursors c
-    CROSS JOIN LATERAL (
-        (SELECT CASE WHEN n.xid < webhooks._cursor_horizon() THEN 0
-                     ELSE greatest(0, extract(epoch FROM n.occurred_at + webhooks._route_patience() - now()))::float8
-                END AS due
-         FROM webhooks.captures n
-         WHERE n.route = c.route AND n.route IS NOT NULL
-           AND (n.xid, n.id) > (coalesce(c.ahead_xid, c.xid), coalesce(c.ahead_id, c.id))
-         ORDER BY n.route, n.xid, n.id LIMIT 1)
-        UNION ALL
-        (SELECT 0::float8 FROM webhooks.captures n
-         WHERE c.ahead_open <> '{}' AND n.route = c.route AND n.route IS NOT NULL AND n.xid = ANY (c.ahead_open)
-           AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = n.id AND d.webhook_id = c.webhook_id)
-         LIMIT 1)
-    ) x
-    WHERE c.route IN (SELECT o.route FROM webhooks._open_routes() o)
+BEGIN
+    -- PL/pgSQL for its cached plans: next_due_in() asks after every short claim, and with every
+    -- route at rest this is one probe.
+    IF NOT EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
+        RETURN NULL;
+    END IF;
+    RETURN (
+        SELECT min(x.due)
+        FROM webhooks.cursors c
+        CROSS JOIN LATERAL (
+            (SELECT CASE WHEN n.xid < webhooks._cursor_horizon() THEN 0
+                         ELSE greatest(0, extract(epoch FROM n.occurred_at + webhooks._route_patience() - now()))::float8
+                    END AS due
+             FROM webhooks.captures n
+             WHERE n.route = c.route AND n.route IS NOT NULL
+               AND (n.xid, n.id) > (coalesce(c.ahead_xid, c.xid), coalesce(c.ahead_id, c.id))
+             ORDER BY n.route, n.xid, n.id LIMIT 1)
+            UNION ALL
+            (SELECT 0::float8 FROM webhooks.captures n
+             WHERE c.ahead_open <> '{}' AND n.route = c.route AND n.route IS NOT NULL AND n.xid = ANY (c.ahead_open)
+               AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = n.id AND d.webhook_id = c.webhook_id)
+             LIMIT 1)
+        ) x
+        WHERE c.route IN (SELECT o.route FROM webhooks._open_routes() o));
+END
 $$;
 
 -- The routes' rest, in the steps of _rest_webhooks (044_resting_webhooks.sql): a route is busy
