@@ -232,3 +232,23 @@ def test_events_published_before_the_upgrade_keep_the_fan_out(events: str) -> No
         assert sorted(drain(conn, 4)) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
         time.sleep(0.3)
         assert claim_all(conn) == []
+
+
+def test_the_horizon_never_passes_a_writer_the_snapshot_does_not_list(events: str) -> None:
+    """Writers that took their ids after the last transaction that completed are running but not
+    listed in a snapshot (they are at or past its xmax). A claim whose own transaction has an id
+    (it moved a route to rest, say) must still not pass them: an earlier version took its own id
+    as the horizon there, passed a later writer's committed events, and lost the first writer's."""
+    with psycopg.connect(events) as first, psycopg.connect(events) as second, psycopg.connect(events) as claimer:
+        publish(first, 1)
+        publish(second, 2)
+        first_xid = first.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+        claimer.execute("SELECT pg_current_xact_id()")  # the claim's own id, after both
+        horizon = claimer.execute("SELECT webhooks._cursor_horizon()::text::bigint").fetchone()
+        assert first_xid is not None and horizon is not None
+        assert horizon[0] <= first_xid[0]
+        claimer.rollback()
+        second.commit()
+        first.commit()
+    with psycopg.connect(events, autocommit=True) as conn:
+        assert sorted(drain(conn, 4)) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]

@@ -27,19 +27,37 @@ RETURNS interval
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT interval '1 second' $$;
 
--- The transaction id below which a cursor may pass events: the oldest other transaction still
--- running (or the snapshot's xmax). Every other transaction below it has ended. The caller's own
--- transaction is not counted: its events are visible to it, and go with it if it rolls back
--- (a claim in the transaction that published, as tests do).
+-- The transaction id below which a cursor may pass events: every transaction below it has ended,
+-- so all it wrote is visible. A snapshot lists the running transactions below its xmax; those
+-- from its xmax on are running too (xmax is one past the last that completed), and are not
+-- listed: so the lesser of the first listed and the xmax. The caller's own transaction counts as
+-- ended for its own events (a claim in the transaction that published, as tests do; they go
+-- with it if it rolls back) once every transaction between that point and its own id has ended:
+-- asked of each (pg_xact_status, at most 1,000), in READ COMMITTED only, where the next
+-- statement sees what they wrote.
 CREATE OR REPLACE FUNCTION webhooks._cursor_horizon()
 RETURNS xid8
-LANGUAGE sql STABLE
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(
-        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) x),
-        -- None running: everything visible is final, the caller's own events included.
-        greatest(pg_snapshot_xmax(pg_current_snapshot()),
-                 (coalesce(pg_current_xact_id_if_assigned()::text, '0')::numeric + 1)::text::xid8))
+DECLARE
+    snap pg_snapshot := pg_current_snapshot();
+    -- least() skips a NULL (nothing listed); no min(xid8) before PostgreSQL 16.
+    horizon xid8 := least(pg_snapshot_xmax(snap), (SELECT x FROM pg_snapshot_xip(snap) x ORDER BY x LIMIT 1));
+    own xid8 := pg_current_xact_id_if_assigned();
+    candidate numeric;
+BEGIN
+    IF own IS NULL OR own < horizon OR current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN horizon;
+    END IF;
+    candidate := horizon::text::numeric;
+    WHILE candidate < own::text::numeric LOOP
+        IF candidate >= horizon::text::numeric + 1000 OR pg_xact_status(candidate::text::xid8) = 'in progress' THEN
+            RETURN candidate::text::xid8;
+        END IF;
+        candidate := candidate + 1;
+    END LOOP;
+    RETURN (own::text::numeric + 1)::text::xid8;
+END
 $$;
 
 -- The routes not at rest: open or emptied, or woken since. Inlined into its callers.
@@ -291,17 +309,20 @@ RETURNS double precision
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+    horizon xid8;
 BEGIN
     -- PL/pgSQL for its cached plans: next_due_in() asks after every short claim, and with every
     -- route at rest this is one probe.
     IF NOT EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
         RETURN NULL;
     END IF;
+    horizon := webhooks._cursor_horizon();
     RETURN (
         SELECT min(x.due)
         FROM webhooks.cursors c
         CROSS JOIN LATERAL (
-            (SELECT CASE WHEN n.xid < webhooks._cursor_horizon() THEN 0
+            (SELECT CASE WHEN n.xid < horizon THEN 0
                          ELSE greatest(0, extract(epoch FROM n.occurred_at + webhooks._route_patience() - now()))::float8
                     END AS due
              FROM webhooks.captures n
