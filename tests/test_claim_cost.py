@@ -99,7 +99,7 @@ def test_claim_builds_every_body_as_the_envelope_does(conn: psycopg.Connection) 
     conn.execute("TRUNCATE items")
     conn.execute("SELECT webhooks.send_test(id) FROM webhooks.webhooks")
     with conn.transaction(force_rollback=True):
-        conn.execute("SELECT webhooks._fan_out(10000, 0)")
+        conn.execute("SELECT webhooks._fan_out(10000, 0), webhooks._fill_from_cursors(10000)")
         # _render is the same delivery rendered by _envelope alone, for its next attempt: the
         # body claim() is about to send, then the headers.
         expected = dict(conn.execute("SELECT d.id, webhooks._render(d.id) FROM webhooks.deliveries d").fetchall())

@@ -106,7 +106,7 @@ def test_no_role_can_choose_or_rewrite_an_events_id(events: psycopg.Connection, 
             "INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,"
             " event_type, data, published_id) VALUES ('EVENT', 0, 'webhooks', 'events', '{}', 1,"
             " 'order.created', '{}', gen_random_uuid())",
-            "SELECT webhooks._publish_checked('order.created', '{}')",
+            "SELECT webhooks._check_publish('order.created', '{}')",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 events.execute(call)

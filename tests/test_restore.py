@@ -174,3 +174,41 @@ def test_a_copy_changes_salt_once_and_the_original_never(server: Server, conn: p
         assert after is not None and before is not None and after[1] != before[1]
         identity = c.execute("SELECT identity FROM webhooks._installation").fetchone()
         assert identity == c.execute("SELECT webhooks._database_identity()").fetchone()
+
+
+def test_published_events_survive_a_restore_into_a_server_with_lower_transaction_ids(
+        server: Server, owned_db: str, second_cluster: tuple[LocalPostgres, Server]) -> None:
+    """A new server's transaction ids start low, below those the original stored with its events
+    and cursors (041_cursors.sql): the copy still gives what the original had not, and what the
+    copy publishes, each once, and nothing the original had given."""
+    _, target = second_cluster
+    given = "SELECT (body::jsonb -> 'data' ->> 'n')::int AS n FROM webhooks.claim(100) ORDER BY 1"
+    with psycopg.connect(owned_db, autocommit=True) as conn:
+        # A server that has run longer than the new one will have by the restore.
+        conn.execute("DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$")
+        conn.execute("SELECT webhooks.create_event_type('order.created')")
+        conn.execute("SELECT webhooks.create_webhook('w', 'https://e.com/w', '[{\"event_type\": \"order.created\"}]')")
+        for n in (1, 2):
+            conn.execute("SELECT webhooks.publish('order.created', %s)", (psycopg.types.json.Jsonb({"n": n}),))
+        assert [r[0] for r in conn.execute(given).fetchall()] == [1, 2]
+        for n in (3, 4):
+            conn.execute("SELECT webhooks.publish('order.created', %s)", (psycopg.types.json.Jsonb({"n": n}),))
+        high = conn.execute("SELECT xid::text::bigint FROM webhooks.captures ORDER BY xid DESC LIMIT 1").fetchone()
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "original.dump"
+        run(pg_tool(server, "pg_dump"), server.dsn_for(dsn_params(owned_db)["dbname"], user=OWNER),
+            "--format=custom", "--file", str(dump))
+        with psycopg.connect(target.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {OWNER} LOGIN")
+        run(pg_tool(server, "psql"), target.admin_dsn, "-v", "ON_ERROR_STOP=1", "-q", stdin=roles.roles_sql())
+        copy = new_database(target)
+        run(pg_tool(server, "pg_restore"), target.admin_dsn, "--exit-on-error",
+            "--dbname", dsn_params(copy)["dbname"], str(dump))
+    with psycopg.connect(copy, autocommit=True) as conn:
+        low = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+        assert high is not None and low is not None and low[0] < high[0], "the new server's ids are not lower"
+        conn.execute("SELECT webhooks.publish('order.created', '{\"n\": 5}')")  # before the copy's first claim
+        assert [r[0] for r in conn.execute(given).fetchall()] == [3, 4, 5]
+        conn.execute("SELECT webhooks.publish('order.created', '{\"n\": 6}')")
+        assert [r[0] for r in conn.execute(given).fetchall()] == [6]
+        assert conn.execute(given).fetchall() == []

@@ -270,8 +270,8 @@ $$;
 -- cascade of a deleted webhook), incrementally: only the (type, webhook) pairs a changed row's
 -- pattern matches are looked at (an exact name: one type; order.*: its family; *: all), and for
 -- each the webhook is added or removed as it now subscribes to the type by any pattern, one
--- primary-key probe each. A TRUNCATE recomputes every type. Changes are serialised by the table
--- lock, and the update runs in a statement of its own after it, so it sees every change committed
+-- primary-key probe each. A TRUNCATE recomputes every type. Changes are serialised by an advisory
+-- lock (create_event_type takes it too), and the update runs in a statement of its own after it, so it sees every change committed
 -- before: two webhooks subscribing at once cannot leave a type missing one of them.
 CREATE OR REPLACE FUNCTION webhooks._refresh_subscribers()
 RETURNS trigger
@@ -290,15 +290,18 @@ BEGIN
         SELECT array_agg(x.webhook_id), array_agg(x.pattern) INTO hooks, patterns
         FROM (SELECT a.webhook_id, a.pattern FROM added a UNION SELECT r.webhook_id, r.pattern FROM removed r) x;
     ELSE
-        LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
+        PERFORM pg_advisory_xact_lock('webhooks.event_types'::regclass::oid::integer, 0);
         UPDATE webhooks.event_types t SET webhook_ids = webhooks._subscribers(t.name)
         WHERE t.webhook_ids <> '{}';
+        PERFORM webhooks._sync_cursors(NULL);
         RETURN NULL;
     END IF;
     IF hooks IS NULL THEN
         RETURN NULL;  -- a statement that changed no row
     END IF;
-    LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;
+    -- An advisory lock, not a table lock: claims update event_types too (a route's rest,
+    -- 041_cursors.sql) and must not wait behind an admin's open transaction.
+    PERFORM pg_advisory_xact_lock('webhooks.event_types'::regclass::oid::integer, 0);
     WITH changed AS (
         SELECT DISTINCT t.name, c.webhook_id
         FROM unnest(hooks, patterns) AS c(webhook_id, pattern)
@@ -321,6 +324,11 @@ BEGIN
                             WHERE u <> ALL (coalesce(p.minus, '{}')) ORDER BY u)
     FROM per_type p
     WHERE t.name = p.name;
+    -- Each type's cursors follow its subscribers (041_cursors.sql), in a statement that sees them.
+    PERFORM webhooks._sync_cursors(ARRAY(
+        SELECT DISTINCT t.name FROM unnest(hooks, patterns) AS c(webhook_id, pattern)
+        JOIN webhooks.event_types t
+          ON c.pattern = t.name OR c.pattern = '*' OR (right(c.pattern, 2) = '.*' AND starts_with(t.name, left(c.pattern, -1)))));
     RETURN NULL;
 END
 $$;

@@ -142,7 +142,7 @@ BEGIN
     END IF;
     -- deliveries.capture_id has no index: scanned once per restore, not per claim.
     boundary := greatest(
-        (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0),
+        (SELECT max(c.id) FROM webhooks.captures c WHERE c.fanned_out > 0 AND c.route IS NULL),
         (SELECT max(d.capture_id) FROM webhooks.deliveries d),
         0);
     -- A later range here (purged captures lowered the boundary) named nothing sent from this copy.
@@ -150,6 +150,7 @@ BEGIN
     INSERT INTO webhooks._salts (first_capture_id, salt, identity) VALUES (boundary + 1, webhooks._salt_at(here), here);
     UPDATE webhooks._installation SET identity = here;
     PERFORM webhooks._reresolve_tables();
+    PERFORM webhooks._rebase_cursors();  -- another server's transaction ids (041_cursors.sql)
     RAISE LOG 'pgwebhooks: database identity changed to %: events of captures from % on get a new salt',
         here, boundary + 1;
     PERFORM set_config('pgwebhooks.identity_checked', token, false);

@@ -46,15 +46,13 @@ BEGIN
 END
 $$;
 
--- publish() for what its one statement does not take (see publish): data that may be too large or
--- too deep, SQL NULL, a reserved or undeclared type. The checks in publish()'s order, then the
--- same insert; an error names the field and the value. Called from publish(), with its rights.
-CREATE OR REPLACE FUNCTION webhooks._publish_checked(event_type text, data jsonb)
-RETURNS uuid
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+-- What publish()'s first statement does not take (see publish): data that may be too large or too
+-- deep, SQL NULL, a reserved or undeclared type. Raises the error publish() has always raised, in
+-- its order, for a field and value; returns (the data is acceptable) otherwise.
+CREATE OR REPLACE FUNCTION webhooks._check_publish(event_type text, data jsonb)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    event_id uuid;
 BEGIN
     IF starts_with(event_type, 'pgwebhooks.') THEN
         PERFORM webhooks._fail('WH032', 'event_type', format(
@@ -64,26 +62,18 @@ BEGIN
     IF data IS NULL THEN
         PERFORM webhooks._fail('WH013', 'data', 'must be a JSON value, not SQL NULL (use ''null''::jsonb or ''{}'')');
     END IF;
-    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                   event_type, data, published_id)
-    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data, gen_random_uuid()
-    FROM webhooks.event_types t
-    WHERE t.name = event_type AND pg_current_xact_id() IS NOT NULL
-    RETURNING published_id INTO event_id;
-    IF event_id IS NULL THEN
-        PERFORM webhooks._check_event_type_declared('event_type', event_type);
-    END IF;
-    RETURN event_id;
+    PERFORM webhooks._check_event_type_declared('event_type', event_type);
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks._publish_checked FROM PUBLIC;
+DROP FUNCTION IF EXISTS webhooks._publish_checked(text, jsonb);
+REVOKE ALL ON FUNCTION webhooks._check_publish FROM PUBLIC;
 
 -- Publish an application event in the caller's transaction; returns its id (the webhook-id
--- receivers see). The receiving webhooks are resolved now, from event_subscriptions; whether
--- each is enabled is decided at fan-out, like for row changes. Runs in every publishing
--- transaction, so like the capture triggers it skips `SET search_path` (a GUC save and restore
--- per call) and names everything with its schema.
+-- receivers see). The event goes on its type's route (migration 0022): each subscribed webhook's
+-- cursor gives it the event once its transaction has ended (041_cursors.sql). Runs in every
+-- publishing transaction, so like the capture triggers it skips `SET search_path` (a GUC save and
+-- restore per call) and names everything with its schema.
 --
 -- Types under `pgwebhooks.` are reserved for pgwebhooks' own alerts (webhooks._alert); no one
 -- may publish one (WH032), so a receiver can trust that an alert came from pgwebhooks.
@@ -92,35 +82,42 @@ RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 AS $$
 DECLARE
+    -- First: the transaction id before the route's state is read and before the event's id is
+    -- drawn. A route coming to rest counts on every publisher that read it open having had its
+    -- id by then (041_cursors.sql), and the open floors on ids drawn after it (027_open_floors.sql).
+    writer pg_catalog.xid8 := pg_catalog.pg_current_xact_id();
+    on_route pg_catalog.int4;
+    route_open boolean;
     event_id pg_catalog.uuid;
     runner_waits boolean;
 BEGIN
-    -- One statement takes the common event: each statement a call runs costs about as much as the
-    -- insert itself. It resolves the subscribers (the type's webhook_ids), draws the event's id
-    -- (stored with it: migration 0021) and asks whether a runner waits. It takes only a declared,
-    -- unreserved type and small data: an uncompressed jsonb of at most 512 bytes is neither too
-    -- large nor too deep (65 nested arrays take 520: 4 bytes of header per level and 4 to point at
-    -- each inner one); a compressed one's size says nothing, and SQL NULL has none. Anything else
-    -- inserts nothing here and goes to _publish_checked, which checks it, raises the error or
-    -- inserts it.
-    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                   event_type, data, published_id)
-    SELECT 'EVENT', 0, 'webhooks', 'events', t.webhook_ids, 1, event_type, data, pg_catalog.gen_random_uuid()
+    -- The common event in one lookup: a declared, unreserved type and small data. An uncompressed
+    -- jsonb of at most 512 bytes is neither too large nor too deep (65 nested arrays take 520: 4
+    -- bytes of header per level and 4 to point at each inner one); a compressed one's size says
+    -- nothing, and SQL NULL has none. Anything else is checked by _check_publish, which raises the
+    -- error or lets it through.
+    SELECT t.route, t.route_state OPERATOR(pg_catalog.=) 'open' INTO on_route, route_open
     FROM webhooks.event_types t
     WHERE t.name OPERATOR(pg_catalog.=) event_type
       AND NOT pg_catalog.starts_with(event_type, 'pgwebhooks.')
       AND pg_catalog.pg_column_size(data) OPERATOR(pg_catalog.<=) 512
-      AND pg_catalog.pg_column_compression(data) IS NULL
-      -- The transaction id before the capture's id (see _open_floors): a filter of the scan that
-      -- feeds the insert, so it is asked before the id is drawn for the row.
-      AND pg_catalog.pg_current_xact_id() IS NOT NULL
+      AND pg_catalog.pg_column_compression(data) IS NULL;
+    IF on_route IS NULL THEN
+        PERFORM webhooks._check_publish(event_type, data);
+        SELECT t.route, t.route_state OPERATOR(pg_catalog.=) 'open' INTO on_route, route_open
+        FROM webhooks.event_types t WHERE t.name OPERATOR(pg_catalog.=) event_type;
+    END IF;
+    -- Routed: no webhook_ids (the cursors say who receives it) and nothing to fan out.
+    INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
+                                   event_type, data, published_id, route, xid)
+    VALUES ('EVENT', 0, 'webhooks', 'events', '{}', 1, 1, event_type, data, pg_catalog.gen_random_uuid(),
+            on_route, writer)
     RETURNING published_id,
               pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0
     INTO event_id, runner_waits;
-    IF event_id IS NULL THEN
-        event_id := webhooks._publish_checked(event_type, data);
-        runner_waits := pg_catalog.pg_sequence_last_value('webhooks._runners_waiting'::pg_catalog.regclass)
-                        OPERATOR(pg_catalog.>) 0;
+    -- A route at rest is woken by an insert: a publisher never waits on a claim or another publisher.
+    IF NOT route_open THEN
+        INSERT INTO webhooks._route_wakes (route) VALUES (on_route);
     END IF;
     -- Like a capture, only while a runner waits (_wake_runners(), inline; 028_wakeups.sql): a
     -- NOTIFY serialises the commits that send one. Identical ones in a transaction are folded.

@@ -1,5 +1,5 @@
 -- pgwebhooks: what the runner calls to get work. claim() hands out leased, fully signed
--- requests; next_due_in() says when to ask again; release() hands back unsent work. complete()
+-- requests; release() hands back unsent work; next_due_in() (061) says when to ask again. complete()
 -- (065) applies the delivery policy to the results. The runner holds no secret and no policy.
 -- Plans here are pinned rather than left to statistics. A queue's tables churn faster than
 -- autovacuum analyzes them, and a plan made while `deliveries` looked empty (sequential scans,
@@ -84,9 +84,17 @@ BEGIN
     -- them, nothing is fanned out (already fanned-out deliveries are the original's).
     -- Whether a capture waits is asked before calling _fan_out: its statement is planned at
     -- every call, which cost each claim 0.7 ms when there was nothing to fan out.
-    IF webhooks._ensure_identity()
-       AND EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
+    IF NOT webhooks._ensure_identity() THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
+    END IF;
+    -- Published events: each webhook's next ones from its cursors (041_cursors.sql), once the
+    -- restore check has rebased them in a copy.
+    PERFORM webhooks._rest_routes();
+    IF EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
+        PERFORM webhooks._fill_from_cursors(batch_size * 4);
     END IF;
 END
 $$;
@@ -275,69 +283,6 @@ BEGIN
 END
 $$;
 
--- Seconds until claim() may have something new to hand out, for a runner deciding how long to
--- sleep (NOTIFY aside): 0 while some webhook has due work and room, else the earliest of a
--- scheduled retry, a lease running out, a circuit's probe and a rate limit's next token. NULL
--- when nothing is scheduled; a webhook at its concurrency limit counts only once a send of it
--- ends, which the runner holding that send knows first. Asking registers the session as a
--- waiting runner, which writers then NOTIFY (028_wakeups.sql).
-CREATE OR REPLACE FUNCTION webhooks.next_due_in(per_webhook_limit integer DEFAULT NULL,
-                                                skip_webhooks uuid[] DEFAULT '{}')
-RETURNS double precision
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    floors jsonb := webhooks._open_floors();
-BEGIN
-    -- PL/pgSQL rather than SQL for its cached plan: the runner asks after every short claim.
-    PERFORM webhooks._register_waiting();
-    PERFORM webhooks._rest_webhooks(floors);
-    RETURN (SELECT CASE
-        -- Captures to fan out: now, unless this session's restore check is not settled (another
-        -- transaction is recording a copy's new salt, see _ensure_identity): claim() fans out
-        -- nothing until it commits, so asking at once would only spin.
-        WHEN EXISTS (SELECT 1 FROM webhooks.captures c
-                     WHERE c.fanned_out < c.row_count AND c.id >= coalesce((floors ->> 'captures')::bigint, 0)) THEN
-            CASE WHEN current_setting('pgwebhooks.identity_checked', true) IS NOT DISTINCT FROM webhooks._identity_token()
-                      OR EXISTS (SELECT 1 FROM webhooks._installation i WHERE i.identity = webhooks._database_identity())
-                 THEN 0 ELSE 1 END
-        -- (greatest() ignores NULLs: NULL, nothing scheduled, must not become 0, "now".)
-        ELSE (SELECT CASE WHEN min(x.due) IS NOT NULL
-                          THEN greatest(extract(epoch FROM min(x.due) - now())::float8, 0) END FROM (
-            SELECT CASE
-                WHEN e.circuit = 'open' AND e.retry_at > now() THEN e.retry_at
-                WHEN n.first_due > now() THEN n.first_due
-                WHEN webhooks._room(w.id, w.max_concurrency, per_webhook_limit, NULL, e.circuit, 0, now())
-                     <= 0 THEN NULL
-                WHEN w.rate_limit_per_second IS NOT NULL
-                     AND webhooks._tokens(w.rate_limit_per_second, e.tokens, e.tokens_at) < 1
-                    THEN now() + make_interval(secs => (1 - webhooks._tokens(w.rate_limit_per_second, e.tokens,
-                                                        e.tokens_at)) / w.rate_limit_per_second)
-                ELSE now()
-            END AS due
-            FROM webhooks._unrested() u  -- as in _due_webhooks
-            CROSS JOIN LATERAL (SELECT e.* FROM webhooks.endpoints e WHERE e.webhook_id = u.webhook_id OFFSET 0) e
-            CROSS JOIN LATERAL (SELECT w.* FROM webhooks.webhooks w WHERE w.id = e.webhook_id OFFSET 0) w
-            CROSS JOIN LATERAL (
-                SELECT d.next_attempt_at AS first_due FROM webhooks.deliveries d
-                WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
-                  AND (SELECT o.id FROM webhooks.deliveries o  -- first: see _due_webhooks
-                       WHERE (o.webhook_id, o.id + 0) >= (w.id, coalesce((floors ->> w.id::text)::bigint, 0))
-                         AND o.webhook_id = w.id AND o.status IN ('pending', 'leased')
-                         AND o.id + 0 >= coalesce((floors ->> w.id::text)::bigint, 0)
-                       ORDER BY o.webhook_id, o.id + 0 LIMIT 1) IS NOT NULL
-                ORDER BY d.next_attempt_at LIMIT 1
-            ) n
-            WHERE w.enabled AND NOT w.paused AND w.id <> ALL (coalesce(skip_webhooks, '{}'))
-        ) x)
-    END);
-END
-$$;
-
-COMMENT ON FUNCTION webhooks.next_due_in IS
-    'For the runner: seconds until claim() may have more to hand out (0: now; NULL: nothing scheduled).';
-
 -- Hand leased deliveries back unsent (a runner shutting down): they are due again at once and
 -- the attempt does not count (free_attempts). Its number is not reused: a late report for it
 -- is refused. Nothing is logged for it, as nothing was sent.
@@ -369,7 +314,7 @@ AS $$
     SELECT webhooks.release(webhooks._parse_json_input('leases', leases))
 $$;
 
-GRANT EXECUTE ON FUNCTION webhooks.claim, webhooks.next_due_in, webhooks.release(jsonb), webhooks.release(text)
+GRANT EXECUTE ON FUNCTION webhooks.claim, webhooks.release(jsonb), webhooks.release(text)
 TO webhooks_runner;
 
 COMMENT ON FUNCTION webhooks.claim IS

@@ -22,7 +22,16 @@ AS $$
         CROSS JOIN LATERAL generate_series(c.fanned_out + 1, c.row_count) AS g(n)
         WHERE c.fanned_out < c.row_count AND _deliveries_page.id = ANY (c.webhook_ids)
           AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = _deliveries_page.id AND w.enabled)
-        ORDER BY c.id DESC, g.n DESC
+        UNION ALL
+        -- Published events past the webhook's cursors without a delivery yet (041_cursors.sql).
+        SELECT NULL::bigint, c.published_id, c.event_type, format('%I.%I', c.schema_name, c.table_name),
+               c.occurred_at, c.id, 1
+        FROM webhooks.cursors k
+        JOIN webhooks.captures c ON c.route = k.route AND c.route IS NOT NULL AND (c.xid, c.id) > (k.xid, k.id)
+        WHERE k.webhook_id = _deliveries_page.id
+          AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = _deliveries_page.id AND w.enabled)
+          AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id AND d.webhook_id = k.webhook_id)
+        ORDER BY 6 DESC, 7 DESC
         LIMIT "limit"::bigint + "offset"
     ), listed AS (
         SELECT q.id, q.event_id, q.operation, q.tbl, 'queued'::text AS status, 0 AS attempts,

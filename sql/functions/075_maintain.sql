@@ -91,6 +91,9 @@ BEGIN
           WHERE c.id >= from_id AND c.id < below_id
             AND c.occurred_at < cutoff AND c.fanned_out = c.row_count
             AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.capture_id = c.id)
+            -- A published event stays until every cursor of its route has passed it (041_cursors.sql).
+            AND (c.route IS NULL OR NOT EXISTS (SELECT 1 FROM webhooks.cursors k
+                                                WHERE k.route = c.route AND (k.xid, k.id) < (c.xid, c.id)))
           FOR UPDATE SKIP LOCKED) x;
     WITH unneeded AS (
         DELETE FROM webhooks.captures c

@@ -14,11 +14,12 @@ BEGIN
     IF EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = create_event_type.name) THEN
         PERFORM webhooks._fail('WH002', 'name', format('event type %L already exists', name));
     END IF;
-    LOCK TABLE webhooks.event_types IN SHARE ROW EXCLUSIVE MODE;  -- see _refresh_subscribers
+    PERFORM pg_advisory_xact_lock('webhooks.event_types'::regclass::oid::integer, 0);  -- see _refresh_subscribers
     RETURN QUERY INSERT INTO webhooks.event_types AS t (name, description, example, webhook_ids)
         VALUES (create_event_type.name, create_event_type.description, create_event_type.example,
                 webhooks._subscribers(create_event_type.name))
         RETURNING t.*;
+    PERFORM webhooks._sync_cursors(ARRAY[create_event_type.name]);
 END
 $$;
 
@@ -47,6 +48,9 @@ DECLARE
     user_name text;
     used_as text;
 BEGIN
+    -- Serialised with subscription changes (see _refresh_subscribers): a webhook subscribing
+    -- meanwhile is either seen below, or finds the type gone.
+    PERFORM pg_advisory_xact_lock('webhooks.event_types'::regclass::oid::integer, 0);
     IF NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = delete_event_type.name) THEN
         PERFORM webhooks._fail('WH021', 'name', format('event type %L is not declared', name));
     END IF;

@@ -282,10 +282,18 @@ CROSS JOIN LATERAL (
     WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
 ) q
 LEFT JOIN LATERAL (
-    -- Not yet fanned out: only enabled webhooks will get deliveries from them.
-    SELECT sum(x.row_count - x.fanned_out) AS captured, min(x.occurred_at) AS oldest
-    FROM webhooks.captures x
-    WHERE x.fanned_out < x.row_count AND w.id = ANY (x.webhook_ids)
+    -- Not yet fanned out, or past the webhook's cursors (published events, 041_cursors.sql; some
+    -- of them may have been given ahead): only enabled webhooks will get deliveries from them.
+    SELECT sum(y.captured) AS captured, min(y.oldest) AS oldest FROM (
+        SELECT sum(x.row_count - x.fanned_out) AS captured, min(x.occurred_at) AS oldest
+        FROM webhooks.captures x
+        WHERE x.fanned_out < x.row_count AND w.id = ANY (x.webhook_ids)
+        UNION ALL
+        SELECT count(*), min(x.occurred_at)
+        FROM webhooks.cursors k
+        JOIN webhooks.captures x ON x.route = k.route AND x.route IS NOT NULL AND (x.xid, x.id) > (k.xid, k.id)
+        WHERE k.webhook_id = w.id
+    ) y
 ) c ON w.enabled
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS delivered,

@@ -30,8 +30,11 @@ def _timed_ms(conn: psycopg.Connection[Any], sql: str, repeats: int) -> tuple[fl
 def _measure(conn: psycopg.Connection[Any], repeats: int) -> dict[str, tuple[float, float]]:
     # The rest a runner's claims reach within ~0.3 s, committed (the measured calls roll back),
     # and the session's open floors raised since (they are kept per webhook not at rest).
+    routes = conn.execute("SELECT to_regprocedure('webhooks._rest_routes(boolean)') IS NOT NULL").fetchone()
     for _ in range(3):
         conn.execute("SELECT webhooks._rest_webhooks(webhooks._open_floors(), true)")
+        if routes and routes[0]:  # 0.6.0: event types' routes rest too (041_cursors.sql)
+            conn.execute("SELECT webhooks._rest_routes(true)")
         time.sleep(0.15)
     conn.execute("VACUUM ANALYZE")
     _timed_ms(conn, "SELECT count(*) FROM webhooks.claim(200)", 3)  # warm-up

@@ -70,7 +70,8 @@ class HostileReceiver:
                         length = int(value.strip())
                 body = await reader.readexactly(length)
                 try:
-                    record_id = int(json.loads(body)["record"]["id"])
+                    payload = json.loads(body)  # a row change's record, or a published event's data
+                    record_id = int((payload.get("record") or payload["data"])["id"])
                 except (ValueError, KeyError, TypeError):
                     record_id = -1
                 self.requests[record_id] += 1

@@ -75,6 +75,17 @@ class Chaos:
         assert row is not None
         return str(row["id"])
 
+    def publish_items(self) -> None:
+        """From now on each row of `items` is also published as an `item.created` event (a row
+        trigger calling webhooks.publish() in the writer's transaction), carrying its id."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT webhooks.create_event_type('item.created')")
+            conn.execute("CREATE FUNCTION publish_item() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                         " PERFORM webhooks.publish('item.created', jsonb_build_object('id', NEW.id));"
+                         " RETURN NULL; END $$")
+            conn.execute("CREATE TRIGGER items_published AFTER INSERT ON items FOR EACH ROW"
+                         " EXECUTE FUNCTION publish_item()")
+
     def insert(self, rows: int, per_statement: int = 100) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for start in range(0, rows, per_statement):

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from hostile import HostileReceiver
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 from scenario import RUNNER_ROLE, Chaos, Writer
 
 # 3,000 events to an endpoint taking 10 ms, 5 at a time per runner: a backlog of seconds, so the
@@ -44,13 +45,19 @@ async def receiver() -> AsyncIterator[HostileReceiver]:
 Havoc = Callable[[Callable[[], None]], None]
 
 
-async def run_scenario(name: str, chaos: Chaos, rx: HostileReceiver, havoc: Havoc, runners: int = 2) -> None:
+async def run_scenario(name: str, chaos: Chaos, rx: HostileReceiver, havoc: Havoc, runners: int = 2,
+                       published: bool = False) -> None:
     """A backlog, live writes and `havoc` (run in a thread) at once; then drain and tally.
 
     `havoc` calls the function it is given just before its first blow, which notes how much of the
-    backlog was still owed then.
+    backlog was still owed then. `published`: the webhook receives each row as a published event
+    (through the cursors, 041_cursors.sql) instead of as a row change.
     """
-    chaos.add_webhook(rx.url)
+    if published:
+        chaos.publish_items()
+        chaos.add_webhook(rx.url, events=Jsonb([{"event_type": "item.created"}]))
+    else:
+        chaos.add_webhook(rx.url)
     chaos.insert(BACKLOG)
     for _ in range(runners):
         chaos.start_runner()
@@ -107,6 +114,28 @@ async def test_runners_killed_with_sigkill_during_a_backlog(chaos: Chaos, receiv
     await run_scenario("kill -9 runners x8", chaos, receiver, havoc)
     assert kills == 8
     assert len(chaos.runners) == 10
+
+
+async def test_published_events_through_sigkilled_runners_and_a_postgres_crash(
+        chaos: Chaos, receiver: HostileReceiver, server: object) -> None:
+    """Published events, each writer's in its own transaction, while runners are killed with
+    SIGKILL (leases and cursor moves left behind) and PostgreSQL crashes once."""
+    local = server.local  # type: ignore[attr-defined]
+
+    def havoc(strike: Callable[[], None]) -> None:
+        rng = random.Random(11)
+        for blow in range(5):
+            time.sleep(rng.uniform(0.5, 1.2))
+            strike()
+            if blow == 2:
+                local.stop("immediate")
+                time.sleep(0.5)
+                local.start()
+            elif live := chaos.live_runners():
+                rng.choice(live).kill()
+            chaos.start_runner()
+
+    await run_scenario("published, kill -9 x4 + crash", chaos, receiver, havoc, published=True)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

@@ -87,7 +87,7 @@ SET pgwebhooks.publish_salt = 'forged';  -- what 0.5.2's publish() trusted once 
 INSERT INTO ids SELECT 1, webhooks.publish('order.created', '{"n": 1}');
 INSERT INTO ids SELECT 2, webhooks.publish('order.created', '{"n": 2}');
 INSERT INTO ids SELECT 3, webhooks.publish('order.created', jsonb_build_object('n', 3, 'pad', repeat('p', 600)));
-SELECT throws_ok($$SELECT webhooks._publish_checked('order.created', '{}')$$, '42501', NULL,
+SELECT throws_ok($$SELECT webhooks._check_publish('order.created', '{}')$$, '42501', NULL,
                  'a publisher cannot call publish()''s checked path itself');
 RESET ROLE;
 INSERT INTO got SELECT c.body::jsonb -> 'data' ->> 'n', c.headers ->> 'webhook-id' FROM webhooks.claim(100) c;
