@@ -38,7 +38,7 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     snap pg_snapshot := pg_current_snapshot();
-    -- least() skips a NULL (nothing listed); no min(xid8) before PostgreSQL 16.
+    -- least() skips a NULL (nothing listed); PostgreSQL 14 has no min(xid8).
     horizon xid8 := least(pg_snapshot_xmax(snap), (SELECT x FROM pg_snapshot_xip(snap) x ORDER BY x LIMIT 1));
     own xid8 := pg_current_xact_id_if_assigned();
     candidate numeric;
