@@ -139,7 +139,7 @@ nested = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=3
 @given(inner=nested, depth=st.integers(min_value=0, max_value=70))
 def test_either_path_stores_what_the_checks_accept_under_a_fresh_id(publisher: psycopg.Connection,
                                                                    inner: object, depth: int) -> None:
-    """publish() takes small data in one statement and the rest through _publish_checked: whichever
+    """publish() takes small data in its lookup and checks the rest with _check_publish: whichever
     path a value takes, it is refused exactly when _check_event_data refuses it, and an accepted
     value is stored as given, under an id no other event has."""
     data: object = inner
