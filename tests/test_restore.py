@@ -131,21 +131,23 @@ def second_cluster(server: Server) -> Iterator[tuple[LocalPostgres, Server]]:
         other.destroy()
 
 
+def restore_into_new_cluster(server: Server, target: Server, dump: Path) -> str:
+    """What the README says for a new cluster: your own roles (here the owner), then
+    `pgwebhooks roles | psql`, then pg_restore into a new database; returns its DSN."""
+    with psycopg.connect(target.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {OWNER} LOGIN")
+    run(pg_tool(server, "psql"), target.admin_dsn, "-v", "ON_ERROR_STOP=1", "-q", stdin=roles.roles_sql())
+    copy = new_database(target)
+    run(pg_tool(server, "pg_restore"), target.admin_dsn, "--exit-on-error",
+        "--dbname", dsn_params(copy)["dbname"], str(dump))
+    return copy
+
+
 async def test_restore_into_a_new_cluster_with_the_roles_one_liner(
         server: Server, owned_db: str, second_cluster: tuple[LocalPostgres, Server]) -> None:
     _, target = second_cluster
 
-    def restore(dump: Path) -> str:
-        # What the README says: your own roles (here the owner), then `pgwebhooks roles | psql`.
-        with psycopg.connect(target.admin_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {OWNER} LOGIN")
-        run(pg_tool(server, "psql"), target.admin_dsn, "-v", "ON_ERROR_STOP=1", "-q", stdin=roles.roles_sql())
-        copy = new_database(target)
-        run(pg_tool(server, "pg_restore"), target.admin_dsn, "--exit-on-error",
-            "--dbname", dsn_params(copy)["dbname"], str(dump))
-        return copy
-
-    await original_then_copy(server, owned_db, restore)
+    await original_then_copy(server, owned_db, lambda dump: restore_into_new_cluster(server, target, dump))
     (copy,) = query(target.admin_dsn, "SELECT datname FROM pg_database WHERE datname LIKE 'restored_%%'")
     owners = ("SELECT proname, proowner::regrole::text AS owner FROM pg_proc"
               " WHERE proname LIKE '\\_capture%%' ORDER BY 1")
@@ -198,12 +200,7 @@ def test_published_events_survive_a_restore_into_a_server_with_lower_transaction
         dump = Path(tmp) / "original.dump"
         run(pg_tool(server, "pg_dump"), server.dsn_for(dsn_params(owned_db)["dbname"], user=OWNER),
             "--format=custom", "--file", str(dump))
-        with psycopg.connect(target.admin_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {OWNER} LOGIN")
-        run(pg_tool(server, "psql"), target.admin_dsn, "-v", "ON_ERROR_STOP=1", "-q", stdin=roles.roles_sql())
-        copy = new_database(target)
-        run(pg_tool(server, "pg_restore"), target.admin_dsn, "--exit-on-error",
-            "--dbname", dsn_params(copy)["dbname"], str(dump))
+        copy = restore_into_new_cluster(server, target, dump)
     with psycopg.connect(copy, autocommit=True) as conn:
         low = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
         assert high is not None and low is not None and low[0] < high[0], "the new server's ids are not lower"

@@ -220,9 +220,14 @@ BEGIN
         INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
         SELECT t, 1, k.webhook_id FROM unnest(taken) AS t ORDER BY t;
     END IF;
-    UPDATE webhooks.cursors c
-    SET xid = done.at_xid, id = done.at_id, ahead_xid = kept_xid, ahead_id = kept_id, ahead_open = kept_open
-    WHERE c.route = k.route AND c.webhook_id = k.webhook_id;
+    -- Left as it is when nothing moved (a claim behind a long writer, with nothing old enough to
+    -- give ahead): no row version per claim.
+    IF (done.at_xid, done.at_id, kept_xid, kept_id, kept_open)
+       IS DISTINCT FROM (k.xid, k.id, k.ahead_xid, k.ahead_id, k.ahead_open) THEN
+        UPDATE webhooks.cursors c
+        SET xid = done.at_xid, id = done.at_id, ahead_xid = kept_xid, ahead_id = kept_id, ahead_open = kept_open
+        WHERE c.route = k.route AND c.webhook_id = k.webhook_id;
+    END IF;
     RETURN CASE WHEN k.enabled THEN cardinality(taken) ELSE 0 END;
 END
 $$;

@@ -45,9 +45,7 @@ BEGIN
         JOIN webhooks.event_types t ON t.route = o.route
     ), moving AS (
         SELECT p.* FROM probed p
-        WHERE CASE WHEN p.woken THEN true
-                   WHEN p.busy THEN p.route_state <> 'open'
-                   ELSE p.route_state = 'open' OR p.route_horizon IS NULL OR p.route_horizon <= p.xmin END
+        WHERE webhooks._rest_moves(p.route_state, p.route_horizon, p.busy, p.woken, p.xmin)
     ), locked AS (
         SELECT l.route, l.xmin AS version
         FROM webhooks.event_types l
@@ -55,12 +53,8 @@ BEGIN
         FOR NO KEY UPDATE OF l SKIP LOCKED
     ), moved AS (
         UPDATE webhooks.event_types t
-        SET route_state = CASE WHEN p.busy OR p.woken THEN 'open'
-                               WHEN p.route_state = 'emptied' AND p.route_horizon <= p.xmin THEN 'idle'
-                               ELSE 'emptied' END,
-            route_horizon = CASE WHEN p.busy OR p.woken OR p.route_state = 'open' OR p.route_horizon <= p.xmin THEN NULL
-                                 WHEN p.route_horizon IS NULL THEN p.xmax
-                                 ELSE p.route_horizon END
+        SET route_state = webhooks._rest_next_state(p.route_state, p.route_horizon, p.busy, p.woken, p.xmin),
+            route_horizon = webhooks._rest_next_horizon(p.route_state, p.route_horizon, p.busy, p.woken, p.xmin, p.xmax)
         FROM moving p
         JOIN locked k ON k.route = p.route AND k.version = p.version
         WHERE t.route = p.route

@@ -77,6 +77,38 @@ BEGIN
 END
 $$;
 
+-- The three steps as three decisions, shared by webhooks and event types' routes
+-- (042_resting_routes.sql): given a row's state and horizon, whether it has work (`busy`) or a
+-- wake, and the snapshot's xmin and xmax, whether the row moves, and to what. SQL expressions,
+-- inlined into the statements that call them.
+CREATE OR REPLACE FUNCTION webhooks._rest_moves(state text, horizon xid8, busy boolean, woken boolean, xmin xid8)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN woken THEN true
+                WHEN busy THEN state OPERATOR(pg_catalog.<>) 'open'
+                ELSE state OPERATOR(pg_catalog.=) 'open' OR horizon IS NULL OR horizon OPERATOR(pg_catalog.<=) xmin END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._rest_next_state(state text, horizon xid8, busy boolean, woken boolean, xmin xid8)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN busy OR woken THEN 'open'
+                WHEN state OPERATOR(pg_catalog.=) 'emptied' AND horizon OPERATOR(pg_catalog.<=) xmin THEN 'idle'
+                ELSE 'emptied' END
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks._rest_next_horizon(state text, horizon xid8, busy boolean, woken boolean,
+                                                       xmin xid8, xmax xid8)
+RETURNS xid8
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN busy OR woken OR state OPERATOR(pg_catalog.=) 'open' OR horizon OPERATOR(pg_catalog.<=) xmin THEN NULL
+                WHEN horizon IS NULL THEN xmax
+                ELSE horizon END
+$$;
+
 -- Steps 1-3 above for every webhook not at rest, and back to 'open' for any with work or a
 -- wake (its wakes seen now are removed); at most every 100 ms per session unless `force`. A row
 -- another transaction holds, or one changed since this statement's snapshot, is left for the
@@ -124,9 +156,7 @@ BEGIN
         JOIN webhooks.endpoints c ON c.webhook_id = u.webhook_id
     ), moving AS (
         SELECT p.* FROM probed p
-        WHERE CASE WHEN p.woken THEN true
-                   WHEN p.busy THEN p.work_state <> 'open'
-                   ELSE p.work_state = 'open' OR p.work_horizon IS NULL OR p.work_horizon <= p.xmin END
+        WHERE webhooks._rest_moves(p.work_state, p.work_horizon, p.busy, p.woken, p.xmin)
     ), locked AS (
         -- The latest version, locked: moved only if it is the one the snapshot saw.
         SELECT l.webhook_id, l.xmin AS version
@@ -135,12 +165,8 @@ BEGIN
         FOR NO KEY UPDATE OF l SKIP LOCKED
     ), moved AS (
         UPDATE webhooks.endpoints e
-        SET work_state = CASE WHEN p.busy OR p.woken THEN 'open'
-                              WHEN p.work_state = 'emptied' AND p.work_horizon <= p.xmin THEN 'idle'
-                              ELSE 'emptied' END,
-            work_horizon = CASE WHEN p.busy OR p.woken OR p.work_state = 'open' OR p.work_horizon <= p.xmin THEN NULL
-                                WHEN p.work_horizon IS NULL THEN p.xmax
-                                ELSE p.work_horizon END
+        SET work_state = webhooks._rest_next_state(p.work_state, p.work_horizon, p.busy, p.woken, p.xmin),
+            work_horizon = webhooks._rest_next_horizon(p.work_state, p.work_horizon, p.busy, p.woken, p.xmin, p.xmax)
         FROM moving p
         JOIN locked k ON k.webhook_id = p.webhook_id AND k.version = p.version
         WHERE e.webhook_id = p.webhook_id
@@ -156,5 +182,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks._rest_webhooks, webhooks._open_webhooks, webhooks._unrested, webhooks._session_due
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks._rest_webhooks, webhooks._open_webhooks, webhooks._unrested, webhooks._session_due,
+    webhooks._rest_moves, webhooks._rest_next_state, webhooks._rest_next_horizon FROM PUBLIC;
