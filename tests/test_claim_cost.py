@@ -42,15 +42,18 @@ def test_claim_renders_row_images_without_a_function_call_per_image(conn: psycop
 
 def test_a_claim_with_nothing_to_fan_out_does_not_call_the_fan_out(conn: psycopg.Connection) -> None:
     _setup(conn)
-    conn.execute("INSERT INTO items VALUES (1, 1, 'a')")
+    conn.execute("INSERT INTO items VALUES (1, 1, 'a'), (2, 2, 'b')")  # two rows: fanned out
     with conn.transaction(force_rollback=True):
         conn.execute("SET LOCAL track_functions = 'all'")
-        assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 1
+        assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 2
         assert _calls(conn, "_fan_out") == 1  # a capture to fan out: fanned out
         assert conn.execute("SELECT * FROM webhooks.claim(10)").fetchall() == []
         assert _calls(conn, "_fan_out") == 1  # nothing left: not called again
-        conn.execute("INSERT INTO items VALUES (2, 2, 'b')")
+        conn.execute("INSERT INTO items VALUES (3, 3, 'c')")  # one row: on its route (0.7.0)
         assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 1
+        assert _calls(conn, "_fan_out") == 1
+        conn.execute("INSERT INTO items VALUES (4, 4, 'd'), (5, 5, 'e')")
+        assert len(conn.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 2
         assert _calls(conn, "_fan_out") == 2
 
 

@@ -49,6 +49,7 @@ def settle(conn: psycopg.Connection, rounds: int = 3) -> list[tuple[int, int, An
 INDEXES = ("webhooks.deliveries_webhook_due", "webhooks.deliveries_webhook_leased", "webhooks.deliveries_webhook_open",
            "webhooks.captures_fan_out_pending")
 ONE_ROW_WRITES = "DO $$ BEGIN FOR i IN %s..%s LOOP INSERT INTO bulk VALUES (i, i); END LOOP; END $$"
+TWO_ROW_WRITES = "DO $$ BEGIN FOR i IN %s..%s LOOP INSERT INTO bulk VALUES (2 * i, i), (2 * i + 1, i); END LOOP; END $$"
 
 
 def index_entries_read(conn: psycopg.Connection) -> dict[str, int]:
@@ -113,15 +114,16 @@ def test_deliveries_a_transaction_commits_late_are_claimed(db, conn, table) -> N
 
 
 def test_a_capture_committed_late_is_fanned_out_and_delivered(db, conn, table, holder) -> None:
+    # Two rows a statement: fanned out (a one-row change goes through its route's cursors, 0.7.0).
     create_webhook(conn)
     with psycopg.connect(db) as late:
-        late.execute("INSERT INTO bulk VALUES (0, 0)")  # its capture takes the lowest id
-        conn.execute(ONE_ROW_WRITES % (1, 300))  # 300 captures fanned out while it is open
+        late.execute("INSERT INTO bulk VALUES (0, 0), (-1, 0)")  # its capture takes the lowest id
+        conn.execute(TWO_ROW_WRITES % (1, 150))  # 150 captures fanned out while it is open
         assert len(settle(conn)) == 300
         late.commit()
     got = settle(conn)
-    assert len(got) == 1
-    assert scalar(conn, "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'") == 301
+    assert len(got) == 2
+    assert scalar(conn, "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'") == 302
 
 
 def test_released_retried_and_paused_work_is_claimed_after_the_rest_drains(db, conn, table, holder) -> None:

@@ -92,14 +92,16 @@ def test_an_open_transaction_that_woke_a_webhook_blocks_no_claim(db, conn, table
     with psycopg.connect(db) as admin, psycopg.connect(db) as runner, psycopg.connect(db) as third:
         for hook in hooks:
             admin.execute("SELECT webhooks.send_test(%s)", (hook,))
-        conn.execute("INSERT INTO bulk VALUES (1, 1)")
-        conn.execute("INSERT INTO other VALUES (1)")
-        assert len(runner.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 2
-        conn.execute("INSERT INTO bulk VALUES (2, 2)")
-        conn.execute("INSERT INTO other VALUES (2)")
+        # Two rows a statement: fanned out, not left on a route behind the open send_test (a
+        # one-row change would wait the cursors' patience, 041_cursors.sql).
+        conn.execute("INSERT INTO bulk VALUES (1, 1), (11, 1)")
+        conn.execute("INSERT INTO other VALUES (1), (11)")
+        assert len(runner.execute("SELECT * FROM webhooks.claim(10)").fetchall()) == 4
+        conn.execute("INSERT INTO bulk VALUES (2, 2), (12, 2)")
+        conn.execute("INSERT INTO other VALUES (2), (12)")
         third.execute("SET lock_timeout = '200ms'")
         claimed = third.execute("SELECT webhook_id FROM webhooks.claim(10)").fetchall()
-        assert sorted(str(w) for (w,) in claimed) == hooks
+        assert sorted(str(w) for (w,) in claimed) == sorted(hooks * 2)
         third.commit()
         runner.commit()
         admin.commit()
@@ -128,7 +130,7 @@ def test_claim_does_not_probe_webhooks_at_rest(conn, table) -> None:
     conn.execute("ANALYZE webhooks.endpoints")
     rest(conn, 3)
     conn.execute("INSERT INTO bulk VALUES (1, 1)")
-    conn.execute("SELECT webhooks._fan_out(100)")
+    conn.execute("SELECT webhooks._fan_out(100), webhooks._fill_from_cursors(100)")
     assert unrested(conn) == [busy]
     conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
     plan = scalar(conn, "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM webhooks._due_webhooks('{}', '{}')")

@@ -85,6 +85,21 @@ BEGIN
 END
 $$;
 
+-- Where a one-row change goes, from its trigger's arguments (see _capture_statement): on the
+-- route the second one names, with its transaction id, to no webhook by name and with nothing to
+-- fan out; without a route (a trigger made before migration 0023), to the webhooks the first
+-- names, by fan-out. A SQL function of one SELECT, inlined into the capture's INSERT.
+CREATE OR REPLACE FUNCTION webhooks._one_row_route(argv text[])
+RETURNS TABLE (webhook_ids uuid[], fanned_out integer, route integer, xid xid8)
+LANGUAGE sql STABLE
+AS $$
+    -- TG_ARGV counts from 0.
+    SELECT CASE WHEN argv[1] IS NULL THEN argv[0] ELSE '{}' END::pg_catalog.uuid[],
+           CASE WHEN argv[1] IS NULL THEN 0 ELSE 1 END,
+           argv[1]::pg_catalog.int4,
+           CASE WHEN argv[1] IS NOT NULL THEN pg_catalog.pg_current_xact_id() END
+$$;
+
 -- Both capture functions run inside every watched write, so they skip `SET search_path` (it
 -- costs a GUC save and restore per call, a third of a single-row insert's time) and instead
 -- name everything with its schema, operators included: as SECURITY DEFINER functions they must
@@ -105,30 +120,32 @@ BEGIN
     -- nothing is inserted (no capture id drawn) unless exactly one row changed and every column is
     -- of a built-in type (the probe above, here a one-time filter: as statements of their own, the
     -- count and the probe cost a one-row write 7 us of its 25). Then a NOTIFY if a runner waits
-    -- for one (028_wakeups.sql).
+    -- for one (028_wakeups.sql). It goes on its trigger's route for the cursors (_one_row_route).
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(new_row.*)
-        FROM new_rows new_row
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
+                                       record, route, xid)
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
+               pg_catalog.row_to_json(new_row.*), routed.route, routed.xid
+        FROM new_rows new_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, record)
-        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(old_row.*)
-        FROM old_rows old_row
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
+                                       record, route, xid)
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
+               pg_catalog.row_to_json(old_row.*), routed.route, routed.xid
+        FROM old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM old_rows OFFSET 1) AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSE
         -- One row on each side: they are the same row, whatever its key did.
-        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       record, old_record)
-        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]::pg_catalog.uuid[], 1,
-               pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*)
-        FROM new_rows new_row, old_rows old_row
+        INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
+                                       record, old_record, route, xid)
+        SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
+               pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*), routed.route, routed.xid
+        FROM new_rows new_row, old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
@@ -350,7 +367,7 @@ REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- The capture functions run as webhooks_capture; these are the helpers they call.
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join, webhooks._pairing_index, webhooks._needs_guarded_images,
-    webhooks._capture_guarded
+    webhooks._capture_guarded, webhooks._one_row_route
 TO webhooks_capture;
 
 COMMENT ON TABLE webhooks.captures IS

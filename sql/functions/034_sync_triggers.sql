@@ -54,7 +54,18 @@ BEGIN
                                 filter_query]
                           -- Routes on one column only: a third argument, that column (see _routed_row).
                           || ARRAY(SELECT r::text FROM webhooks._route_column(relid, op) r WHERE r IS NOT NULL)
-                     WHEN partitioned THEN ARRAY[hooks::text, 'root'] ELSE ARRAY[hooks::text] END;
+                     WHEN partitioned THEN ARRAY[hooks::text, 'root']
+                     -- One-row changes on the table and operation's route (migration 0023).
+                     WHEN hooks IS NOT NULL AND fn = '_capture_statement' AND op <> 'TRUNCATE'
+                     THEN ARRAY[hooks::text, webhooks._table_route(relid, op)::text]
+                     ELSE ARRAY[hooks::text] END;
+        -- The route's cursors: one per webhook while its trigger routes; a trigger that no longer
+        -- does (a filter came, or the key went) keeps those of webhooks still subscribed, for
+        -- what is on the route already, and adds none (a filtered webhook must get only what its
+        -- filter lets through, so it never reads a route).
+        PERFORM webhooks._sync_route_cursors(r.route, hooks, coalesce(args[2] = r.route::text, false))
+        FROM webhooks.table_routes r
+        WHERE r.relid = _sync_triggers.relid AND r.operation = op;
         IF hooks IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_trigger t
             WHERE t.tgrelid = _sync_triggers.relid AND t.tgname = trigger_name AND NOT t.tgisinternal

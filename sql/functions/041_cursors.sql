@@ -1,7 +1,9 @@
--- pgwebhooks: published events through cursors (migration 0022; docs/outbox-design.md, step 1a).
+-- pgwebhooks: published events and one-row changes through cursors (migrations 0022 and 0023;
+-- docs/outbox-design.md, steps 1a and 1b).
 --
--- publish() writes each event once, on its type's route, with its transaction id. Each webhook
--- subscribed to the type has a cursor on the route: every event at or before the cursor's
+-- publish() writes each event once, on its type's route, with its transaction id; a capture
+-- trigger does the same with a one-row change, on its table and operation's route (table_routes).
+-- Each webhook subscribed has a cursor on the route: every event at or before the cursor's
 -- (xid, id) has been given to it. claim() moves the cursors (_fill_from_cursors) and creates a
 -- pending delivery per event passed; from there on a delivery is a delivery, however it came.
 --
@@ -57,35 +59,66 @@ BEGIN
 END
 $$;
 
--- After event_types.webhook_ids changed for `types` (NULL: all): a cursor for each webhook that
--- now receives a type, none for one that no longer does. A new cursor starts at this
--- transaction's snapshot xmin: events of transactions still running when the subscription was
--- made are given to it, rather than lost in between; past this transaction's own events, if it
--- published on the route.
-CREATE OR REPLACE FUNCTION webhooks._sync_cursors(types text[])
+-- The cursors of `route` for exactly `hooks` (those of them that exist), or, unless `add`, for
+-- no webhook outside them (a filtered table's route keeps the cursors it has until they are
+-- unsubscribed, and gets no new one: 034_sync_triggers.sql). A new cursor starts at this
+-- transaction's snapshot xmin: what transactions still running when the subscription was made
+-- put on the route is given to it, rather than lost in between; past what this transaction
+-- itself put there, if anything.
+CREATE OR REPLACE FUNCTION webhooks._sync_route_cursors(route integer, hooks uuid[], add boolean DEFAULT true)
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
     WITH gone AS (
         DELETE FROM webhooks.cursors k
-        USING webhooks.event_types t
-        WHERE k.route = t.route AND (types IS NULL OR t.name = ANY (types))
-          AND k.webhook_id <> ALL (t.webhook_ids)
+        WHERE k.route = _sync_route_cursors.route AND k.webhook_id <> ALL (coalesce(hooks, '{}'))
     )
     INSERT INTO webhooks.cursors (route, webhook_id, xid, id)
-    SELECT t.route, h, coalesce(own.xid, pg_snapshot_xmin(pg_current_snapshot())), coalesce(own.id, 0)
-    FROM webhooks.event_types t
-    CROSS JOIN LATERAL unnest(t.webhook_ids) h
-    -- What this transaction published on the route before subscribing stays out, as before
-    -- cursors (a type's subscribers were read when an event was published).
+    SELECT _sync_route_cursors.route, h, coalesce(own.xid, pg_snapshot_xmin(pg_current_snapshot())),
+           coalesce(own.id, 0)
+    FROM unnest(hooks) h
+    -- What this transaction put on the route before subscribing stays out, as before cursors (a
+    -- type's subscribers were read when an event was published, a table's when it was written).
     LEFT JOIN LATERAL (
         SELECT x.xid, x.id FROM webhooks.captures x
-        WHERE x.route = t.route AND x.route IS NOT NULL AND x.xid = pg_current_xact_id_if_assigned()
+        WHERE x.route = _sync_route_cursors.route AND x.route IS NOT NULL
+          AND x.xid = pg_current_xact_id_if_assigned()
         ORDER BY x.route, x.xid DESC, x.id DESC LIMIT 1
     ) own ON true
-    WHERE (types IS NULL OR t.name = ANY (types))
-      AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = h)
+    WHERE add AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = h)
     ON CONFLICT DO NOTHING
+$$;
+
+-- After event_types.webhook_ids changed for `types` (NULL: all): a cursor for each webhook that
+-- now receives a type, none for one that no longer does.
+CREATE OR REPLACE FUNCTION webhooks._sync_cursors(types text[])
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT webhooks._sync_route_cursors(t.route, t.webhook_ids)
+    FROM webhooks.event_types t
+    WHERE types IS NULL OR t.name = ANY (types)
+$$;
+
+-- The route of `relid`'s one-row changes of operation `op`, created the first time it is asked
+-- for (by _sync_triggers, which writes it into the capture trigger's arguments).
+CREATE OR REPLACE FUNCTION webhooks._table_route(relid oid, op text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_route integer;
+BEGIN
+    SELECT r.route INTO found_route FROM webhooks.table_routes r
+    WHERE r.relid = _table_route.relid AND r.operation = op;
+    IF found_route IS NULL THEN
+        INSERT INTO webhooks.table_routes (relid, operation) VALUES (relid, op)
+        ON CONFLICT ON CONSTRAINT table_routes_relid_operation DO NOTHING;
+        SELECT r.route INTO found_route FROM webhooks.table_routes r
+        WHERE r.relid = _table_route.relid AND r.operation = op;
+    END IF;
+    RETURN found_route;
+END
 $$;
 
 -- A cursor's next events in order, from (from_xid, from_id) up to the oldest writer still running
@@ -332,4 +365,5 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION webhooks._route_patience, webhooks._cursor_horizon, webhooks._sync_cursors,
+    webhooks._sync_route_cursors, webhooks._table_route,
     webhooks._cursor_in_order, webhooks._cursor_ahead, webhooks._give_from_cursor, webhooks._fill_from_cursors, webhooks._cursors_due_in, webhooks._rebase_cursors FROM PUBLIC;

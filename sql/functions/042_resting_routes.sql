@@ -6,7 +6,8 @@
 -- not open, having taken its transaction id first, as the argument there needs. (_session_due,
 -- which paces the steps per session, is defined in 044.)
 
--- The routes not at rest: open or emptied, or woken since. Inlined into its callers.
+-- The routes not at rest: event types' open or emptied, or woken since, and every table route
+-- with a cursor (table routes do not rest: migration 0023). Inlined into its callers.
 CREATE OR REPLACE FUNCTION webhooks._open_routes()
 RETURNS TABLE (route integer)
 LANGUAGE sql STABLE
@@ -14,6 +15,8 @@ AS $$
     SELECT t.route FROM webhooks.event_types t WHERE t.route_state <> 'idle'
     UNION
     SELECT k.route FROM webhooks._route_wakes k
+    UNION
+    SELECT r.route FROM webhooks.table_routes r WHERE EXISTS (SELECT 1 FROM webhooks.cursors c WHERE c.route = r.route)
 $$;
 
 -- The routes' rest, in the steps of _rest_webhooks (044_resting_webhooks.sql): a route is busy

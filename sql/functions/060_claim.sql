@@ -90,8 +90,8 @@ BEGIN
     IF EXISTS (SELECT 1 FROM webhooks.captures c WHERE c.fanned_out < c.row_count AND c.id >= fan_out_floor) THEN
         PERFORM webhooks._fan_out(batch_size * 4, fan_out_floor);
     END IF;
-    -- Published events: each webhook's next ones from its cursors (041_cursors.sql), once the
-    -- restore check has rebased them in a copy.
+    -- Published events and one-row changes: each webhook's next ones from its cursors
+    -- (041_cursors.sql), once the restore check has rebased them in a copy.
     PERFORM webhooks._rest_routes();
     IF EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
         PERFORM webhooks._fill_from_cursors(batch_size * 4);

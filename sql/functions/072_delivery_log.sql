@@ -23,9 +23,11 @@ AS $$
         WHERE c.fanned_out < c.row_count AND _deliveries_page.id = ANY (c.webhook_ids)
           AND EXISTS (SELECT 1 FROM webhooks.webhooks w WHERE w.id = _deliveries_page.id AND w.enabled)
         UNION ALL
-        -- Published events past the webhook's cursors without a delivery yet (041_cursors.sql).
-        SELECT NULL::bigint, c.published_id, c.event_type, format('%I.%I', c.schema_name, c.table_name),
-               c.occurred_at, c.id, 1
+        -- Published events and one-row changes past the webhook's cursors without a delivery yet
+        -- (041_cursors.sql).
+        SELECT NULL::bigint, webhooks._event_id(c.published_id, c.id, 1),
+               CASE WHEN c.operation = 'EVENT' THEN coalesce(c.event_type, 'EVENT') ELSE c.operation END,
+               format('%I.%I', c.schema_name, c.table_name), c.occurred_at, c.id, 1
         FROM webhooks.cursors k
         JOIN webhooks.captures c ON c.route = k.route AND c.route IS NOT NULL AND (c.xid, c.id) > (k.xid, k.id)
         WHERE k.webhook_id = _deliveries_page.id

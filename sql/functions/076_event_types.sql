@@ -75,7 +75,11 @@ BEGIN
                                                        user_name, used_as),
             'remove it from that webhook''s events first (update_webhook)');
     END IF;
-    DELETE FROM webhooks.event_types t WHERE t.name = delete_event_type.name;
+    -- Its cursors too: a cursor's route may be an event type's or a table's (no foreign key).
+    WITH gone AS (
+        DELETE FROM webhooks.event_types t WHERE t.name = delete_event_type.name RETURNING t.route
+    )
+    DELETE FROM webhooks.cursors k USING gone g WHERE k.route = g.route;
 END
 $$;
 

@@ -3,7 +3,8 @@
 -- backup. Runs after every file that creates a view the owner's grant below must cover.
 
 -- In a restored copy every table has a new oid: pg_dump keeps names, not oids. What pgwebhooks
--- stored by oid (subscriptions, capture routes, captures not yet sent, held rows) is pointed at the
+-- stored by oid (subscriptions, capture routes, table routes, captures not yet sent, held rows) is
+-- pointed at the
 -- table of the same name, or a subscription's exclude_columns would no longer be found for the
 -- copy's changes and the columns it redacts would be sent. Rows are moved by delete-and-insert in
 -- one statement: two tables may have swapped oids, and an UPDATE would collide on the key midway.
@@ -47,9 +48,17 @@ BEGIN
                                   to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
     FROM gone g
     ON CONFLICT DO NOTHING;
+    WITH gone AS (
+        DELETE FROM webhooks.table_routes r WHERE moves ? r.relid::text RETURNING r.*
+    )
+    INSERT INTO webhooks.table_routes
+    SELECT (jsonb_populate_record(NULL::webhooks.table_routes,
+                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
+    FROM gone g;
     -- Captures and held rows carry their table's name: resolved by it, not through the map.
+    -- Changes on a table's route (migration 0023) wait for cursors, not for fan-out: all of them.
     UPDATE webhooks.captures c SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid
-    WHERE c.fanned_out < c.row_count AND c.relid <> 0
+    WHERE (c.fanned_out < c.row_count OR c.route IS NOT NULL) AND c.relid <> 0
       AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL
       AND c.relid <> to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid;
     UPDATE webhooks.captures c SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid

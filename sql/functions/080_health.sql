@@ -282,8 +282,9 @@ CROSS JOIN LATERAL (
     WHERE d.webhook_id = w.id AND d.status IN ('pending', 'leased')
 ) q
 LEFT JOIN LATERAL (
-    -- Not yet fanned out, or past the webhook's cursors (published events, 041_cursors.sql; some
-    -- of them may have been given ahead): only enabled webhooks will get deliveries from them.
+    -- Not yet fanned out, or past the webhook's cursors (published events and one-row changes,
+    -- 041_cursors.sql; some of them may have been given ahead): only enabled webhooks will get
+    -- deliveries from them.
     SELECT sum(y.captured) AS captured, min(y.oldest) AS oldest FROM (
         SELECT sum(x.row_count - x.fanned_out) AS captured, min(x.occurred_at) AS oldest
         FROM webhooks.captures x

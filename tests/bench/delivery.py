@@ -67,6 +67,10 @@ def bulk_backlog(conn: psycopg.Connection[Any], table: str, rows: int) -> None:
 OWED = """
     SELECT (SELECT count(*) FROM webhooks.deliveries WHERE status IN ('pending', 'leased'))
          + (SELECT coalesce(sum(row_count - fanned_out), 0) FROM webhooks.captures WHERE fanned_out < row_count)
+         -- Past a cursor (0.6.0 published events, 0.7.0 one-row changes); an old tree has no cursors.
+         + CASE WHEN to_regclass('webhooks.cursors') IS NULL THEN 0 ELSE (SELECT count(*)
+               FROM webhooks.cursors k JOIN webhooks.captures x
+               ON x.route = k.route AND x.route IS NOT NULL AND (x.xid, x.id) > (k.xid, k.id)) END
 """
 
 

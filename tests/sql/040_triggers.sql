@@ -3,7 +3,7 @@
 -- primary key), carrying the subscribed webhook ids; added and removed by create_webhook,
 -- update_webhook and delete_webhook; other triggers on the table left alone.
 BEGIN;
-SELECT plan(41);
+SELECT plan(42);
 
 CREATE TABLE public.users (id serial PRIMARY KEY, email text);
 CREATE TABLE public.logs (line text);                        -- no primary key
@@ -14,7 +14,8 @@ CREATE TRIGGER users_own_trigger AFTER INSERT ON public.users FOR EACH ROW EXECU
 
 -- The webhook ids a capture trigger carries (its single argument).
 CREATE FUNCTION pg_temp.trigger_hooks(rel regclass, name text) RETURNS uuid[] LANGUAGE sql AS $$
-    SELECT convert_from(substr(tgargs, 1, length(tgargs) - 1), 'UTF8')::uuid[] FROM pg_trigger WHERE tgrelid = rel AND tgname = name
+    -- The first argument; a statement trigger's second is its route (migration 0023).
+    SELECT split_part(encode(tgargs, 'escape'), '\000', 1)::uuid[] FROM pg_trigger WHERE tgrelid = rel AND tgname = name
 $$;
 CREATE FUNCTION pg_temp.is_row_level(rel regclass, name text) RETURNS boolean LANGUAGE sql AS $$
     SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = name
@@ -41,6 +42,10 @@ SELECT is((SELECT (tgoldtable, tgnewtable)::text FROM pg_trigger WHERE tgrelid =
           '(old_rows,new_rows)', 'the update trigger has OLD and NEW transition tables');
 SELECT is(pg_temp.trigger_hooks('public.users', 'webhooks_capture_insert'), ARRAY[(SELECT id FROM a)],
           'the trigger carries the webhook id');
+SELECT is((SELECT split_part(encode(tgargs, 'escape'), '\000', 2)::int FROM pg_trigger
+           WHERE tgrelid = 'public.users'::regclass AND tgname = 'webhooks_capture_insert'),
+          (SELECT route FROM webhooks.table_routes WHERE relid = 'public.users'::regclass AND operation = 'INSERT'),
+          'and the route of the table''s one-row INSERTs');
 
 -- Defaults: all three operations; a table in another schema --------------------------------------
 CREATE TEMP TABLE b AS SELECT id FROM webhooks.create_webhook('b', 'https://e.com/b', '[{"table": "shop.orders"}]');
