@@ -252,3 +252,19 @@ def test_the_horizon_never_passes_a_writer_the_snapshot_does_not_list(events: st
         first.commit()
     with psycopg.connect(events, autocommit=True) as conn:
         assert sorted(drain(conn, 4)) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+
+
+def test_a_pattern_gives_a_cursor_on_every_type_it_matches(events: str) -> None:
+    with psycopg.connect(events, autocommit=True) as conn:
+        for name in ("order.paid", "order.shipped"):
+            conn.execute("SELECT webhooks.create_event_type(%s)", (name,))
+        cursors = ("SELECT count(*) FROM webhooks.cursors k JOIN webhooks.webhooks w ON w.id = k.webhook_id"
+                   " WHERE w.name = 'a'")
+        assert conn.execute(cursors).fetchone() == (3,)  # order.* matches all three
+        for name in ("order.created", "order.paid", "order.shipped"):
+            conn.execute("SELECT webhooks.publish(%s, %s)", (name, Jsonb({"n": 1})))
+        got = conn.execute("SELECT count(*) FROM webhooks.claim(100) c JOIN webhooks.webhooks w"
+                           " ON w.id = c.webhook_id WHERE w.name = 'a'").fetchone()
+        assert got == (3,)
+        conn.execute(UPDATE, (Jsonb({"events": [{"event_type": "order.paid"}]}), "a"))
+        assert conn.execute(cursors).fetchone() == (1,)

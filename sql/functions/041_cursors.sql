@@ -90,12 +90,13 @@ AS $$
 $$;
 
 -- After event_types.webhook_ids changed for `types` (NULL: all): a cursor for each webhook that
--- now receives a type, none for one that no longer does.
+-- now receives a type, none for one that no longer does. (The count makes every type's call run:
+-- a SQL function may stop reading its last SELECT after the first row.)
 CREATE OR REPLACE FUNCTION webhooks._sync_cursors(types text[])
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT webhooks._sync_route_cursors(t.route, t.webhook_ids)
+    SELECT count(webhooks._sync_route_cursors(t.route, t.webhook_ids))
     FROM webhooks.event_types t
     WHERE types IS NULL OR t.name = ANY (types)
 $$;
