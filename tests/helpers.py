@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -359,3 +360,37 @@ def invoke(*args: str) -> tuple[int, str]:
 def make_table(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, total int)")
+
+
+def claimed_while_writers_commit_out_of_order(
+        dsn: str, write: Callable[[psycopg.Connection, int], object], claim: Callable[[psycopg.Connection], list[Any]],
+        drain: Callable[[psycopg.Connection, int], list[Any]], expected: int, writers: int = 4,
+        per_writer: int = 40) -> list[Any]:
+    """`writers` threads each write items w * 1000 + i (`write(conn, n)`), holding each transaction
+    open a little after writing, so that they commit out of xid order, while this thread claims;
+    then drains until `expected` came (bounded). Everything claimed; fails if a writer failed."""
+    failures: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            with psycopg.connect(dsn) as conn:
+                for i in range(per_writer):
+                    write(conn, w * 1000 + i)
+                    time.sleep(0.002 * ((w + i) % 5))  # commit later than a writer that began after
+                    conn.commit()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    got: list[Any] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            got += claim(conn)
+        for t in threads:
+            t.join(timeout=30)
+        got += drain(conn, expected - len(got))
+    assert not failures, failures
+    return got

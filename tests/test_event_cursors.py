@@ -6,7 +6,6 @@ and deleted webhooks; routes at rest; roles that may not move a cursor."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,8 +13,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import claimed_while_writers_commit_out_of_order, empty_database, receiver, runner_config, running
 from helpers import create_webhook as create_receiving_webhook
-from helpers import empty_database, receiver, runner_config, running
 from psycopg.types.json import Jsonb
 
 from conftest import Server
@@ -66,32 +65,8 @@ def test_every_event_is_given_once_whatever_order_publishers_commit_in(events: s
     """Four publishers, each holding its transaction open for a while after publishing, commit
     out of xid order while a claimer runs; every event reaches both webhooks exactly once."""
     per_writer, writers = 40, 4
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def writer(w: int) -> None:
-        try:
-            with psycopg.connect(events) as conn:
-                for i in range(per_writer):
-                    publish(conn, w * 1000 + i)
-                    time.sleep(0.002 * ((w + i) % 5))  # commit later than a writer that began after
-                    conn.commit()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    got: list[tuple[str, int]] = []
-    with psycopg.connect(events, autocommit=True) as conn:
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-            got += claim_all(conn)
-        for t in threads:
-            t.join(timeout=30)
-        stop.set()
-        got += drain(conn, 2 * per_writer * writers - len(got))
-    assert not failures, failures
+    got = claimed_while_writers_commit_out_of_order(events, publish, claim_all, drain, 2 * per_writer * writers,
+                                                    writers, per_writer)
     expected = sorted((h, w * 1000 + i) for h in ("a", "b") for w in range(writers) for i in range(per_writer))
     assert sorted(got) == expected  # none missing, none twice
 

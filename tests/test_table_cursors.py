@@ -8,15 +8,14 @@ table owner who may not point a capture at another route."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from helpers import claimed_while_writers_commit_out_of_order, receiver, runner_config, running
 from helpers import create_webhook as create_receiving_webhook
-from helpers import receiver, runner_config, running
 from psycopg.types.json import Jsonb
 
 UPDATE = "SELECT webhooks.update_webhook(id, %s) FROM webhooks.webhooks WHERE name = %s"
@@ -78,30 +77,12 @@ def test_every_change_is_given_once_whatever_order_writers_commit_in(items: str)
     """Four writers, each holding its transaction open for a while after its one-row INSERT,
     commit out of xid order while a claimer runs; every row reaches both webhooks exactly once."""
     per_writer, writers = 40, 4
-    failures: list[BaseException] = []
 
-    def writer(w: int) -> None:
-        try:
-            with psycopg.connect(items) as conn:
-                for i in range(per_writer):
-                    conn.execute("INSERT INTO items VALUES (%s, 1, 'w')", (w * 1000 + i,))
-                    time.sleep(0.002 * ((w + i) % 5))  # commit later than a writer that began after
-                    conn.commit()
-        except BaseException as exc:
-            failures.append(exc)
+    def write(conn: psycopg.Connection[Any], n: int) -> None:
+        conn.execute("INSERT INTO items VALUES (%s, 1, 'w')", (n,))
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    got: list[tuple[str, str, int]] = []
-    with psycopg.connect(items, autocommit=True) as conn:
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-            got += claim_all(conn)
-        for t in threads:
-            t.join(timeout=30)
-        got += drain(conn, 2 * per_writer * writers - len(got))
-    assert not failures, failures
+    got = claimed_while_writers_commit_out_of_order(items, write, claim_all, drain, 2 * per_writer * writers,
+                                                    writers, per_writer)
     expected = sorted((h, "INSERT", w * 1000 + i) for h in "ab" for w in range(writers) for i in range(per_writer))
     assert sorted(got) == expected  # none missing, none twice
 

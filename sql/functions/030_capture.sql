@@ -94,7 +94,8 @@ RETURNS TABLE (webhook_ids uuid[], fanned_out integer, route integer, xid xid8)
 LANGUAGE sql STABLE
 AS $$
     -- TG_ARGV counts from 0.
-    SELECT CASE WHEN argv[1] IS NULL THEN argv[0] ELSE '{}' END::pg_catalog.uuid[],
+    -- An empty ARRAY[] folds to a constant where '{}' would be parsed on every call.
+    SELECT CASE WHEN argv[1] IS NULL THEN argv[0]::pg_catalog.uuid[] ELSE ARRAY[]::pg_catalog.uuid[] END,
            CASE WHEN argv[1] IS NULL THEN 0 ELSE 1 END,
            argv[1]::pg_catalog.int4,
            CASE WHEN argv[1] IS NOT NULL THEN pg_catalog.pg_current_xact_id() END

@@ -2,6 +2,22 @@
 -- its own tables (event ids of a copy: 025_event_ids.sql), and the database's owner can take the
 -- backup. Runs after every file that creates a view the owner's grant below must cover.
 
+-- The rows of `tbl` (a table of pgwebhooks' with a `relid` column) moved to the oids `moves`
+-- maps theirs to, by delete-and-insert in one statement (`conflict`: what the insert does on a
+-- key already there), for _reresolve_tables.
+CREATE OR REPLACE FUNCTION webhooks._move_relids(tbl regclass, moves jsonb, conflict text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('WITH gone AS (DELETE FROM %1$s t WHERE $1 ? t.relid::text RETURNING t.*)'
+                   ' INSERT INTO %1$s SELECT (jsonb_populate_record(NULL::%1$s,'
+                   ' to_jsonb(g) || jsonb_build_object(''relid'', $1 -> g.relid::text))).* FROM gone g %2$s',
+                   tbl, conflict)
+    USING moves;
+END
+$$;
+
 -- In a restored copy every table has a new oid: pg_dump keeps names, not oids. What pgwebhooks
 -- stored by oid (subscriptions, capture routes, table routes, captures not yet sent, held rows) is
 -- pointed at the
@@ -33,28 +49,9 @@ BEGIN
     IF moves IS NULL THEN
         RETURN;
     END IF;
-    WITH gone AS (
-        DELETE FROM webhooks.subscriptions s WHERE moves ? s.relid::text RETURNING s.*
-    )
-    INSERT INTO webhooks.subscriptions
-    SELECT (jsonb_populate_record(NULL::webhooks.subscriptions,
-                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
-    FROM gone g;
-    WITH gone AS (
-        DELETE FROM webhooks.capture_routes r WHERE moves ? r.relid::text RETURNING r.*
-    )
-    INSERT INTO webhooks.capture_routes
-    SELECT (jsonb_populate_record(NULL::webhooks.capture_routes,
-                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
-    FROM gone g
-    ON CONFLICT DO NOTHING;
-    WITH gone AS (
-        DELETE FROM webhooks.table_routes r WHERE moves ? r.relid::text RETURNING r.*
-    )
-    INSERT INTO webhooks.table_routes
-    SELECT (jsonb_populate_record(NULL::webhooks.table_routes,
-                                  to_jsonb(g) || jsonb_build_object('relid', moves -> g.relid::text))).*
-    FROM gone g;
+    PERFORM webhooks._move_relids('webhooks.subscriptions', moves, '');
+    PERFORM webhooks._move_relids('webhooks.capture_routes', moves, 'ON CONFLICT DO NOTHING');
+    PERFORM webhooks._move_relids('webhooks.table_routes', moves, '');
     -- Captures and held rows carry their table's name: resolved by it, not through the map.
     -- Changes on a table's route (migration 0023) wait for cursors, not for fan-out: all of them.
     UPDATE webhooks.captures c SET relid = to_regclass(format('%I.%I', c.schema_name, c.table_name))::oid
