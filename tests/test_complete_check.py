@@ -74,3 +74,26 @@ def test_a_valid_report_is_not_checked_key_by_key(conn: psycopg.Connection) -> N
     report[7]["attempt"] = "1"
     assert _outcome(conn, "SELECT * FROM webhooks.complete(%s::jsonb)", json.dumps(report)) == (
         "WH013", "results: [7].attempt: must be an integer, not \"1\"")
+
+
+def test_a_result_with_no_status_and_an_empty_error_is_logged_as_no_response(conn: psycopg.Connection) -> None:
+    """Found by Hypothesis (test_fuzz_runner_api): `"error": ""` without a status left the attempt
+    row with neither, and the whole report failed on delivery_attempts_outcome_known (23514)."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    conn.execute("SELECT webhooks.create_webhook('h', 'https://e.com/h', '[{\"table\": \"items\"}]')")
+    conn.execute("INSERT INTO items VALUES (1)")
+    (delivery_id, attempt) = conn.execute("SELECT delivery_id, attempt FROM webhooks.claim(10)").fetchone()
+    conn.execute("SELECT * FROM webhooks.complete(%s::jsonb)",
+                 (json.dumps([{"delivery_id": delivery_id, "attempt": attempt, "error": ""}]),))
+    assert conn.execute("SELECT status_code, error FROM webhooks.delivery_attempts").fetchone() == (None, "no response")
+
+
+def test_a_name_of_next_line_characters_is_blank(conn: psycopg.Connection) -> None:
+    """Found by Hypothesis (test_fuzz_management): U+0085 (NEL) is whitespace to Python's
+    strip() and to receivers, not to PostgreSQL's \\s; a name of it alone was accepted."""
+    try:
+        conn.execute("SELECT webhooks.create_webhook(%s, 'https://e.com/h', '[]')", ("\x85 \x85",))
+    except psycopg.Error as e:
+        assert (e.sqlstate, "blank" in (e.diag.message_primary or "")) == ("WH001", True)
+    else:
+        raise AssertionError("a blank name was accepted")

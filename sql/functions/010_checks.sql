@@ -33,8 +33,8 @@ RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- Blank in any script (tabs, no-break and ideographic spaces, zero-width characters).
-    IF name IS NULL OR name ~ '^[\s\u00a0\u1680\u2000-\u200d\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
+    -- Blank in any script (tabs, next-line, no-break and ideographic spaces, zero-width characters).
+    IF name IS NULL OR name ~ '^[\s\u0085\u00a0\u1680\u2000-\u200d\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
         PERFORM webhooks._fail('WH001', 'name', format('must not be empty or blank, got %s',
                                                      coalesce(quote_literal(name), 'null')));
     ELSIF name ~ '[\x01-\x1f\x7f]' THEN

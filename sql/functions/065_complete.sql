@@ -107,7 +107,8 @@ RETURNS text
 LANGUAGE sql STABLE
 AS $$
     SELECT nullif(concat_ws('; ',
-        CASE WHEN status_code IS NULL THEN coalesce(error, 'no response') ELSE error END,
+        -- No status and an empty error is still no response: the attempt must say what happened.
+        CASE WHEN status_code IS NULL THEN coalesce(nullif(error, ''), 'no response') ELSE error END,
         CASE WHEN refund THEN 'circuit probe failed: this attempt does not count' END,
         CASE WHEN opened
              THEN format('circuit opened for %s s after %s consecutive failures',
