@@ -56,6 +56,21 @@ BEGIN
 END
 $$;
 
+-- The first id of `tbl` from `from_id` on, or `below_id` if there is none below it: windows step
+-- over the gaps between blocks (073_blocks.sql) instead of walking them.
+CREATE OR REPLACE FUNCTION webhooks._maintain_next_id(tbl regclass, from_id bigint, below_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_id bigint;
+BEGIN
+    EXECUTE format('SELECT t.id FROM %s t WHERE t.id >= $1 AND t.id < $2 ORDER BY t.id LIMIT 1', tbl)
+        INTO found_id USING from_id, below_id;
+    RETURN coalesce(found_id, below_id);
+END
+$$;
+
 -- The finished deliveries completed before `cutoff` among ids from_id .. below_id - 1, and their
 -- attempts (maintain() takes a window at a time, purge() everything). A finished delivery changes no more (replay_failed() only marks it), so nothing
 -- else waits for these row locks.
@@ -140,6 +155,11 @@ BEGIN
     deadline := clock_timestamp() + time_budget;
     SELECT * INTO saved FROM webhooks._maintain_cursor;
 
+    -- Whole blocks first (073_blocks.sql): what they take, the DELETE pass below need not.
+    PERFORM webhooks._roll_blocks(webhooks._roll_interval(now() - cutoff));
+    SELECT e.deliveries, e.attempts, e.captures INTO gone_deliveries, gone_attempts, gone_captures
+    FROM webhooks._empty_blocks(cutoff) e;
+
     -- Deliveries first: the captures they free go in the same pass. Every call takes at least
     -- one window, however small its budget, so each makes progress.
     range := webhooks._maintain_bound('webhooks.deliveries', 'created_at', cutoff);
@@ -147,7 +167,7 @@ BEGIN
     WHILE next_id < range.below_id LOOP
         SELECT * INTO step
         FROM webhooks._maintain_deliveries(cutoff, next_id, least(next_id + batch_size, range.below_id));
-        next_id := next_id + batch_size;
+        next_id := webhooks._maintain_next_id('webhooks.deliveries', next_id + batch_size, range.below_id);
         gone_deliveries := gone_deliveries + step.deliveries;
         gone_attempts := gone_attempts + step.attempts;
         IF clock_timestamp() >= deadline AND next_id < range.below_id THEN
@@ -164,7 +184,7 @@ BEGIN
     WHILE next_id < range.below_id LOOP
         gone_captures := gone_captures
             + webhooks._maintain_captures(cutoff, next_id, least(next_id + batch_size, range.below_id));
-        next_id := next_id + batch_size;
+        next_id := webhooks._maintain_next_id('webhooks.captures', next_id + batch_size, range.below_id);
         IF clock_timestamp() >= deadline AND next_id < range.below_id THEN
             UPDATE webhooks._maintain_cursor SET deliveries_from = deliveries_done, captures_from = next_id;
             RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
@@ -197,7 +217,7 @@ AS $$
     SELECT i.retention FROM webhooks._installation i
 $$;
 
-REVOKE ALL ON FUNCTION webhooks.maintain, webhooks.set_retention, webhooks.retention, webhooks._maintain_bound,
+REVOKE ALL ON FUNCTION webhooks.maintain, webhooks.set_retention, webhooks.retention, webhooks._maintain_bound, webhooks._maintain_next_id,
     webhooks._maintain_deliveries, webhooks._maintain_captures FROM PUBLIC;
 -- The runner calls maintain() on a timer (--maintain-interval); it may read the retention, not change it.
 GRANT EXECUTE ON FUNCTION webhooks.maintain, webhooks.retention TO webhooks_admin, webhooks_runner;
