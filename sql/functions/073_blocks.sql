@@ -64,6 +64,9 @@ BEGIN
                    'INCLUDING STORAGE)', name, tbl);
     EXECUTE format('COMMENT ON TABLE webhooks.%I IS %L', name,
                    format('Block of webhooks.%s: ids from %s (073_blocks.sql)', tbl, lo));
+    -- The database's owner reads every table here, for its backups (078_restore.sql).
+    EXECUTE format('GRANT SELECT ON webhooks.%I TO %I', name,
+                   (SELECT pg_get_userbyid(d.datdba) FROM pg_database d WHERE d.datname = current_database()));
     EXECUTE format('ALTER TABLE webhooks.%I ATTACH PARTITION webhooks.%I FOR VALUES FROM (%s) TO (%s)',
                    tbl, name, lo, lo + (1::bigint << webhooks._block_bits()));
 END
@@ -120,7 +123,7 @@ $$;
 -- index probe), an unfinished one (the partial index), then a scan of the block, taken without a
 -- lock; what can change meanwhile (a delivery whose id was drawn before the roll, landing late) is
 -- checked again under the lock (_empty_blocks).
-CREATE OR REPLACE FUNCTION webhooks._deliveries_block_done(block bigint, cutoff timestamptz,
+CREATE OR REPLACE FUNCTION webhooks._block_of_deliveries_done(block bigint, cutoff timestamptz,
                                                            OUT done boolean, OUT deliveries bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -139,8 +142,8 @@ END
 $$;
 
 -- Whether closed block `block` of the captures family may be emptied: every capture older than
--- `cutoff`, and nothing refers to one (_captures_block_unreferenced). Cheapest first, as above.
-CREATE OR REPLACE FUNCTION webhooks._captures_block_done(block bigint, cutoff timestamptz,
+-- `cutoff`, and nothing refers to one (_block_of_captures_unreferenced). Cheapest first, as above.
+CREATE OR REPLACE FUNCTION webhooks._block_of_captures_done(block bigint, cutoff timestamptz,
                                                          OUT done boolean, OUT captures bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -150,7 +153,7 @@ BEGIN
     EXECUTE format('SELECT coalesce((SELECT c.occurred_at < $1 FROM webhooks.%I c ORDER BY c.id DESC LIMIT 1), true)',
                    name)
         USING cutoff INTO done;
-    done := done AND webhooks._captures_block_unreferenced(block);
+    done := done AND webhooks._block_of_captures_unreferenced(block);
     IF done THEN
         EXECUTE format('SELECT NOT coalesce(bool_or(c.occurred_at >= $1), false), count(*) FROM webhooks.%I c', name)
             USING cutoff INTO done, captures;
@@ -161,7 +164,7 @@ $$;
 -- What other sessions can change about a block of captures, all index probes: a capture still to
 -- fan out, a delivery that refers to one of its captures (a replay), a cursor that has yet to pass
 -- one of its routed captures (041_cursors.sql).
-CREATE OR REPLACE FUNCTION webhooks._captures_block_unreferenced(block bigint)
+CREATE OR REPLACE FUNCTION webhooks._block_of_captures_unreferenced(block bigint)
 RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -178,12 +181,13 @@ BEGIN
 END
 $$;
 
--- Empties every closed block that is done (above), and drops emptied ones when the parent's lock
--- comes within 50 ms. A block found not done after its scan is looked at again an hour later
+-- Empties every closed block that is done (above), and drops emptied ones when the parents' locks
+-- come within 50 ms. `touched` says it emptied or dropped one: it then holds their locks (the
+-- parents' too, after a DROP), and its caller should commit at once. A block found not done after its scan is looked at again an hour later
 -- (_block_checks), so a straggler (a webhook paused for longer than the retention) costs a scan
 -- an hour, not one per call. Returns the rows removed.
-CREATE OR REPLACE FUNCTION webhooks._empty_blocks(cutoff timestamptz,
-                                                  OUT deliveries bigint, OUT attempts bigint, OUT captures bigint)
+CREATE OR REPLACE FUNCTION webhooks._empty_blocks(cutoff timestamptz, OUT deliveries bigint, OUT attempts bigint,
+                                                  OUT captures bigint, OUT touched boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -196,12 +200,13 @@ BEGIN
     deliveries := 0;
     attempts := 0;
     captures := 0;
+    touched := false;
     DELETE FROM webhooks._block_checks k WHERE k.next_check <= now();
     FOR b IN SELECT x.block FROM webhooks._blocks('deliveries') x
              WHERE x.block < current_delivery_block
                AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'deliveries' AND k.block = x.block)
     LOOP
-        verdict := webhooks._deliveries_block_done(b.block, cutoff);
+        verdict := webhooks._block_of_deliveries_done(b.block, cutoff);
         IF NOT verdict.done THEN
             IF verdict.deliveries IS NOT NULL THEN  -- scanned: not again before an hour
                 INSERT INTO webhooks._block_checks VALUES ('deliveries', b.block, now() + interval '1 hour');
@@ -213,27 +218,32 @@ BEGIN
                           'deliveries_' || b.block)) THEN
                 deliveries := deliveries + verdict.deliveries;
                 attempts := attempts + n;
+                touched := true;
             END IF;
-        ELSE
-            PERFORM webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block]);
+        END IF;
+        IF verdict.done THEN  -- empty now: dropped if the parents' locks come at once
+            touched := webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block])
+                       OR touched;
         END IF;
     END LOOP;
     FOR b IN SELECT x.block FROM webhooks._blocks('captures') x
              WHERE x.block < current_capture_block
                AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'captures' AND k.block = x.block)
     LOOP
-        verdict := webhooks._captures_block_done(b.block, cutoff);
+        verdict := webhooks._block_of_captures_done(b.block, cutoff);
         IF NOT verdict.done THEN
             IF verdict.captures IS NOT NULL THEN  -- scanned: not again before an hour
                 INSERT INTO webhooks._block_checks VALUES ('captures', b.block, now() + interval '1 hour');
             END IF;
         ELSIF verdict.captures > 0 THEN
             IF webhooks._truncate_blocks(ARRAY['captures_' || b.block, 'events_' || b.block],
-                   format('SELECT webhooks._captures_block_unreferenced(%s)', b.block)) THEN
+                   format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block)) THEN
                 captures := captures + verdict.captures;
+                touched := true;
             END IF;
-        ELSE
-            PERFORM webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]);
+        END IF;
+        IF verdict.done THEN
+            touched := webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]) OR touched;
         END IF;
     END LOOP;
 END
@@ -292,8 +302,8 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION webhooks._block_bits, webhooks._roll_interval, webhooks._blocks, webhooks._create_block,
-    webhooks._roll_blocks, webhooks._deliveries_block_done, webhooks._captures_block_done,
-    webhooks._captures_block_unreferenced, webhooks._empty_blocks, webhooks._truncate_blocks,
+    webhooks._roll_blocks, webhooks._block_of_deliveries_done, webhooks._block_of_captures_done,
+    webhooks._block_of_captures_unreferenced, webhooks._empty_blocks, webhooks._truncate_blocks,
     webhooks._drop_blocks FROM PUBLIC;
 
 COMMENT ON FUNCTION webhooks._roll_blocks IS

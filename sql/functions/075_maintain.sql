@@ -140,6 +140,7 @@ DECLARE
     gone_deliveries bigint := 0;
     gone_attempts bigint := 0;
     gone_captures bigint := 0;
+    emptied boolean;
 BEGIN
     IF time_budget IS NULL OR time_budget < interval '1 millisecond' OR time_budget > interval '1 hour' THEN
         PERFORM webhooks._fail('WH056', 'time_budget', format('%s is out of range; expected 1 millisecond to '
@@ -156,9 +157,20 @@ BEGIN
     SELECT * INTO saved FROM webhooks._maintain_cursor;
 
     -- Whole blocks first (073_blocks.sql): what they take, the DELETE pass below need not.
-    PERFORM webhooks._roll_blocks(webhooks._roll_interval(now() - cutoff));
-    SELECT e.deliveries, e.attempts, e.captures INTO gone_deliveries, gone_attempts, gone_captures
-    FROM webhooks._empty_blocks(cutoff) e;
+    -- A call that emptied or dropped a block returns at once: its locks (a DROP's on the parent,
+    -- which every writer needs) go with its commit, not held through the DELETE pass. Only a call
+    -- that is its own transaction (the runner's, pg_cron's) touches blocks: one inside a longer
+    -- transaction would hold those locks for as long as it stays open, so it deletes row by row.
+    IF statement_timestamp() = transaction_timestamp() THEN
+        PERFORM webhooks._roll_blocks(webhooks._roll_interval(now() - cutoff));
+        SELECT e.deliveries, e.attempts, e.captures, e.touched
+        INTO gone_deliveries, gone_attempts, gone_captures, emptied
+        FROM webhooks._empty_blocks(cutoff) e;
+        IF emptied THEN
+            RETURN QUERY SELECT gone_deliveries, gone_attempts, gone_captures, true, false;
+            RETURN;
+        END IF;
+    END IF;
 
     -- Deliveries first: the captures they free go in the same pass. Every call takes at least
     -- one window, however small its budget, so each makes progress.

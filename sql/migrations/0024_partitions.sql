@@ -16,7 +16,7 @@
 -- delivery_attempts is partitioned by its delivery's id, with its delivery's block: its primary
 -- key becomes (delivery_id, id). The functions and grants are applied after this, on the parents.
 
-CREATE FUNCTION webhooks._partition_by_blocks(tbl text, part_key text, primary_key text, first_block_end bigint)
+CREATE OR REPLACE FUNCTION webhooks._partition_by_blocks(tbl text, part_key text, primary_key text, first_block_end bigint)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -98,7 +98,20 @@ DECLARE
     -- Each family's first block ends at the next multiple of 2^36 above the ids handed out so far.
     captures_end bigint := ((SELECT last_value FROM webhooks.captures_id_seq) >> 36) + 1 << 36;
     deliveries_end bigint := ((SELECT last_value FROM webhooks.deliveries_id_seq) >> 36) + 1 << 36;
+    watched regclass;
 BEGIN
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = 'webhooks.captures'::regclass) = 'p' THEN
+        RETURN;  -- applied already (an install made from the bare files, adopted)
+    END IF;
+    -- Writers lock their table, then the outbox; `migrate` rebuilds the capture triggers after
+    -- this in the same transaction. Taking the watched tables first, in a writer's order, keeps a
+    -- writer that is between the two from deadlocking with the upgrade.
+    FOR watched IN
+        SELECT DISTINCT t.tgrelid::regclass FROM pg_trigger t
+        WHERE t.tgname LIKE 'webhooks\_capture\_%' ORDER BY 1
+    LOOP
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', watched);
+    END LOOP;
     PERFORM webhooks._partition_by_blocks('captures', 'id', 'id', captures_end);
     PERFORM webhooks._partition_by_blocks('events', 'capture_id', 'capture_id, n', captures_end);
     PERFORM webhooks._partition_by_blocks('deliveries', 'id', 'id', deliveries_end);
@@ -109,7 +122,7 @@ $$;
 DROP FUNCTION webhooks._partition_by_blocks(text, text, text, bigint);
 
 -- Blocks maintain() found not yet done after scanning them, and when to look again (073_blocks.sql).
-CREATE TABLE webhooks._block_checks (
+CREATE TABLE IF NOT EXISTS webhooks._block_checks (
     family     text NOT NULL,
     block      bigint NOT NULL,
     next_check timestamptz NOT NULL,

@@ -24,47 +24,53 @@ TABLES = ("captures", "events", "deliveries", "delivery_attempts")
 
 
 def fill_finished(conn: psycopg.Connection[Any], webhook: str, count: int) -> None:
-    """`count` one-row captures, each delivered once 30 days ago, with its attempt."""
-    first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM webhooks.captures").fetchone()
-    assert first is not None
+    """`count` one-row captures, each delivered once 30 days ago, with its attempt: ids from the
+    sequences, so they land in the current block as the capture trigger's and claim()'s do."""
     conn.execute("""
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record, occurred_at)
-        SELECT g, 'INSERT', 'orders'::regclass, 'public', 'orders', ARRAY[%(w)s::uuid], 1, 1,
-               json_build_object('id', g, 'amount', g %% 1000), now() - interval '30 days'
-        FROM generate_series(%(a)s::bigint, %(a)s + %(n)s - 1) g""", {"a": first[0], "n": count, "w": webhook})
-    conn.execute("""
-        INSERT INTO webhooks.deliveries (capture_id, n, webhook_id, status, attempts, next_attempt_at, created_at,
-                                         completed_at)
-        SELECT g, 1, %(w)s, 'delivered', 1, now() - interval '30 days', now() - interval '30 days',
-               now() - interval '30 days'
-        FROM generate_series(%(a)s::bigint, %(a)s + %(n)s - 1) g""", {"a": first[0], "n": count, "w": webhook})
-    conn.execute("""
+        WITH c AS (
+            INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                           fanned_out, record, occurred_at)
+            SELECT 'INSERT', 'orders'::regclass, 'public', 'orders', ARRAY[%(w)s::uuid], 1, 1,
+                   json_build_object('id', g, 'amount', g %% 1000), now() - interval '30 days'
+            FROM generate_series(1, %(n)s) g
+            RETURNING id
+        ), d AS (
+            INSERT INTO webhooks.deliveries (capture_id, n, webhook_id, status, attempts, next_attempt_at,
+                                             created_at, completed_at)
+            SELECT c.id, 1, %(w)s, 'delivered', 1, now() - interval '30 days', now() - interval '30 days',
+                   now() - interval '30 days'
+            FROM c
+            RETURNING id, webhook_id, completed_at
+        )
         INSERT INTO webhooks.delivery_attempts (delivery_id, attempt, status_code, latency_ms, attempted_at,
                                                 webhook_id, response_excerpt)
-        SELECT d.id, 1, 200, 12, d.completed_at, d.webhook_id, 'ok'
-        FROM webhooks.deliveries d WHERE d.capture_id >= %s AND d.status = 'delivered'""", (first[0],))
+        SELECT d.id, 1, 200, 12, d.completed_at, d.webhook_id, 'ok' FROM d""", {"n": count, "w": webhook})
+
+
+def roll_blocks(conn: psycopg.Connection[Any], every: str = "1 day") -> None:
+    """What the runner's maintain() did on the day after the rows were written: it closed their
+    block (073_blocks.sql), so what is written next goes to a new one."""
+    conn.execute("SELECT webhooks._roll_blocks(%s::interval)", (every,))
 
 
 def _fill_pending(conn: psycopg.Connection[Any], webhook: str, count: int) -> None:
     """A recent backlog of `count` due deliveries for claim() to lease during maintain()."""
-    first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM webhooks.captures").fetchone()
-    assert first is not None
     conn.execute("""
-        INSERT INTO webhooks.captures (id, operation, relid, schema_name, table_name, webhook_ids, row_count,
-                                       fanned_out, record)
-        SELECT g, 'INSERT', 'orders'::regclass, 'public', 'orders', ARRAY[%(w)s::uuid], 1, 1,
-               json_build_object('id', g, 'amount', g %% 1000)
-        FROM generate_series(%(a)s::bigint, %(a)s + %(n)s - 1) g""", {"a": first[0], "n": count, "w": webhook})
-    conn.execute("""
-        INSERT INTO webhooks.deliveries (capture_id, n, webhook_id)
-        SELECT g, 1, %(w)s FROM generate_series(%(a)s::bigint, %(a)s + %(n)s - 1) g""",
-                 {"a": first[0], "n": count, "w": webhook})
+        WITH c AS (
+            INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count,
+                                           fanned_out, record)
+            SELECT 'INSERT', 'orders'::regclass, 'public', 'orders', ARRAY[%(w)s::uuid], 1, 1,
+                   json_build_object('id', g, 'amount', g %% 1000)
+            FROM generate_series(1, %(n)s) g
+            RETURNING id
+        )
+        INSERT INTO webhooks.deliveries (capture_id, n, webhook_id) SELECT c.id, 1, %(w)s FROM c""",
+                 {"n": count, "w": webhook})
 
 
 def _size(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT sum(pg_total_relation_size(('webhooks.' || t)::regclass))::bigint "
-                       "FROM unnest(%s::text[]) t", (list(TABLES),)).fetchone()
+    row = conn.execute("SELECT sum(pg_total_relation_size(p.relid))::bigint FROM unnest(%s::text[]) t, "
+                       "pg_partition_tree(('webhooks.' || t)::regclass) p", (list(TABLES),)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -138,6 +144,7 @@ def bench_retention(env: Any, finished: int) -> list[Result]:
             assert row is not None
             webhook = str(row[0])
             fill_finished(conn, webhook, finished)
+            roll_blocks(conn)
             _fill_pending(conn, webhook, pending)
             _vacuum(conn)
             size_full = _size(conn)
@@ -149,7 +156,11 @@ def bench_retention(env: Any, finished: int) -> list[Result]:
             # waits for every snapshot that might still visit them): autovacuum's next pass.
             vacuum_seconds += _vacuum(conn)
             size_vacuumed = _size(conn)
+            # The same again, a block of its own (written the day before, as above), while the
+            # pending backlog sits in the block before it.
+            roll_blocks(conn, "0")
             fill_finished(conn, webhook, finished)
+            roll_blocks(conn)
             size_refilled = _size(conn)
             # Then the refilled rows again, with claim() leasing the pending backlog beside it.
             baseline, during, seconds_beside = _claim_beside(dsn, conn)
@@ -164,7 +175,8 @@ def bench_retention(env: Any, finished: int) -> list[Result]:
         threshold(SECTION, f"maintain(): {finished:,} finished deliveries removed", seconds, 1.0, "s", False,
                   f"{calls} calls of 0.5 s budget; {removed['deliveries']:,} deliveries, {removed['attempts']:,} "
                   f"attempts, {removed['captures']:,} captures ({rows_removed / seconds:,.0f} rows/s); "
-                  f"DELETE-based; {seconds_beside:.1f} s again beside claim(), paced as the runner calls it "
+                  f"whole blocks emptied (TRUNCATE, 073_blocks.sql); {seconds_beside:.1f} s again beside claim(), "
+                  f"paced as the runner calls it "
                   f"({PAUSE_BETWEEN_CALLS} s between calls)",
                   seconds=seconds, calls=calls, removed=removed, seconds_beside_claims=seconds_beside),
         info(SECTION, "VACUUM after it (what autovacuum then does)", f"{vacuum_seconds:.1f} s",

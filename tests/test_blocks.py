@@ -1,0 +1,220 @@
+"""The outbox's blocks (sql/functions/073_blocks.sql): maintain() closes a block once its first row is
+older than the roll interval, and empties a whole block once all of its work is done and past the
+retention. Nothing unfinished goes, nothing a paused webhook's cursor has yet to pass, nothing
+written late into a closed block; writers never wait for an emptying; no role reaches a block but
+through its table. Old rows are made old by moving their timestamps back, never by waiting."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from helpers import create_table, create_webhook
+
+BLOCK = 1 << 36
+
+
+def _age(conn: psycopg.Connection, by: str = "30 days") -> None:
+    conn.execute("UPDATE webhooks.deliveries SET created_at = created_at - %s::interval,"
+                 " completed_at = completed_at - %s::interval", (by, by))
+    conn.execute("UPDATE webhooks.captures SET occurred_at = occurred_at - %s::interval", (by,))
+
+
+def _answer(conn: psycopg.Connection, status: dict[str, int] | None = None, default: int = 200) -> int:
+    """Claim everything due and report each webhook's status (`status` by webhook id, else `default`)."""
+    total = 0
+    for _ in range(50):
+        claimed = conn.execute("SELECT delivery_id, attempt, webhook_id FROM webhooks.claim(200)").fetchall()
+        if not claimed:
+            return total
+        total += len(claimed)
+        results = [{"delivery_id": d, "attempt": a, "status_code": (status or {}).get(str(w), default)}
+                   for d, a, w in claimed]
+        conn.execute("SELECT count(*) FROM webhooks.complete(%s::jsonb)", (psycopg.types.json.Jsonb(results),))
+    pytest.fail("the outbox did not drain in 50 claims")
+
+
+def _maintain(conn: psycopg.Connection) -> tuple[int, int, int]:
+    """maintain() until nothing more remains (at most 20 calls): the rows it removed."""
+    totals = [0, 0, 0]
+    for _ in range(20):
+        row = conn.execute("SELECT deliveries, attempts, captures, more FROM webhooks.maintain()").fetchone()
+        assert row is not None
+        totals = [t + v for t, v in zip(totals, row[:3], strict=True)]
+        if not row[3]:
+            return totals[0], totals[1], totals[2]
+    pytest.fail("maintain() still had more after 20 calls")
+
+
+def _blocks(conn: psycopg.Connection, table: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM webhooks._blocks(%s)", (table,))]
+
+
+def _one_row_writes(conn: psycopg.Connection, count: int, label: str = "w") -> None:
+    for i in range(count):
+        conn.execute("INSERT INTO items (label) VALUES (%s)", (f"{label}{i}",))
+
+
+def test_a_finished_block_goes_whole_and_writes_go_on_in_the_next(db: str, conn: psycopg.Connection) -> None:
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    _one_row_writes(conn, 30)
+    conn.execute("INSERT INTO items (label) SELECT 'bulk' || g FROM generate_series(1, 20) g")  # events rows
+    assert _answer(conn) == 50
+    _age(conn)
+    last_old = conn.execute("SELECT max(id) FROM webhooks.deliveries").fetchone()[0]
+
+    # The block's first row is 30 days old: it is closed, found done, emptied and dropped.
+    assert _maintain(conn) == (50, 50, 31)
+    for table in ("captures", "events", "deliveries", "delivery_attempts"):
+        assert conn.execute(f"SELECT count(*) FROM webhooks.{table}").fetchone() == (0,), table
+        assert f"{table}_0" not in _blocks(conn, table)  # emptied, then dropped by a later call
+        assert f"{table}_2" in _blocks(conn, table)  # created ahead
+
+    # Writes go on, in block 1, ids still growing; they are delivered as before.
+    _one_row_writes(conn, 5, "new")
+    assert _answer(conn) == 5
+    ids = conn.execute("SELECT min(id), count(*) FROM webhooks.deliveries WHERE status = 'delivered'").fetchone()
+    assert ids[0] >= BLOCK > last_old and ids[1] == 5
+    # A block that is not past the retention stays.
+    assert _maintain(conn) == (0, 0, 0)
+    assert conn.execute("SELECT count(*) FROM webhooks.deliveries").fetchone() == (5,)
+
+
+def test_unfinished_work_and_a_paused_webhooks_changes_keep_their_block(db: str, conn: psycopg.Connection) -> None:
+    create_table(db)
+    retrying = create_webhook(db, "http://127.0.0.1:9/retrying", max_retries=5)
+    paused = create_webhook(db, "http://127.0.0.1:9/paused")
+    healthy = create_webhook(db, "http://127.0.0.1:9/healthy")
+    conn.execute("SELECT webhooks.pause_webhook(%s)", (paused["id"],))
+    _one_row_writes(conn, 3)  # fewer failures than open the retrying webhook's circuit (5)
+    # The healthy webhook's deliveries finish; the retrying one's fail once and wait for a retry.
+    assert _answer(conn, {str(retrying["id"]): 500}) == 6
+    _age(conn)
+
+    removed = _maintain(conn)
+    # Only the healthy webhook's finished deliveries go (the DELETE pass, inside the kept block).
+    assert removed == (3, 3, 0)
+    assert "deliveries_0" in _blocks(conn, "deliveries") and "captures_0" in _blocks(conn, "captures")
+    # Both keep everything they still need: the retries and the paused webhook's changes.
+    conn.execute("UPDATE webhooks.deliveries SET next_attempt_at = now() WHERE status = 'pending'")
+    conn.execute("SELECT webhooks.resume_webhook(%s)", (paused["id"],))
+    assert _answer(conn) == 6
+    delivered = conn.execute("SELECT webhook_id::text, count(*) FROM webhooks.deliveries WHERE status = 'delivered'"
+                             " GROUP BY 1").fetchall()
+    assert dict(delivered) == {str(retrying["id"]): 3, str(paused["id"]): 3}
+    # Once done and old, the block goes whole.
+    _age(conn)
+    assert _maintain(conn)[0] == 6
+    assert conn.execute("SELECT count(*) FROM webhooks.captures").fetchone() == (0,)
+    assert healthy["id"]
+
+
+def test_a_change_written_late_into_a_closed_block_is_kept(db: str, conn: psycopg.Connection) -> None:
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    _one_row_writes(conn, 5)
+    assert _answer(conn) == 5
+    _age(conn)
+    # A writer whose capture took its id (and its block) before the roll, and commits after the
+    # emptying was decided: maintain() must not take its row, nor wait for it.
+    with psycopg.connect(db) as writer:
+        writer.execute("INSERT INTO items (label) VALUES ('late')")
+        started = time.monotonic()
+        removed = _maintain(conn)
+        assert time.monotonic() - started < 5
+        writer.commit()
+    # The deliveries' block went (nothing of the writer's is there); the captures' block stayed.
+    assert removed[0] == 5 and "captures_0" in _blocks(conn, "captures")
+    claimed = conn.execute("SELECT body::jsonb -> 'record' ->> 'label' FROM webhooks.claim(10)").fetchall()
+    assert claimed == [("late",)]
+
+
+def test_writers_and_publishers_never_wait_for_an_emptied_block(db: str, conn: psycopg.Connection) -> None:
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    conn.execute("SELECT webhooks.create_event_type('order.completed')")
+    _one_row_writes(conn, 5)
+    assert _answer(conn) == 5
+    _age(conn)
+    conn.execute("SELECT webhooks._roll_blocks('1 day')")
+    with psycopg.connect(db) as maintainer, psycopg.connect(db, autocommit=True) as writer:
+        # The emptying's TRUNCATE, its locks held (as a slow commit would).
+        assert maintainer.execute("SELECT webhooks._truncate_blocks(ARRAY['captures_0', 'events_0', 'deliveries_0',"
+                                  " 'delivery_attempts_0'], 'SELECT true')").fetchone() == (True,)
+        writer.execute("SET lock_timeout = '2s'")
+        writer.execute("INSERT INTO items (label) VALUES ('during')")
+        writer.execute("INSERT INTO items (label) SELECT 'bulk' || g FROM generate_series(1, 3) g")
+        writer.execute("SELECT webhooks.publish('order.completed', '{\"n\": 1}')")
+        maintainer.commit()
+    assert conn.execute("SELECT count(*) FROM webhooks.captures").fetchone() == (3,)
+
+
+def test_maintain_inside_a_longer_transaction_leaves_blocks_alone(db: str, conn: psycopg.Connection) -> None:
+    """Its locks would last as long as the caller's transaction: it deletes row by row instead."""
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    _one_row_writes(conn, 5)
+    assert _answer(conn) == 5
+    _age(conn)
+    with psycopg.connect(db) as caller:
+        caller.execute("SELECT 1")
+        assert caller.execute("SELECT deliveries, captures FROM webhooks.maintain()").fetchone() == (5, 5)
+        caller.commit()
+    assert _blocks(conn, "deliveries")[0] == "deliveries_0"
+    assert conn.execute("SELECT webhooks._roll_blocks('1 day')").fetchone() == (0,)  # nothing left to roll
+
+
+@pytest.mark.parametrize("role", ["webhooks_admin", "webhooks_runner", "webhooks_publisher", "webhooks_viewer",
+                                  "webhooks_capture"])
+def test_no_role_reaches_a_block_but_through_its_table(conn: psycopg.Connection, role: str) -> None:
+    conn.execute(f"SET ROLE {role}")
+    try:
+        for block in ("deliveries_0", "deliveries_1", "captures_default", "events_1", "delivery_attempts_0"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT count(*) FROM webhooks.{block}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"TRUNCATE webhooks.{block}")
+        for call in ("webhooks._empty_blocks(now())", "webhooks._roll_blocks('0')",
+                     "webhooks._truncate_blocks(ARRAY['deliveries_1'], 'SELECT true')",
+                     "webhooks._drop_blocks(ARRAY['deliveries_1'])", "webhooks._create_block('deliveries', 9)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT {call}")
+    finally:
+        conn.execute("RESET ROLE")
+
+
+def test_ids_past_every_block_created_ahead_are_still_written_and_sent(db: str, conn: psycopg.Connection) -> None:
+    """maintain() never ran for a long time: the DEFAULT block takes what no block covers."""
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    conn.execute("SELECT setval('webhooks.captures_id_seq', %s)", (10 * BLOCK,))
+    conn.execute("SELECT setval('webhooks.deliveries_id_seq', %s)", (10 * BLOCK,))
+    _one_row_writes(conn, 3)
+    assert _answer(conn) == 3
+    where = conn.execute("SELECT DISTINCT tableoid::regclass::text FROM webhooks.deliveries").fetchall()
+    assert where == [("webhooks.deliveries_default",)]
+    _age(conn)
+    # maintain() rolls on from there; the DELETE pass takes the old rows of the DEFAULT block.
+    assert _maintain(conn) == (3, 3, 3)
+    _one_row_writes(conn, 2, "after")
+    assert _answer(conn) == 2
+
+
+def test_the_delete_pass_steps_over_the_gap_between_blocks(db: str, conn: psycopg.Connection) -> None:
+    create_table(db)
+    stuck = create_webhook(db, "http://127.0.0.1:9/stuck", max_retries=5)
+    create_webhook(db, "http://127.0.0.1:9/healthy")
+    _one_row_writes(conn, 3)
+    assert _answer(conn, {str(stuck["id"]): 500}) == 6  # block 0 keeps a retry
+    _age(conn)
+    conn.execute("SELECT webhooks._roll_blocks('0')")
+    _one_row_writes(conn, 3, "b")
+    assert _answer(conn, {str(stuck["id"]): 500}) == 6  # so does block 1
+    _age(conn)
+    # Windows of 5,000 ids over a gap of 2^36 would take millions of steps; maintain() takes one.
+    started = time.monotonic()
+    row = conn.execute("SELECT deliveries, more FROM webhooks.maintain(batch_size => 10)").fetchone()
+    assert row == (6, False) and time.monotonic() - started < 5
+
