@@ -39,9 +39,9 @@ BEGIN
                EXISTS (SELECT 1 FROM webhooks._route_wakes k WHERE k.route = t.route) AS woken,
                EXISTS (SELECT 1 FROM webhooks.cursors c
                        WHERE c.route = t.route
-                         AND EXISTS (SELECT 1 FROM webhooks.captures x
-                                     WHERE x.route = c.route AND x.route IS NOT NULL
-                                       AND (x.xid, x.id) > (c.xid, c.id))) AS busy,
+                         AND (SELECT true FROM webhooks.captures x  -- a probe per cursor: see _fill_from_cursors
+                              WHERE x.route = c.route AND x.route IS NOT NULL
+                                AND (x.xid, x.id) > (c.xid, c.id) LIMIT 1)) AS busy,
                pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
                pg_snapshot_xmax(pg_current_snapshot()) AS xmax
         FROM webhooks._open_routes() o
