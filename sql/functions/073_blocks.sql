@@ -182,8 +182,9 @@ END
 $$;
 
 -- Empties every closed block that is done (above), and drops emptied ones when the parents' locks
--- come within 50 ms. `touched` says it emptied or dropped one: it then holds their locks (the
--- parents' too, after a DROP), and its caller should commit at once. A block found not done after its scan is looked at again an hour later
+-- come within 50 ms: one block a call, deliveries first (their captures go with the next call).
+-- `touched` says it emptied or dropped one: it then holds their locks (the parents' too, after a
+-- DROP), and its caller should commit at once. A block found not done after its scan is looked at again an hour later
 -- (_block_checks), so a straggler (a webhook paused for longer than the retention) costs a scan
 -- an hour, not one per call. Returns the rows removed.
 CREATE OR REPLACE FUNCTION webhooks._empty_blocks(cutoff timestamptz, OUT deliveries bigint, OUT attempts bigint,
@@ -225,6 +226,9 @@ BEGIN
             touched := webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block])
                        OR touched;
         END IF;
+        IF touched THEN
+            RETURN;  -- one block a call: its locks must not be held through the next block's scan
+        END IF;
     END LOOP;
     FOR b IN SELECT x.block FROM webhooks._blocks('captures') x
              WHERE x.block < current_capture_block
@@ -244,6 +248,9 @@ BEGIN
         END IF;
         IF verdict.done THEN
             touched := webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]) OR touched;
+        END IF;
+        IF touched THEN
+            RETURN;
         END IF;
     END LOOP;
 END
