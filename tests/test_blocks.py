@@ -111,6 +111,22 @@ def test_unfinished_work_and_a_paused_webhooks_changes_keep_their_block(db: str,
     assert healthy["id"]
 
 
+def test_blocks_go_whole_when_maintain_is_a_prepared_statement(db: str, conn: psycopg.Connection) -> None:
+    """The runner's connection prepares a query it has run 5 times: its calls are still their own
+    transactions, and still empty blocks."""
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    for _ in range(8):
+        conn.execute("SELECT * FROM webhooks.maintain()", prepare=True)
+    _one_row_writes(conn, 4)
+    assert _answer(conn) == 4
+    _age(conn)
+    conn.execute("SELECT * FROM webhooks.maintain()", prepare=True)  # closes the block, empties its deliveries
+    assert "deliveries_0" not in _blocks(conn, "deliveries")
+    conn.execute("SELECT * FROM webhooks.maintain()", prepare=True)
+    assert "captures_0" not in _blocks(conn, "captures")
+
+
 def test_a_change_written_late_into_a_closed_block_is_kept(db: str, conn: psycopg.Connection) -> None:
     create_table(db)
     create_webhook(db, "http://127.0.0.1:9/hook")
@@ -160,6 +176,7 @@ def test_maintain_inside_a_longer_transaction_leaves_blocks_alone(db: str, conn:
     _age(conn)
     with psycopg.connect(db) as caller:
         caller.execute("SELECT 1")
+        time.sleep(0.05)  # an application's work in the same transaction
         assert caller.execute("SELECT deliveries, captures FROM webhooks.maintain()").fetchone() == (5, 5)
         caller.commit()
     assert _blocks(conn, "deliveries")[0] == "deliveries_0"

@@ -13,8 +13,7 @@
 --   land in the old block; that is why a block is emptied only after a check under its own lock.
 -- - TRUNCATE of a block locks that block only, not the parent: writers (which insert into the
 --   current block) never wait for it; a claim that is reading the outbox at that moment holds the
---   block too, and the TRUNCATE waits at most `lock_timeout` (50 ms here) for it, or gives up
---   until the next call.
+--   block too, and the TRUNCATE waits at most 250 ms for it, or gives up until the next call.
 -- - An emptied block is dropped later, when DROP gets the parent's lock within 50 ms.
 --
 -- A block is emptied only when all of it is past the retention and finished:
@@ -197,6 +196,7 @@ DECLARE
     b record;
     verdict record;
     n bigint;
+    emptied boolean;
 BEGIN
     deliveries := 0;
     attempts := 0;
@@ -207,6 +207,7 @@ BEGIN
              WHERE x.block < current_delivery_block
                AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'deliveries' AND k.block = x.block)
     LOOP
+        emptied := false;
         verdict := webhooks._block_of_deliveries_done(b.block, cutoff);
         IF NOT verdict.done THEN
             IF verdict.deliveries IS NOT NULL THEN  -- scanned: not again before an hour
@@ -214,17 +215,22 @@ BEGIN
             END IF;
         ELSIF verdict.deliveries > 0 THEN
             EXECUTE format('SELECT count(*) FROM webhooks.%I', 'delivery_attempts_' || b.block) INTO n;
-            IF webhooks._truncate_blocks(ARRAY['deliveries_' || b.block, 'delivery_attempts_' || b.block],
-                   format('SELECT NOT EXISTS (SELECT 1 FROM webhooks.%I d WHERE d.status IN (''pending'', ''leased''))',
-                          'deliveries_' || b.block)) THEN
+            emptied := webhooks._truncate_blocks(ARRAY['deliveries_' || b.block, 'delivery_attempts_' || b.block],
+                format('SELECT NOT EXISTS (SELECT 1 FROM webhooks.%I d WHERE d.status IN (''pending'', ''leased''))',
+                       'deliveries_' || b.block));
+            IF emptied THEN
                 deliveries := deliveries + verdict.deliveries;
                 attempts := attempts + n;
-                touched := true;
             END IF;
+            touched := coalesce(emptied, false);
+            PERFORM webhooks._block_busy('deliveries', b.block) WHERE emptied IS NULL;
         END IF;
-        IF verdict.done THEN  -- empty now: dropped if the parents' locks come at once
-            touched := webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block])
-                       OR touched;
+        IF verdict.done AND emptied IS DISTINCT FROM NULL THEN  -- empty now: dropped if the locks come at once
+            IF webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block]) THEN
+                touched := true;
+            ELSE
+                PERFORM webhooks._block_busy('deliveries', b.block);
+            END IF;
         END IF;
         IF touched THEN
             RETURN;  -- one block a call: its locks must not be held through the next block's scan
@@ -234,20 +240,27 @@ BEGIN
              WHERE x.block < current_capture_block
                AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'captures' AND k.block = x.block)
     LOOP
+        emptied := false;
         verdict := webhooks._block_of_captures_done(b.block, cutoff);
         IF NOT verdict.done THEN
             IF verdict.captures IS NOT NULL THEN  -- scanned: not again before an hour
                 INSERT INTO webhooks._block_checks VALUES ('captures', b.block, now() + interval '1 hour');
             END IF;
         ELSIF verdict.captures > 0 THEN
-            IF webhooks._truncate_blocks(ARRAY['captures_' || b.block, 'events_' || b.block],
-                   format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block)) THEN
+            emptied := webhooks._truncate_blocks(ARRAY['captures_' || b.block, 'events_' || b.block],
+                format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block));
+            IF emptied THEN
                 captures := captures + verdict.captures;
-                touched := true;
             END IF;
+            touched := coalesce(emptied, false);
+            PERFORM webhooks._block_busy('captures', b.block) WHERE emptied IS NULL;
         END IF;
-        IF verdict.done THEN
-            touched := webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]) OR touched;
+        IF verdict.done AND emptied IS DISTINCT FROM NULL THEN
+            IF webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]) THEN
+                touched := true;
+            ELSE
+                PERFORM webhooks._block_busy('captures', b.block);
+            END IF;
         END IF;
         IF touched THEN
             RETURN;
@@ -256,8 +269,21 @@ BEGIN
 END
 $$;
 
--- TRUNCATE `blocks` (one family's tables for one block) once their locks come within 50 ms and
--- `still_done` (a query) holds under them. Returns whether they were emptied.
+-- A block whose lock stayed busy (a long transaction that wrote or read it; for a DROP, any
+-- transaction on its table) is tried again a minute later, not on every call: each try makes the outbox's readers queue behind it. Meanwhile
+-- the DELETE pass may take its finished rows.
+CREATE OR REPLACE FUNCTION webhooks._block_busy(family text, block bigint)
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO webhooks._block_checks VALUES (family, block, now() + interval '1 minute')
+    ON CONFLICT DO NOTHING
+$$;
+
+-- TRUNCATE `blocks` (one family's tables for one block) once `still_done` (a query) holds under
+-- their locks. Returns whether they were emptied, or NULL when a lock stayed busy for 250 ms: a
+-- claim reads every block while it runs (tens of milliseconds), and one queued behind this
+-- waits at most that long.
 CREATE OR REPLACE FUNCTION webhooks._truncate_blocks(blocks text[], still_done text)
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -267,7 +293,7 @@ DECLARE
     saved text := current_setting('lock_timeout');
     names text := (SELECT string_agg(format('webhooks.%I', t), ', ') FROM unnest(blocks) t);
 BEGIN
-    PERFORM set_config('lock_timeout', '50ms', true);
+    PERFORM set_config('lock_timeout', '250ms', true);
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', names);
     PERFORM set_config('lock_timeout', saved, true);
     EXECUTE still_done INTO done;
@@ -277,7 +303,7 @@ BEGIN
     RETURN done;
 EXCEPTION WHEN lock_not_available THEN
     PERFORM set_config('lock_timeout', saved, true);
-    RETURN false;
+    RETURN NULL;
 END
 $$;
 
@@ -310,7 +336,7 @@ $$;
 
 REVOKE ALL ON FUNCTION webhooks._block_bits, webhooks._roll_interval, webhooks._blocks, webhooks._create_block,
     webhooks._roll_blocks, webhooks._block_of_deliveries_done, webhooks._block_of_captures_done,
-    webhooks._block_of_captures_unreferenced, webhooks._empty_blocks, webhooks._truncate_blocks,
+    webhooks._block_of_captures_unreferenced, webhooks._empty_blocks, webhooks._block_busy, webhooks._truncate_blocks,
     webhooks._drop_blocks FROM PUBLIC;
 
 COMMENT ON FUNCTION webhooks._roll_blocks IS

@@ -161,7 +161,9 @@ BEGIN
     -- which every writer needs) go with its commit, not held through the DELETE pass. Only a call
     -- that is its own transaction (the runner's, pg_cron's) touches blocks: one inside a longer
     -- transaction would hold those locks for as long as it stays open, so it deletes row by row.
-    IF statement_timestamp() = transaction_timestamp() THEN
+    -- "Its own": the statement began with the transaction, give or take the few microseconds
+    -- between a prepared statement's protocol messages (psycopg prepares a query run 5 times).
+    IF statement_timestamp() - transaction_timestamp() < interval '5 milliseconds' THEN
         PERFORM webhooks._roll_blocks(webhooks._roll_interval(now() - cutoff));
         SELECT e.deliveries, e.attempts, e.captures, e.touched
         INTO gone_deliveries, gone_attempts, gone_captures, emptied
