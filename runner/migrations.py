@@ -252,7 +252,8 @@ def choose_signer(conn: psycopg.Connection, requested: str | None = None) -> str
 
 
 class LockBusy(MigrationError):
-    """A lock migrate() needs was held by another session for longer than its lock_timeout."""
+    """A lock migrate() needs was held by another session for longer than its lock_timeout, or
+    waiting for it would have deadlocked."""
 
 
 def _migrate_once(dsn: str, signer: str | None, lock_timeout: float) -> list[str]:
@@ -267,13 +268,15 @@ def _migrate_once(dsn: str, signer: str | None, lock_timeout: float) -> list[str
             for part, sql in script_parts(chosen):
                 try:
                     conn.execute(sql.encode())
-                except psycopg.errors.LockNotAvailable:
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                     raise
                 except psycopg.Error as exc:
                     raise MigrationError(f"{part}: {exc.diag.message_primary or exc}") from exc
             after = recorded(conn)
             conn.commit()
-        except psycopg.errors.LockNotAvailable as exc:
+        # A deadlock with a session that holds one of our tables and wants another rolls back the
+        # whole run, as a lock held too long does: both are tried again.
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
             raise LockBusy(f"{part}: {exc.diag.message_primary or exc}") from exc
     return [m.name for m in migrations() if m.name in known and m.name in after and m.name not in before]
 

@@ -124,6 +124,13 @@ BEGIN
 END
 $$;
 
+-- Whole blocks go first (073_blocks.sql): what they take, the DELETE pass need not. A call that
+-- emptied or dropped a block returns at once: its locks (a DROP's on the parent, which every
+-- writer needs) go with its commit, not held through the DELETE pass. Only a call that is its own
+-- transaction (the runner's, pg_cron's) touches blocks: one inside a longer transaction would
+-- hold those locks for as long as it stays open, so it deletes row by row. "Its own": the
+-- statement began with the transaction, give or take the few microseconds between a prepared
+-- statement's protocol messages (psycopg prepares a query it has run 5 times).
 CREATE OR REPLACE FUNCTION webhooks.maintain(time_budget interval DEFAULT interval '0.5 seconds',
                                              batch_size integer DEFAULT 5000)
 RETURNS TABLE (deliveries bigint, attempts bigint, captures bigint, more boolean, busy boolean)
@@ -156,13 +163,7 @@ BEGIN
     deadline := clock_timestamp() + time_budget;
     SELECT * INTO saved FROM webhooks._maintain_cursor;
 
-    -- Whole blocks first (073_blocks.sql): what they take, the DELETE pass below need not.
-    -- A call that emptied or dropped a block returns at once: its locks (a DROP's on the parent,
-    -- which every writer needs) go with its commit, not held through the DELETE pass. Only a call
-    -- that is its own transaction (the runner's, pg_cron's) touches blocks: one inside a longer
-    -- transaction would hold those locks for as long as it stays open, so it deletes row by row.
-    -- "Its own": the statement began with the transaction, give or take the few microseconds
-    -- between a prepared statement's protocol messages (psycopg prepares a query run 5 times).
+    -- Whole blocks first, only as its own transaction (above).
     IF statement_timestamp() - transaction_timestamp() < interval '5 milliseconds' THEN
         PERFORM webhooks._roll_blocks(webhooks._roll_interval(now() - cutoff));
         SELECT e.deliveries, e.attempts, e.captures, e.touched

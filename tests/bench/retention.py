@@ -70,7 +70,7 @@ def _fill_pending(conn: psycopg.Connection[Any], webhook: str, count: int) -> No
 
 def _size(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT sum(pg_total_relation_size(p.relid))::bigint FROM unnest(%s::text[]) t, "
-                       "pg_partition_tree(('webhooks.' || t)::regclass) p", (list(TABLES),)).fetchone()
+                       "pg_partition_tree(('webhooks.' || t)::regclass) p WHERE p.isleaf", (list(TABLES),)).fetchone()
     assert row is not None
     return int(row[0])
 
