@@ -112,21 +112,13 @@ BEGIN
     LOOP
         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', watched);
     END LOOP;
-    -- Then the outbox's four tables, all at once or none: a claim reads them in no fixed order,
-    -- and waiting for one while holding another could deadlock with it. Tried for 2 s, after which
-    -- `migrate` rolls back and tries the whole run again (lock_not_available).
-    FOR attempt IN 1..200 LOOP
-        BEGIN
-            LOCK TABLE webhooks.captures, webhooks.events, webhooks.deliveries, webhooks.delivery_attempts
-                IN ACCESS EXCLUSIVE MODE NOWAIT;
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 200 THEN
-                RAISE;
-            END IF;
-            PERFORM pg_sleep(0.01);
-        END;
-    END LOOP;
+    -- Then the outbox's four tables, in the order a claim takes them (deliveries first: its
+    -- open floors read them before the captures; complete() writes attempts after the
+    -- deliveries), so a claim that holds one of them is not waiting for another we hold. A
+    -- session that takes them in another order may still deadlock with this; `migrate` then
+    -- rolls back and tries again, as for a lock held too long.
+    LOCK TABLE webhooks.deliveries, webhooks.captures, webhooks.events, webhooks.delivery_attempts
+        IN ACCESS EXCLUSIVE MODE;
     PERFORM webhooks._partition_by_blocks('captures', 'id', 'id', captures_end);
     PERFORM webhooks._partition_by_blocks('events', 'capture_id', 'capture_id, n', captures_end);
     PERFORM webhooks._partition_by_blocks('deliveries', 'id', 'id', deliveries_end);
