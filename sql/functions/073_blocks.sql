@@ -47,10 +47,11 @@ AS $$
     ORDER BY 1 NULLS LAST
 $$;
 
--- Creates block `block` of `tbl` if it is missing: a plain table, then attached.
+-- Creates block `block` of `tbl` if it is missing: a plain table, then attached. A lock that stays
+-- busy for 50 ms (a reader of the DEFAULT partition, which ATTACH checks) raises lock_not_available.
 CREATE OR REPLACE FUNCTION webhooks._create_block(tbl text, block bigint)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms'
 AS $$
 DECLARE
     name text := tbl || '_' || block;
@@ -83,7 +84,6 @@ DECLARE
     family record;
     last_id bigint;
     current bigint;
-    saved text := current_setting('lock_timeout');
     first_at timestamptz;
     rolled integer := 0;
 BEGIN
@@ -98,12 +98,9 @@ BEGIN
             USING current << webhooks._block_bits(), current + 1 << webhooks._block_bits() INTO first_at;
         CONTINUE WHEN first_at IS NULL OR first_at > now() - every;
         BEGIN
-            PERFORM set_config('lock_timeout', '50ms', true);
             PERFORM webhooks._create_block(t, b)
             FROM unnest(family.tables) t, (VALUES (current + 1), (current + 2)) n (b);
-            PERFORM set_config('lock_timeout', saved, true);
         EXCEPTION WHEN lock_not_available THEN
-            PERFORM set_config('lock_timeout', saved, true);
             CONTINUE;
         END;
         -- Forward only: ids are never handed out twice.
@@ -286,23 +283,19 @@ $$;
 -- waits at most that long.
 CREATE OR REPLACE FUNCTION webhooks._truncate_blocks(blocks text[], still_done text)
 RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '250ms'
 AS $$
 DECLARE
     done boolean;
-    saved text := current_setting('lock_timeout');
     names text := (SELECT string_agg(format('webhooks.%I', t), ', ') FROM unnest(blocks) t);
 BEGIN
-    PERFORM set_config('lock_timeout', '250ms', true);
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', names);
-    PERFORM set_config('lock_timeout', saved, true);
     EXECUTE still_done INTO done;
     IF done THEN
         EXECUTE format('TRUNCATE %s', names);
     END IF;
     RETURN done;
 EXCEPTION WHEN lock_not_available THEN
-    PERFORM set_config('lock_timeout', saved, true);
     RETURN NULL;
 END
 $$;
@@ -310,14 +303,12 @@ $$;
 -- DROP emptied `blocks` once the parents' locks come within 50 ms (and they are still empty).
 CREATE OR REPLACE FUNCTION webhooks._drop_blocks(blocks text[])
 RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms'
 AS $$
 DECLARE
     t text;
     rows_left boolean;
-    saved text := current_setting('lock_timeout');
 BEGIN
-    PERFORM set_config('lock_timeout', '50ms', true);
     FOREACH t IN ARRAY blocks LOOP
         EXECUTE format('LOCK TABLE webhooks.%I IN ACCESS EXCLUSIVE MODE', t);
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM webhooks.%I)', t) INTO rows_left;
@@ -326,10 +317,8 @@ BEGIN
         END IF;
         EXECUTE format('DROP TABLE webhooks.%I', t);
     END LOOP;
-    PERFORM set_config('lock_timeout', saved, true);
     RETURN true;
 EXCEPTION WHEN lock_not_available THEN
-    PERFORM set_config('lock_timeout', saved, true);
     RETURN false;
 END
 $$;
