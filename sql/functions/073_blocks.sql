@@ -180,88 +180,76 @@ $$;
 -- Empties every closed block that is done (above), and drops emptied ones when the parents' locks
 -- come within 50 ms: one block a call, deliveries first (their captures go with the next call).
 -- `touched` says it emptied or dropped one: it then holds their locks (the parents' too, after a
--- DROP), and its caller should commit at once. A block found not done after its scan is looked at again an hour later
--- (_block_checks), so a straggler (a webhook paused for longer than the retention) costs a scan
--- an hour, not one per call. Returns the rows removed.
+-- DROP), and its caller should commit at once. A block found not done after its scan is looked at
+-- again an hour later (_block_checks), so a straggler (a webhook paused for longer than the
+-- retention) costs a scan an hour, not one per call. Returns the rows removed.
 CREATE OR REPLACE FUNCTION webhooks._empty_blocks(cutoff timestamptz, OUT deliveries bigint, OUT attempts bigint,
                                                   OUT captures bigint, OUT touched boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    current_delivery_block bigint := (SELECT s.last_value FROM webhooks.deliveries_id_seq s) >> webhooks._block_bits();
-    current_capture_block bigint := (SELECT s.last_value FROM webhooks.captures_id_seq s) >> webhooks._block_bits();
+    f record;
+    current_id bigint; -- the family's sequence: blocks before this one's are closed
     b record;
-    verdict record;
-    n bigint;
-    emptied boolean;
+    done boolean;
+    n bigint;          -- rows of the family's main table in the block (NULL: not scanned)
+    children bigint;   -- its attempts, for the deliveries family
+    still_done text;   -- what is checked again under the block's locks
+    emptied boolean;   -- NULL: a lock stayed busy
 BEGIN
     deliveries := 0;
     attempts := 0;
     captures := 0;
     touched := false;
     DELETE FROM webhooks._block_checks k WHERE k.next_check <= now();
-    FOR b IN SELECT x.block FROM webhooks._blocks('deliveries') x
-             WHERE x.block < current_delivery_block
-               AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'deliveries' AND k.block = x.block)
+    FOR f IN
+        SELECT * FROM (VALUES ('deliveries', 'delivery_attempts'), ('captures', 'events')) x (family, child)
     LOOP
-        emptied := false;
-        verdict := webhooks._block_of_deliveries_done(b.block, cutoff);
-        IF NOT verdict.done THEN
-            IF verdict.deliveries IS NOT NULL THEN  -- scanned: not again before an hour
-                INSERT INTO webhooks._block_checks VALUES ('deliveries', b.block, now() + interval '1 hour');
-            END IF;
-        ELSIF verdict.deliveries > 0 THEN
-            EXECUTE format('SELECT count(*) FROM webhooks.%I', 'delivery_attempts_' || b.block) INTO n;
-            emptied := webhooks._truncate_blocks(ARRAY['deliveries_' || b.block, 'delivery_attempts_' || b.block],
-                format('SELECT NOT EXISTS (SELECT 1 FROM webhooks.%I d WHERE d.status IN (''pending'', ''leased''))',
-                       'deliveries_' || b.block));
-            IF emptied THEN
-                deliveries := deliveries + verdict.deliveries;
-                attempts := attempts + n;
-            END IF;
-            touched := coalesce(emptied, false);
-            PERFORM webhooks._block_busy('deliveries', b.block) WHERE emptied IS NULL;
-        END IF;
-        IF verdict.done AND emptied IS DISTINCT FROM NULL THEN  -- empty now: dropped if the locks come at once
-            IF webhooks._drop_blocks(ARRAY['delivery_attempts_' || b.block, 'deliveries_' || b.block]) THEN
-                touched := true;
+        EXECUTE format('SELECT last_value FROM webhooks.%I', f.family || '_id_seq') INTO current_id;
+        FOR b IN
+            SELECT x.block FROM webhooks._blocks(f.family) x
+            WHERE x.block < current_id >> webhooks._block_bits()
+              AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = f.family AND k.block = x.block)
+        LOOP
+            IF f.family = 'deliveries' THEN
+                SELECT v.done, v.deliveries INTO done, n FROM webhooks._block_of_deliveries_done(b.block, cutoff) v;
+                still_done := format('SELECT NOT EXISTS (SELECT 1 FROM webhooks.%I d '
+                                     'WHERE d.status IN (''pending'', ''leased''))', 'deliveries_' || b.block);
             ELSE
-                PERFORM webhooks._block_busy('deliveries', b.block);
+                SELECT v.done, v.captures INTO done, n FROM webhooks._block_of_captures_done(b.block, cutoff) v;
+                still_done := format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block);
             END IF;
-        END IF;
-        IF touched THEN
-            RETURN;  -- one block a call: its locks must not be held through the next block's scan
-        END IF;
-    END LOOP;
-    FOR b IN SELECT x.block FROM webhooks._blocks('captures') x
-             WHERE x.block < current_capture_block
-               AND NOT EXISTS (SELECT 1 FROM webhooks._block_checks k WHERE k.family = 'captures' AND k.block = x.block)
-    LOOP
-        emptied := false;
-        verdict := webhooks._block_of_captures_done(b.block, cutoff);
-        IF NOT verdict.done THEN
-            IF verdict.captures IS NOT NULL THEN  -- scanned: not again before an hour
-                INSERT INTO webhooks._block_checks VALUES ('captures', b.block, now() + interval '1 hour');
+            emptied := false;
+            IF NOT done THEN
+                IF n IS NOT NULL THEN  -- scanned: not again before an hour
+                    INSERT INTO webhooks._block_checks VALUES (f.family, b.block, now() + interval '1 hour');
+                END IF;
+            ELSIF n > 0 THEN
+                IF f.family = 'deliveries' THEN
+                    EXECUTE format('SELECT count(*) FROM webhooks.%I', 'delivery_attempts_' || b.block) INTO children;
+                END IF;
+                emptied := webhooks._truncate_blocks(ARRAY[f.family || '_' || b.block, f.child || '_' || b.block],
+                                                     still_done);
+                IF emptied AND f.family = 'deliveries' THEN
+                    deliveries := n;
+                    attempts := children;
+                ELSIF emptied THEN
+                    captures := n;
+                END IF;
+                touched := coalesce(emptied, false);
+                PERFORM webhooks._block_busy(f.family, b.block) WHERE emptied IS NULL;
             END IF;
-        ELSIF verdict.captures > 0 THEN
-            emptied := webhooks._truncate_blocks(ARRAY['captures_' || b.block, 'events_' || b.block],
-                format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block));
-            IF emptied THEN
-                captures := captures + verdict.captures;
+            IF done AND emptied IS DISTINCT FROM NULL THEN  -- empty now: dropped if the locks come at once
+                IF webhooks._drop_blocks(ARRAY[f.child || '_' || b.block, f.family || '_' || b.block]) THEN
+                    touched := true;
+                ELSE
+                    PERFORM webhooks._block_busy(f.family, b.block);
+                END IF;
             END IF;
-            touched := coalesce(emptied, false);
-            PERFORM webhooks._block_busy('captures', b.block) WHERE emptied IS NULL;
-        END IF;
-        IF verdict.done AND emptied IS DISTINCT FROM NULL THEN
-            IF webhooks._drop_blocks(ARRAY['events_' || b.block, 'captures_' || b.block]) THEN
-                touched := true;
-            ELSE
-                PERFORM webhooks._block_busy('captures', b.block);
+            IF touched THEN
+                RETURN;  -- one block a call: its locks must not be held through the next block's scan
             END IF;
-        END IF;
-        IF touched THEN
-            RETURN;
-        END IF;
+        END LOOP;
     END LOOP;
 END
 $$;
