@@ -51,6 +51,13 @@ def _blocks(conn: psycopg.Connection, table: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM webhooks._blocks(%s)", (table,))]
 
 
+def _held(conn: psycopg.Connection) -> dict[tuple[str, int], set]:
+    """webhooks.outbox_blocks as the operator reads it: the closed blocks some webhook keeps."""
+    rows = conn.execute("SELECT family, block, held_by FROM webhooks.outbox_blocks"
+                        " WHERE held_by IS NOT NULL").fetchall()
+    return {(family, block): set(held) for family, block, held in rows}
+
+
 def _one_row_writes(conn: psycopg.Connection, count: int, label: str = "w") -> None:
     for i in range(count):
         conn.execute("INSERT INTO items (label) VALUES (%s)", (f"{label}{i}",))
@@ -80,6 +87,15 @@ def test_a_finished_block_goes_whole_and_writes_go_on_in_the_next(db: str, conn:
     # A block that is not past the retention stays.
     assert _maintain(conn) == (0, 0, 0)
     assert conn.execute("SELECT count(*) FROM webhooks.deliveries").fetchone() == (5,)
+    # What the operator sees: block 1 current with its 5 deliveries, block 2 ahead, nothing held.
+    seen = conn.execute("SELECT family, block, first_id, state, held_by, first_at IS NOT NULL, bytes > 0"
+                        " FROM webhooks.outbox_blocks ORDER BY family, block NULLS LAST").fetchall()
+    assert seen == [("captures", 1, BLOCK, "current", None, True, True),
+                    ("captures", 2, 2 * BLOCK, "ahead", None, False, True),
+                    ("captures", None, None, "default", None, False, True),
+                    ("deliveries", 1, BLOCK, "current", None, True, True),
+                    ("deliveries", 2, 2 * BLOCK, "ahead", None, False, True),
+                    ("deliveries", None, None, "default", None, False, True)]
 
 
 def test_unfinished_work_and_a_paused_webhooks_changes_keep_their_block(db: str, conn: psycopg.Connection) -> None:
@@ -97,6 +113,10 @@ def test_unfinished_work_and_a_paused_webhooks_changes_keep_their_block(db: str,
     # Only the healthy webhook's finished deliveries go (the DELETE pass, inside the kept block).
     assert removed == (3, 3, 0)
     assert "deliveries_0" in _blocks(conn, "deliveries") and "captures_0" in _blocks(conn, "captures")
+    # The operator is told which webhooks keep which block: the retrying and the paused webhook
+    # (whose changes wait as pending deliveries), in both families. The healthy webhook keeps nothing.
+    keepers = {retrying["id"], paused["id"]}
+    assert _held(conn) == {("deliveries", 0): keepers, ("captures", 0): keepers}
     # Both keep everything they still need: the retries and the paused webhook's changes.
     conn.execute("UPDATE webhooks.deliveries SET next_attempt_at = now() WHERE status = 'pending'")
     conn.execute("SELECT webhooks.resume_webhook(%s)", (paused["id"],))
@@ -104,11 +124,30 @@ def test_unfinished_work_and_a_paused_webhooks_changes_keep_their_block(db: str,
     delivered = conn.execute("SELECT webhook_id::text, count(*) FROM webhooks.deliveries WHERE status = 'delivered'"
                              " GROUP BY 1").fetchall()
     assert dict(delivered) == {str(retrying["id"]): 3, str(paused["id"]): 3}
+    assert _held(conn) == {}
     # Once done and old, the block goes whole.
     _age(conn)
     assert _maintain(conn)[0] == 6
     assert conn.execute("SELECT count(*) FROM webhooks.captures").fetchone() == (0,)
     assert healthy["id"]
+
+
+def test_the_operator_sees_which_paused_webhook_keeps_a_block(db: str, conn: psycopg.Connection) -> None:
+    """Changes a paused webhook has not been handed yet (its cursor has not passed them) keep their
+    captures' block; webhooks.outbox_blocks names that webhook, and not its healthy neighbour."""
+    create_table(db)
+    paused = create_webhook(db, "http://127.0.0.1:9/paused")
+    conn.execute("SELECT webhooks.pause_webhook(%s)", (paused["id"],))
+    _one_row_writes(conn, 3)
+    _age(conn)
+    assert _maintain(conn) == (0, 0, 0)
+    assert _held(conn) == {("captures", 0): {paused["id"]}}
+    create_webhook(db, "http://127.0.0.1:9/healthy")
+    _one_row_writes(conn, 2, "later")
+    assert _answer(conn) == 2  # the neighbour's; the paused webhook's wait
+    assert _held(conn) == {("captures", 0): {paused["id"]}}
+    conn.execute("SELECT webhooks.delete_webhook(%s)", (paused["id"],))
+    assert _held(conn) == {}
 
 
 def test_blocks_go_whole_when_maintain_is_a_prepared_statement(db: str, conn: psycopg.Connection) -> None:
@@ -193,6 +232,13 @@ def test_no_role_reaches_a_block_but_through_its_table(conn: psycopg.Connection,
                 conn.execute(f"SELECT count(*) FROM webhooks.{block}")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"TRUNCATE webhooks.{block}")
+        # The operator's view of them is for who operates: admin and viewer.
+        if role in ("webhooks_admin", "webhooks_viewer"):
+            conn.execute("SELECT count(*) FROM webhooks.outbox_blocks").fetchone()
+        else:
+            for query in ("SELECT * FROM webhooks.outbox_blocks", "SELECT * FROM webhooks.get_outbox_blocks()"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(query)
         for call in ("webhooks._empty_blocks(now())", "webhooks._roll_blocks('0')",
                      "webhooks._truncate_blocks(ARRAY['deliveries_1'], 'SELECT true')",
                      "webhooks._drop_blocks(ARRAY['deliveries_1'])", "webhooks._create_block('deliveries', 9)"):

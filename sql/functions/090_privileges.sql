@@ -39,13 +39,13 @@ REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_admin;
 GRANT SELECT ON webhooks.webhooks, webhooks.subscriptions, webhooks.deliveries, webhooks.delivery_attempts
 TO webhooks_admin;
 -- webhooks.secret_headers stays unreadable, like webhooks.secrets.
-GRANT SELECT ON webhooks.webhook_status TO webhooks_admin;
+GRANT SELECT ON webhooks.webhook_status, webhooks.outbox_blocks TO webhooks_admin;
 
 -- The dashboard's own login role is a member of webhooks_admin and webhooks_viewer and acts as
 -- one of them per request.
 GRANT USAGE ON SCHEMA webhooks TO webhooks_viewer;
 REVOKE ALL ON ALL TABLES IN SCHEMA webhooks FROM webhooks_viewer;
-GRANT SELECT ON webhooks.webhook_status TO webhooks_viewer;
+GRANT SELECT ON webhooks.webhook_status, webhooks.outbox_blocks TO webhooks_viewer;
 
 -- Restoring a dump as the database's owner (no superuser) needs webhooks_capture to hold CREATE on
 -- the `webhooks` schema while pg_restore hands it the capture functions (ALTER FUNCTION ... OWNER

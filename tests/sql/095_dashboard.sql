@@ -8,13 +8,13 @@ SELECT is(
     (SELECT array_agg(p.proname::text ORDER BY p.proname) FROM pg_proc p
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_viewer', p.oid, 'EXECUTE')),
     ARRAY['api_tokens_configured', 'authenticate_api_token', 'circuit_failure_threshold', 'delivery_histogram', 'delivery_log', 'delivery_request',
-          'get_deliveries', 'get_delivery_attempts', 'get_webhook', 'get_webhook_status', 'list_event_types',
+          'get_deliveries', 'get_delivery_attempts', 'get_outbox_blocks', 'get_webhook', 'get_webhook_status', 'list_event_types',
           'list_webhooks', 'runner_backlog', 'signer', 'version'],
     'webhooks_viewer can execute only the functions that show things');
 SELECT is_empty(
     $$SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'webhooks'::regnamespace
-      AND c.relname <> 'webhook_status' AND has_table_privilege('webhooks_viewer', c.oid, 'SELECT')$$,
-    'webhooks_viewer reads no table, only webhook_status');
+      AND c.relname NOT IN ('webhook_status', 'outbox_blocks') AND has_table_privilege('webhooks_viewer', c.oid, 'SELECT')$$,
+    'webhooks_viewer reads no table, only the views webhook_status and outbox_blocks');
 SELECT ok(NOT has_table_privilege('webhooks_admin', 'webhooks.api_tokens', 'SELECT'),
           'webhooks_admin cannot read the token hashes either (list_api_tokens shows them without)');
 SELECT ok(NOT has_function_privilege('webhooks_runner', 'webhooks.authenticate_api_token(text)', 'EXECUTE'),

@@ -1,0 +1,76 @@
+-- pgwebhooks: the outbox's blocks as an operator sees them (073_blocks.sql): which exist, how big
+-- each is, and, for a closed block maintain() cannot empty yet, which webhooks still have work in
+-- it. That answers "why does the outbox not shrink?": most often a webhook paused (or failing) for
+-- longer than the retention, whose unsent work keeps its block, and resume_webhook() or
+-- delete_webhook() is what frees it.
+--
+-- Every figure is an index probe or the catalog's, never a scan of a block: `rows_estimate` is
+-- the planner's, as of the block's last ANALYZE.
+
+CREATE OR REPLACE FUNCTION webhooks.get_outbox_blocks()
+RETURNS TABLE (family text, block bigint, first_id bigint, state text, rows_estimate bigint, bytes bigint,
+               first_at timestamptz, held_by uuid[], next_check timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    f record;
+    b record;
+    current_block bigint;
+BEGIN
+    FOR f IN
+        SELECT * FROM (VALUES ('deliveries', 'delivery_attempts', 'created_at'),
+                              ('captures', 'events', 'occurred_at')) x (main, child, made_at)
+    LOOP
+        EXECUTE format('SELECT last_value FROM webhooks.%I', f.main || '_id_seq') INTO current_block;
+        current_block := current_block >> webhooks._block_bits();
+        FOR b IN SELECT x.block, x.name FROM webhooks._blocks(f.main) x LOOP
+            family := f.main;
+            block := b.block;
+            first_id := b.block << webhooks._block_bits();
+            state := CASE WHEN b.block IS NULL THEN 'default'
+                          WHEN b.block < current_block THEN 'closed'
+                          WHEN b.block = current_block THEN 'current'
+                          ELSE 'ahead' END;
+            SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+                   + coalesce(pg_total_relation_size(to_regclass(format('webhooks.%I', f.child || substring(b.name FROM '_[^_]+$')))), 0)
+            INTO rows_estimate, bytes
+            FROM pg_class c WHERE c.oid = format('webhooks.%I', b.name)::regclass;
+            EXECUTE format('SELECT t.%I FROM webhooks.%I t ORDER BY t.id LIMIT 1', f.made_at, b.name) INTO first_at;
+            held_by := NULL;
+            IF state = 'closed' AND f.main = 'deliveries' THEN
+                EXECUTE format('SELECT array_agg(DISTINCT d.webhook_id ORDER BY d.webhook_id) FROM webhooks.%I d '
+                               'WHERE d.status IN (''pending'', ''leased'')', b.name)
+                    INTO held_by;
+            ELSIF state = 'closed' THEN
+                -- What _block_of_captures_unreferenced asks, by webhook: a cursor that has yet to
+                -- pass one of its changes, a change still to fan out, a delivery still to send.
+                EXECUTE format(
+                    'SELECT array_agg(DISTINCT h.w ORDER BY h.w) FROM ('
+                    '  SELECT k.webhook_id FROM webhooks.cursors k WHERE EXISTS ('
+                    '      SELECT 1 FROM webhooks.%1$I c WHERE c.route = k.route AND (c.xid, c.id) > (k.xid, k.id))'
+                    '  UNION ALL SELECT unnest(c.webhook_ids) FROM webhooks.%1$I c WHERE c.fanned_out < c.row_count'
+                    '  UNION ALL SELECT d.webhook_id FROM webhooks.deliveries d'
+                    '            WHERE d.capture_id >= $1 AND d.capture_id < $2 AND d.status IN (''pending'', ''leased'')'
+                    ') h (w)', b.name)
+                    USING first_id, first_id + (1::bigint << webhooks._block_bits())
+                    INTO held_by;
+            END IF;
+            next_check := (SELECT k.next_check FROM webhooks._block_checks k
+                           WHERE k.family = f.main AND k.block = b.block AND k.next_check > now());
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE VIEW webhooks.outbox_blocks AS
+SELECT * FROM webhooks.get_outbox_blocks();
+
+REVOKE ALL ON FUNCTION webhooks.get_outbox_blocks FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.get_outbox_blocks TO webhooks_admin, webhooks_viewer;
+
+COMMENT ON FUNCTION webhooks.get_outbox_blocks IS
+    'The outbox''s blocks (ranges of 2^36 ids that maintain() empties whole): family (deliveries or captures), state (ahead, current, closed, default), size, first row''s time, and for a closed block the webhooks whose unsent work keeps it (held_by) and when maintain() looks at it again (next_check). For webhooks_admin and webhooks_viewer.';
+COMMENT ON VIEW webhooks.outbox_blocks IS
+    'The outbox''s blocks, one row each (get_outbox_blocks): a closed block with held_by set is kept for those webhooks (paused or failing); resume or delete them to free it.';
