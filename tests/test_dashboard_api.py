@@ -52,6 +52,9 @@ async def test_api_crud_and_errors_as_json(db: str) -> None:
         assert status == 200 and [d["event"] for d in log] == ["TEST"]
         status, paused = await call(http, "POST", f"{base}{API}/webhooks/{hook_id}/pause", json={"reason": "x"})
         assert status == 200 and paused["state"] == "paused"
+        status, blocks = await call(http, "GET", f"{base}{API}/outbox/blocks")
+        assert status == 200 and {(b["family"], b["state"]) for b in blocks} >= {
+            ("deliveries", "current"), ("captures", "ahead"), ("captures", "default")}
         # Errors carry the WH SQLSTATE, the field and the message, with a fitting status.
         status, err = await call(http, "POST", f"{base}{API}/webhooks", json={
             "name": "bad", "url": "ftp://nope", "events": [{"table": "items"}]})

@@ -88,6 +88,11 @@ async def all_status(request: web.Request) -> web.Response:
         return json_response(await ops.status(conn))
 
 
+async def outbox_blocks(request: web.Request) -> web.Response:
+    async with _call(request) as conn:
+        return json_response(await ops.outbox_blocks(conn))
+
+
 async def send_test(request: web.Request) -> web.Response:
     body = await _body(request)
     async with _call(request) as conn:
@@ -183,5 +188,6 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/deliveries/{{delivery_id}}/request", delivery_request)
     r.add_post(f"{PREFIX}/deliveries/{{delivery_id}}/replay", replay)
     r.add_get(f"{PREFIX}/status", all_status)
+    r.add_get(f"{PREFIX}/outbox/blocks", outbox_blocks)
     r.add_get(f"{PREFIX}/event-types", event_types)
     r.add_post(f"{PREFIX}/events", publish)

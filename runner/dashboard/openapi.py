@@ -35,6 +35,8 @@ OPERATIONS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
      "delivery_request", None, 200),
     ("post", "/deliveries/{delivery_id}/replay", "Send a delivery again (same event id)", "replay", None, 202),
     ("get", "/status", "Health of every webhook", "webhook_status", None, 200),
+    ("get", "/outbox/blocks", "The outbox's blocks: state, size, and the webhooks whose unsent work keeps a"
+     " closed one (outbox_blocks)", "get_outbox_blocks", None, 200),
     ("get", "/event-types", "Declared event types", "list_event_types", None, 200),
     ("post", "/events", "Publish an application event", "publish",
      {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}, "data": {}}}, 202),

@@ -142,6 +142,10 @@ async def histogram(conn: Conn) -> list[dict[str, Any]]:
     return await rows(conn, "SELECT * FROM webhooks.delivery_histogram()")
 
 
+async def outbox_blocks(conn: Conn) -> list[dict[str, Any]]:
+    return await rows(conn, "SELECT * FROM webhooks.outbox_blocks ORDER BY family, block NULLS LAST")
+
+
 async def event_types(conn: Conn) -> list[dict[str, Any]]:
     return await rows(conn, "SELECT * FROM webhooks.list_event_types()")
 
