@@ -139,6 +139,8 @@ def test_the_operator_sees_which_paused_webhook_keeps_a_block(db: str, conn: psy
     paused = create_webhook(db, "http://127.0.0.1:9/paused")
     conn.execute("SELECT webhooks.pause_webhook(%s)", (paused["id"],))
     _one_row_writes(conn, 3)
+    conn.execute("SELECT webhooks._roll_blocks('0')")
+    assert _held(conn) == {}  # closed, but within the retention: kept by the retention itself
     _age(conn)
     assert _maintain(conn) == (0, 0, 0)
     assert _held(conn) == {("captures", 0): {paused["id"]}}

@@ -5,11 +5,12 @@
 -- delete_webhook() is what frees it.
 --
 -- Every figure is an index probe or the catalog's, never a scan of a block: `rows_estimate` is
--- the planner's, as of the block's last ANALYZE.
+-- the planner's, as of the block's last ANALYZE. `held_by` is asked only of a closed block whose
+-- last row is past the retention: a younger one is kept by the retention itself.
 
 CREATE OR REPLACE FUNCTION webhooks.get_outbox_blocks()
 RETURNS TABLE (family text, block bigint, first_id bigint, state text, rows_estimate bigint, bytes bigint,
-               first_at timestamptz, held_by uuid[], next_check timestamptz)
+               first_at timestamptz, last_at timestamptz, held_by uuid[], next_check timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
@@ -17,6 +18,7 @@ DECLARE
     f record;
     b record;
     current_block bigint;
+    cutoff timestamptz := now() - webhooks.retention();
 BEGIN
     FOR f IN
         SELECT * FROM (VALUES ('deliveries', 'delivery_attempts', 'created_at'),
@@ -37,12 +39,17 @@ BEGIN
             INTO rows_estimate, bytes
             FROM pg_class c WHERE c.oid = format('webhooks.%I', b.name)::regclass;
             EXECUTE format('SELECT t.%I FROM webhooks.%I t ORDER BY t.id LIMIT 1', f.made_at, b.name) INTO first_at;
+            EXECUTE format('SELECT t.%I FROM webhooks.%I t ORDER BY t.id DESC LIMIT 1', f.made_at, b.name) INTO last_at;
             held_by := NULL;
-            IF state = 'closed' AND f.main = 'deliveries' THEN
+            -- Only past the retention is a block kept by anyone but the retention itself (and then
+            -- the deliveries that refer to its captures are few: what is left of its backlog).
+            IF state <> 'closed' OR NOT last_at < cutoff THEN
+                NULL;
+            ELSIF f.main = 'deliveries' THEN
                 EXECUTE format('SELECT array_agg(DISTINCT d.webhook_id ORDER BY d.webhook_id) FROM webhooks.%I d '
                                'WHERE d.status IN (''pending'', ''leased'')', b.name)
                     INTO held_by;
-            ELSIF state = 'closed' THEN
+            ELSE
                 -- What _block_of_captures_unreferenced asks, by webhook: a cursor that has yet to
                 -- pass one of its changes, a change still to fan out, a delivery still to send.
                 EXECUTE format(
@@ -71,6 +78,6 @@ REVOKE ALL ON FUNCTION webhooks.get_outbox_blocks FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhooks.get_outbox_blocks TO webhooks_admin, webhooks_viewer;
 
 COMMENT ON FUNCTION webhooks.get_outbox_blocks IS
-    'The outbox''s blocks (ranges of 2^36 ids that maintain() empties whole): family (deliveries or captures), state (ahead, current, closed, default), size, first row''s time, and for a closed block the webhooks whose unsent work keeps it (held_by) and when maintain() looks at it again (next_check). For webhooks_admin and webhooks_viewer.';
+    'The outbox''s blocks (ranges of 2^36 ids that maintain() empties whole): family (deliveries or captures), state (ahead, current, closed, default), size, first and last rows'' times, and for a closed block past the retention the webhooks whose unsent work keeps it (held_by) and when maintain() looks at it again (next_check). For webhooks_admin and webhooks_viewer.';
 COMMENT ON VIEW webhooks.outbox_blocks IS
     'The outbox''s blocks, one row each (get_outbox_blocks): a closed block with held_by set is kept for those webhooks (paused or failing); resume or delete them to free it.';
