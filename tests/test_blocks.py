@@ -152,6 +152,23 @@ def test_the_operator_sees_which_paused_webhook_keeps_a_block(db: str, conn: psy
     assert _held(conn) == {}
 
 
+def test_the_operators_view_leaves_out_a_block_dropped_while_it_reads(db: str, conn: psycopg.Connection) -> None:
+    """A reader whose snapshot still lists a block that maintain() has since dropped (here a
+    REPEATABLE READ transaction begun before the drop) is shown the others, not an error."""
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    _one_row_writes(conn, 3)
+    assert _answer(conn) == 3
+    _age(conn)
+    with psycopg.connect(db) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM webhooks.webhooks").fetchone()  # the snapshot, before the drop
+        _maintain(conn)
+        assert "deliveries_0" not in _blocks(conn, "deliveries")
+        seen = reader.execute("SELECT family, block FROM webhooks.outbox_blocks").fetchall()
+        assert ("deliveries", 0) not in seen and ("deliveries", 1) in seen
+
+
 def test_blocks_go_whole_when_maintain_is_a_prepared_statement(db: str, conn: psycopg.Connection) -> None:
     """The runner's connection prepares a query it has run 5 times: its calls are still their own
     transactions, and still empty blocks."""

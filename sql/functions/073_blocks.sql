@@ -13,7 +13,7 @@
 --   land in the old block; that is why a block is emptied only after a check under its own lock.
 -- - TRUNCATE of a block locks that block only, not the parent: writers (which insert into the
 --   current block) never wait for it; a claim that is reading the outbox at that moment holds the
---   block too, and the TRUNCATE waits at most 250 ms for it, or gives up until the next call.
+--   block too, and the TRUNCATE waits at most 250 ms for it, or gives up and tries a minute later.
 -- - An emptied block is dropped later, when DROP gets the parent's lock within 50 ms.
 --
 -- A block is emptied only when all of it is past the retention and finished:
