@@ -158,6 +158,10 @@ def test_names_work_wherever_ids_do_and_json_has_iso_timestamps_and_seconds(db: 
     code, out = invoke("status", "--dsn", db, "--json")
     status = json.loads(out)[0]
     assert status["pending"] == 1 and isinstance(status["pending"], int) and status["pause_after"] == 259200
+    code, out = invoke("status", "--blocks", "--dsn", db, "--json")
+    assert code == 0 and ("deliveries", "current") in {(b["family"], b["state"]) for b in json.loads(out)}
+    code, out = invoke("status", "--blocks", "--dsn", db)
+    assert code == 0 and "held_by" in out.splitlines()[0] and "captures" in out
     code, out = invoke("purge", "--dsn", db, "--json")
     assert json.loads(out) == {"deliveries": 0, "captures": 0}
     result = CliRunner().invoke(main, ["webhooks", "get", "nope", "--dsn", db])

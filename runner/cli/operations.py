@@ -19,14 +19,21 @@ STATUS_COLUMNS = ("id", "name", "state", "pending", "oldest_pending_at", "consec
                   "last_success_at", "last_error", "delivered", "failed_attempts", "p95_latency_ms")
 
 
+BLOCK_COLUMNS = ("family", "block", "state", "rows_estimate", "bytes", "first_at", "last_at", "held_by", "next_check")
+
+
 @click.command("status")
 @DSN
+@click.option("--blocks", is_flag=True,
+              help="Show the outbox's blocks instead: size, and which webhooks' unsent work keeps a closed one.")
 @AS_JSON
-def status(dsn: str, as_json: bool) -> None:
+def status(dsn: str, blocks: bool, as_json: bool) -> None:
     """Health of every webhook: state, backlog, failures, last hour's deliveries and latency."""
+    query = ("SELECT * FROM webhooks.outbox_blocks ORDER BY family, block NULLS LAST" if blocks
+             else "SELECT * FROM webhooks.webhook_status ORDER BY name")
     with sql_api(dsn) as conn:
-        rows = conn.execute("SELECT * FROM webhooks.webhook_status ORDER BY name").fetchall()
-    emit(rows, as_json, None if as_json else STATUS_COLUMNS)
+        rows = conn.execute(query).fetchall()
+    emit(rows, as_json, None if as_json else BLOCK_COLUMNS if blocks else STATUS_COLUMNS)
 
 
 @click.command("alerts")
