@@ -196,6 +196,32 @@ async def test_request_shown_is_what_the_receiver_got_and_pages_escape(db: str) 
         assert "&lt;script&gt;document.title=" in html
 
 
+async def test_the_overview_names_the_webhooks_that_keep_the_outbox(db: str) -> None:
+    """A webhook paused for longer than the retention keeps its changes' block; the overview says
+    whose unsent work it is (escaped, like every name), and its healthy neighbour is not named."""
+    create_table(db)
+    async with dashboard(db) as base, _session() as http:
+        for name in ("<b>paused</b>", "healthy"):
+            status, _ = await call(http, "POST", f"{base}{API}/webhooks", json={
+                "name": name, "url": "https://example.com/in", "events": [{"table": "items"}]})
+            assert status == 201
+        status, page = await call(http, "GET", f"{base}/")
+        assert status == 200 and 'id="outbox"' in page and "kept for" not in page
+        paused = query(db, "SELECT id FROM webhooks.webhooks WHERE name = '<b>paused</b>'")[0]["id"]
+        query(db, "SELECT webhooks.pause_webhook(%s)", paused)
+        insert(db, 3)
+        # The healthy webhook's three are sent (claimed and answered 200); the paused one's wait.
+        query(db, """SELECT count(*) FROM webhooks.complete((
+                         SELECT jsonb_agg(jsonb_build_object('delivery_id', c.delivery_id, 'attempt', c.attempt,
+                                                             'status_code', 200))
+                         FROM webhooks.claim(200) c))""")
+        query(db, "UPDATE webhooks.captures SET occurred_at = occurred_at - interval '30 days'")
+        query(db, "SELECT * FROM webhooks.maintain()")  # closes the block
+        status, page = await call(http, "GET", f"{base}/")
+        kept = page.split('id="outbox"', 1)[1].split("</p>", 1)[0]
+        assert "kept for the unsent work of:\n&lt;b&gt;paused&lt;/b&gt;." in kept and "healthy" not in kept
+
+
 async def test_test_form_sends_the_chosen_shape(db: str) -> None:
     create_table(db)
     with psycopg.connect(db, autocommit=True) as conn:

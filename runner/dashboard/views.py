@@ -73,6 +73,7 @@ async def overview(request: web.Request) -> web.Response:
     async with _call(request) as conn:
         status = await ops.status(conn)
         points = await ops.histogram(conn)
+        blocks = await ops.outbox_blocks(conn)
     slots = _slots(now)
     per_hook: dict[UUID, list[dict[str, Any]]] = {}
     for p in points:
@@ -83,7 +84,10 @@ async def overview(request: web.Request) -> web.Response:
         rows.append({**s, "error_rate": (s["failed_attempts"] or 0) / attempts if attempts else None,
                      "oldest_age": ops.age_seconds(s["oldest_pending_at"], now),
                      "chart": _chart(per_hook.get(s["id"], []), slots)})
-    return render(request, "overview.html", {"title": "Webhooks", "rows": rows, "now": now})
+    names = {s["id"]: s["name"] for s in status}
+    keepers = sorted({names.get(w, str(w)) for b in blocks for w in b["held_by"] or ()})
+    outbox = {"blocks": len(blocks), "mib": sum(b["bytes"] for b in blocks) / 2**20, "kept_for": keepers}
+    return render(request, "overview.html", {"title": "Webhooks", "rows": rows, "now": now, "outbox": outbox})
 
 
 async def webhook_page(request: web.Request) -> web.Response:
