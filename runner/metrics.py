@@ -89,6 +89,16 @@ class BacklogRow:
     circuit: str
 
 
+@dataclass
+class OutboxSize:
+    """The outbox's blocks (webhooks.runner_outbox()): its size, and the blocks past the retention
+    that unsent work keeps, in all and per webhook."""
+    bytes: int = 0
+    blocks: int = 0
+    kept_blocks: int = 0
+    kept_by: dict[str, int] | None = None
+
+
 class RunnerMetrics(Collector):
     """Counters the runner bumps as it goes, and the database's view of readiness and backlog."""
 
@@ -98,6 +108,7 @@ class RunnerMetrics(Collector):
         self.duration = Buckets(DURATION_BUCKETS)
         self.claims = Buckets(CLAIM_BUCKETS)
         self.backlog: list[BacklogRow] = []
+        self.outbox: OutboxSize | None = None
         self.backlog_reporter = False
         self.ready_reason: str | None = "not checked yet"
         self.ready_checked_at = 0.0
@@ -165,14 +176,29 @@ class RunnerMetrics(Collector):
         circuit = GaugeMetricFamily("pgwebhooks_webhook_circuit_state",
                                     "The circuit breaker's state per webhook (1 for the current one).",
                                     labels=["webhook_id", "state"])
+        kept = GaugeMetricFamily("pgwebhooks_webhook_kept_outbox_blocks",
+                                 "Outbox blocks past the retention that this webhook's unsent work keeps "
+                                 "(alert on > 0: paused or failing for longer than the retention).",
+                                 labels=["webhook_id"])
+        kept_by = (self.outbox.kept_by if self.outbox else None) or {}
         for row in self.backlog:
+            kept.add_metric([row.webhook_id], kept_by.get(row.webhook_id, 0))
             info.add_metric([row.webhook_id, row.name, row.state], 1)
             pending.add_metric([row.webhook_id], row.pending)
             age = (now - row.oldest_pending_at).total_seconds() if row.oldest_pending_at else 0.0
             oldest.add_metric([row.webhook_id], max(age, 0.0))
             for state in CIRCUIT_STATES:
                 circuit.add_metric([row.webhook_id, state], 1 if row.circuit == state else 0)
-        yield from (info, pending, oldest, circuit)
+        yield from (info, pending, oldest, circuit, kept)
+        if self.outbox is not None:
+            for name, doc, value in (
+                ("pgwebhooks_outbox_bytes", "Size of the outbox's tables (captures, events, deliveries, attempts).",
+                 self.outbox.bytes),
+                ("pgwebhooks_outbox_blocks", "The outbox's blocks (webhooks.outbox_blocks).", self.outbox.blocks),
+                ("pgwebhooks_outbox_kept_blocks", "Closed blocks past the retention kept by unsent work.",
+                 self.outbox.kept_blocks),
+            ):
+                yield GaugeMetricFamily(name, doc, value=value)
 
 
 class Monitor:
@@ -277,6 +303,12 @@ class Monitor:
             cur = await conn.execute("SELECT webhook_id::text, name, state, pending, oldest_pending_at, circuit"
                                      " FROM webhooks.runner_backlog()")
             self.metrics.backlog = [BacklogRow(*row) for row in await cur.fetchall()]
+            cur = await conn.execute("SELECT webhook_id::text, bytes, blocks, kept_blocks"
+                                     " FROM webhooks.runner_outbox()")
+            rows = await cur.fetchall()
+            whole = next((r for r in rows if r[0] is None), (None, 0, 0, 0))
+            self.metrics.outbox = OutboxSize(bytes=whole[1] or 0, blocks=whole[2] or 0, kept_blocks=whole[3] or 0,
+                                             kept_by={r[0]: r[3] for r in rows if r[0] is not None})
         except psycopg.Error as exc:
             log.debug("backlog read failed", extra={"error": str(exc).strip()})
             await self._drop()

@@ -111,6 +111,39 @@ async def test_metrics_during_a_drain_match_the_attempt_log(db: str, monkeypatch
     assert _samples(text, "pgwebhooks_claim_duration_seconds_count")[()] > 0
 
 
+async def test_metrics_name_the_webhook_that_keeps_the_outbox(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook paused for longer than the retention keeps its changes' block: the elected runner's
+    /metrics count it against that webhook (what an alert is built on), not against its neighbour."""
+    monkeypatch.setattr(metrics_module, "BACKLOG_INTERVAL", 0.3)
+    create_table(db)
+    port = free_port()
+    async with receiver([Reply(200)]) as ok:
+        healthy = str(create_webhook(db, ok.url)["id"])
+        paused = str(create_webhook(db, "http://127.0.0.1:9/paused")["id"])
+        query(db, "SELECT webhooks.pause_webhook(%s)", paused)
+        insert(db, 3)
+        query(db, "UPDATE webhooks.captures SET occurred_at = occurred_at - interval '30 days'")
+        query(db, "SELECT * FROM webhooks.maintain()")  # closes the block the three are in
+        async with running(runner_config(db, metrics_port=port)):
+            await ok.wait_for(3, timeout=20)
+
+            async def kept() -> dict[str, float]:
+                _, text = await _get(port, "/metrics")
+                return {dict(k)["webhook_id"]: v for k, v in
+                        _samples(text, "pgwebhooks_webhook_kept_outbox_blocks").items()}
+
+            expected = {paused: 1.0, healthy: 0.0}
+            for _ in range(50):
+                if await kept() == expected:
+                    break
+                await asyncio.sleep(0.2)
+            assert await kept() == expected
+            _, text = await _get(port, "/metrics")
+            assert _samples(text, "pgwebhooks_outbox_kept_blocks") == {(): 1.0}
+            assert _samples(text, "pgwebhooks_outbox_blocks")[()] >= 6
+            assert _samples(text, "pgwebhooks_outbox_bytes")[()] > 0
+
+
 async def test_one_runner_reports_the_backlog(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics_module, "BACKLOG_INTERVAL", 0.2)
     ports = [free_port(), free_port()]

@@ -91,10 +91,27 @@ $$;
 CREATE OR REPLACE VIEW webhooks.outbox_blocks AS
 SELECT * FROM webhooks.get_outbox_blocks();
 
-REVOKE ALL ON FUNCTION webhooks.get_outbox_blocks FROM PUBLIC;
+-- The same for the runner's /metrics (metrics.py), which alerts are built on: the outbox's size
+-- and, per webhook, how many blocks past the retention its unsent work keeps. webhooks_runner
+-- reads no table; this window shows it block counts and webhook ids, as runner_backlog does.
+CREATE OR REPLACE FUNCTION webhooks.runner_outbox()
+RETURNS TABLE (webhook_id uuid, bytes bigint, blocks integer, kept_blocks integer)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    -- One row with webhook_id NULL for the whole outbox, then one per webhook that keeps blocks.
+    WITH b AS (SELECT * FROM webhooks.get_outbox_blocks())
+    SELECT NULL::uuid, sum(b.bytes)::bigint, count(*)::integer, count(b.held_by)::integer FROM b
+    UNION ALL
+    SELECT h.webhook_id, NULL, NULL, count(*)::integer FROM b, unnest(b.held_by) h (webhook_id) GROUP BY h.webhook_id
+$$;
+
+REVOKE ALL ON FUNCTION webhooks.get_outbox_blocks, webhooks.runner_outbox FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhooks.get_outbox_blocks TO webhooks_admin, webhooks_viewer;
+GRANT EXECUTE ON FUNCTION webhooks.runner_outbox TO webhooks_admin, webhooks_viewer, webhooks_runner;
 
 COMMENT ON FUNCTION webhooks.get_outbox_blocks IS
     'The outbox''s blocks (ranges of 2^36 ids that maintain() empties whole): family (deliveries or captures), state (ahead, current, closed, default), size, first and last rows'' times, and for a closed block past the retention the webhooks whose unsent work keeps it (held_by) and when maintain() looks at it again (next_check). For webhooks_admin and webhooks_viewer.';
 COMMENT ON VIEW webhooks.outbox_blocks IS
     'The outbox''s blocks, one row each (get_outbox_blocks): a closed block with held_by set is kept for those webhooks (paused or failing); resume or delete them to free it.';
+COMMENT ON FUNCTION webhooks.runner_outbox IS
+    'For the runner''s /metrics: the outbox''s bytes, blocks and blocks kept past the retention (the row with webhook_id NULL), and per webhook the blocks its unsent work keeps (outbox_blocks.held_by). For webhooks_runner, webhooks_admin and webhooks_viewer.';

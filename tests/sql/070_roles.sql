@@ -21,8 +21,9 @@ SELECT is(
     -- circuit_failure_threshold: the breaker's number, read by the runner instead of copied.
     -- maintain: the runner keeps the outbox bounded on a timer; retention: what it keeps.
     -- runner_busy: the runner says its claims come back full, so writers need not NOTIFY it.
-    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'maintain', 'next_due_in', 'release', 'release', 'retention', 'runner_backlog', 'runner_busy', 'version'],
-    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, maintain, retention, runner_backlog, runner_busy and version, nothing else');
+    -- runner_outbox: the outbox's size and the blocks each webhook keeps, for /metrics.
+    ARRAY['circuit_failure_threshold', 'claim', 'complete', 'complete', 'hold_refused', 'maintain', 'next_due_in', 'release', 'release', 'retention', 'runner_backlog', 'runner_busy', 'runner_outbox', 'version'],
+    'webhooks_runner can execute circuit_failure_threshold, claim, next_due_in, complete, release (jsonb and text), hold_refused, maintain, retention, runner_backlog, runner_busy, runner_outbox and version, nothing else');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc p
       WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname LIKE '\_%'

@@ -9,7 +9,7 @@ SELECT is(
      WHERE p.pronamespace = 'webhooks'::regnamespace AND has_function_privilege('webhooks_viewer', p.oid, 'EXECUTE')),
     ARRAY['api_tokens_configured', 'authenticate_api_token', 'circuit_failure_threshold', 'delivery_histogram', 'delivery_log', 'delivery_request',
           'get_deliveries', 'get_delivery_attempts', 'get_outbox_blocks', 'get_webhook', 'get_webhook_status', 'list_event_types',
-          'list_webhooks', 'runner_backlog', 'signer', 'version'],
+          'list_webhooks', 'runner_backlog', 'runner_outbox', 'signer', 'version'],
     'webhooks_viewer can execute only the functions that show things');
 SELECT is_empty(
     $$SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'webhooks'::regnamespace
