@@ -303,15 +303,24 @@ class Monitor:
             cur = await conn.execute("SELECT webhook_id::text, name, state, pending, oldest_pending_at, circuit"
                                      " FROM webhooks.runner_backlog()")
             self.metrics.backlog = [BacklogRow(*row) for row in await cur.fetchall()]
-            cur = await conn.execute("SELECT webhook_id::text, bytes, blocks, kept_blocks"
-                                     " FROM webhooks.runner_outbox()")
-            rows = await cur.fetchall()
-            whole = next((r for r in rows if r[0] is None), (None, 0, 0, 0))
-            self.metrics.outbox = OutboxSize(bytes=whole[1] or 0, blocks=whole[2] or 0, kept_blocks=whole[3] or 0,
-                                             kept_by={r[0]: r[3] for r in rows if r[0] is not None})
+            self.metrics.outbox = await self._read_outbox(conn)
         except psycopg.Error as exc:
             log.debug("backlog read failed", extra={"error": str(exc).strip()})
             await self._drop()
+
+    @staticmethod
+    async def _read_outbox(conn: psycopg.AsyncConnection[Any]) -> OutboxSize | None:
+        """The outbox's size and who keeps its blocks; None from a schema older than 0.8.0 (a runner
+        upgraded before `migrate`), whose backlog is still reported."""
+        try:
+            cur = await conn.execute("SELECT webhook_id::text, bytes, blocks, kept_blocks"
+                                     " FROM webhooks.runner_outbox()")
+        except psycopg.errors.UndefinedFunction:
+            return None
+        rows = await cur.fetchall()
+        whole = next((r for r in rows if r[0] is None), (None, 0, 0, 0))
+        return OutboxSize(bytes=whole[1] or 0, blocks=whole[2] or 0, kept_blocks=whole[3] or 0,
+                          kept_by={r[0]: r[3] for r in rows if r[0] is not None})
 
     async def _ticker(self) -> None:
         """How late the event loop wakes up: /healthz fails while it is stuck."""

@@ -144,6 +144,35 @@ async def test_metrics_name_the_webhook_that_keeps_the_outbox(db: str, monkeypat
             assert _samples(text, "pgwebhooks_outbox_bytes")[()] > 0
 
 
+async def test_the_backlog_is_reported_by_a_schema_without_runner_outbox(db: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner upgraded before `migrate` (a schema older than 0.8.0, without runner_outbox) still
+    reports every webhook's backlog; only the outbox's own series are missing."""
+    monkeypatch.setattr(metrics_module, "BACKLOG_INTERVAL", 0.3)
+    create_table(db)
+    hook = str(create_webhook(db, "http://127.0.0.1:9/paused")["id"])
+    query(db, "SELECT webhooks.pause_webhook(%s)", hook)
+    insert(db, 2)
+    query(db, "DROP FUNCTION webhooks.runner_outbox()")
+    port = free_port()
+    async with running(runner_config(db, metrics_port=port)):
+        assert await _wait_status(port, "/healthz", 200)
+        for _ in range(50):
+            _, text = await _get(port, "/metrics")
+            if _samples(text, "pgwebhooks_webhook_pending"):
+                break
+            await asyncio.sleep(0.2)
+        # And it stays reported, poll after poll (a failing read would drop the reporter's lock each time).
+        for _ in range(6):
+            _, text = await _get(port, "/metrics")
+            assert _samples(text, "pgwebhooks_backlog_reporter") == {(): 1.0}
+            assert {dict(k)["webhook_id"]: v for k, v in _samples(text, "pgwebhooks_webhook_pending").items()} == {
+                hook: 2.0}
+            assert _samples(text, "pgwebhooks_outbox_bytes") == {}
+            assert _samples(text, "pgwebhooks_webhook_kept_outbox_blocks") == {(("webhook_id", hook),): 0.0}
+            await asyncio.sleep(0.25)
+
+
 async def test_one_runner_reports_the_backlog(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics_module, "BACKLOG_INTERVAL", 0.2)
     ports = [free_port(), free_port()]
