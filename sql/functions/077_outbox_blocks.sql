@@ -52,7 +52,7 @@ BEGIN
                 -- the order of deliveries_webhook_open (0018), the one index a planner cannot
                 -- swap for a scan of a paused webhook's whole backlog. At worst a webhook's
                 -- backlog that refers to other blocks' captures is read.
-                IF state <> 'closed' OR NOT last_at < cutoff THEN
+                IF state <> 'closed' OR last_at IS NULL OR last_at >= cutoff THEN
                     NULL;
                 ELSIF f.main = 'deliveries' THEN
                     EXECUTE format('SELECT array_agg(w.id ORDER BY w.id) FROM webhooks.webhooks w WHERE ('
