@@ -242,8 +242,10 @@ def test_maintain_inside_a_longer_transaction_leaves_blocks_alone(db: str, conn:
 
 
 @pytest.mark.parametrize("role", ["webhooks_admin", "webhooks_runner", "webhooks_publisher", "webhooks_viewer",
-                                  "webhooks_capture"])
+                                  "webhooks_capture", "app_writer_blocks"])
 def test_no_role_reaches_a_block_but_through_its_table(conn: psycopg.Connection, role: str) -> None:
+    if role == "app_writer_blocks":  # an application's own role, as the writers of watched tables have
+        conn.execute("DO $$ BEGIN CREATE ROLE app_writer_blocks; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     conn.execute(f"SET ROLE {role}")
     try:
         for block in ("deliveries_0", "deliveries_1", "captures_default", "events_1", "delivery_attempts_0"):
@@ -258,6 +260,12 @@ def test_no_role_reaches_a_block_but_through_its_table(conn: psycopg.Connection,
             for query in ("SELECT * FROM webhooks.outbox_blocks", "SELECT * FROM webhooks.get_outbox_blocks()"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(query)
+        # Its totals for /metrics: the runner too, and nobody else.
+        if role in ("webhooks_admin", "webhooks_viewer", "webhooks_runner"):
+            conn.execute("SELECT count(*) FROM webhooks.runner_outbox()").fetchone()
+        else:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM webhooks.runner_outbox()")
         for call in ("webhooks._empty_blocks(now())", "webhooks._roll_blocks('0')",
                      "webhooks._truncate_blocks(ARRAY['deliveries_1'], 'SELECT true')",
                      "webhooks._drop_blocks(ARRAY['deliveries_1'])", "webhooks._create_block('deliveries', 9)"):
