@@ -63,6 +63,16 @@ def _one_row_writes(conn: psycopg.Connection, count: int, label: str = "w") -> N
         conn.execute("INSERT INTO items (label) VALUES (%s)", (f"{label}{i}",))
 
 
+def _delivered_and_aged(db: str, conn: psycopg.Connection, count: int) -> None:
+    """One webhook on the test table, `count` one-row changes delivered, and all of it aged past
+    the retention: a closed block that is done, once rolled."""
+    create_table(db)
+    create_webhook(db, "http://127.0.0.1:9/hook")
+    _one_row_writes(conn, count)
+    assert _answer(conn) == count
+    _age(conn)
+
+
 def test_a_finished_block_goes_whole_and_writes_go_on_in_the_next(db: str, conn: psycopg.Connection) -> None:
     create_table(db)
     create_webhook(db, "http://127.0.0.1:9/hook")
@@ -155,11 +165,7 @@ def test_the_operator_sees_which_paused_webhook_keeps_a_block(db: str, conn: psy
 def test_the_operators_view_leaves_out_a_block_dropped_while_it_reads(db: str, conn: psycopg.Connection) -> None:
     """A reader whose snapshot still lists a block that maintain() has since dropped (here a
     REPEATABLE READ transaction begun before the drop) is shown the others, not an error."""
-    create_table(db)
-    create_webhook(db, "http://127.0.0.1:9/hook")
-    _one_row_writes(conn, 3)
-    assert _answer(conn) == 3
-    _age(conn)
+    _delivered_and_aged(db, conn, 3)
     with psycopg.connect(db) as reader:
         reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         reader.execute("SELECT count(*) FROM webhooks.webhooks").fetchone()  # the snapshot, before the drop
@@ -186,11 +192,7 @@ def test_blocks_go_whole_when_maintain_is_a_prepared_statement(db: str, conn: ps
 
 
 def test_a_change_written_late_into_a_closed_block_is_kept(db: str, conn: psycopg.Connection) -> None:
-    create_table(db)
-    create_webhook(db, "http://127.0.0.1:9/hook")
-    _one_row_writes(conn, 5)
-    assert _answer(conn) == 5
-    _age(conn)
+    _delivered_and_aged(db, conn, 5)
     # A writer whose capture took its id (and its block) before the roll, and commits after the
     # emptying was decided: maintain() must not take its row, nor wait for it.
     with psycopg.connect(db) as writer:
@@ -227,11 +229,7 @@ def test_writers_and_publishers_never_wait_for_an_emptied_block(db: str, conn: p
 
 def test_maintain_inside_a_longer_transaction_leaves_blocks_alone(db: str, conn: psycopg.Connection) -> None:
     """Its locks would last as long as the caller's transaction: it deletes row by row instead."""
-    create_table(db)
-    create_webhook(db, "http://127.0.0.1:9/hook")
-    _one_row_writes(conn, 5)
-    assert _answer(conn) == 5
-    _age(conn)
+    _delivered_and_aged(db, conn, 5)
     with psycopg.connect(db) as caller:
         caller.execute("SELECT 1")
         time.sleep(0.05)  # an application's work in the same transaction
