@@ -48,7 +48,12 @@ async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None
 
 
 async def connect(dsn: str) -> Conn:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
+    # claim(), complete() and maintain() check again, in a statement of their own, what other
+    # sessions committed meanwhile: that needs READ COMMITTED, whatever the database's default
+    # (maintain() refuses anything else, WH057).
+    await conn.execute("SET default_transaction_isolation = 'read committed'")
+    return conn
 
 
 async def close(conn: Conn | None) -> None:

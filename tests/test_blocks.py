@@ -306,3 +306,19 @@ def test_the_delete_pass_steps_over_the_gap_between_blocks(db: str, conn: psycop
     row = conn.execute("SELECT deliveries, more FROM webhooks.maintain(batch_size => 10)").fetchone()
     assert row == (6, False) and time.monotonic() - started < 5
 
+
+
+def test_a_block_found_not_done_under_its_lock_gives_the_lock_back(db: str, conn: psycopg.Connection) -> None:
+    """A row that landed late makes the check under the lock fail: the lock must go at once, not
+    at the end of maintain()'s transaction, or every claim reading the block queues behind it."""
+    _delivered_and_aged(db, conn, 3)
+    blocks = "ARRAY['deliveries_0', 'delivery_attempts_0']"
+    locked = ("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND mode = 'AccessExclusiveLock'"
+              " AND relation = 'webhooks.deliveries_0'::regclass")
+    with psycopg.connect(db) as maintainer:
+        assert maintainer.execute(f"SELECT webhooks._truncate_blocks({blocks}, 'SELECT false')").fetchone() == (False,)
+        assert maintainer.execute(locked).fetchone() == (0,)
+        assert maintainer.execute(f"SELECT webhooks._truncate_blocks({blocks}, 'SELECT true')").fetchone() == (True,)
+        assert maintainer.execute(locked).fetchone() == (1,)  # emptied: held until its commit, as it must be
+        maintainer.rollback()
+    assert conn.execute("SELECT count(*) FROM webhooks.deliveries").fetchone() == (3,)

@@ -280,3 +280,41 @@ async def test_a_failing_maintain_is_logged_and_delivery_goes_on(db: str, caplog
             with contextlib.suppress(psycopg.Error):  # roles are cluster-wide: leave none behind
                 conn.execute("DROP ROLE IF EXISTS maintain_runner")
     assert any("maintain failed" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("level", ["repeatable read", "serializable"])
+def test_maintain_and_purge_refuse_a_snapshot_that_cannot_see_late_work(db: str, level: str) -> None:
+    """Both check again, in a statement of their own, what committed meanwhile (a late write into a
+    closed block, a replay): a snapshot held from the first statement would not see it."""
+    for call in ("SELECT * FROM webhooks.maintain()", "SELECT * FROM webhooks.purge('0')"):
+        with psycopg.connect(db) as conn:
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(call)
+            assert refused.value.sqlstate == "WH057"
+            assert refused.value.diag.message_primary == (
+                f"transaction_isolation: {call.split('.')[1].split('(')[0]}() needs READ COMMITTED,"
+                f" and this transaction is {level.upper()}")
+    with psycopg.connect(db) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        assert conn.execute("SELECT busy FROM webhooks.maintain()").fetchone() == (False,)
+
+
+async def test_the_runner_and_the_cli_keep_read_committed_whatever_the_database_default(db: str) -> None:
+    from pgwebhooks.cli.common import sql_api
+    from pgwebhooks.connection import connect
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'")
+    with psycopg.connect(db, autocommit=True) as plain, pytest.raises(psycopg.Error) as refused:
+        plain.execute("SELECT * FROM webhooks.maintain()")
+    assert refused.value.sqlstate == "WH057"
+    runner = await connect(db)
+    try:
+        assert await (await runner.execute("SHOW transaction_isolation")).fetchone() == ("read committed",)
+        assert await (await runner.execute("SELECT busy FROM webhooks.maintain()")).fetchone() == (False,)
+    finally:
+        await runner.close()
+    with sql_api(db) as cli:
+        assert cli.execute("SELECT deliveries FROM webhooks.purge('1 day')").fetchone() == {"deliveries": 0}

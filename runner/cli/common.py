@@ -166,6 +166,8 @@ def sql_api(dsn: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     check_dsn(dsn)
     try:
         with psycopg.connect(dsn, row_factory=dict_row, autocommit=True) as conn:
+            # As the runner's sessions (connection.py): purge() needs READ COMMITTED (WH057).
+            conn.execute("SET default_transaction_isolation = 'read committed'")
             yield conn
     except psycopg.Error as exc:
         raise click.ClickException(error_line(exc)) from exc

@@ -113,6 +113,25 @@ BEGIN
 END
 $$;
 
+-- maintain() and purge() decide in one statement what is done and check it again in the next,
+-- under the block's lock or the capture's row lock: only in READ COMMITTED does that second
+-- statement see what other sessions committed meanwhile (a late write into a closed block, a
+-- replay). In REPEATABLE READ or SERIALIZABLE (say, a database whose default_transaction_isolation
+-- is one of them) the check would read the first snapshot again, and remove that work.
+CREATE OR REPLACE FUNCTION webhooks._check_read_committed(caller text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM webhooks._fail('WH057', 'transaction_isolation', format(
+            '%s needs READ COMMITTED, and this transaction is %s', caller, upper(current_setting('transaction_isolation'))),
+            'run it in a transaction of its own begun with ISOLATION LEVEL READ COMMITTED, or set '
+            'default_transaction_isolation = ''read committed'' for the role that calls it');
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks._check_headers(headers jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE

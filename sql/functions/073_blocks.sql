@@ -219,7 +219,6 @@ BEGIN
                 SELECT v.done, v.captures INTO done, n FROM webhooks._block_of_captures_done(b.block, cutoff) v;
                 still_done := format('SELECT webhooks._block_of_captures_unreferenced(%s)', b.block);
             END IF;
-            emptied := false;
             IF NOT done THEN
                 IF n IS NOT NULL THEN  -- scanned: not again before an hour
                     INSERT INTO webhooks._block_checks VALUES (f.family, b.block, now() + interval '1 hour');
@@ -237,9 +236,13 @@ BEGIN
                     captures := n;
                 END IF;
                 touched := coalesce(emptied, false);
-                PERFORM webhooks._block_busy(f.family, b.block) WHERE emptied IS NULL;
+                -- A lock that stayed busy, or a row that landed late: looked at again a minute later.
+                IF NOT touched THEN
+                    PERFORM webhooks._block_busy(f.family, b.block);
+                    done := false;
+                END IF;
             END IF;
-            IF done AND emptied IS DISTINCT FROM NULL THEN  -- empty now: dropped if the locks come at once
+            IF done THEN  -- empty now: dropped if the locks come at once
                 IF webhooks._drop_blocks(ARRAY[f.child || '_' || b.block, f.family || '_' || b.block]) THEN
                     touched := true;
                 ELSE
@@ -268,7 +271,9 @@ $$;
 -- TRUNCATE `blocks` (one family's tables for one block) once `still_done` (a query) holds under
 -- their locks. Returns whether they were emptied, or NULL when a lock stayed busy for 250 ms: a
 -- claim reads every block while it runs (tens of milliseconds), and one queued behind this
--- waits at most that long.
+-- waits at most that long. A block found not done under the locks (a row that landed late) gives
+-- its locks back at once: they would otherwise last to the end of the caller's transaction, with
+-- every claim that reads the block queued behind them.
 CREATE OR REPLACE FUNCTION webhooks._truncate_blocks(blocks text[], still_done text)
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '250ms'
@@ -279,12 +284,16 @@ DECLARE
 BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', names);
     EXECUTE still_done INTO done;
-    IF done THEN
-        EXECUTE format('TRUNCATE %s', names);
+    IF NOT done THEN
+        RAISE EXCEPTION USING ERRCODE = 'WHR01';  -- rolls this function's subtransaction back, locks and all
     END IF;
-    RETURN done;
-EXCEPTION WHEN lock_not_available THEN
-    RETURN NULL;
+    EXECUTE format('TRUNCATE %s', names);
+    RETURN true;
+EXCEPTION
+    WHEN lock_not_available THEN
+        RETURN NULL;
+    WHEN SQLSTATE 'WHR01' THEN
+        RETURN false;
 END
 $$;
 

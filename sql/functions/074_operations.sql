@@ -221,6 +221,7 @@ BEGIN
         PERFORM webhooks._fail('WH013', 'older_than',
             format('%s is out of range; expected an interval from 0 to 100 years', coalesce(older_than::text, 'null')));
     END IF;
+    PERFORM webhooks._check_read_committed('purge()');
     cutoff := now() - older_than;
     -- maintain()'s steps (075_maintain.sql) over every id at once.
     SELECT x.deliveries INTO gone_deliveries

@@ -154,6 +154,7 @@ BEGIN
             '1 hour, like ''0.5 seconds''', coalesce(quote_literal(time_budget::text), 'null')));
     END IF;
     PERFORM webhooks._check_range('batch_size', batch_size, 1, 100000);
+    PERFORM webhooks._check_read_committed('maintain()');
     -- One at a time: a second caller (another runner, pg_cron) leaves at once.
     IF NOT pg_try_advisory_xact_lock(2016, 0) THEN
         RETURN QUERY SELECT 0::bigint, 0::bigint, 0::bigint, true, true;
