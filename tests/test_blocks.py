@@ -318,6 +318,10 @@ def test_a_block_found_not_done_under_its_lock_gives_the_lock_back(db: str, conn
     with psycopg.connect(db) as maintainer:
         assert maintainer.execute(f"SELECT webhooks._truncate_blocks({blocks}, 'SELECT false')").fetchone() == (False,)
         assert maintainer.execute(locked).fetchone() == (0,)
+        # A check that answers nothing is no "done" either.
+        unknown = f"SELECT webhooks._truncate_blocks({blocks}, 'SELECT NULL::boolean')"
+        assert maintainer.execute(unknown).fetchone() == (False,)
+        assert maintainer.execute("SELECT count(*) FROM webhooks.deliveries_0").fetchone() == (3,)
         assert maintainer.execute(f"SELECT webhooks._truncate_blocks({blocks}, 'SELECT true')").fetchone() == (True,)
         assert maintainer.execute(locked).fetchone() == (1,)  # emptied: held until its commit, as it must be
         maintainer.rollback()

@@ -36,6 +36,14 @@ RETURNS interval
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT least(greatest(retention / 4, interval '1 hour'), interval '1 day') $$;
 
+-- The two families of blocks: the main table, the table whose rows go with its rows (by the same
+-- id range), and the main table's column of when a row was made. Deliveries first: their
+-- captures can go only once no delivery refers to them (_empty_blocks).
+CREATE OR REPLACE FUNCTION webhooks._block_families()
+RETURNS TABLE (family text, child text, made_at text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ VALUES ('deliveries', 'delivery_attempts', 'created_at'), ('captures', 'events', 'occurred_at') $$;
+
 -- The blocks of `tbl`: number (id >> 36), name, and whether it is the DEFAULT partition's (number NULL).
 CREATE OR REPLACE FUNCTION webhooks._blocks(tbl text)
 RETURNS TABLE (block bigint, name text)
@@ -87,9 +95,8 @@ DECLARE
     first_at timestamptz;
     rolled integer := 0;
 BEGIN
-    FOR family IN
-        SELECT * FROM (VALUES ('captures', 'occurred_at', ARRAY['captures', 'events']),
-                              ('deliveries', 'created_at', ARRAY['deliveries', 'delivery_attempts'])) f (tbl, col, tables)
+    FOR family IN SELECT f.family AS tbl, f.made_at AS col, ARRAY[f.family, f.child] AS tables
+                  FROM webhooks._block_families() f
     LOOP
         EXECUTE format('SELECT last_value FROM webhooks.%I', family.tbl || '_id_seq') INTO last_id;
         current := last_id >> webhooks._block_bits();
@@ -202,9 +209,7 @@ BEGIN
     captures := 0;
     touched := false;
     DELETE FROM webhooks._block_checks k WHERE k.next_check <= now();
-    FOR f IN
-        SELECT * FROM (VALUES ('deliveries', 'delivery_attempts'), ('captures', 'events')) x (family, child)
-    LOOP
+    FOR f IN SELECT * FROM webhooks._block_families() LOOP
         EXECUTE format('SELECT last_value FROM webhooks.%I', f.family || '_id_seq') INTO current_id;
         FOR b IN
             SELECT x.block FROM webhooks._blocks(f.family) x
@@ -284,7 +289,7 @@ DECLARE
 BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', names);
     EXECUTE still_done INTO done;
-    IF NOT done THEN
+    IF done IS NOT TRUE THEN
         RAISE EXCEPTION USING ERRCODE = 'WHR01';  -- rolls this function's subtransaction back, locks and all
     END IF;
     EXECUTE format('TRUNCATE %s', names);
@@ -320,7 +325,7 @@ EXCEPTION WHEN lock_not_available THEN
 END
 $$;
 
-REVOKE ALL ON FUNCTION webhooks._block_bits, webhooks._roll_interval, webhooks._blocks, webhooks._create_block,
+REVOKE ALL ON FUNCTION webhooks._block_bits, webhooks._roll_interval, webhooks._block_families, webhooks._blocks, webhooks._create_block,
     webhooks._roll_blocks, webhooks._block_of_deliveries_done, webhooks._block_of_captures_done,
     webhooks._block_of_captures_unreferenced, webhooks._empty_blocks, webhooks._block_busy, webhooks._truncate_blocks,
     webhooks._drop_blocks FROM PUBLIC;

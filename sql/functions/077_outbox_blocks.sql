@@ -22,10 +22,7 @@ DECLARE
     current_block bigint;
     cutoff timestamptz := now() - webhooks.retention();
 BEGIN
-    FOR f IN
-        SELECT * FROM (VALUES ('deliveries', 'delivery_attempts', 'created_at'),
-                              ('captures', 'events', 'occurred_at')) x (main, child, made_at)
-    LOOP
+    FOR f IN SELECT x.family AS main, x.child, x.made_at FROM webhooks._block_families() x LOOP
         EXECUTE format('SELECT last_value FROM webhooks.%I', f.main || '_id_seq') INTO current_block;
         current_block := current_block >> webhooks._block_bits();
         FOR b IN SELECT x.block, x.name FROM webhooks._blocks(f.main) x LOOP
