@@ -24,6 +24,7 @@ from pathlib import Path
 import pg_builds
 import psycopg
 import pytest
+import server_crashes
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from raw_http import OK, Peer, RawServer, Respond, Script
@@ -91,8 +92,28 @@ def server() -> Iterator[Server]:
     with psycopg.connect(template_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pgtap")
     yield srv
+    if srv.local is not None:
+        SERVER_CRASHES.extend(server_crashes.crashes_in(srv.local.datadir / "server.log"))
     gen.close()
     shutil.rmtree(base, ignore_errors=True)
+
+
+# Backend crashes found in the test server's log when it stops (server_crashes.py).
+SERVER_CRASHES: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down: the server's log is read then
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if SERVER_CRASHES:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SERVER_CRASHES:
+        terminalreporter.section("PostgreSQL backend crashes (the server restarted: every session was dropped)",
+                                 red=True)
+        for report in SERVER_CRASHES:
+            terminalreporter.line(report)
 
 
 def _can_create_plpython(dsn: str) -> bool:

