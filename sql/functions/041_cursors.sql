@@ -9,10 +9,11 @@
 --
 -- Why (xid, id) order, and when a cursor may pass an event: ids are drawn as events are written,
 -- not as they commit, so an event may become visible below others already passed. A cursor only
--- passes events of transactions below the snapshot's xmin: those have all ended, and every event
--- they wrote is visible. The xmin is the whole server's (a long transaction in another database
--- holds it back), so events committed past a writer still running are given ahead of the cursor
--- once they are `_route_patience()` old; the cursor row keeps how far that got and which writers
+-- passes events of transactions below the snapshot's xmin, leaving out those of other databases
+-- (_cursor_horizon): those have all ended, and every event they wrote is visible. A long
+-- transaction of this database holds it back, so events committed past a writer still running
+-- are given ahead of the cursor once they are `_route_patience()` old; the cursor row keeps how
+-- far that got and which writers
 -- were running below that point, and when it gets there it skips what already has a delivery.
 --
 -- Which cursors a claim looks at: the routes not at rest (042_resting_routes.sql).
@@ -29,7 +30,13 @@ AS $$ SELECT interval '1 second' $$;
 -- The transaction id below which a cursor may pass events: every transaction below it has ended,
 -- so all it wrote is visible. A snapshot lists the running transactions below its xmax; those
 -- from its xmax on are running too (xmax is one past the last that completed), and are not
--- listed: so the lesser of the first listed and the xmax. The caller's own transaction counts as
+-- listed: so the lesser of the first listed and the xmax. The server's transaction ids are
+-- shared by all its databases, and so are its snapshots: a transaction that pg_stat_activity
+-- shows in another database writes nothing here, and is left out, so that a long transaction
+-- there does not hold back every event of this one (by _route_patience() each). One whose
+-- database is not shown (a prepared transaction, a backend this role may not look at) counts as
+-- this database's. A backend never changes database: what it showed stays true for as long as
+-- that transaction runs, however old the look. The caller's own transaction counts as
 -- ended for its own events (a claim in the transaction that published, as tests do; they go
 -- with it if it rolls back) once every transaction between that point and its own id has ended:
 -- asked of each (pg_xact_status, at most 1,000), in READ COMMITTED only, where the next
@@ -40,11 +47,20 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     snap pg_snapshot := pg_current_snapshot();
-    -- least() skips a NULL (nothing listed); PostgreSQL 14 has no min(xid8).
-    horizon xid8 := least(pg_snapshot_xmax(snap), (SELECT x FROM pg_snapshot_xip(snap) x ORDER BY x LIMIT 1));
+    horizon xid8 := pg_snapshot_xmax(snap);
     own xid8 := pg_current_xact_id_if_assigned();
     candidate numeric;
 BEGIN
+    -- Only when a transaction is listed: a look at pg_stat_activity reads every backend's entry.
+    IF EXISTS (SELECT 1 FROM pg_snapshot_xip(snap)) THEN
+        -- least() skips a NULL (nothing listed of this database); PostgreSQL 14 has no min(xid8).
+        horizon := least(horizon, (
+            SELECT x FROM pg_snapshot_xip(snap) x
+            WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a
+                              WHERE a.backend_xid = x::xid
+                                AND a.datid <> (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))
+            ORDER BY x LIMIT 1));
+    END IF;
     IF own IS NULL OR own < horizon OR current_setting('transaction_isolation') <> 'read committed' THEN
         RETURN horizon;
     END IF;
