@@ -53,11 +53,17 @@ DECLARE
 BEGIN
     -- Only when a transaction is listed: a look at pg_stat_activity reads every backend's entry.
     IF EXISTS (SELECT 1 FROM pg_snapshot_xip(snap)) THEN
+        -- A look taken after the snapshot, not one kept from earlier in this transaction: a
+        -- backend's database and its transaction id are read one after the other, and only a
+        -- backend whose listed transaction began before the snapshot is sure to show its own
+        -- database by then (it shows it before it can take an id; a backend that left its slot
+        -- cleared it before the next could take it).
+        PERFORM pg_stat_clear_snapshot();
         -- least() skips a NULL (nothing listed of this database); PostgreSQL 14 has no min(xid8).
         horizon := least(horizon, (
             SELECT x FROM pg_snapshot_xip(snap) x
             WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a
-                              WHERE a.backend_xid = x::xid
+                              WHERE a.backend_xid = x::xid AND a.datid <> 0
                                 AND a.datid <> (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))
             ORDER BY x LIMIT 1));
     END IF;
