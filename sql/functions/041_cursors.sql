@@ -35,8 +35,8 @@ AS $$ SELECT interval '1 second' $$;
 -- shows in another database writes nothing here, and is left out, so that a long transaction
 -- there does not hold back every event of this one (by _route_patience() each). One whose
 -- database is not shown (a prepared transaction, a backend this role may not look at) counts as
--- this database's. A backend never changes database: what it showed stays true for as long as
--- that transaction runs, however old the look. The caller's own transaction counts as
+-- this database's. A backend never changes database: what it shows stays true for as long as
+-- that transaction runs. The caller's own transaction counts as
 -- ended for its own events (a claim in the transaction that published, as tests do; they go
 -- with it if it rolls back) once every transaction between that point and its own id has ended:
 -- asked of each (pg_xact_status, at most 1,000), in READ COMMITTED only, where the next
