@@ -13,8 +13,8 @@
 -- (_cursor_horizon): those have all ended, and every event they wrote is visible. A long
 -- transaction of this database holds it back, so events committed past a writer still running
 -- are given ahead of the cursor once they are `_route_patience()` old; the cursor row keeps how
--- far that got and which writers
--- were running below that point, and when it gets there it skips what already has a delivery.
+-- far that got and which writers were running below that point, and when it gets there it skips
+-- what already has a delivery.
 --
 -- Which cursors a claim looks at: the routes not at rest (042_resting_routes.sql).
 
