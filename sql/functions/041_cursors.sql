@@ -298,8 +298,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 DECLARE
-    horizon xid8 := webhooks._cursor_horizon();
-    running xid8[] := ARRAY(SELECT x FROM pg_snapshot_xip(pg_current_snapshot()) x ORDER BY x);
+    horizon xid8;
+    running xid8[];
     todo record;
     created integer := 0;
 BEGIN
@@ -312,7 +312,13 @@ BEGIN
       -- route (it did once captures was partitioned, 0024: a hash of every capture on it).
       AND (SELECT true FROM webhooks.captures x
            WHERE x.route = c.route AND x.route IS NOT NULL AND (x.xid, x.id) > (c.xid, c.id) LIMIT 1);
-    FOR i IN 1 .. coalesce(cardinality(todo.routes), 0) LOOP
+    IF todo.routes IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Only with events to give (it may read every backend's activity), before any cursor reads them.
+    horizon := webhooks._cursor_horizon();
+    running := ARRAY(SELECT x FROM pg_snapshot_xip(pg_current_snapshot()) x ORDER BY x);
+    FOR i IN 1 .. cardinality(todo.routes) LOOP
         created := created + webhooks._give_from_cursor(todo.routes[i], todo.hooks[i],
                                                          greatest(1, budget / cardinality(todo.routes)),
                                                          horizon, running);
