@@ -70,6 +70,12 @@ $$;
 -- meanwhile can write nothing. (A function-level SET transaction_read_only would be simpler;
 -- PostgreSQL 16 and later refuse it.) Built-in types cannot get new casts (CREATE CAST needs the
 -- type's owner), so tables of built-in types keep the direct, faster path.
+-- The probe reads pg_attribute through a snapshot, while row_to_json follows the table's current
+-- columns. Under READ COMMITTED the snapshot is taken after the write locked the table, so it
+-- sees every ALTER TABLE that could have changed them. A REPEATABLE READ or SERIALIZABLE writer
+-- keeps its first snapshot: the owner could take it, add a column of a forging type from another
+-- session, then write, and the probe would still answer "built-in only". So writes in those
+-- isolation levels always take their images read-only.
 
 -- Whether a capture of `relid` must take its images read-only (see above). PL/pgSQL,
 -- not SQL: its plan is cached for the session (a SQL function is planned on every call, which
@@ -79,7 +85,8 @@ RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+    RETURN pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                    WHERE a.attrelid OPERATOR(pg_catalog.=) relid AND a.attnum OPERATOR(pg_catalog.>) 0
                      AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
 END
@@ -128,7 +135,9 @@ BEGIN
         SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
                pg_catalog.row_to_json(new_row.*), routed.route, routed.xid
         FROM new_rows new_row, webhooks._one_row_route(TG_ARGV) routed
-        WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
+        WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1)
+          AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
+          AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
@@ -137,7 +146,9 @@ BEGIN
         SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
                pg_catalog.row_to_json(old_row.*), routed.route, routed.xid
         FROM old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
-        WHERE NOT EXISTS (SELECT FROM old_rows OFFSET 1) AND NOT EXISTS (
+        WHERE NOT EXISTS (SELECT FROM old_rows OFFSET 1)
+          AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
+          AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     ELSE
@@ -147,7 +158,9 @@ BEGIN
         SELECT TG_OP, TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, routed.webhook_ids, 1, routed.fanned_out,
                pg_catalog.row_to_json(new_row.*), pg_catalog.row_to_json(old_row.*), routed.route, routed.xid
         FROM new_rows new_row, old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
-        WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1) AND NOT EXISTS (
+        WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1)
+          AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
+          AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
     END IF;
@@ -170,7 +183,8 @@ BEGIN
     END IF;
     this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
     -- _needs_guarded_images(TG_RELID), inline.
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attnum OPERATOR(pg_catalog.>) 0
                  AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) THEN
         BEGIN
