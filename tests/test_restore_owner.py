@@ -23,8 +23,14 @@ from conftest import Server, dsn_params
 from pgwebhooks import migrations
 
 BEFORE_RESTORE = "ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO webhooks_capture"
-OWNERS = ("SELECT proname, proowner::regrole::text AS owner FROM pg_proc"
+# A watched table's own capture function is named by the table's oid, which a restore changes.
+OWNERS = ("SELECT regexp_replace(proname, '^_capture_table_[0-9]+$', '_capture_table_(oid)') AS proname,"
+          " proowner::regrole::text AS owner FROM pg_proc"
           " WHERE pronamespace = 'webhooks'::regnamespace AND proname LIKE '\\_capture%%' ORDER BY 1")
+# Each function and the tables whose triggers call it.
+TABLE_FUNCTIONS = ("SELECT p.proname AS fn, array_agg(DISTINCT 'webhooks._capture_table_' || t.tgrelid) AS callers"
+                   " FROM pg_proc p LEFT JOIN pg_trigger t ON t.tgfoid = p.oid"
+                   " WHERE p.proname ~ '^_capture_table_[0-9]+$' GROUP BY p.proname ORDER BY 1")
 SCHEMA_ACL = "SELECT nspacl::text[] AS acl FROM pg_namespace WHERE nspname = 'webhooks'"
 
 
@@ -106,6 +112,14 @@ def restored(server: Server, owner: tuple[str, list[str]]) -> tuple[str, str]:
 def test_the_owner_restores_with_exit_on_error_after_the_one_command(restored: tuple[str, str]) -> None:
     original, copy = restored
     assert query(copy, OWNERS) == query(original, OWNERS)
+    # items is re-resolved to the copy's oid, and gets a function of its own. The renamed ledger
+    # cannot be (its subscription names "ledger", now another table): its restored trigger keeps
+    # the original's function, which finds TG_RELID is not its table and takes images read-only.
+    own = {r["fn"]: r["callers"] for r in query(copy, TABLE_FUNCTIONS)}
+    items = query(copy, "SELECT 'webhooks._capture_table_' || 'items'::regclass::oid AS fn")[0]["fn"]
+    ledger = query(copy, "SELECT 'webhooks._capture_table_' || 'ledger_2025'::regclass::oid AS fn")[0]["fn"]
+    assert own[items.removeprefix("webhooks.")] == [items] and len(own) == 2, own
+    assert [ledger] in own.values() and ledger.removeprefix("webhooks.") not in own, own
     assert {r["owner"] for r in query(copy, OWNERS) if r["proname"] != "_capture_guarded"} == {"webhooks_capture"}
     # webhooks_capture holds USAGE only again, as in the original.
     assert set(query(copy, SCHEMA_ACL)[0]["acl"]) == set(query(original, SCHEMA_ACL)[0]["acl"])

@@ -15,50 +15,6 @@
 -- to their tables and the outbox fills, but they have no privilege on the outbox itself, and the
 -- functions can do nothing but add to it.
 
--- "(n.new_row).id OPERATOR(pg_catalog.=) (o.old_row).id AND ..." for the key of `relid` that pairs the old
--- and new rows of an UPDATE, or NULL without one. The key is the primary key or, without one, a
--- unique index over plain NOT NULL columns (what logical replication accepts as an identity), so a
--- table whose primary key was dropped keeps exact pre-change rows while it has such an index.
--- Each column is compared with the equality operator of its index's operator class,
--- named with its schema, so the caller's search_path cannot substitute another. Read at fire time
--- so that a key changed by ALTER TABLE is followed.
-CREATE OR REPLACE FUNCTION webhooks._pairing_index(relid oid)
-RETURNS oid
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT i.indexrelid
-    FROM pg_index i
-    WHERE i.indrelid = relid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
-      AND NOT EXISTS (SELECT 1 FROM pg_attribute a
-                      WHERE a.attrelid = relid AND a.attnum = ANY (i.indkey::int2[]) AND NOT a.attnotnull)
-    ORDER BY i.indisprimary DESC, i.indexrelid
-    LIMIT 1
-$$;
-
-CREATE OR REPLACE FUNCTION webhooks._primary_key_join(relid oid)
-RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT string_agg(CASE
-               WHEN has_schema_privilege(ns.oid, 'USAGE')
-               THEN format('(n.new_row).%1$I OPERATOR(%2$I.%3$s) (o.old_row).%1$I', a.attname, ns.nspname, op.oprname)
-               -- The operator's schema is out of the capture role's reach (say citext installed in
-               -- a locked-down schema): compare text forms rather than fail the application's UPDATE.
-               ELSE format('(n.new_row).%1$I::pg_catalog.text OPERATOR(pg_catalog.=) (o.old_row).%1$I::pg_catalog.text',
-                           a.attname)
-           END, ' AND ' ORDER BY k.ord)
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    JOIN pg_opclass oc ON oc.oid = k.opclass
-    JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amopstrategy = 3
-                   AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype
-                   AND ao.amopmethod = oc.opcmethod
-    JOIN pg_operator op ON op.oid = ao.amopopr
-    JOIN pg_namespace ns ON ns.oid = op.oprnamespace
-    WHERE i.indexrelid = webhooks._pairing_index(relid)
-$$;
-
 -- Taking a row image can run code the table's owner wrote: row_to_json turns a column of a
 -- user-defined type (an enum, a range, a base type) into JSON through a cast to json when the
 -- type's owner created one. In a capture trigger that code would run with the capture role's
@@ -89,6 +45,24 @@ BEGIN
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                    WHERE a.attrelid OPERATOR(pg_catalog.=) relid AND a.attnum OPERATOR(pg_catalog.>) 0
                      AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
+END
+$$;
+
+-- The probe, given its table as a constant and folded into the plan of that table's own capture
+-- function (_table_capture_function): the planner evaluates an IMMUTABLE function of constants
+-- once, and the answer stays in the cached plan. It is not immutable, but the plan is dropped
+-- whenever the answer can change: any ALTER TABLE on the table invalidates every cached plan
+-- whose query names it, and a regclass constant counts as naming it. A plan made under READ
+-- COMMITTED reads the catalog through a snapshot taken after the write locked the table (so
+-- after any such ALTER TABLE); one made in a REPEATABLE READ or SERIALIZABLE transaction could
+-- read an older one, so there the answer is "guarded", kept for the plan's life: slower, never
+-- unsafe, for the session's later READ COMMITTED writes until the next ALTER TABLE.
+CREATE OR REPLACE FUNCTION webhooks._guarded_columns(tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RETURN webhooks._needs_guarded_images(tbl::pg_catalog.oid);
 END
 $$;
 
@@ -129,6 +103,8 @@ BEGIN
     -- of a built-in type (the probe above, here a one-time filter: as statements of their own, the
     -- count and the probe cost a one-row write 7 us of its 25). Then a NOTIFY if a runner waits
     -- for one (028_wakeups.sql). It goes on its trigger's route for the cursors (_one_row_route).
+    -- A watched table's own copy of this function has each marked probe folded into its plan
+    -- (_table_capture_function, 034_sync_triggers.sql).
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
                                        record, route, xid)
@@ -137,9 +113,9 @@ BEGIN
         FROM new_rows new_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1)
           AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
-          AND NOT EXISTS (
+          AND /*probe*/ NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
-            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) /*probe end*/;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
                                        record, route, xid)
@@ -148,9 +124,9 @@ BEGIN
         FROM old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM old_rows OFFSET 1)
           AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
-          AND NOT EXISTS (
+          AND /*probe*/ NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
-            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) /*probe end*/;
     ELSE
         -- One row on each side: they are the same row, whatever its key did.
         INSERT INTO webhooks.captures (operation, relid, schema_name, table_name, webhook_ids, row_count, fanned_out,
@@ -160,9 +136,9 @@ BEGIN
         FROM new_rows new_row, old_rows old_row, webhooks._one_row_route(TG_ARGV) routed
         WHERE NOT EXISTS (SELECT FROM new_rows OFFSET 1)
           AND pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) 'read committed'
-          AND NOT EXISTS (
+          AND /*probe*/ NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID
-            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid);
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) /*probe end*/;
     END IF;
     IF FOUND THEN
         -- _wake_runners(), inline.
@@ -183,7 +159,8 @@ BEGIN
     END IF;
     this_capture := pg_catalog.nextval('webhooks.captures_id_seq'::pg_catalog.regclass);
     -- _needs_guarded_images(TG_RELID), inline.
-    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+    -- (A table's own copy also comes here for a table not its own: see _table_capture_function.)
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' /*own table*/
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attnum OPERATOR(pg_catalog.>) 0
                  AND a.atttypid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) THEN
@@ -382,7 +359,7 @@ REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
 
 -- The capture functions run as webhooks_capture; these are the helpers they call.
 GRANT EXECUTE ON FUNCTION webhooks._primary_key_join, webhooks._pairing_index, webhooks._needs_guarded_images,
-    webhooks._capture_guarded, webhooks._one_row_route
+    webhooks._guarded_columns, webhooks._capture_guarded, webhooks._one_row_route
 TO webhooks_capture;
 
 COMMENT ON TABLE webhooks.captures IS

@@ -19,6 +19,7 @@ BEGIN
         PERFORM webhooks._sync_triggers(r);
         checked := checked + 1;
     END LOOP;
+    PERFORM webhooks._drop_unused_capture_functions();  -- of dropped tables, or a restore's old oids
     RETURN checked;
 END
 $$;

@@ -26,10 +26,10 @@ CREATE TEMP TABLE a AS SELECT id FROM webhooks.create_webhook('a', 'https://e.co
     '[{"table": "users", "operations": ["INSERT", "UPDATE"]}]');
 SELECT triggers_are('public', 'users', ARRAY['users_own_trigger', 'webhooks_capture_insert', 'webhooks_capture_update'],
     'INSERT and UPDATE subscribed: insert and update triggers, no delete trigger');
-SELECT trigger_is('public', 'users', 'webhooks_capture_insert', 'webhooks', '_capture_statement',
-    'the insert trigger calls _capture_statement');
-SELECT trigger_is('public', 'users', 'webhooks_capture_update', 'webhooks', '_capture_statement',
-    'with a primary key, the update trigger calls _capture_statement too');
+SELECT trigger_is('public', 'users', 'webhooks_capture_insert', 'webhooks', '_capture_table_' || 'public.users'::regclass::oid,
+    'the insert trigger calls the table''s own copy of _capture_statement');
+SELECT trigger_is('public', 'users', 'webhooks_capture_update', 'webhooks', '_capture_table_' || 'public.users'::regclass::oid,
+    'with a primary key, the update trigger calls it too');
 SELECT is(pg_temp.is_row_level('public.users', 'webhooks_capture_insert'), false, 'the insert trigger is statement-level');
 SELECT is(pg_temp.is_row_level('public.users', 'webhooks_capture_update'), false, 'the update trigger is statement-level');
 SELECT is((SELECT tgtype & (4 | 8 | 16) FROM pg_trigger WHERE tgrelid = 'public.users'::regclass AND tgname = 'webhooks_capture_insert')::int,
