@@ -11,8 +11,11 @@ import re
 from pathlib import Path
 
 # SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV: a bug in the server or an extension. SIGKILL is left
-# out: the chaos tests kill backends on purpose.
-CRASH = re.compile(r"server process \(PID \d+\) was terminated by signal (4|6|7|8|11)\b")
+# out: the chaos tests kill backends on purpose. Any process the postmaster restarts for: a
+# client's backend ("server process" before PostgreSQL 18, "client backend" from 18 on), a
+# parallel worker ('background worker "parallel worker"'), an autovacuum worker. A watch for
+# "server process" alone missed every crash on PostgreSQL 18.
+CRASH = re.compile(r"\(PID \d+\) was terminated by signal (4|6|7|8|11)\b")
 # A log line of its own starts with the timestamp log_line_prefix puts first.
 NEW_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 STATEMENT_LINES = 40

@@ -10,9 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import pg_builds
 import psycopg
 import server_crashes
 
+from conftest import TEST_PG
 from pgwebhooks.localpg import LocalPostgres
 
 
@@ -46,7 +48,12 @@ def _wait_for_restart(dsn: str, log: Path, logged: str) -> None:
 def test_a_backend_crash_is_reported_with_its_statement_and_a_kill_is_not() -> None:
     base = Path(tempfile.mkdtemp(prefix="pgwebhooks-crash-"))
     os.chmod(base, 0o755)
-    local = LocalPostgres(base / "pgdata").start()
+    # The matrix's major version: PostgreSQL 18 names the process ("client backend (PID ...)"),
+    # earlier ones say "server process".
+    if TEST_PG:
+        local = LocalPostgres(base / "pgdata", bindir=pg_builds.bindir(int(TEST_PG))).start()
+    else:
+        local = LocalPostgres(base / "pgdata").start()
     try:
         dsn = local.dsn_for("postgres")
         log = local.datadir / "server.log"
@@ -65,3 +72,20 @@ def test_a_backend_crash_is_reported_with_its_statement_and_a_kill_is_not() -> N
         assert "Failed process was running: SELECT pg_sleep(30) AS crashed" in report
     finally:
         local.destroy()
+
+
+def test_a_crash_of_a_worker_is_reported_too(tmp_path: Path) -> None:
+    """How PostgreSQL 18 names a crashed backend, and workers, whose crash restarts the server too."""
+    log = tmp_path / "server.log"
+    log.write_text(
+        '2026-12-08 00:22:06.100 UTC [100] LOG:  background worker "parallel worker" (PID 31074)'
+        " was terminated by signal 11: Segmentation fault\n"
+        "2026-12-08 00:22:06.100 UTC [100] DETAIL:  Failed process was running: SELECT 1\n"
+        "2026-12-08 00:22:07.000 UTC [100] LOG:  autovacuum worker (PID 31075) was terminated by signal 6: Aborted\n"
+        "2026-12-08 00:22:07.500 UTC [100] LOG:  client backend (PID 31077) was terminated by signal 11:"
+        " Segmentation fault\n"
+        "2026-12-08 00:22:08.000 UTC [100] LOG:  server process (PID 31076) was terminated by signal 9: Killed\n")
+    reports = server_crashes.crashes_in(log)
+    assert len(reports) == 3
+    assert "parallel worker" in reports[0] and "Failed process was running: SELECT 1" in reports[0]
+    assert "autovacuum worker" in reports[1] and "client backend" in reports[2]
