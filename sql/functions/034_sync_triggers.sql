@@ -96,6 +96,7 @@ DECLARE
     partitioned boolean;
     by_row boolean;
     fn text;
+    own_fn text;  -- the table's copy of _capture_statement, written at most once a sync
     args text[];
     filter_query text;
 BEGIN
@@ -108,19 +109,18 @@ BEGIN
         SELECT array_agg(s.webhook_id ORDER BY s.webhook_id) INTO hooks
         FROM webhooks.subscriptions s
         WHERE s.relid = _sync_triggers.relid AND op = ANY (s.operations);
-        -- Capture filters (see 031_capture_filters.sql): statement-level always, pairing by key
-        -- when there is one. (Filters are refused on partitioned tables.) TRUNCATE has no rows to
-        -- filter: it keeps its statement trigger (a partitioned table's fire for its own TRUNCATE).
+        -- Capture filters (031): statement-level, pairing by key when there is one; refused on
+        -- partitioned tables. TRUNCATE has no rows to filter: it keeps its statement trigger.
         filter_query := CASE WHEN hooks IS NOT NULL AND NOT partitioned AND op <> 'TRUNCATE'
                              THEN webhooks._filter_query(relid, op) END;
         by_row := op <> 'TRUNCATE' AND filter_query IS NULL AND (partitioned OR (op = 'UPDATE' AND NOT has_key));
         fn := CASE WHEN op = 'TRUNCATE' THEN '_capture_truncate'
                    WHEN filter_query IS NOT NULL THEN '_capture_filtered'
                    WHEN by_row OR hooks IS NULL THEN '_capture_row'  -- (no hooks: no trigger to create)
-                   ELSE webhooks._table_capture_function(relid) END;  -- _capture_statement's copy for the table
-        -- A filtered trigger lists only the webhooks not routed by value (its fallback reads the
-        -- routed ones from capture_routes): its argument, read on every write, and the trigger
-        -- itself stay the same however many tenant webhooks come and go.
+                   ELSE coalesce(own_fn, webhooks._table_capture_function(relid)) END;
+        own_fn := CASE WHEN fn LIKE '\_capture\_table\_%' THEN fn ELSE own_fn END;
+        -- A filtered trigger lists only the webhooks not routed by value (its fallback reads those
+        -- from capture_routes): its argument stays the same however many tenants come and go.
         args := CASE WHEN filter_query IS NOT NULL
                      THEN ARRAY[coalesce(ARRAY(SELECT h FROM unnest(hooks) h WHERE NOT EXISTS (
                               SELECT 1 FROM webhooks.subscriptions s WHERE s.webhook_id = h

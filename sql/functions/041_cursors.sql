@@ -365,20 +365,19 @@ RETURNS double precision
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
     SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan
 AS $$
-DECLARE
-    horizon xid8;
 BEGIN
     -- PL/pgSQL for its cached plans: next_due_in() asks after every short claim, and with every
     -- route at rest this is one probe.
     IF NOT EXISTS (SELECT 1 FROM webhooks._open_routes()) THEN
         RETURN NULL;
     END IF;
-    horizon := webhooks._cursor_horizon();
+    -- The horizon is an uncorrelated subquery (an InitPlan): taken once, and only when a cursor
+    -- has an event past the point reached ahead, since taking it may read pg_stat_activity.
     RETURN (
         SELECT min(x.due)
         FROM webhooks.cursors c
         CROSS JOIN LATERAL (
-            (SELECT CASE WHEN n.xid < horizon THEN 0
+            (SELECT CASE WHEN n.xid < (SELECT webhooks._cursor_horizon()) THEN 0
                          ELSE greatest(0, extract(epoch FROM n.occurred_at + webhooks._route_patience() - now()))::float8
                     END AS due
              FROM webhooks.captures n
