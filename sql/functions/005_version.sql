@@ -3,7 +3,7 @@
 CREATE OR REPLACE FUNCTION webhooks.version()
 RETURNS text
 LANGUAGE sql IMMUTABLE
-AS $$ SELECT '0.8.4' $$;
+AS $$ SELECT '0.8.5' $$;
 
 GRANT EXECUTE ON FUNCTION webhooks.version TO webhooks_admin, webhooks_runner, webhooks_viewer;
 
