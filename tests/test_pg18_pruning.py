@@ -18,6 +18,8 @@ import time
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgwebhooks import migrations
+
 ROUNDS = 8  # on 18.6 without the setting, about half of the rounds crashed the backend
 WARM_UP = 6
 AFFECTED = range(180000, 180007)
@@ -95,3 +97,16 @@ def test_functions_that_lock_rows_run_without_pruning_only_where_it_crashes(conn
     # SET clause every write would pay for.
     for name in ("_lock_exact", "_capture_statement", "_capture_row", "_capture_filtered", "_one_row_route"):
         assert not settings[name], name
+
+
+def test_migrate_brings_the_setting_in_line_with_the_server(db: str) -> None:
+    """A server upgraded past 18.6 (or a copy restored into another version) gets pruning back
+    from the next `migrate`, and an affected one gets the setting back if it was taken off."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        affected = _server_version(conn) in AFFECTED
+        # The state the other kind of server would have left.
+        action = "RESET enable_partition_pruning" if affected else "SET enable_partition_pruning = off"
+        conn.execute(f"ALTER FUNCTION webhooks.claim {action}")
+        migrations.migrate(db)
+        config = conn.execute("SELECT proconfig FROM pg_proc WHERE oid = 'webhooks.claim'::regproc").fetchone()[0]
+        assert (PRUNING_OFF in config) == affected

@@ -14,9 +14,9 @@
 -- enable_partition_pruning = off: a lookup by id probes each block's index instead of one. Only
 -- functions that already have SET clauses: adding one to a function the planner inlines into its
 -- caller (LANGUAGE sql, none) would stop the inlining; those run inside a caller that has it.
--- The capture triggers only insert (routing, not pruning) and are left as they are. A server
--- upgraded past 18.6 keeps the setting until the next release's `migrate` rewrites the
--- functions (CREATE OR REPLACE drops SET clauses it does not name): slower there, never unsafe.
+-- The capture triggers only insert (routing, not pruning) and are left as they are. After the
+-- server is upgraded past 18.6, `pgwebhooks migrate` takes the setting off again: it writes every
+-- function each time, and CREATE OR REPLACE drops the SET clauses the definition does not name.
 DO $$
 DECLARE
     f regprocedure;
